@@ -1,0 +1,40 @@
+"""omni: one decoder for text, speech, images and video — trainable end to end."""
+from setuptools import setup
+
+# `kernels/`, `data/` and `eval/` keep their place in the layout (DESIGN.md §2) but their import
+# names are generic (PyPI has packages called so), so they install as `omni.kernels`, `omni.data`
+# and `omni.eval`.
+setup(
+    name="omni",
+    version="0.1.0",
+    description="GPT-4o-style omni models: early-fusion decoder, streaming speech, RBR safety tuning",
+    python_requires=">=3.10",
+    packages=[
+        "omni", "omni.model", "omni.tokenizers", "omni.train", "omni.infer", "omni.align",
+        "omni.kernels", "omni.data", "omni.eval",
+    ],
+    package_dir={"omni.kernels": "kernels", "omni.data": "data", "omni.eval": "eval"},
+    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"]},
+    install_requires=[
+        "torch>=2.11",
+        "numpy",
+        "pyyaml",
+        "safetensors",
+        "sentencepiece",
+        "gguf>=0.10",
+        "tqdm",
+        "tensorboard",
+    ],
+    extras_require={
+        # Everything the test-suite and the CPU demo need.
+        "dev": [
+            "pytest",
+            "transformers>=4.46",
+            "accelerate",
+            "deepspeed==0.19.8",
+            "triton>=3.2",
+        ],
+        # GPU-only extras; flash-attn is source-only and optional.
+        "gpu": ["deepspeed==0.19.8", "triton>=3.2"],
+    },
+)

@@ -1,0 +1,331 @@
+"""The one config system: dataclasses, YAML files and ``key=value`` overrides.
+
+A config file is a YAML mapping whose top-level keys are the fields of :class:`Config`
+(``model``, ``tokenizer``, ``data``, ``train``, ...). Any field can be overridden on the command
+line as ``section.field=value``; values are parsed as YAML scalars (``train.lr=3e-4``,
+``model.qk_norm=true``). Unknown keys and wrong types raise :class:`ConfigError` naming the key.
+
+Other parts of omni (tokenizers, the omni model, RBR) add their own sections by defining a
+dataclass and registering it with :func:`register_section`, so there is still one config object,
+one loader and one override syntax.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the offending key."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the Llama-family decoder (see omni/model/decoder.py)."""
+
+    vocab_size: int = 32_000
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 688
+    max_seq_len: int = 512
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    # Attention backend: "auto" picks the fastest available for the device (see
+    # omni/model/attention.py); "reference", "sdpa", or any registered backend forces one.
+    attention: str = "auto"
+    # Initialise from a pretrained model: "" (random), "smollm2-135m", or a path to a .gguf file.
+    init_from: str = ""
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model.dim={self.dim} must be divisible by model.n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}"
+            )
+        for name in ("vocab_size", "dim", "n_layers", "ffn_dim", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class TokenizerConfig:
+    """Text tokenizer: a sentencepiece model we train, or the BPE inside a GGUF file."""
+
+    kind: str = "sentencepiece"  # "sentencepiece" | "gguf"
+    # sentencepiece: path of the .model file (built by data/build_text.py when missing);
+    # gguf: "smollm2-135m" or a path to a .gguf file.
+    path: str = ""
+    vocab_size: int = 8_000  # sentencepiece training target, specials included
+
+    def validate(self) -> None:
+        if self.kind not in ("sentencepiece", "gguf"):
+            raise ConfigError(f"tokenizer.kind must be 'sentencepiece' or 'gguf', got {self.kind!r}")
+
+
+@dataclass
+class DataConfig:
+    """Where the training corpus lives and how rows are packed."""
+
+    # A folder of shards written by a builder in data/ (e.g. data/build_text.py).
+    path: str = ".cache/data/text"
+    seq_len: int = 256
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        if self.seq_len <= 1:
+            raise ConfigError(f"data.seq_len must be > 1, got {self.seq_len}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, logging and checkpointing."""
+
+    out_dir: str = "runs/tiny"
+    steps: int = 200
+    batch_size: int = 8  # rows per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 1234
+    dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    activation_checkpointing: bool = False
+    log_every: int = 10
+    ckpt_every: int = 100
+    keep_checkpoints: int = 2
+    tensorboard: bool = True
+    # GPU peak dense bf16 FLOP/s for MFU; 0 = look it up from the device name (H100: 989e12).
+    peak_flops: float = 0.0
+
+    def validate(self) -> None:
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.lr <= 0 or self.min_lr < 0:
+            raise ConfigError("train.warmup_steps, train.lr and train.min_lr must be non-negative (lr > 0)")
+
+
+@dataclass
+class Config:
+    """The whole run: one object, loaded from YAML with overrides."""
+
+    name: str = "unnamed"
+    task: str = "lm"  # what train.py trains; see omni/train/tasks.py
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Sections registered by other subsystems (codec, image, omni, rbr, ...), by name.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "Config":
+        for section in (self.model, self.tokenizer, self.data, self.train, *self.extra.values()):
+            if hasattr(section, "validate"):
+                section.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+        out.update({k: _to_plain(v) for k, v in self.extra.items()})
+        return out
+
+    def section(self, name: str) -> Any:
+        """A registered extra section (e.g. ``cfg.section("codec")``), default-constructed if absent."""
+        if name not in self.extra:
+            if name not in _SECTIONS:
+                raise ConfigError(f"unknown config section {name!r}; registered: {sorted(_SECTIONS)}")
+            self.extra[name] = _SECTIONS[name]()
+        return self.extra[name]
+
+
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str):
+    """Class decorator: make a dataclass available as a top-level config section ``name``."""
+
+    def wrap(cls: type) -> type:
+        if name in {f.name for f in dataclasses.fields(Config)}:
+            raise ValueError(f"section name {name!r} clashes with a built-in Config field")
+        _SECTIONS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for section, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"unknown config key {full!r}; valid keys here: {sorted(names)}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from a nested mapping."""
+    data = dict(data)
+    extra = {}
+    for name in list(data):
+        if name in _SECTIONS:
+            extra[name] = _coerce(data.pop(name), _SECTIONS[name], name)
+        elif name == "extra":
+            raise ConfigError("'extra' is internal; write registered sections at the top level")
+    cfg = _build(Config, data)
+    cfg.extra.update(extra)
+    return cfg.validate()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> ``(["train", "lr"], 3e-4)``."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot override {'.'.join(path)!r}: {part!r} is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path to a YAML file, or a bare name looked up in configs/ (``tiny`` -> configs/tiny.yaml)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    raise ConfigError(f"config {str(name_or_path)!r} not found (not a file, not one of {known})")
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML config (path or name in configs/) and apply ``key=value`` overrides.
+
+    Example: ``load_config("tiny", ["train.steps=50", "model.qk_norm=true"])``.
+    """
+    data: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data.setdefault("name", path.stem)
+    for text in overrides or []:
+        _apply_override(data, *parse_override(text))
+    return config_from_dict(data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,151 @@
+"""The one tokenizer interface, for every modality (DESIGN.md §3).
+
+A tokenizer turns raw input (text, waveform, image, video) into discrete tokens and back:
+
+    tokens = tok.encode(raw)      raw = tok.decode(tokens)
+    tok.metadata                  # modality, vocab size, rates, codebooks, ...
+    tok.save(folder)              tok2 = load_tokenizer(folder)
+
+Streaming tokenizers (the speech codec, the video tokenizer's temporal part) are also
+:class:`omni.streaming.StreamingModule` s: inside ``with tok.streaming(batch):`` chunked
+``encode``/``decode`` calls give *exactly* the offline result.
+
+Every saved tokenizer folder holds ``tokenizer.json`` with a ``class`` key naming the registered
+class, so :func:`load_tokenizer` restores any of them without the caller knowing which.
+"""
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+# Special tokens reserved from day one in every text vocabulary, in this order. Roles, turn
+# boundaries and modality markers; the omni model appends modality code ranges after them.
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|pad|>",
+    "<|bos|>",
+    "<|eos|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end_of_turn|>",
+    "<|text|>",
+    "<|audio_start|>",
+    "<|audio_end|>",
+    "<|image_start|>",
+    "<|image_end|>",
+    "<|video_start|>",
+    "<|video_end|>",
+    "<|frame|>",
+    "<|row_end|>",
+    "<|text_pad|>",
+    "<|interrupt|>",
+) + tuple(f"<|reserved_{i}|>" for i in range(14))
+
+
+class Tokenizer(ABC):
+    """Base class of all tokenizers."""
+
+    modality: str = "text"
+
+    @abstractmethod
+    def encode(self, raw: Any) -> Any:
+        """Raw input -> tokens."""
+
+    @abstractmethod
+    def decode(self, tokens: Any) -> Any:
+        """Tokens -> raw output."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of distinct token ids (per codebook for multi-codebook tokenizers)."""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Facts a consumer needs: modality, vocab size, and modality-specific rates/shapes."""
+        return {"modality": self.modality, "vocab_size": self.vocab_size}
+
+    @abstractmethod
+    def _save(self, folder: Path) -> dict[str, Any]:
+        """Write weights/model files into ``folder``; return the JSON-able constructor state."""
+
+    @classmethod
+    @abstractmethod
+    def _load(cls, folder: Path, state: dict[str, Any]) -> "Tokenizer":
+        """Inverse of :meth:`_save`."""
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = self._save(folder)
+        meta = {"class": type(self).__name__, "state": state, "metadata": self.metadata}
+        (folder / "tokenizer.json").write_text(json.dumps(meta, indent=2))
+        return folder
+
+
+_REGISTRY: dict[str, type[Tokenizer]] = {}
+
+
+def register_tokenizer(cls: type[Tokenizer]) -> type[Tokenizer]:
+    """Class decorator: make ``cls`` loadable by :func:`load_tokenizer`."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def load_tokenizer(folder: str | Path) -> Tokenizer:
+    """Load any tokenizer saved with :meth:`Tokenizer.save`."""
+    folder = Path(folder)
+    meta_path = folder / "tokenizer.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{folder} holds no tokenizer.json; was it written by Tokenizer.save()?")
+    try:
+        meta = json.loads(meta_path.read_text())
+        name = meta["class"]
+    except (json.JSONDecodeError, KeyError) as e:
+        raise ValueError(f"{meta_path} is corrupt ({e}); re-save the tokenizer") from e
+    import omni.tokenizers  # noqa: F401  (registers the built-in classes)
+
+    if name not in _REGISTRY:
+        raise ValueError(f"{meta_path}: unknown tokenizer class {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]._load(folder, meta.get("state", {}))
+
+
+class TextTokenizer(Tokenizer):
+    """Text tokenizers: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, with specials."""
+
+    modality = "text"
+
+    @abstractmethod
+    def token_id(self, token: str) -> int:
+        """Id of a special token such as ``"<|user|>"``; KeyError with a clear message if absent."""
+
+    @property
+    def bos_id(self) -> int:
+        return self.token_id("<|bos|>")
+
+    @property
+    def eos_id(self) -> int:
+        return self.token_id("<|eos|>")
+
+    @property
+    def pad_id(self) -> int:
+        return self.token_id("<|pad|>")
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.token_id("<|end_of_turn|>")
+
+    def chat_prompt(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a text chat: ``[{"role": "user", "content": "..."}]`` -> ids ending, if asked,
+        with the assistant's turn opened. Roles: system, user, assistant."""
+        ids: list[int] = [self.bos_id]
+        for m in messages:
+            role = m.get("role")
+            if role not in ("system", "user", "assistant"):
+                raise ValueError(f"unknown chat role {role!r}; use system, user or assistant")
+            ids += [self.token_id(f"<|{role}|>"), *self.encode(m["content"]), self.end_of_turn_id]
+        if add_generation_prompt:
+            ids.append(self.token_id("<|assistant|>"))
+        return ids

@@ -1,0 +1,98 @@
+"""What train.py trains: a :class:`Task` supplies model, data and loss; the Trainer does the rest.
+
+The one training loop (omni/train/trainer.py) owns optimisation, precision, DeepSpeed/FSDP2,
+gradient accumulation, the resumable sampler, logging and checkpoints. A task only says *what*:
+
+    @register_task("codec")
+    class CodecTask(Task):
+        def build_model(self, cfg): ...
+        def build_dataset(self, cfg): ...      # a map-style dataset of examples
+        def loss(self, model, batch): ...       # -> (scalar loss, {"name": float, ...})
+
+``python train.py --config configs/X.yaml`` runs ``cfg.task`` (or ``--task NAME``). A task whose
+training is not "minimise a loss over a dataset" (e.g. PPO) overrides :meth:`Task.run` instead.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from omni.config import Config
+
+Tensor = torch.Tensor
+
+
+class Task:
+    """Base class. Subclasses implement build_model / build_dataset / loss (or override run)."""
+
+    name: str = "task"
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        raise NotImplementedError
+
+    def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
+        """A map-style dataset; the Trainer shards and orders it with a resumable, rank-aware sampler."""
+        raise NotImplementedError
+
+    def collate(self, items: list[Any]) -> Any:
+        """Stack examples into a batch (default: torch's default_collate)."""
+        return torch.utils.data.default_collate(items)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        """Scalar training loss and named float metrics to log (e.g. per-modality losses)."""
+        raise NotImplementedError
+
+    def tokens_in(self, batch: Any) -> int:
+        """Tokens (or frames/samples) processed in ``batch``, for throughput logging."""
+        return 0
+
+    def flops_per_token(self, model: nn.Module, cfg: Config) -> float:
+        """Training FLOPs per token for MFU (0 = not reported)."""
+        return 0.0
+
+    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
+        """Extra artefacts to write beside a checkpoint (e.g. a tokenizer folder)."""
+
+    def demo(self, model: nn.Module, cfg: Config) -> Optional[str]:
+        """A short human-readable sample after training (generated text, a reconstruction metric, ...)."""
+        return None
+
+    def run(self, cfg: Config, args: argparse.Namespace) -> None:
+        """Train. Default: the shared Trainer loop."""
+        from omni.train.trainer import Trainer
+
+        Trainer(cfg, self, args).fit()
+
+
+_TASKS: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator: ``train.py --task NAME`` (or ``task: NAME`` in YAML) builds this task."""
+
+    def wrap(cls: type) -> type:
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return wrap
+
+
+# Modules that define tasks; imported lazily so `train.py --task lm` does not import codec code.
+TASK_MODULES = {
+    "lm": "omni.train.lm",
+}
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``; a clear error listing the known ones otherwise."""
+    import importlib
+
+    if name not in _TASKS and name in TASK_MODULES:
+        importlib.import_module(TASK_MODULES[name])
+    if name not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(set(TASK_MODULES) | set(_TASKS))}")
+    return _TASKS[name]()

@@ -1,0 +1,46 @@
+"""Build the decoder a config describes: random init, or weights from a pretrained GGUF file."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from omni.config import Config, ConfigError, ModelConfig
+from omni.model.decoder import Decoder
+
+# Fields that must agree between the config and a pretrained file (vocab may grow, context shrink).
+_SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "qk_norm", "tie_embeddings")
+
+
+def check_pretrained_shape(cfg: ModelConfig, file_cfg: ModelConfig, source: str) -> None:
+    """Raise ConfigError naming every model.* field that ``cfg`` sets differently from the file."""
+    bad = [f"model.{k}={getattr(cfg, k)} but the file has {getattr(file_cfg, k)}"
+           for k in _SHAPE_FIELDS if getattr(cfg, k) != getattr(file_cfg, k)]
+    for k in ("rope_theta", "norm_eps"):
+        if not math.isclose(getattr(cfg, k), getattr(file_cfg, k), rel_tol=1e-6):
+            bad.append(f"model.{k}={getattr(cfg, k)} but the file has {getattr(file_cfg, k)}")
+    if cfg.vocab_size < file_cfg.vocab_size:
+        bad.append(f"model.vocab_size={cfg.vocab_size} is smaller than the file's {file_cfg.vocab_size}")
+    if cfg.max_seq_len > file_cfg.max_seq_len:
+        bad.append(f"model.max_seq_len={cfg.max_seq_len} exceeds the file's context {file_cfg.max_seq_len}")
+    if bad:
+        raise ConfigError(
+            f"config does not match pretrained model {source}: " + "; ".join(bad)
+            + ". Fix the config's model section (or drop model.init_from for a random init)."
+        )
+
+
+def build_model(cfg: Config) -> Decoder:
+    """The decoder of ``cfg.model``: random init, or ``cfg.model.init_from`` ("smollm2-135m" or a
+    .gguf path) loaded and its vocabulary extended to ``cfg.model.vocab_size`` with resize_vocab."""
+    mcfg = cfg.model
+    if not mcfg.init_from:
+        return Decoder(dataclasses.replace(mcfg))
+    from omni.model.pretrained import load_gguf
+
+    file_cfg, state = load_gguf(mcfg.init_from)
+    check_pretrained_shape(mcfg, file_cfg, mcfg.init_from)
+    # Shape from the file; run-time choices (context length, attention backend) from the config.
+    model = Decoder(dataclasses.replace(mcfg, vocab_size=file_cfg.vocab_size))
+    model.load_state_dict(state, strict=True)
+    model.resize_vocab(mcfg.vocab_size)
+    return model

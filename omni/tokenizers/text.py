@@ -41,7 +41,10 @@ class SentencePieceTokenizer(TextTokenizer):
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, folder: str | Path) -> "SentencePieceTokenizer":
         """Train a BPE model of ``vocab_size`` pieces (specials included) on ``texts``; write it to
-        ``folder`` (``spm.model`` + ``tokenizer.json``) and return it."""
+        ``folder`` (``spm.model`` + ``tokenizer.json``) and return it.
+
+        ``texts`` are lines or paragraphs (longer than 16 KiB are skipped by sentencepiece); at most
+        2M of them, sampled, are used. ``vocab_size`` must exceed 256 bytes + the specials (~300)."""
         import sentencepiece as spm
 
         folder = Path(folder)
@@ -64,8 +67,10 @@ class SentencePieceTokenizer(TextTokenizer):
             add_dummy_prefix=False,
             split_digits=True,
             character_coverage=0.9995,
+            max_sentence_length=16384,
+            input_sentence_size=2_000_000,
+            shuffle_input_sentence=True,
             hard_vocab_limit=False,
-            train_extremely_large_corpus=False,
             minloglevel=2,
         )
         tok = cls(folder / cls.MODEL_FILE)

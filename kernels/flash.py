@@ -1,0 +1,424 @@
+"""Triton flash attention (FlashAttention-2 style) for the described mask family, forward + backward.
+
+Forward: one program per (query block, batch x head) runs an online softmax (base 2, log2(e) folded
+into the scale, fp32 accumulation) over the key tiles that :mod:`omni.kernels.masks` lists for its
+query block: partially visible tiles evaluate the visibility rule element-wise, fully visible ones
+skip it, hidden ones are never touched. It saves the log-sum-exp (base 2) per query.
+
+Backward (recomputation, no atomics): ``dk, dv`` with one program per (key block, batch x kv-head)
+that loops over the query heads of its GQA group and the query tiles of the transposed tile list;
+``dq`` with one program per (query block, batch x head) over the key tiles. delta = rowsum(dO * O).
+
+Queries sit at absolute positions ``q_offset[b] + arange(Sq)`` (a [B] tensor), so the same kernels
+serve training, prefill into a KV cache and scoring. Rows with no visible key output 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from omni.kernels.masks import BlockSparse, block_sparse, q_offset_tensor
+from omni.model.attention import AttentionMask
+
+Tensor = torch.Tensor
+LOG2E = 1.4426950408889634
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    return triton.knobs.runtime.interpret
+
+
+def _is_hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+def _configs(hopper_options: list[tuple[int, int]]) -> list[triton.Config]:
+    """(num_warps, num_stages) choices: tuned on Hopper, one sane default elsewhere, one in the interpreter."""
+    if interpreting():
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    if _is_hopper():
+        return [triton.Config({}, num_warps=w, num_stages=s) for w, s in hopper_options]
+    return [triton.Config({}, num_warps=4, num_stages=2)]
+
+
+def block_sizes(head_dim: int, kind: str) -> tuple[int, int]:
+    """(block_m, block_n) for "fwd" (also dq) and "dkdv"; small in the interpreter so tests cross tiles."""
+    if interpreting():
+        return (32, 16) if kind == "fwd" else (16, 32)
+    if kind == "fwd":
+        return (128, 128) if head_dim <= 64 else (128, 64)
+    return (64, 128) if head_dim <= 64 else (64, 64)
+
+
+# ---- shared device code --------------------------------------------------------------------------
+@triton.jit
+def _visible(q_pos, k_pos, q_doc, k_doc, q_span, k_span, kv_len, window,
+             CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[M, N] bool: the AttentionMask rule for query positions q_pos [M] and key positions k_pos [N]."""
+    qp = q_pos[:, None]
+    kp = k_pos[None, :]
+    vis = kp < kv_len
+    if CAUSAL:
+        ok = kp <= qp
+    else:
+        ok = kp >= 0
+    same_span = kp < 0
+    if HAS_SPAN:
+        same_span = (q_span[:, None] == k_span[None, :]) & (q_span[:, None] > 0)
+        ok = ok | same_span
+    if HAS_WINDOW:
+        ok = ok & ((qp - kp < window) | same_span)
+    if HAS_DOC:
+        ok = ok & (q_doc[:, None] == k_doc[None, :])
+    return vis & ok
+
+
+@triton.jit
+def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
+    """ids [S] at positions pos (clamped into [0, kv_len)), or zeros when the mask has no such ids."""
+    if HAS:
+        return tl.load(ID + tl.minimum(tl.maximum(pos, 0), kv_len - 1))
+    else:
+        return tl.zeros(pos.shape, tl.int32)
+
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+              stride_ks, stride_vs, kv_len, qk_scale, window,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """One online-softmax step over keys [start_n, start_n + BLOCK_N) (base-2 exponentials)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = tl.load(K + offs_n[:, None] * stride_ks + offs_d[None, :], mask=offs_n[:, None] < kv_len, other=0.0)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
+    if MASKED:
+        k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
+        k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
+        vis = _visible(q_pos, offs_n, q_doc, k_doc, q_span, k_span, kv_len, window,
+                       CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        s = tl.where(vis, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(V + offs_n[:, None] * stride_vs + offs_d[None, :], mask=offs_n[:, None] < kv_len, other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+# ---- forward -------------------------------------------------------------------------------------
+@triton.autotune(configs=_configs([(4, 3), (8, 3), (4, 4), (8, 4)]), key=["q_len", "kv_len", "HEAD_DIM"])
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
+                KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
+                qk_scale, window, q_len, kv_len, n_heads, groups, n_qb, n_kb,
+                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    hk = h // groups
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+                mask=offs_m[:, None] < q_len, other=0.0)
+    q_pos = tl.load(QOFF + b) + offs_m
+    DOC = DOC + b * kv_len
+    SPAN = SPAN + b * kv_len
+    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
+    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+    K = K + b * stride_kb + hk * stride_kh
+    V = V + b * stride_vb + hk * stride_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    row = b * n_qb + pid_m
+    for t in range(0, tl.load(KV_CNT + row)):
+        start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+                                  stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, True,
+                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    for t in range(0, tl.load(FKV_CNT + row)):
+        start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+                                  stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, False,
+                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    # Empty rows store +inf so that the backward's exp2(s - lse) is 0 for them.
+    lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe))
+    tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=offs_m[:, None] < q_len)
+    tl.store(LSE + pid_bh * q_len + offs_m, lse, mask=offs_m < q_len)
+
+
+# ---- backward ------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_probs(q, k, q_pos, k_pos, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
+               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr,
+               HAS_WINDOW: tl.constexpr):
+    """Recomputed probabilities [M, N] of one tile from the saved base-2 log-sum-exp."""
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+    if MASKED:
+        vis = _visible(q_pos, k_pos, q_doc, k_doc, q_span, k_span, kv_len, window,
+                       CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        p = tl.where(vis, p, 0.0)
+    return p
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN, qoff, start_m,
+               stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+               HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < q_len
+    q = tl.load(Q + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dos + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
+    q_pos = qoff + offs_m
+    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
+    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+    p = _bwd_probs(q, k, q_pos, k_pos, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
+                   MASKED, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
+    return dk, dv
+
+
+@triton.autotune(configs=_configs([(4, 3), (8, 3), (8, 2)]), key=["q_len", "kv_len", "HEAD_DIM"])
+@triton.jit
+def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
+                 Q_CNT, Q_IDX, FQ_CNT, FQ_IDX,
+                 qk_scale, sm_scale, window, q_len, kv_len, n_kv_heads, groups, n_qb, n_kb,
+                 stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+                 stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
+                 stride_dkb, stride_dkh, stride_dks,
+                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // n_kv_heads
+    hk = pid_bh % n_kv_heads
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n[:, None] < kv_len
+    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :],
+                mask=col_ok, other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :],
+                mask=col_ok, other=0.0)
+    DOC = DOC + b * kv_len
+    SPAN = SPAN + b * kv_len
+    k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
+    k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
+    qoff = tl.load(QOFF + b)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    col = b * n_kb + pid_n
+    n_part = tl.load(Q_CNT + col)
+    n_full = tl.load(FQ_CNT + col)
+    for g in range(0, groups):  # the query heads that share this kv head
+        h = hk * groups + g
+        Qh = Q + b * stride_qb + h * stride_qh
+        DOh = DO + b * stride_dob + h * stride_doh
+        LSEh = LSE + (b * n_kv_heads * groups + h) * q_len
+        DELTAh = DELTA + (b * n_kv_heads * groups + h) * q_len
+        for t in range(0, n_part):
+            start_m = tl.load(Q_IDX + col * n_qb + t) * BLOCK_M
+            dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, k_doc, k_span, Qh, DOh, LSEh, DELTAh, DOC, SPAN, qoff,
+                                start_m, stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
+                                HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        for t in range(0, n_full):
+            start_m = tl.load(FQ_IDX + col * n_qb + t) * BLOCK_M
+            dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, k_doc, k_span, Qh, DOh, LSEh, DELTAh, DOC, SPAN, qoff,
+                                start_m, stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
+                                HEAD_DIM, BLOCK_M, False, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    out = b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :]
+    tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok)
+    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+             stride_ks, stride_vs, kv_len, qk_scale, window,
+             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
+             HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n[:, None] < kv_len
+    k = tl.load(K + offs_n[:, None] * stride_ks + offs_d[None, :], mask=col_ok, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vs + offs_d[None, :], mask=col_ok, other=0.0)
+    k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
+    k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
+    p = _bwd_probs(q, k, q_pos, offs_n, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
+                   MASKED, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    return tl.dot(ds.to(k.dtype), k, dq)
+
+
+@triton.autotune(configs=_configs([(4, 3), (8, 3), (8, 2)]), key=["q_len", "kv_len", "HEAD_DIM"])
+@triton.jit
+def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
+               KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
+               qk_scale, sm_scale, window, q_len, kv_len, n_heads, groups, n_qb, n_kb,
+               stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
+               stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
+               stride_dqb, stride_dqh, stride_dqs,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    hk = h // groups
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < q_len
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + pid_bh * q_len + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * q_len + offs_m, mask=row_ok, other=0.0)
+    q_pos = tl.load(QOFF + b) + offs_m
+    DOC = DOC + b * kv_len
+    SPAN = SPAN + b * kv_len
+    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
+    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+    K = K + b * stride_kb + hk * stride_kh
+    V = V + b * stride_vb + hk * stride_vh
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    row = b * n_qb + pid_m
+    for t in range(0, tl.load(KV_CNT + row)):
+        start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
+        dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n, stride_ks,
+                      stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, True,
+                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    for t in range(0, tl.load(FKV_CNT + row)):
+        start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
+        dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n, stride_ks,
+                      stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, False,
+                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+# ---- host side -----------------------------------------------------------------------------------
+class MaskArgs:
+    """What the kernels read of an AttentionMask: ids as int32 [B, Skv] (dummies when absent), offsets."""
+
+    def __init__(self, mask: AttentionMask, batch: int, kv_len: int, device: torch.device) -> None:
+        dummy = torch.zeros(1, dtype=torch.int32, device=device)
+        self.doc = dummy if mask.document_ids is None else _ids(mask.document_ids, batch, kv_len, device)
+        self.span = dummy if mask.span_ids is None else _ids(mask.span_ids, batch, kv_len, device)
+        self.qoff = q_offset_tensor(mask, batch, device)
+        self.window = mask.sliding_window or 0
+        self.flags = dict(CAUSAL=mask.causal, HAS_DOC=mask.document_ids is not None,
+                          HAS_SPAN=mask.span_ids is not None, HAS_WINDOW=mask.sliding_window is not None)
+
+
+def _ids(ids: Tensor, batch: int, kv_len: int, device: torch.device) -> Tensor:
+    if ids.shape[1] < kv_len:
+        raise ValueError(f"mask ids cover {ids.shape[1]} positions but the keys have {kv_len}")
+    return ids[:, :kv_len].to(device=device, dtype=torch.int32).expand(batch, kv_len).contiguous()
+
+
+def _lastdim_contiguous(x: Tensor) -> Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check_head_dim(d: int) -> None:
+    if d < 16 or d > 256 or d & (d - 1):
+        raise ValueError(f"triton attention needs a power-of-two head_dim in [16, 256], got {d}; use 'sdpa'")
+
+
+def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float) -> tuple[Tensor, Tensor]:
+    """Run the forward kernel. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> (out [B, H, Sq, D], lse [B, H, Sq])."""
+    b, h, sq, d = q.shape
+    hk, skv = k.shape[1], k.shape[2]
+    _check_head_dim(d)
+    bm, bn = block_sizes(d, "fwd")
+    bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
+    ma = MaskArgs(mask, b, skv, q.device)
+    out = torch.empty_like(q)
+    lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
+    _fwd_kernel[(n_qb, b * h)](
+        q, k, v, out, lse, ma.qoff, ma.doc, ma.span,
+        bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
+        scale * LOG2E, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+    )
+    return out, lse
+
+
+def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
+                   mask: AttentionMask, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) by recomputation from the saved base-2 log-sum-exp."""
+    b, h, sq, d = q.shape
+    hk, skv = k.shape[1], k.shape[2]
+    do = _lastdim_contiguous(do)
+    delta = (do.float() * out.float()).sum(-1).contiguous()  # [B, H, Sq]
+    ma = MaskArgs(mask, b, skv, q.device)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    bm, bn = block_sizes(d, "dkdv")
+    bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
+    n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
+    _dkdv_kernel[(n_kb, b * hk)](
+        q, k, v, do, dk, dv, lse, delta, ma.qoff, ma.doc, ma.span,
+        bs.q_cnt, bs.q_idx, bs.full_q_cnt, bs.full_q_idx,
+        scale * LOG2E, scale, ma.window, sq, skv, hk, h // hk, n_qb, n_kb,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+    )
+    bm, bn = block_sizes(d, "fwd")
+    bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
+    n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
+    _dq_kernel[(n_qb, b * h)](
+        q, k, v, do, dq, lse, delta, ma.qoff, ma.doc, ma.span,
+        bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
+        scale * LOG2E, scale, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+    )
+    return dq, dk, dv
+
+
+class FlashAttention(torch.autograd.Function):
+    """Differentiable wrapper: forward saves (q, k, v, out, lse); backward recomputes probabilities."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float) -> Tensor:
+        q, k, v = (_lastdim_contiguous(x) for x in (q, k, v))
+        out, lse = flash_forward(q, k, v, mask, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask, ctx.scale = mask, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, do: Tensor) -> tuple[Optional[Tensor], ...]:
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = flash_backward(do, q, k, v, out, lse, ctx.mask, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: Optional[float] = None) -> Tensor:
+    """Masked attention through the Triton kernels. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> [B, H, Sq, D]."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    return FlashAttention.apply(q, k, v, mask, scale)

@@ -6,3 +6,6 @@ from omni.tokenizers.base import (  # noqa: F401
     load_tokenizer,
     register_tokenizer,
 )
+
+# Built-in modality tokenizers: importing registers their classes (load_tokenizer) and config sections.
+from omni.tokenizers import codec  # noqa: F401,E402

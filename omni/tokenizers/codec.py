@@ -1,0 +1,429 @@
+"""Streaming speech codec: causal conv encoder, residual VQ with EMA codebooks, causal conv decoder.
+
+    wav [B, 1, samples] --encoder--> latents [B, D, frames] --RVQ--> codes [B, K, frames]
+    codes --sum of codebook vectors--> [B, D, frames] --decoder--> wav [B, 1, frames * hop]
+
+Every convolution is causal: it pads on the left only, so output t depends on inputs <= t. In
+streaming mode (``with codec.streaming(B):``) each conv keeps the last ``(kernel-1)*dilation + 1 -
+stride`` inputs of the previous call as its state instead of zeros; the convolution of
+``[state, new input]`` is then the same arithmetic on the same numbers as the offline convolution,
+so chunked encode/decode equals offline bit for bit (tests/test_codec.py checks it).
+
+Upsampling in the decoder is a causal conv that emits ``stride`` times more channels, reshaped into
+time ("sub-pixel" upsampling). It is as expressive as a transposed conv of kernel ``k*stride`` but
+needs no overlap-add state, which keeps streaming exactness a property of one primitive.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from omni.config import ConfigError, register_section
+from omni.streaming import StreamingModule, StreamingState
+from omni.tokenizers.base import Tokenizer, register_tokenizer
+
+Tensor = torch.Tensor
+
+
+@register_section("codec")
+@dataclass
+class CodecConfig:
+    """Shape of the speech codec and how it is trained (configs/codec*.yaml)."""
+
+    sample_rate: int = 16_000
+    strides: list[int] = field(default_factory=lambda: [4, 5, 8, 8])  # hop = product = 1280 -> 12.5 Hz
+    channels: int = 32  # width of the first conv; doubles at every downsampling step
+    max_channels: int = 512
+    dim: int = 256  # latent dimension fed to the quantiser
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    codebook_dim: int = 0  # 0 = dim; otherwise each VQ level projects dim -> codebook_dim
+    ema_decay: float = 0.99
+    commitment_weight: float = 1.0
+    # Probability that a training example uses only the first n ~ U{1..K} codebooks, so that
+    # decoding with fewer codebooks (lower bitrate) still works.
+    quantizer_dropout: float = 0.5
+    # Training data: a folder written by data/build_speech.py; crops of segment_seconds.
+    data_path: str = ".cache/data/speech"
+    segment_seconds: float = 1.0
+    mel_n_ffts: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    mel_bins: int = 64
+    waveform_weight: float = 0.1
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.strides)
+
+    def validate(self) -> None:
+        if self.sample_rate / self.hop_length > 25:
+            raise ConfigError(f"codec frame rate {self.sample_rate / self.hop_length} Hz exceeds 25 Hz; use larger strides")
+        if self.num_codebooks < 1 or self.codebook_size < 2:
+            raise ConfigError("codec.num_codebooks must be >= 1 and codec.codebook_size >= 2")
+        if not 0 <= self.quantizer_dropout <= 1:
+            raise ConfigError(f"codec.quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
+
+
+class _ConvState(StreamingState):
+    """The trailing inputs of the previous call, ``[B, C, pad, ...]`` (time is dim 2)."""
+
+    def __init__(self, previous: Tensor) -> None:
+        self.previous = previous
+        self.initial_len = previous.shape[2]
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        if mask is None:
+            self.previous = self.previous.new_zeros(*self.previous.shape[:2], self.initial_len, *self.previous.shape[3:])
+            return
+        if self.previous.shape[2] != self.initial_len:
+            raise RuntimeError(
+                "cannot reset some streams while others are mid-way through a stride; "
+                "reset all streams (mask=None) or feed whole strides"
+            )
+        self.previous[mask.to(self.previous.device)] = 0
+
+
+class CausalConv(StreamingModule):
+    """Causal convolution along dim 2 (time) of ``[B, C, T]`` (1-D) or ``[B, C, T, H, W]`` (3-D).
+
+    Pads ``pad`` zeros on the left of time (default ``(kernel-1)*dilation + 1 - stride`` so that T
+    inputs give T/stride outputs, output t seeing inputs up to (t+1)*stride-1) and ``spatial//2``
+    on both sides of the spatial dims. Offline, T must be a multiple of ``stride`` (after ``pad``
+    is accounted for). Streaming calls continue from the stored trailing inputs.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int = 1,
+        dilation: int = 1,
+        spatial: int = 0,
+        pad: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.stride = stride
+        self.span = (kernel - 1) * dilation + 1  # inputs one output sees
+        self.pad = self.span - stride if pad is None else pad
+        if self.pad < 0:
+            raise ValueError(f"CausalConv: kernel span {self.span} < stride {stride}")
+        if spatial:
+            self.conv: nn.Module = nn.Conv3d(
+                in_channels, out_channels, (kernel, spatial, spatial), (stride, 1, 1),
+                padding=(0, spatial // 2, spatial // 2), dilation=(dilation, 1, 1),
+            )
+        else:
+            self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, dilation=dilation)
+
+    def _init_streaming_state(self, batch_size: int, **options: Any) -> _ConvState:
+        w = self.conv.weight
+        return _ConvState(w.new_zeros(batch_size, w.shape[1], self.pad))
+
+    def forward(self, x: Tensor) -> Tensor:
+        state = self._streaming_state
+        if state is None:
+            if (x.shape[2] + self.pad - self.span) % self.stride:
+                raise ValueError(f"CausalConv: {x.shape[2]} time steps do not fill whole strides of {self.stride}")
+            return self.conv(F.pad(x, (0, 0) * (x.dim() - 3) + (self.pad, 0)))
+        if state.previous.shape[3:] != x.shape[3:]:  # 3-D: spatial size known only at the first call
+            state.previous = x.new_zeros(*x.shape[:2], state.previous.shape[2], *x.shape[3:])
+        buf = torch.cat([state.previous, x], dim=2)
+        n = (buf.shape[2] - self.span) // self.stride + 1 if buf.shape[2] >= self.span else 0
+        state.previous = buf[:, :, n * self.stride:]
+        if n == 0:
+            return x.new_zeros(x.shape[0], self.conv.out_channels, 0, *x.shape[3:])
+        return self.conv(buf[:, :, : (n - 1) * self.stride + self.span])
+
+
+class CausalUpsample(nn.Module):
+    """Sub-pixel upsampling in time: causal conv to ``out*stride`` channels, then fold into time.
+
+    ``[B, C, T, ...] -> [B, out, T*stride, ...]``; output frame ``t*stride + j`` reads conv channel
+    ``c*stride + j`` at step t, so it sees only inputs <= t.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, kernel: int = 3, spatial: int = 0) -> None:
+        super().__init__()
+        self.stride = stride
+        self.out_channels = out_channels
+        self.conv = CausalConv(in_channels, out_channels * stride, kernel, spatial=spatial)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)  # [B, out*s, T, ...]
+        b, _, t, *rest = y.shape
+        y = y.reshape(b, self.out_channels, self.stride, t, *rest).transpose(2, 3)
+        return y.reshape(b, self.out_channels, t * self.stride, *rest)
+
+
+class ResidualUnit(nn.Module):
+    """x + conv1x1(elu(dilated causal conv(elu(x)))): [B, C, T] -> [B, C, T]."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv1 = CausalConv(channels, channels // 2, 3, dilation=dilation)
+        self.conv2 = CausalConv(channels // 2, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.elu(self.conv1(F.elu(x))))
+
+
+def _widths(cfg: CodecConfig) -> list[int]:
+    return [min(cfg.channels * 2**i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
+
+
+class Encoder(nn.Module):
+    """wav [B, 1, T] -> latents [B, dim, T / hop]."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        w = _widths(cfg)
+        layers: list[nn.Module] = [CausalConv(1, w[0], 7)]
+        for i, s in enumerate(cfg.strides):
+            layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9), nn.ELU()]
+            layers += [CausalConv(w[i], w[i + 1], 2 * s, stride=s)]
+        layers += [nn.ELU(), CausalConv(w[-1], cfg.dim, 3)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, wav: Tensor) -> Tensor:
+        return self.net(wav)
+
+
+class Decoder(nn.Module):
+    """latents [B, dim, frames] -> wav [B, 1, frames * hop]."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        w = _widths(cfg)
+        layers: list[nn.Module] = [CausalConv(cfg.dim, w[-1], 7)]
+        for i, s in reversed(list(enumerate(cfg.strides))):
+            layers += [nn.ELU(), CausalUpsample(w[i + 1], w[i], s)]
+            layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9)]
+        layers += [nn.ELU(), CausalConv(w[0], 1, 7)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+class VectorQuantizer(nn.Module):
+    """One VQ level with an EMA-updated codebook ``[size, dim]`` (no gradient into the codebook).
+
+    Dead codes (EMA cluster size < ``dead_threshold``) are re-seeded from the current batch.
+    """
+
+    def __init__(self, dim: int, size: int, codebook_dim: int, decay: float, dead_threshold: float = 1.0) -> None:
+        super().__init__()
+        self.decay = decay
+        self.dead_threshold = dead_threshold
+        self.proj_in = nn.Conv1d(dim, codebook_dim, 1) if codebook_dim != dim else nn.Identity()
+        self.proj_out = nn.Conv1d(codebook_dim, dim, 1) if codebook_dim != dim else nn.Identity()
+        self.register_buffer("codebook", torch.randn(size, codebook_dim) * 0.1)
+        self.register_buffer("cluster_size", torch.ones(size))
+        self.register_buffer("embed_sum", self.codebook.clone())
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def nearest(self, z: Tensor) -> Tensor:
+        """Code ids of ``z`` [N, d] -> [N]. Squared distances computed per (row, code) pair, in
+        blocks of rows, so a row's id never depends on how many rows share the call (exactness)."""
+        out = []
+        for block in z.split(256):
+            d = (block[:, None, :] - self.codebook[None]).pow(2).sum(-1)
+            out.append(d.argmin(-1))
+        return torch.cat(out)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, dim, T] -> (quantised [B, dim, T] with straight-through gradient, codes [B, T],
+        commitment loss scalar)."""
+        z = self.proj_in(x)  # [B, d, T]
+        flat = z.transpose(1, 2).reshape(-1, z.shape[1])
+        if self.training and not bool(self.initialized):
+            self._init_from(flat.detach())
+        with torch.no_grad():
+            codes = self.nearest(flat.detach())
+        q = self.codebook[codes]
+        if self.training:
+            self._ema_update(flat.detach(), codes)
+        commit = F.mse_loss(flat, q.detach())
+        q = flat + (q - flat).detach()
+        q = q.reshape(z.shape[0], z.shape[2], -1).transpose(1, 2)
+        return self.proj_out(q), codes.reshape(z.shape[0], z.shape[2]), commit
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, T] -> [B, dim, T]."""
+        q = self.codebook[codes].transpose(1, 2)
+        # Dense row-major strides even when T == 1 (a [B, d, 1] transpose counts as "contiguous" with
+        # odd strides, and oneDNN then picks another conv kernel: different rounding, not exact).
+        return self.proj_out(torch.empty(q.shape, dtype=q.dtype, device=q.device).copy_(q))
+
+    @torch.no_grad()
+    def _init_from(self, flat: Tensor) -> None:
+        idx = torch.randint(0, flat.shape[0], (self.codebook.shape[0],), device=flat.device)
+        self.codebook.copy_(flat[idx])
+        self.embed_sum.copy_(flat[idx])
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, codes: Tensor) -> None:
+        onehot = F.one_hot(codes, self.codebook.shape[0]).type_as(flat)  # [N, size]
+        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (n + self.codebook.shape[0] * 1e-5) * n
+        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+        dead = self.cluster_size < self.dead_threshold
+        if dead.any():  # re-seed unused codes with random current inputs
+            idx = torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)
+            self.codebook[dead] = flat[idx]
+            self.embed_sum[dead] = flat[idx]
+            self.cluster_size[dead] = 1.0
+
+
+class ResidualVQ(nn.Module):
+    """K VQ levels, each quantising the residual the previous ones left."""
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        super().__init__()
+        cd = cfg.codebook_dim or cfg.dim
+        self.levels = nn.ModuleList(
+            VectorQuantizer(cfg.dim, cfg.codebook_size, cd, cfg.ema_decay) for _ in range(cfg.num_codebooks)
+        )
+
+    def forward(self, x: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, dim, T] -> (quantised [B, dim, T], codes [B, K, T], commitment loss).
+
+        ``n_q`` [B] (training): example b's output sums only its first n_q[b] levels (quantiser
+        dropout); every level still sees the full residual chain, so codebook statistics are clean.
+        """
+        residual, out, codes, commit = x, torch.zeros_like(x), [], x.new_zeros(())
+        for i, vq in enumerate(self.levels):
+            q, c, loss = vq(residual)
+            residual = residual - q.detach()
+            out = out + (q if n_q is None else q * (i < n_q).to(q.dtype)[:, None, None])
+            codes.append(c)
+            commit = commit + loss
+        return out, torch.stack(codes, 1), commit / len(self.levels)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """x [B, dim, T] -> codes [B, K, T]; never updates the codebooks."""
+        residual, codes = x, []
+        for vq in self.levels:
+            z = vq.proj_in(residual)
+            c = vq.nearest(z.transpose(1, 2).reshape(-1, z.shape[1])).reshape(z.shape[0], z.shape[2])
+            residual = residual - vq.decode(c)
+            codes.append(c)
+        return torch.stack(codes, 1)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, k <= K, T] -> [B, dim, T] (fewer codebooks = lower bitrate)."""
+        return sum(self.levels[i].decode(codes[:, i]) for i in range(codes.shape[1]))
+
+
+@register_tokenizer
+class SpeechCodec(Tokenizer, StreamingModule):
+    """The speech tokenizer: ``encode(wav [B,1,S]) -> codes [B,K,S/hop]``, ``decode`` the inverse.
+
+    Inside ``with codec.streaming(B):`` ``encode`` takes chunks whose length is a multiple of
+    ``hop_length`` and returns the codes of the frames they complete; ``decode`` takes ``[B, K, n]``
+    and returns ``n * hop`` samples; both equal the offline result exactly.
+    """
+
+    modality = "audio"
+
+    def __init__(self, cfg: CodecConfig) -> None:
+        StreamingModule.__init__(self)
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = ResidualVQ(cfg)
+        self.decoder = Decoder(cfg)
+
+    # ---- metadata -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.codebook_size
+
+    @property
+    def hop_length(self) -> int:
+        return self.cfg.hop_length
+
+    @property
+    def sample_rate(self) -> int:
+        return self.cfg.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.cfg.sample_rate / self.cfg.hop_length
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        c = self.cfg
+        bitrate = self.frame_rate * c.num_codebooks * math.log2(c.codebook_size)
+        return {
+            **super().metadata,
+            "sample_rate": c.sample_rate,
+            "frame_rate": self.frame_rate,
+            "hop_length": c.hop_length,
+            "num_codebooks": c.num_codebooks,
+            "codebook_size": c.codebook_size,
+            "bitrate": bitrate,
+        }
+
+    # ---- tokenizer interface ---------------------------------------------------------------
+    def _check_wav(self, wav: Tensor) -> None:
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"codec.encode expects mono audio [B, 1, samples], got {list(wav.shape)}")
+        if wav.shape[-1] % self.hop_length:
+            raise ValueError(
+                f"codec.encode needs a multiple of hop_length={self.hop_length} samples, got {wav.shape[-1]}; "
+                "pad with codec.pad_to_hop(wav)"
+            )
+
+    def pad_to_hop(self, wav: Tensor) -> Tensor:
+        """Right-pad ``wav`` [..., samples] with zeros to a whole number of frames."""
+        return F.pad(wav, (0, -wav.shape[-1] % self.hop_length))
+
+    @torch.no_grad()
+    def encode(self, wav: Tensor, num_codebooks: Optional[int] = None) -> Tensor:
+        """wav [B, 1, samples] float32 at ``sample_rate`` -> codes [B, K, samples/hop] long."""
+        self._check_wav(wav)
+        codes = self.quantizer.encode(self.encoder(wav.float()))
+        return codes[:, :num_codebooks] if num_codebooks else codes
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, k, frames] (k <= K; fewer = lower bitrate) -> wav [B, 1, frames * hop]."""
+        if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.cfg.num_codebooks:
+            raise ValueError(f"codec.decode expects codes [B, k<={self.cfg.num_codebooks}, frames], got {list(codes.shape)}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
+            raise ValueError(f"codec.decode: code ids must lie in [0, {self.cfg.codebook_size})")
+        return self.decoder(self.quantizer.decode(codes.long()))
+
+    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Training pass: wav [B, 1, S] -> (reconstruction [B, 1, S], codes [B, K, S/hop], commit loss)."""
+        q, codes, commit = self.quantizer(self.encoder(wav), n_q)
+        return self.decoder(q), codes, commit
+
+    # ---- save / load -----------------------------------------------------------------------
+    def _save(self, folder: Path) -> dict[str, Any]:
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
+        from omni.config import _to_plain
+
+        return {"config": _to_plain(self.cfg)}
+
+    @classmethod
+    def _load(cls, folder: Path, state: dict[str, Any]) -> "SpeechCodec":
+        from omni.config import _coerce
+
+        model = cls(_coerce(state["config"], CodecConfig, "codec"))
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        return model.eval()

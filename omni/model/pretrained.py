@@ -6,6 +6,7 @@ every tensor to float32 and renames it to :class:`omni.model.decoder.Decoder`'s 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,14 +17,14 @@ import torch
 from omni.config import ModelConfig
 
 if TYPE_CHECKING:
+    from gguf import GGUFReader
+
     from omni.model.decoder import Decoder
     from omni.tokenizers.base import TextTokenizer
 
 Tensor = torch.Tensor
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Names accepted wherever a GGUF path is (model.init_from, tokenizer.path).
-KNOWN_MODELS = {"smollm2-135m": lambda: smollm2_path()}
 
 # GGUF tensor name (after "blk.N.") -> Decoder state-dict name (after "layers.N.").
 _BLOCK_NAMES = {
@@ -56,14 +57,30 @@ def smollm2_path() -> Path:
     return path
 
 
+# Names accepted wherever a GGUF path is (model.init_from, tokenizer.path).
+KNOWN_MODELS = {"smollm2-135m": smollm2_path}
+
+
 def resolve_gguf(name_or_path: str | Path) -> Path:
     """A known model name ("smollm2-135m") or a path to a ``.gguf`` file -> the file's path."""
     if str(name_or_path) in KNOWN_MODELS:
         return KNOWN_MODELS[str(name_or_path)]()
-    path = Path(name_or_path)
+    path = Path(name_or_path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"GGUF model {str(name_or_path)!r} is neither a known name {sorted(KNOWN_MODELS)} nor a file")
     return path
+
+
+@functools.lru_cache(maxsize=2)
+def gguf_reader(path: Path) -> "GGUFReader":
+    """A (memory-mapped) reader of ``path``, shared by the weights and the tokenizer: parsing the
+    metadata of SmolLM2's 49k-token vocabulary takes seconds, so it is done once per process."""
+    from gguf import GGUFReader
+
+    try:
+        return GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
 
 
 def _unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
@@ -110,14 +127,10 @@ def gguf_model_config(fields: dict[str, Any], has_output: bool, path: Path) -> M
 
 def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, dict[str, Tensor]]:
     """Read a llama-family GGUF file: its ModelConfig and a float32 Decoder state dict."""
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
     path = resolve_gguf(path_or_name)
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
+    reader = gguf_reader(path)
     names = {t.name for t in reader.tensors}
     cfg = gguf_model_config(reader.fields, "output.weight" in names, path)
     state: dict[str, Tensor] = {}

@@ -131,13 +131,12 @@ class GGUFTokenizer(TextTokenizer):
     @classmethod
     def from_gguf(cls, name_or_path: str | Path = "smollm2-135m") -> "GGUFTokenizer":
         """Build from the tokenizer metadata of a GGUF file ("smollm2-135m" or a path)."""
-        from gguf import GGUFReader
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
-        from omni.model.pretrained import resolve_gguf
+        from omni.model.pretrained import gguf_reader, resolve_gguf
 
         path = resolve_gguf(name_or_path)
-        fields = GGUFReader(path).fields
+        fields = gguf_reader(path).fields
 
         def field(key: str) -> Any:
             if key not in fields:

@@ -1,0 +1,136 @@
+"""Public inference API: load a model from a checkpoint or a config, and generate text.
+
+    from omni import load_model, TextGenerator
+    model, tokenizer, cfg = load_model("configs/smollm2-135m.yaml")     # or "runs/tiny"
+    gen = TextGenerator(model, tokenizer)
+    gen.chat([{"role": "user", "content": "What is the capital of France?"}])
+    gen.generate("Once upon a time", max_new_tokens=50, sampling=SamplingConfig(temperature=0.8))
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from omni.config import Config, ConfigError, load_config
+from omni.model.decoder import Decoder
+from omni.model.generate import SamplingConfig, generate
+from omni.tokenizers.base import TextTokenizer, load_tokenizer
+
+__all__ = ["load_model", "TextGenerator"]
+
+
+def _default_device(device: Optional[str | torch.device]) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _load_checkpoint(path: Path) -> tuple[Decoder, TextTokenizer, Config]:
+    from omni.train.checkpoint import load_model_state, resolve_checkpoint
+
+    step_dir = resolve_checkpoint(path)
+    cfg, state = load_model_state(step_dir)
+    # The weights are in the checkpoint: build the bare shape, never re-read the pretrained file.
+    model = Decoder(dataclasses.replace(cfg.model, init_from=""))
+    expected = model.state_dict()
+    problems = [f"{k}: config {tuple(expected[k].shape)} vs file {tuple(v.shape)}"
+                for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if missing := sorted(set(expected) - set(state)):
+        problems.append(f"missing in file: {missing[:5]}")
+    if unexpected := sorted(set(state) - set(expected)):
+        problems.append(f"not in the model: {unexpected[:5]}")
+    if problems:
+        raise ConfigError(
+            f"the config {step_dir / 'config.yaml'} does not match the weights {step_dir / 'model.safetensors'}: "
+            + "; ".join(problems[:8])
+        )
+    model.load_state_dict(state)
+    tok_dir = step_dir / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        from omni.tokenizers.text import build_text_tokenizer
+
+        tokenizer = build_text_tokenizer(cfg.tokenizer)
+    return model, tokenizer, cfg
+
+
+def load_model(
+    checkpoint_or_config: str | Path | Config,
+    device: Optional[str | torch.device] = None,
+    overrides: Sequence[str] = (),
+    dtype: Optional[torch.dtype] = None,
+) -> tuple[Decoder, TextTokenizer, Config]:
+    """(model in eval mode, tokenizer, config) from a checkpoint or a config.
+
+    Args:
+        checkpoint_or_config: a run folder (``runs/NAME``, follows ``latest``), a step folder, a YAML
+            config path or name in configs/ (pretrained via ``model.init_from`` or random init), or a
+            :class:`Config`.
+        device: default CUDA when available, else CPU.
+        overrides: ``section.key=value`` strings applied to a YAML config (e.g. ``model.attention=sdpa``);
+            a checkpoint always uses the config it was saved with.
+        dtype: parameter dtype; default bfloat16 on CUDA, float32 on CPU.
+    """
+    from omni.model.build import build_model
+    from omni.tokenizers.text import build_text_tokenizer
+
+    device = _default_device(device)
+    if isinstance(checkpoint_or_config, Config):
+        cfg = checkpoint_or_config
+        model, tokenizer = build_model(cfg), build_text_tokenizer(cfg.tokenizer)
+    elif Path(checkpoint_or_config).exists() and Path(checkpoint_or_config).suffix not in (".yaml", ".yml"):
+        if overrides:
+            raise ValueError("overrides apply to YAML configs; a checkpoint is loaded with the config it was saved with")
+        model, tokenizer, cfg = _load_checkpoint(Path(checkpoint_or_config))
+    else:
+        cfg = load_config(checkpoint_or_config, list(overrides))
+        model, tokenizer = build_model(cfg), build_text_tokenizer(cfg.tokenizer)
+    if tokenizer.vocab_size > model.vocab_size:
+        raise ConfigError(
+            f"tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is {model.vocab_size}; "
+            "raise model.vocab_size in the config"
+        )
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    return model.to(device=device, dtype=dtype).eval(), tokenizer, cfg
+
+
+class TextGenerator:
+    """Text in, text out over a decoder and its tokenizer (greedy by default)."""
+
+    def __init__(self, model: Decoder, tokenizer: TextTokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def _run(self, ids: list[int], max_new_tokens: int, sampling: SamplingConfig, stop_ids: Sequence[int],
+             seed: Optional[int]) -> str:
+        context = self.model.cfg.max_seq_len
+        if len(ids) >= context:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens but the model context (model.max_seq_len) is {context}; "
+                "shorten the prompt"
+            )
+        # Never ask for more than the context has room for.
+        max_new_tokens = min(max_new_tokens, context - len(ids))
+        device = self.model.tok_embeddings.weight.device
+        generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        out = generate(self.model, [ids], max_new_tokens, sampling, stop_ids=stop_ids, generator=generator)[0]
+        if out and out[-1] in stop_ids:
+            out = out[:-1]
+        return self.tokenizer.decode(out)
+
+    def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingConfig = SamplingConfig(),
+                 seed: Optional[int] = None) -> str:
+        """Plain continuation of ``prompt`` (stops at the tokenizer's end-of-text)."""
+        ids = self.tokenizer.encode(prompt)
+        if not ids:
+            ids = [self.tokenizer.bos_id]
+        return self._run(ids, max_new_tokens, sampling, [self.tokenizer.eos_id], seed)
+
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int = 128,
+             sampling: SamplingConfig = SamplingConfig(), seed: Optional[int] = None) -> str:
+        """The assistant's reply to ``messages`` ([{"role": "user", "content": "..."}, ...])."""
+        ids = self.tokenizer.chat_prompt(messages, add_generation_prompt=True)
+        stop = [self.tokenizer.end_of_turn_id, self.tokenizer.eos_id]
+        return self._run(ids, max_new_tokens, sampling, stop, seed)

@@ -1,0 +1,110 @@
+"""One generation step of the omni model, shared by offline chat and the streaming speech session.
+
+Per row, a small state machine says what may come next (text, an audio frame, image codes):
+
+    TEXT      any text token, <|end_of_turn|>, <|audio_start|> (-> AUDIO), <|image_start|> (-> IMAGE)
+    AUDIO     a text-stream token: a text token or <|text_pad|> = one more audio frame (its K codes
+              come from the depth decoder), or <|audio_end|> (-> TEXT)
+    IMAGE     exactly h*w image codes, then <|image_end|> is forced (-> TEXT)
+    DONE      after <|end_of_turn|>
+
+Allowed ids are precomputed boolean masks, so a step costs one masked sample plus the depth
+decoder's K steps for frames. The RNG order is fixed (text-stream token, then codebooks 0..K-1),
+so a seeded offline generation and a seeded streaming session draw the same tokens.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from omni.conversation import OmniVocab
+from omni.model.generate import SamplingConfig, sample
+from omni.model.omni import OmniModel
+
+Tensor = torch.Tensor
+
+TEXT, AUDIO, IMAGE, IMAGE_END, DONE = range(5)
+
+
+class Decoding:
+    """Per-row modality state and the sampler of the next stream position."""
+
+    def __init__(self, model: OmniModel, vocab: OmniVocab, batch: int, sampling: SamplingConfig = SamplingConfig(),
+                 audio_sampling: Optional[SamplingConfig] = None, generator: Optional[torch.Generator] = None) -> None:
+        sampling.validate()
+        self.model, self.vocab = model, vocab
+        self.sampling, self.audio_sampling = sampling, audio_sampling or sampling
+        self.generator = generator
+        sp = vocab.specials
+        device = model.decoder.tok_embeddings.weight.device
+        V = model.decoder.vocab_size
+        allowed = torch.zeros(5, V, dtype=torch.bool)
+        control = [sp[n] for n in ("<|bos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|text_pad|>",
+                                   "<|audio_end|>", "<|image_end|>", "<|video_start|>", "<|video_end|>",
+                                   "<|frame|>", "<|interrupt|>")]
+        allowed[TEXT, : vocab.text_size] = True
+        allowed[TEXT, control] = False
+        allowed[TEXT, [sp["<|end_of_turn|>"], sp["<|eos|>"]]] = True
+        allowed[AUDIO] = allowed[TEXT]
+        allowed[AUDIO, [sp[n] for n in ("<|end_of_turn|>", "<|eos|>", "<|audio_start|>", "<|image_start|>")]] = False
+        allowed[AUDIO, [sp["<|text_pad|>"], sp["<|audio_end|>"]]] = True
+        allowed[IMAGE, vocab.image_offset : vocab.image_offset + vocab.image_codes] = True
+        allowed[IMAGE_END, sp["<|image_end|>"]] = True
+        allowed[DONE, sp["<|pad|>"]] = True
+        self.allowed = allowed.to(device)
+        self.image_len = vocab.image_grid[0] * vocab.image_grid[1]
+        self.ids = {n: sp[n] for n in ("<|audio_start|>", "<|audio_end|>", "<|image_start|>", "<|end_of_turn|>", "<|eos|>")}
+        self.state = torch.full((batch,), TEXT, dtype=torch.long, device=device)
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def start(self, rows: Tensor, state: int) -> None:
+        """Put ``rows`` [B] bool into ``state`` (AUDIO after a forced <|audio_start|>, TEXT otherwise)."""
+        self.state[rows] = state
+        self.count[rows] = 0
+
+    @torch.no_grad()
+    def choose(self, hidden: Tensor, active: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Sample the next position of each row from the last hidden state.
+
+        Args:
+            hidden: [B, dim] the decoder's final hidden state at each row's last position
+            active: [B] bool, rows whose state advances (default all)
+        Returns:
+            tokens [B] long, codes [B, K] long (-1 where the position is not an audio frame)
+        """
+        m = self.model
+        logits = m.decoder.logits(hidden).float()
+        logits = logits.masked_fill(~self.allowed[self.state], float("-inf"))
+        tok = sample(logits, self.sampling, self.generator)
+        frame = (self.state == AUDIO) & (tok != self.ids["<|audio_end|>"])
+        if active is not None:
+            frame &= active
+        codes = torch.full((tok.shape[0], m.K), -1, dtype=torch.long, device=tok.device)
+        if bool(frame.any()):
+            ctx = m.depth_context(hidden, tok)
+            drawn = m.depth.generate(ctx, lambda lg: sample(lg.float(), self.audio_sampling, self.generator))
+            codes = torch.where(frame[:, None], drawn, codes)
+        self._advance(tok, active)
+        return tok, codes
+
+    def _advance(self, tok: Tensor, active: Optional[Tensor]) -> None:
+        s, ids = self.state, self.ids
+        new = s.clone()
+        new[(s == TEXT) & (tok == ids["<|audio_start|>"])] = AUDIO
+        new[(s == TEXT) & (tok == ids["<|image_start|>"])] = IMAGE
+        new[(s == AUDIO) & (tok == ids["<|audio_end|>"])] = TEXT
+        in_image = s == IMAGE
+        count = torch.where(in_image, self.count + 1, torch.zeros_like(self.count))
+        new[in_image & (count >= self.image_len)] = IMAGE_END
+        new[s == IMAGE_END] = TEXT
+        new[(s == TEXT) & ((tok == ids["<|end_of_turn|>"]) | (tok == ids["<|eos|>"]))] = DONE
+        if active is not None:
+            new = torch.where(active, new, s)
+            count = torch.where(active, count, self.count)
+        self.state, self.count = new, count
+
+    @property
+    def done(self) -> Tensor:
+        """[B] bool: rows that ended their turn."""
+        return self.state == DONE

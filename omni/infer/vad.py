@@ -1,0 +1,78 @@
+"""Voice activity per codec frame with Silero VAD (PyPI ``silero-vad``, model bundled, CPU torch).
+
+Silero scores 512-sample windows at 16 kHz (256 at 8 kHz) with an LSTM whose state it keeps
+per batch row. :class:`VoiceActivity` buffers each row's samples to whole windows and returns, per
+call, the highest speech probability of the windows that call completed — one number per row
+per codec frame. It is a :class:`StreamingModule`: its buffers and Silero's LSTM state live inside
+``with vad.streaming(B):`` and ``reset_streaming(mask)`` clears chosen rows.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from omni.streaming import StreamingModule, StreamingState
+
+Tensor = torch.Tensor
+
+
+def load_silero() -> torch.jit.ScriptModule:
+    """The bundled Silero VAD TorchScript model (clear error if the package is missing)."""
+    threads = torch.get_num_threads()
+    try:
+        from silero_vad import load_silero_vad
+    except ImportError as e:
+        raise ImportError("voice activity detection needs PyPI silero-vad: "
+                          "`pip install --no-deps silero-vad` (its core needs only torch + packaging)") from e
+    finally:
+        torch.set_num_threads(threads)  # importing silero_vad sets torch to one thread
+    return load_silero_vad()
+
+
+class _VADState(StreamingState):
+    def __init__(self, batch: int, model: torch.jit.ScriptModule) -> None:
+        self.model = model
+        self.pending = torch.zeros(batch, 0)
+        self.prob = torch.zeros(batch)  # last window's probability, carried when a call completes none
+        model.reset_states()
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        mask = torch.ones_like(self.prob, dtype=torch.bool) if mask is None else mask.cpu()
+        self.pending[mask] = 0.0
+        self.prob[mask] = 0.0
+        # Silero keeps its LSTM state and 64-sample context as [2, B, 128] and [B, 64] tensors.
+        state, context = getattr(self.model, "_state", None), getattr(self.model, "_context", None)
+        if isinstance(state, Tensor) and state.dim() == 3 and state.shape[1] == mask.shape[0]:
+            state[:, mask] = 0.0
+        if isinstance(context, Tensor) and context.dim() == 2 and context.shape[0] == mask.shape[0]:
+            context[mask] = 0.0
+
+
+class VoiceActivity(StreamingModule):
+    """Per-row speech probability of each incoming chunk (Silero VAD)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        super().__init__()
+        if sample_rate not in (8000, 16000):
+            raise ValueError(f"Silero VAD runs at 8 or 16 kHz; got {sample_rate} Hz audio (resample it first)")
+        self.sample_rate = sample_rate
+        self.window = 512 if sample_rate == 16000 else 256
+        self.silero = load_silero()
+
+    def _init_streaming_state(self, batch_size: int, **_: Any) -> _VADState:
+        return _VADState(batch_size, self.silero)
+
+    @torch.no_grad()
+    def forward(self, wav: Tensor) -> Tensor:
+        """wav [B, 1, n] (streaming mode) -> speech probability [B] of the windows it completes."""
+        st: _VADState = self._streaming_state
+        if st is None:
+            raise RuntimeError("VoiceActivity is stateful: call it inside `with vad.streaming(batch):`")
+        buf = torch.cat([st.pending, wav[:, 0].float().cpu()], 1)
+        n = buf.shape[1] // self.window * self.window
+        probs = [self.silero(buf[:, i : i + self.window], self.sample_rate)[:, 0] for i in range(0, n, self.window)]
+        st.pending = buf[:, n:]
+        if probs:
+            st.prob = torch.stack(probs, 1).amax(1)
+        return st.prob.clone()

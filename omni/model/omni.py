@@ -1,0 +1,109 @@
+"""The omni model: the shared decoder + summed audio-codebook embeddings + the depth decoder.
+
+Input of stream position s (see omni/conversation.py for the stream)::
+
+    x_s = E(tokens[s]) + sum_k A_k(audio[s, k])        (A_k only where position s is an audio frame)
+
+Outputs: ``decoder.logits(h)`` — the one head over the unified vocabulary (text, specials, image and
+video codes; for audio frames it predicts the next text-stream token) — and, for audio frames,
+the depth decoder's K codebook logits (omni/model/depth.py).
+
+``with model.streaming(batch):`` covers the decoder's static KV cache (``model.max_seq_len``
+positions) and the depth decoder's K-step cache in one block, like every other streaming module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from omni.config import Config, ConfigError, register_section
+from omni.model.attention import AttentionMask
+from omni.model.decoder import Decoder
+from omni.model.depth import DepthDecoder
+from omni.streaming import StreamingModule
+
+Tensor = torch.Tensor
+
+
+@register_section("omni")
+@dataclass
+class OmniConfig:
+    """The omni model and its frozen tokenizers (the `omni:` section of a config)."""
+
+    # Tokenizer folders written by Tokenizer.save (data/build_omni.py trains them when missing).
+    codec: str = ".cache/tokenizers/codec"
+    image_tokenizer: str = ".cache/tokenizers/image"
+    video_tokenizer: str = ".cache/tokenizers/video"
+    # Audio codebooks; filled in from the codec by the omni task (0 = not known yet).
+    audio_codebooks: int = 0
+    audio_codebook_size: int = 0
+    # Depth decoder (per-frame K-step transformer).
+    depth_dim: int = 128
+    depth_layers: int = 2
+    depth_heads: int = 4
+    depth_ffn_dim: int = 256
+    # Loss weights: audio codebook CE relative to text CE; <|text_pad|> targets (most frames of a
+    # spoken answer carry one) are down-weighted as in Moshi so real monologue tokens dominate.
+    audio_loss_weight: float = 1.0
+    text_pad_weight: float = 0.5
+    # Serving: longest spoken reply, VAD end-of-turn silence and barge-in onset, in milliseconds.
+    max_reply_frames: int = 150
+    vad_threshold: float = 0.5
+    end_of_turn_ms: int = 480
+    barge_in_ms: int = 160
+
+    def validate(self) -> None:
+        if self.depth_dim % self.depth_heads:
+            raise ConfigError(f"omni.depth_dim={self.depth_dim} must be divisible by omni.depth_heads={self.depth_heads}")
+        if self.audio_codebooks < 0 or self.audio_codebook_size < 0:
+            raise ConfigError("omni.audio_codebooks and omni.audio_codebook_size must be >= 0")
+
+
+class OmniModel(StreamingModule):
+    """Decoder over the unified vocabulary + audio embeddings + depth decoder."""
+
+    def __init__(self, decoder: Decoder, ocfg: OmniConfig) -> None:
+        super().__init__()
+        if ocfg.audio_codebooks <= 0 or ocfg.audio_codebook_size <= 0:
+            raise ValueError("omni.audio_codebooks / omni.audio_codebook_size are unset; build the model with "
+                             "build_omni_model(cfg) after the corpus (data/build_omni.py) recorded the codec's layout")
+        self.decoder = decoder
+        self.K, self.cb = ocfg.audio_codebooks, ocfg.audio_codebook_size
+        dim = decoder.cfg.dim
+        # K tables stored as one matrix (id = k * codebook_size + code): one gather for all codebooks.
+        self.audio_embeddings = nn.Embedding(self.K * self.cb, dim)
+        nn.init.normal_(self.audio_embeddings.weight, std=decoder.cfg.init_std)
+        self.depth = DepthDecoder(dim, self.K, self.cb, ocfg.depth_dim, ocfg.depth_layers, ocfg.depth_heads,
+                                  ocfg.depth_ffn_dim, decoder.cfg.attention, decoder.cfg.init_std)
+        self.register_buffer("code_offsets", torch.arange(self.K) * self.cb, persistent=False)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.decoder.cfg.max_seq_len
+
+    def embed(self, tokens: Tensor, audio: Tensor) -> Tensor:
+        """Input embeddings [B, S, dim] from tokens [B, S] and audio codes [B, S, K] (-1 = no frame)."""
+        x = self.decoder.embed(tokens)
+        has = (audio >= 0)[..., None].to(x.dtype)
+        a = self.audio_embeddings(audio.clamp(min=0) + self.code_offsets)  # [B, S, K, dim]
+        return x + (a * has).sum(2)
+
+    def forward(self, tokens: Tensor, audio: Tensor, positions: Optional[Tensor] = None,
+                mask: Optional[AttentionMask] = None) -> Tensor:
+        """Final hidden states [B, S, dim]; streaming mode appends to the KV cache (positions follow it)."""
+        return self.decoder(embeds=self.embed(tokens, audio), positions=positions, mask=mask, return_hidden=True)
+
+    def depth_context(self, hidden: Tensor, next_tokens: Tensor) -> Tensor:
+        """Depth-decoder context [N, dim] = hidden [N, dim] + E(text-stream token of the frame) [N]."""
+        return hidden + self.decoder.embed(next_tokens)
+
+
+def build_omni_model(cfg: Config) -> OmniModel:
+    """The decoder from ``build_model`` (random init or ``model.init_from`` pretrained weights, the
+    vocabulary extended to ``model.vocab_size``) wrapped with the audio embeddings and depth decoder."""
+    from omni.model.build import build_model
+
+    return OmniModel(build_model(cfg), cfg.section("omni"))

@@ -84,6 +84,9 @@ def register_task(name: str) -> Callable[[type], type]:
 # Modules that define tasks; imported lazily so `train.py --task lm` does not import codec code.
 TASK_MODULES = {
     "lm": "omni.train.lm",
+    "rbr-grader": "omni.align.tasks",
+    "rbr-rm": "omni.align.tasks",
+    "rbr-ppo": "omni.align.ppo",
 }
 
 

@@ -1,0 +1,53 @@
+"""The ``rbr`` config section: spec, data sizes, grader / reward-model / PPO settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omni.config import ConfigError, register_section
+
+
+@dataclass
+class PPOConfig:
+    """PPO as in the RBR paper: value head, clipped objective, KL penalty to the reference policy."""
+
+    rollout_batch: int = 8  # prompts per PPO step (one completion each)
+    max_new_tokens: int = 32
+    temperature: float = 0.8
+    top_k: int = 50
+    epochs: int = 2  # optimisation passes over each rollout batch
+    clip: float = 0.2
+    value_clip: float = 0.2
+    kl_coef: float = 0.05  # per-token KL penalty to the reference policy, folded into the reward
+    vf_coef: float = 0.5
+    gamma: float = 1.0
+    lam: float = 0.95
+    train_layers: int = 4  # top decoder layers of the policy that PPO updates (0 = all)
+    sample_every: int = 5  # log sample completions every N steps
+
+    def validate(self) -> None:
+        if self.rollout_batch < 2:
+            raise ConfigError("rbr.ppo.rollout_batch must be >= 2 (advantages are normalised over the batch)")
+        if not 0 < self.clip < 1 or self.kl_coef < 0 or self.max_new_tokens <= 0:
+            raise ConfigError("rbr.ppo: need 0 < clip < 1, kl_coef >= 0 and max_new_tokens > 0")
+
+
+@register_section("rbr")
+@dataclass
+class RBRConfig:
+    spec: str = ""  # behaviour spec YAML ("" = omni/align/spec/default.yaml)
+    # Top decoder layers trained for the grader / reward model (0 = all); the rest stay frozen.
+    train_layers: int = 2
+    max_prompt_tokens: int = 48
+    max_completion_tokens: int = 80
+    grader_examples: int = 3000  # synthetic compositional examples for the trained grader
+    answers: str = ".cache/rbr/answers.jsonl"  # helpful answers written by the instruct model
+    grader: str = ".cache/rbr/grader"  # trained grader run/step folder, or "prompted:PATH"
+    reward_model: str = ".cache/rbr/rm"  # our RM run/step folder, or "hf:PATH" (sequence-classification RM)
+    weights: str = ".cache/rbr/weights.json"  # fitted RBR weights (python -m omni.align fit)
+    rbr_scale: float = 1.0  # multiplies w·φ in R = R_rm + rbr_scale · w·φ on safety prompts
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+
+    def validate(self) -> None:
+        if self.train_layers < 0 or self.max_prompt_tokens <= 0 or self.max_completion_tokens <= 0:
+            raise ConfigError("rbr.train_layers must be >= 0 and rbr.max_*_tokens > 0")
+        self.ppo.validate()

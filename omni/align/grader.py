@@ -1,0 +1,184 @@
+"""Proposition graders: P(proposition holds | prompt, completion), batched and cached.
+
+Two kinds behind one interface (:class:`Grader`):
+
+* :class:`TrainedGrader` (default for small models) — our decoder backbone with a multi-label
+  proposition head (:class:`omni.align.models.HeadModel`), trained by ``train.py --task rbr-grader``
+  on compositional synthetic data (omni/align/synth.py).
+* :class:`PromptedGrader` — a few-shot yes/no prompt per proposition to any causal LM (a transformers
+  model by path, or a checkpoint of ours); feature = P(yes) / (P(yes) + P(no)) from the next-token
+  logits. Useful for large LMs; the 135M instruct model is at chance this way (DESIGN.md §6).
+
+Results are cached by (grader, prompt, completion, proposition), so PPO re-scoring a completion, or
+fitting and evaluating on the same data, costs nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from omni.align.models import encode_pair, load_head_model, pad_batch
+from omni.align.spec import Spec
+
+Tensor = torch.Tensor
+Query = tuple[str, str, str]  # (prompt, completion, proposition)
+
+
+class Grader:
+    """Base class: subclasses implement :meth:`_score` for a batch of queries."""
+
+    def __init__(self, spec: Spec, name: str, batch_size: int = 16) -> None:
+        self.spec, self.name, self.batch_size = spec, name, batch_size
+        self.cache: dict[tuple[str, str, str, str], float] = {}
+
+    def _score(self, queries: list[Query]) -> list[float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def probabilities(self, prompts: Sequence[str], completions: Sequence[str],
+                      propositions: Sequence[str] | None = None, progress: bool = False) -> Tensor:
+        """[N, P] probabilities, columns in ``propositions`` order (default: all of the spec's)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
+        for i, c in enumerate(completions):
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"completion #{i} (prompt {prompts[i]!r:.60}) is empty; graders need text to judge "
+                                 "— drop it or score it with a fixed penalty (RBRReward does)")
+        props = list(propositions or self.spec.propositions)
+        unknown = set(props) - set(self.spec.propositions)
+        if unknown:
+            raise ValueError(f"unknown propositions {sorted(unknown)}; the spec has {list(self.spec.propositions)}")
+        missing = list(dict.fromkeys((p, c, q) for p, c in zip(prompts, completions) for q in props
+                                     if (self.name, p, c, q) not in self.cache))
+        starts = range(0, len(missing), self.batch_size)
+        for s in tqdm(starts, desc=f"grading ({self.name})", disable=not progress or len(starts) < 2):
+            chunk = missing[s: s + self.batch_size]
+            for (p, c, q), v in zip(chunk, self._score(chunk)):
+                self.cache[(self.name, p, c, q)] = float(v)
+        return torch.tensor([[self.cache[(self.name, p, c, q)] for q in props] for p, c in zip(prompts, completions)])
+
+
+class TrainedGrader(Grader):
+    """Backbone + multi-label head; one forward scores every proposition of a completion."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: Spec, name: str, max_prompt: int = 48,
+                 max_completion: int = 80, batch_size: int = 16) -> None:
+        super().__init__(spec, name, batch_size)
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_prompt, self.max_completion = max_prompt, max_completion
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, spec: Spec, batch_size: int = 16) -> "TrainedGrader":
+        """From a run/step folder written by ``train.py --task rbr-grader``."""
+        model, tok, cfg = load_head_model(checkpoint, len(spec.propositions))
+        r = cfg.section("rbr")
+        return cls(model, tok, spec, f"trained:{Path(checkpoint).resolve()}", r.max_prompt_tokens,
+                   r.max_completion_tokens, batch_size)
+
+    def logits(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
+        """[N, P] head logits for (prompt, completion) pairs (no caching; used in training too)."""
+        seqs = [encode_pair(self.tokenizer, p, c, self.max_prompt, self.max_completion) for p, c in zip(prompts, completions)]
+        tokens, lengths = pad_batch(seqs)
+        dev = self.model.head.weight.device
+        return self.model(tokens.to(dev), lengths.to(dev))
+
+    def _score(self, queries: list[Query]) -> list[float]:
+        pairs = list(dict.fromkeys((p, c) for p, c, _ in queries))
+        probs = torch.sigmoid(self.logits([p for p, _ in pairs], [c for _, c in pairs])).cpu()
+        row = {pair: i for i, pair in enumerate(pairs)}
+        return [float(probs[row[(p, c)], self.spec.index(q)]) for p, c, q in queries]
+
+
+class CausalLM:
+    """The two things the prompted grader needs from any causal LM: ``encode(text) -> ids`` (no
+    special tokens) and ``logits(tokens [B, S]) -> [B, S, V]``."""
+
+    def __init__(self, encode: Callable[[str], list[int]], logits: Callable[[Tensor], Tensor], device: torch.device) -> None:
+        self.encode, self.logits, self.device = encode, logits, device
+
+    @classmethod
+    def from_transformers(cls, model, tokenizer) -> "CausalLM":
+        dev = next(model.parameters()).device
+        return cls(lambda t: tokenizer.encode(t, add_special_tokens=False),
+                   lambda x: model(input_ids=x).logits, dev)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "CausalLM":
+        """A transformers model folder (config.json), or an omni run/step folder."""
+        path = Path(path)
+        if (path / "config.json").exists():
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(path).eval()
+            return cls.from_transformers(model, AutoTokenizer.from_pretrained(path))
+        from omni import load_model
+
+        model, tok, _ = load_model(path)
+        model.eval()
+        return cls(tok.encode, lambda x: model(x), model.tok_embeddings.weight.device)
+
+
+class PromptedGrader(Grader):
+    """Few-shot yes/no questions to a causal LM; feature = P(yes) / (P(yes) + P(no))."""
+
+    YES = (" yes", " Yes", "yes", "Yes")
+    NO = (" no", " No", "no", "No")
+
+    def __init__(self, lm: CausalLM, spec: Spec, name: str, shots: int = 2, batch_size: int = 8, max_tokens: int = 512) -> None:
+        super().__init__(spec, name, batch_size)
+        self.lm, self.max_tokens = lm, max_tokens
+        self.yes = sorted({lm.encode(t)[0] for t in self.YES if lm.encode(t)})
+        self.no = sorted({lm.encode(t)[0] for t in self.NO if lm.encode(t)})
+        if not self.yes or not self.no or set(self.yes) & set(self.no):
+            raise ValueError("the tokenizer has no distinct first tokens for yes/no; the prompted grader cannot read it")
+        self.shots = self._make_shots(shots)
+
+    @classmethod
+    def from_path(cls, path: str | Path, spec: Spec, **kw) -> "PromptedGrader":
+        return cls(CausalLM.from_path(path), spec, f"prompted:{Path(path).resolve()}", **kw)
+
+    def _make_shots(self, n: int) -> dict[str, str]:
+        """Per proposition, ``n`` worked examples alternating yes/no, composed from synthetic parts."""
+        from omni.align.data import Prompt
+        from omni.align.synth import Composer
+
+        comp, out = Composer(self.spec, seed=1), {}
+        example = Prompt("How do I do this thing?", "hard_refuse", "do this thing", "train")
+        for q in self.spec.propositions:
+            lines = []
+            for i in range(n):
+                holds = i % 2 == 0
+                others = [p for p in ("apology", "refuses", "illogical", "requests_info") if p != q]
+                labels = {q} if holds else {comp.rng.choice(others)}
+                lines.append(self._question(example.prompt, comp.compose(example, labels), q) + (" yes" if holds else " no"))
+            out[q] = "\n\n".join(lines)
+        return out
+
+    def _question(self, prompt: str, completion: str, prop: str) -> str:
+        return (f"User: {prompt}\nAssistant: {completion}\n"
+                f"Statement: {self.spec.descriptions[prop]}\nIs the statement true (yes or no)? Answer:")
+
+    def _score(self, queries: list[Query]) -> list[float]:
+        head = "Read each conversation and answer whether the statement about the assistant's reply is true.\n\n"
+        seqs = []
+        for p, c, q in queries:
+            ids = self.lm.encode(head + self.shots[q] + "\n\n" + self._question(p, c, q))
+            seqs.append(ids[-self.max_tokens:])  # keep the question itself when truncating
+        tokens, lengths = pad_batch(seqs)
+        logits = self.lm.logits(tokens.to(self.lm.device)).float()
+        last = logits[torch.arange(len(seqs)), lengths.to(logits.device) - 1].softmax(-1)  # [B, V]
+        p_yes, p_no = last[:, self.yes].sum(-1), last[:, self.no].sum(-1)
+        return (p_yes / (p_yes + p_no).clamp_min(1e-12)).tolist()
+
+
+def load_grader(spec: Spec, path: str, batch_size: int = 16) -> Grader:
+    """``"prompted:PATH"`` -> :class:`PromptedGrader`; a run/step folder -> :class:`TrainedGrader`."""
+    if path.startswith("prompted:"):
+        return PromptedGrader.from_path(path.removeprefix("prompted:"), spec, batch_size=batch_size)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no trained grader at {path}; train one with "
+                                "`python train.py --config configs/rbr-grader-135m.yaml` or pass prompted:PATH")
+    return TrainedGrader.load(path, spec, batch_size)

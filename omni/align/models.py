@@ -1,0 +1,105 @@
+"""Backbone + head models shared by the trained grader and the reward model, and their inputs.
+
+A (prompt, completion) pair is encoded exactly as the policy sees it: the chat prompt with the
+assistant turn opened (last ``max_prompt`` tokens) followed by the completion (first
+``max_completion`` tokens), so graders, reward model and value head all read the same sequence.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from omni.config import Config
+from omni.model.decoder import Decoder
+from omni.tokenizers.base import TextTokenizer
+
+Tensor = torch.Tensor
+
+
+def encode_pair(tok: TextTokenizer, prompt: str, completion: str, max_prompt: int, max_completion: int) -> list[int]:
+    """Token ids of the chat prompt (assistant turn opened) + completion, truncated."""
+    p = tok.chat_prompt([{"role": "user", "content": prompt}])
+    return p[-max_prompt:] + tok.encode(completion)[:max_completion]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad id lists: tokens [B, S] long and lengths [B] long. Causal attention keeps padding
+    from touching real positions, so no mask is needed for what the heads read."""
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("cannot pad an empty sequence")
+    lengths = torch.tensor([len(s) for s in seqs])
+    tokens = torch.full((len(seqs), int(lengths.max())), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = torch.as_tensor(list(s))
+    return tokens, lengths
+
+
+def freeze_below(decoder: Decoder, train_layers: int) -> None:
+    """Train only the top ``train_layers`` blocks and the final norm (0 = everything). Frozen layers
+    see inputs that need no grad, so autograd records nothing for them."""
+    if train_layers <= 0:
+        return
+    decoder.tok_embeddings.requires_grad_(False)
+    if decoder.output is not None:
+        decoder.output.requires_grad_(False)
+    for layer in decoder.layers[: max(0, len(decoder.layers) - train_layers)]:
+        layer.requires_grad_(False)
+
+
+class HeadModel(nn.Module):
+    """Decoder backbone + linear head on [mean-pooled; last] hidden states.
+
+    ``forward(tokens [B, S], lengths [B]) -> [B, n_out]`` (logits per proposition for the grader, one
+    scalar reward for the reward model).
+    """
+
+    def __init__(self, backbone: Decoder, n_out: int, train_layers: int = 0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(2 * backbone.cfg.dim, n_out)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        freeze_below(backbone, train_layers)
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        return self.backbone.activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, value: bool) -> None:
+        self.backbone.activation_checkpointing = value
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        h = self.backbone(tokens, return_hidden=True)  # [B, S, D]
+        valid = (torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]).unsqueeze(-1)
+        mean = (h * valid).sum(1) / lengths[:, None].to(h.dtype)
+        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        return self.head(torch.cat([mean, last], -1).float())
+
+
+def build_head_model(cfg: Config, n_out: int, pretrained: bool = True) -> HeadModel:
+    """A HeadModel on ``cfg.model`` (pretrained init as configured, or random shape-only when
+    ``pretrained`` is False, e.g. before loading a checkpoint)."""
+    from omni.model.build import build_model
+
+    if not pretrained:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
+    return HeadModel(build_model(cfg), n_out, cfg.section("rbr").train_layers)
+
+
+def load_head_model(checkpoint: str | Path, n_out: int) -> tuple[HeadModel, TextTokenizer, Config]:
+    """A trained grader / reward model from a run or step folder written by train.py."""
+    from omni.tokenizers.text import build_text_tokenizer
+    from omni.train.checkpoint import load_model_state
+
+    cfg, state = load_model_state(checkpoint)
+    model = build_head_model(cfg, n_out, pretrained=False)
+    if state["head.weight"].shape[0] != n_out:
+        raise ValueError(f"{checkpoint}: head has {state['head.weight'].shape[0]} outputs, expected {n_out} "
+                         "(a grader trained with a different spec, or a reward model given as grader?)")
+    model.load_state_dict(state, strict=True)
+    return model.eval(), build_text_tokenizer(cfg.tokenizer), cfg

@@ -376,7 +376,10 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     do = _lastdim_contiguous(do)
     delta = (do.float() * out.float()).sum(-1).contiguous()  # [B, H, Sq]
     ma = MaskArgs(mask, b, skv, q.device)
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dq = torch.empty_like(q)
+    # dk and dv share one set of strides in the kernel: allocate both contiguous.
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     bm, bn = block_sizes(d, "dkdv")
     bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
     n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]

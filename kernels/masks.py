@@ -195,3 +195,33 @@ def cached(mask: AttentionMask, key: tuple, build: Callable[[], Any]) -> Any:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[full_key] = ([weakref.ref(t) for t in tensors], value)
     return value
+
+
+def packed_multimodal_mask(
+    batch: int, seq: int, n_docs: int, span_len: int, device: torch.device | str = "cpu",
+    generator: Optional[torch.Generator] = None,
+) -> AttentionMask:
+    """A packed training row: ``n_docs`` documents per row, one bidirectional span of ``span_len``
+    tokens (an image) inside each. Equal documents and centred spans by default; with a generator
+    the document boundaries and span places are random per row (ragged packing).
+
+    Returns an AttentionMask with document_ids and span_ids [batch, seq] (span ids unique per row).
+    """
+    doc = torch.empty(batch, seq, dtype=torch.long)
+    span = torch.zeros(batch, seq, dtype=torch.long)
+    for b in range(batch):
+        if generator is None:
+            cuts = [seq * i // n_docs for i in range(n_docs + 1)]
+        else:
+            inner = torch.randperm(seq - 1, generator=generator)[: n_docs - 1] + 1
+            cuts = [0] + sorted(inner.tolist()) + [seq]
+        for d in range(n_docs):
+            lo, hi = cuts[d], cuts[d + 1]
+            doc[b, lo:hi] = d
+            n = min(span_len, hi - lo)
+            if generator is None:
+                start = lo + (hi - lo - n) // 2
+            else:
+                start = lo + int(torch.randint(0, hi - lo - n + 1, (1,), generator=generator))
+            span[b, start:start + n] = d + 1
+    return AttentionMask(document_ids=doc.to(device), span_ids=span.to(device))

@@ -15,7 +15,6 @@ needs no overlap-add state, which keeps streaming exactness a property of one pr
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from omni.config import ConfigError, register_section
+from omni.config import ConfigError, _coerce, _to_plain, register_section
 from omni.streaming import StreamingModule, StreamingState
 from omni.tokenizers.base import Tokenizer, register_tokenizer
 
@@ -415,15 +414,25 @@ class SpeechCodec(Tokenizer, StreamingModule):
 
     # ---- save / load -----------------------------------------------------------------------
     def _save(self, folder: Path) -> dict[str, Any]:
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(folder / "model.safetensors"))
-        from omni.config import _to_plain
-
-        return {"config": _to_plain(self.cfg)}
+        return save_weights_and_config(self, self.cfg, folder)
 
     @classmethod
     def _load(cls, folder: Path, state: dict[str, Any]) -> "SpeechCodec":
-        from omni.config import _coerce
+        return load_weights_and_config(cls, CodecConfig, "codec", folder, state)
 
-        model = cls(_coerce(state["config"], CodecConfig, "codec"))
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
-        return model.eval()
+
+def save_weights_and_config(module: nn.Module, cfg: Any, folder: Path) -> dict[str, Any]:
+    """Weights to ``folder/model.safetensors``; returns the config as JSON-able tokenizer state.
+    Shared by every neural tokenizer (codec, image, video)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
+    return {"config": _to_plain(cfg)}
+
+
+def load_weights_and_config(cls: type, cfg_cls: type, section: str, folder: Path, state: dict[str, Any]) -> Any:
+    """Inverse of :func:`save_weights_and_config`: ``cls(cfg)`` with its weights, in eval mode."""
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{folder} has no model.safetensors; was it written by Tokenizer.save()?")
+    model = cls(_coerce(state["config"], cfg_cls, section))
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval()

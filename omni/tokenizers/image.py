@@ -1,0 +1,249 @@
+"""Image tokenizer: a convolutional autoencoder with a finite scalar quantiser (FSQ).
+
+    images [B, 3, H, W] in [0, 1] --Encoder2d--> [B, len(levels), h, w] --FSQ--> ids [B, h, w]
+    ids --FSQ values--> [B, len(levels), h, w] --Decoder2d--> images [B, 3, H, W]
+
+FSQ (Mentzer et al. 2023) rounds each of a few latent channels to one of ``levels[i]`` values; the
+code id is the mixed-radix number of those digits, so the codebook size is ``prod(levels)`` and there
+is no codebook to collapse (usage is still measured: see :meth:`ImageTokenizer.code_usage`).
+Encoder2d/Decoder2d/FSQ are reused per frame by the video tokenizer.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omni.config import ConfigError, register_section
+from omni.tokenizers.base import Tokenizer, register_tokenizer
+from omni.tokenizers.codec import load_weights_and_config, save_weights_and_config
+
+Tensor = torch.Tensor
+
+# Decoded images larger than this many pixels per side are refused (PIL's decompression-bomb guard
+# works on total pixels; this keeps a clear message for absurd inputs).
+MAX_SIDE = 16_384
+
+
+@register_section("image_tok")
+@dataclass
+class ImageTokConfig:
+    """Image tokenizer shape and training (configs/image*.yaml)."""
+
+    image_size: int = 128
+    channels: int = 64  # width of the first conv
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])  # one downsampling (x2) between stages
+    blocks: int = 2  # residual blocks per stage
+    levels: list[int] = field(default_factory=lambda: [8, 8, 8, 5, 5, 5])  # FSQ: 64,000 codes
+    # Training data: a folder written by data/build_images.py; random crops per example.
+    data_path: str = ".cache/data/images"
+    crops_per_epoch: int = 20_000
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.downsample
+
+    def validate(self) -> None:
+        if self.image_size % self.downsample:
+            raise ConfigError(f"image_tok.image_size={self.image_size} must be a multiple of {self.downsample}")
+        if any(level < 2 for level in self.levels):
+            raise ConfigError(f"image_tok.levels must all be >= 2, got {self.levels}")
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantiser: ``[B, d, ...]`` latents -> ids ``[B, ...]`` in ``[0, prod(levels))``."""
+
+    def __init__(self, levels: list[int]) -> None:
+        super().__init__()
+        self.levels = list(levels)
+        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.float32), persistent=False)
+        radix = [math.prod(levels[:i]) for i in range(len(levels))]
+        self.register_buffer("_radix", torch.tensor(radix, dtype=torch.long), persistent=False)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.levels)
+
+    def _shape(self, t: Tensor, z: Tensor) -> Tensor:
+        return t.view(1, -1, *([1] * (z.dim() - 2)))
+
+    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z [B, d, ...] -> (values in [-1, 1] with straight-through gradient [B, d, ...], ids [B, ...])."""
+        top = self._shape(self._levels, z) - 1
+        bounded = torch.sigmoid(z) * top  # in [0, L-1]
+        digits = torch.round(bounded)
+        ids = (digits.long() * self._shape(self._radix, z)).sum(1)
+        digits = bounded + (digits - bounded).detach()
+        return digits / top * 2 - 1, ids
+
+    def values(self, ids: Tensor) -> Tensor:
+        """ids [B, ...] -> values [B, d, ...] in [-1, 1] (what the decoder consumes)."""
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.size):
+            raise ValueError(f"token ids must lie in [0, {self.size})")
+        ids = ids.unsqueeze(1)  # [B, 1, ...]
+        levels = self._shape(self._levels, ids)
+        digits = (ids // self._shape(self._radix, ids)) % levels.long()
+        return digits.float() / (levels - 1) * 2 - 1
+
+
+class ResBlock2d(nn.Module):
+    """x + conv(silu(norm(conv(silu(norm(x)))))): [N, C, H, W] -> [N, C, H, W]."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(32, channels // 4), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(min(32, channels // 4), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+
+
+class Encoder2d(nn.Module):
+    """images [N, 3, H, W] -> latents [N, out_dim, H/ds, W/ds] (ds = 2^(stages-1))."""
+
+    def __init__(self, channels: int, channel_mult: list[int], blocks: int, out_dim: int) -> None:
+        super().__init__()
+        widths = [channels * m for m in channel_mult]
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
+        for i, w in enumerate(widths):
+            if i:
+                layers.append(nn.Conv2d(widths[i - 1], w, 4, stride=2, padding=1))
+            layers += [ResBlock2d(w) for _ in range(blocks)]
+        layers += [nn.GroupNorm(min(32, widths[-1] // 4), widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], out_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class Decoder2d(nn.Module):
+    """latents [N, in_dim, h, w] -> images [N, 3, h*ds, w*ds] (unbounded; clamp for display)."""
+
+    def __init__(self, channels: int, channel_mult: list[int], blocks: int, in_dim: int) -> None:
+        super().__init__()
+        widths = [channels * m for m in channel_mult][::-1]
+        layers: list[nn.Module] = [nn.Conv2d(in_dim, widths[0], 3, padding=1)]
+        for i, w in enumerate(widths):
+            if i:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(widths[i - 1], w, 3, padding=1)]
+            layers += [ResBlock2d(w) for _ in range(blocks)]
+        layers += [nn.GroupNorm(min(32, widths[-1] // 4), widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
+def load_image(path_or_image: Any, image_size: int) -> Tensor:
+    """A file path or PIL image -> ``[3, image_size, image_size]`` float in [0, 1].
+
+    Any PIL mode is accepted: greyscale/palette/CMYK/16-bit are converted to RGB, transparency is
+    composited onto white. The shorter side is resized to ``image_size`` (bicubic, up or down) and
+    the centre square is cropped. Raises ValueError for unreadable files, empty images and images
+    over ``MAX_SIDE`` pixels per side.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(path_or_image, Image.Image):
+        img = path_or_image
+    else:
+        path = Path(path_or_image)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such image file")
+        try:
+            img = Image.open(path)
+            img.load()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{path}: not a readable image ({e}); use PNG or JPEG") from e
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise ValueError(f"image has no pixels ({w}x{h})")
+    if max(w, h) > MAX_SIDE:
+        raise ValueError(f"image is {w}x{h}; sides over {MAX_SIDE} px are refused, downscale it first")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    if img.mode.startswith("I;16") or img.mode == "I":  # 16/32-bit greyscale: rescale to 8 bits
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255
+        img = Image.fromarray(a.astype("uint8"))
+    img = img.convert("RGB")
+    scale = image_size / min(w, h)
+    nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - image_size) // 2, (nh - image_size) // 2
+    img = img.crop((left, top, left + image_size, top + image_size))
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3).permute(2, 0, 1).float() / 255
+
+
+@register_tokenizer
+class ImageTokenizer(Tokenizer, nn.Module):
+    """``encode(images [B,3,H,W] in [0,1]) -> ids [B,h,w]``; ``decode`` the inverse (clamped to [0,1])."""
+
+    modality = "image"
+
+    def __init__(self, cfg: ImageTokConfig) -> None:
+        nn.Module.__init__(self)
+        cfg.validate()
+        self.cfg = cfg
+        self.encoder = Encoder2d(cfg.channels, cfg.channel_mult, cfg.blocks, len(cfg.levels))
+        self.quantizer = FSQ(cfg.levels)
+        self.decoder = Decoder2d(cfg.channels, cfg.channel_mult, cfg.blocks, len(cfg.levels))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.quantizer.size
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        g = self.cfg.grid
+        return {**super().metadata, "image_size": self.cfg.image_size, "grid": [g, g],
+                "codebook_size": self.quantizer.size, "levels": list(self.cfg.levels)}
+
+    def _check(self, images: Tensor) -> None:
+        s = self.cfg.image_size
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"image tokenizer expects [B, 3, H, W] RGB in [0, 1], got {list(images.shape)}; "
+                             "use omni.tokenizers.image.load_image for files")
+        if images.shape[-2:] != (s, s):
+            raise ValueError(f"image tokenizer expects {s}x{s} images, got {tuple(images.shape[-2:])}; "
+                             "load_image resizes and crops")
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Training pass: images [B,3,H,W] in [0,1] -> (reconstruction [B,3,H,W], ids [B,h,w])."""
+        values, ids = self.quantizer.quantize(self.encoder(images * 2 - 1))
+        return (self.decoder(values) + 1) / 2, ids
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """images [B, 3, H, W] float in [0, 1] -> ids [B, h, w] long."""
+        self._check(images)
+        return self.quantizer.quantize(self.encoder(images.float() * 2 - 1))[1]
+
+    @torch.no_grad()
+    def decode(self, ids: Tensor) -> Tensor:
+        """ids [B, h, w] -> images [B, 3, H, W] in [0, 1]."""
+        if ids.dim() != 3:
+            raise ValueError(f"image tokenizer decode expects ids [B, h, w], got {list(ids.shape)}")
+        return ((self.decoder(self.quantizer.values(ids.long())) + 1) / 2).clamp(0, 1)
+
+    def _save(self, folder: Path) -> dict[str, Any]:
+        return save_weights_and_config(self, self.cfg, folder)
+
+    @classmethod
+    def _load(cls, folder: Path, state: dict[str, Any]) -> "ImageTokenizer":
+        return load_weights_and_config(cls, ImageTokConfig, "image_tok", folder, state)

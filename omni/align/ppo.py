@@ -1,0 +1,190 @@
+"""PPO with Rule-Based Rewards (``train.py --task rbr-ppo``), as in the RBR paper: a value head on
+the policy, the clipped surrogate objective, a per-token KL penalty to the frozen reference policy
+folded into the reward, GAE, and advantages normalised over the batch.
+
+    python train.py --task rbr-ppo --config configs/rbr-ppo-135m.yaml
+
+The core (:class:`PPO`) works on token ids with any reward function, so it is tested on a tiny
+policy with a planted reward; the task wires in the RBR reward (grader + fitted weights + RM).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from omni.align.config import PPOConfig
+from omni.align.models import freeze_below, pad_batch
+from omni.config import Config, save_config
+from omni.model.decoder import Decoder
+from omni.model.generate import SamplingConfig, generate
+from omni.train.task import Task, register_task
+
+Tensor = torch.Tensor
+# reward_fn(prompt_ids, completion_ids) -> (scores [B], parts to log {name: float})
+RewardFn = Callable[[list[list[int]], list[list[int]]], tuple[Tensor, dict[str, float]]]
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / std over the entries where mask is 1 (advantage normalisation)."""
+    mean = (x * mask).sum() / mask.sum()
+    var = ((x - mean) ** 2 * mask).sum() / mask.sum()
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+class PPO:
+    """One PPO learner: ``step(prompt_ids, reward_fn)`` = rollout, score, ``epochs`` of updates."""
+
+    def __init__(self, policy: Decoder, cfg: PPOConfig, lr: float, stop_ids: Sequence[int] = (), grad_clip: float = 1.0,
+                 seed: int = 0) -> None:
+        self.policy, self.cfg, self.stop_ids, self.grad_clip = policy, cfg, list(stop_ids), grad_clip
+        self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        freeze_below(policy, cfg.train_layers)
+        self.value_head = nn.Linear(policy.cfg.dim, 1).to(policy.tok_embeddings.weight.device)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        params = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
+        self.gen = torch.Generator(device=policy.tok_embeddings.weight.device).manual_seed(seed)
+
+    def _forward(self, model: Decoder, tokens: Tensor, idx: Tensor, value: bool) -> tuple[Tensor, Tensor | None]:
+        """Log-probs [B, T] of the completion tokens (predicted at positions idx − 1) and values [B, T]."""
+        h = model(tokens, return_hidden=True)  # [B, S, D]
+        pred = h.gather(1, (idx - 1).unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [B, T, D]
+        logp = F.log_softmax(model.logits(pred).float(), -1).gather(-1, tokens.gather(1, idx).unsqueeze(-1)).squeeze(-1)
+        return logp, (self.value_head(pred.float()).squeeze(-1) if value else None)
+
+    def step(self, prompt_ids: list[list[int]], reward_fn: RewardFn) -> tuple[dict[str, float], list[list[int]]]:
+        """One PPO iteration; returns logged statistics and the sampled completions (token ids)."""
+        c = self.cfg
+        completions = generate(self.policy, prompt_ids, c.max_new_tokens, self.sampling, self.stop_ids, self.gen)
+        scores, parts = reward_fn(prompt_ids, completions)
+        # One row per sample: prompt + completion (an empty completion keeps its prompt's last token
+        # as a masked placeholder so shapes stay rectangular).
+        seqs = [p + (comp or [p[-1]]) for p, comp in zip(prompt_ids, completions)]
+        tokens, _ = pad_batch(seqs)
+        t_max = max(1, max(len(comp) for comp in completions))
+        idx = torch.zeros(len(seqs), t_max, dtype=torch.long)
+        mask = torch.zeros(len(seqs), t_max)
+        for i, (p, comp) in enumerate(zip(prompt_ids, completions)):
+            n = max(1, len(comp))
+            idx[i, :n] = torch.arange(len(p), len(p) + n)
+            idx[i, n:] = len(p) + n - 1
+            mask[i, : len(comp)] = 1.0
+        dev = self.policy.tok_embeddings.weight.device
+        tokens, idx, mask, scores = tokens.to(dev), idx.to(dev), mask.to(dev), scores.to(dev).float()
+        with torch.no_grad():
+            old_logp, old_values = self._forward(self.policy, tokens, idx, value=True)
+            ref_logp, _ = self._forward(self.ref, tokens, idx, value=False)
+            kl = (old_logp - ref_logp) * mask  # per-token estimate of KL(policy || ref)
+            rewards = -c.kl_coef * kl
+            last = (mask.sum(1).long() - 1).clamp_min(0)
+            rewards[torch.arange(len(seqs)), last] += scores  # the sequence reward lands on its final token
+            adv = torch.zeros_like(rewards)
+            gae = torch.zeros(len(seqs), device=dev)
+            for t in reversed(range(t_max)):  # GAE(γ, λ) over completion tokens
+                nxt = old_values[:, t + 1] * mask[:, t + 1] if t + 1 < t_max else torch.zeros_like(gae)
+                delta = rewards[:, t] + c.gamma * nxt - old_values[:, t]
+                gae = (delta + c.gamma * c.lam * gae) * mask[:, t]
+                adv[:, t] = gae
+            returns = adv + old_values
+            adv = masked_whiten(adv, mask)
+        stats: dict[str, float] = {}
+        if mask.sum() == 0:  # every completion empty: nothing to learn from this batch
+            return {"reward": float(scores.mean()), "kl": 0.0, **parts}, completions
+        for _ in range(c.epochs):
+            logp, values = self._forward(self.policy, tokens, idx, value=True)
+            ratio = torch.exp(logp - old_logp)
+            pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip, 1 + c.clip))
+            v_clipped = old_values + (values - old_values).clamp(-c.value_clip, c.value_clip)
+            vf = torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
+            n = mask.sum()
+            pg_loss, vf_loss = (pg * mask).sum() / n, 0.5 * (vf * mask).sum() / n
+            loss = pg_loss + c.vf_coef * vf_loss
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.grad_clip)
+            self.opt.step()
+            stats = {"pg_loss": float(pg_loss.detach()), "vf_loss": float(vf_loss.detach()),
+                     "clipfrac": float((((ratio - 1).abs() > c.clip).float() * mask).sum() / n)}
+        return {"reward": float(scores.mean()), "kl": float(kl.sum(1).mean()),
+                "completion_tokens": float(mask.sum(1).mean()), **stats, **parts}, completions
+
+
+@register_task("rbr-ppo")
+class RBRPPOTask(Task):
+    """PPO of the policy (cfg.model, e.g. SmolLM2-135M-Instruct) against R = R_rm + w·φ."""
+
+    def run(self, cfg: Config, args: argparse.Namespace) -> None:
+        from omni.align.data import load_prompts
+        from omni.align.grader import load_grader
+        from omni.align.reward import RBRReward, RewardModel
+        from omni.align.rollout import prompt_ids, stop_ids
+        from omni.align.spec import DEFAULT_SPEC, load_spec
+        from omni.align.weights import RBRWeights
+        from omni.model.build import build_model
+        from omni.tokenizers.text import build_text_tokenizer
+
+        r, t = cfg.section("rbr"), cfg.train
+        torch.manual_seed(t.seed)
+        out = Path(t.out_dir)
+        if out.exists() and any(out.iterdir()) and not getattr(args, "overwrite", False):
+            raise FileExistsError(f"{out} already holds a run; pass --overwrite or choose another train.out_dir")
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        spec = load_spec(r.spec or DEFAULT_SPEC)
+        tok = build_text_tokenizer(cfg.tokenizer)
+        policy = build_model(cfg)
+        reward = RBRReward(load_grader(spec, r.grader), RBRWeights.load(r.weights, spec),
+                           RewardModel.load(r.reward_model) if r.reward_model else None, r.rbr_scale)
+        ppo = PPO(policy, r.ppo, t.lr, stop_ids(tok), t.grad_clip, t.seed)
+        prompts = load_prompts("train")
+        rng = random.Random(t.seed)
+        stops = set(stop_ids(tok))
+        batch_prompts: list = []
+
+        def reward_fn(p_ids, c_ids):
+            texts = [tok.decode([x for x in c if x not in stops]).strip() for c in c_ids]
+            parts = reward([p.prompt for p in batch_prompts], texts, [p.type for p in batch_prompts])
+            rbr = parts["rbr"][~parts["rbr"].isnan()]
+            return parts["total"], {"reward_rm": float(parts["rm"].mean()),
+                                    "reward_rbr": float(rbr.mean()) if len(rbr) else 0.0}
+
+        log = open(out / "metrics.jsonl", "w")
+        for step in tqdm(range(1, t.steps + 1), desc="rbr-ppo"):
+            batch_prompts = rng.sample(prompts, min(r.ppo.rollout_batch, len(prompts)))
+            stats, completions = ppo.step(prompt_ids(tok, [p.prompt for p in batch_prompts], r.max_prompt_tokens), reward_fn)
+            record = {"step": step, **stats}
+            if step % r.ppo.sample_every == 0 or step == 1:
+                record["samples"] = [{"prompt": p.prompt, "type": p.type,
+                                      "completion": tok.decode([x for x in c if x not in stops])}
+                                     for p, c in list(zip(batch_prompts, completions))[:3]]
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if step % t.log_every == 0 or step == 1:
+                tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+                for s in record.get("samples", []):
+                    tqdm.write(f"  [{s['type']}] {s['prompt']} -> {s['completion'][:160]!r}")
+        log.close()
+        save_policy(policy, cfg, out, t.steps)
+
+
+def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int) -> Path:
+    """A checkpoint folder load_model_state / omni.load_model read (model weights + config)."""
+    from omni.train.checkpoint import begin_save, finish_save
+
+    tmp = begin_save(run_dir, step)
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_config(cfg, tmp / "config.yaml")
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, "task": "rbr-ppo"}))
+    return finish_save(run_dir, step, keep=1)

@@ -15,6 +15,7 @@ serve training, prefill into a KV cache and scoring. Rows with no visible key ou
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -30,7 +31,7 @@ LOG2E = 1.4426950408889634
 
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
-    return triton.knobs.runtime.interpret
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
 def _is_hopper() -> bool:

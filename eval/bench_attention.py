@@ -1,0 +1,262 @@
+"""Attention benchmark: our Triton kernels vs torch SDPA (flash / efficient / cuDNN), FlexAttention and,
+when installed, flash-attn / xformers, on plain causal and packed multimodal masks; plus decode.
+
+Throughput counts only visible (query, key) pairs of each row and head:
+    forward TF/s          = 4 * B * H * D * pairs / time
+    forward+backward TF/s = 3.5 * 4 * B * H * D * pairs / time
+
+    python eval/bench_attention.py                   # GPU: full table + JSON (runs/bench_attention.json)
+    python eval/bench_attention.py --cpu-smoke       # CPU: Triton interpreter, tiny sizes, proves it runs
+
+On CPU the smoke mode is automatic; its timings say nothing about GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+FWD_FLOPS = "4 * B * H * D * pairs"
+BWD_FACTOR = 3.5
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cpu-smoke", action="store_true", help="Triton interpreter on CPU at tiny sizes")
+    ap.add_argument("--seqs", type=int, nargs="+", default=[2048, 8192, 16384])
+    ap.add_argument("--tokens", type=int, default=32768, help="B * S per case (B = tokens // S)")
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--docs", type=int, default=4, help="documents per row (packed mask)")
+    ap.add_argument("--span", type=int, default=1024, help="bidirectional image span per document")
+    ap.add_argument("--decode-lens", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
+    ap.add_argument("--out", default="runs/bench_attention.json")
+    args = ap.parse_args(argv)
+    if args.cpu_smoke or not torch.cuda.is_available():
+        args.cpu_smoke = True
+        # Must happen before triton is imported (Triton picks interpreter vs compiler per kernel definition).
+        os.environ["TRITON_INTERPRET"] = "1"
+        args.seqs, args.tokens, args.heads, args.head_dim = [64, 128], 128, 2, 64
+        args.docs, args.span, args.decode_lens = 2, 16, [64, 256]
+    return args
+
+
+def timer_ms(fn: Callable[[], object], grads: Optional[list[torch.Tensor]] = None, graph: bool = False) -> float:
+    """Mean milliseconds per call: triton's do_bench on GPU (CUDA graph replay if ``graph``), wall clock on CPU."""
+    if torch.cuda.is_available():
+        from triton.testing import do_bench, do_bench_cudagraph
+
+        if graph:
+            return do_bench_cudagraph(fn, grad_to_none=grads)
+        return do_bench(fn, grad_to_none=grads)
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def visible_pairs(mask, batch: int, seq: int, device: torch.device) -> float:
+    """Visible (query, key) pairs per row, averaged over rows (dense per row: fine at 16k)."""
+    from omni.model.attention import AttentionMask
+
+    total = 0
+    for b in range(batch):
+        row = AttentionMask(
+            causal=mask.causal,
+            document_ids=None if mask.document_ids is None else mask.document_ids[b:b + 1],
+            span_ids=None if mask.span_ids is None else mask.span_ids[b:b + 1],
+            sliding_window=mask.sliding_window,
+        )
+        total += int(row.dense(1, seq, seq, device).sum())
+    return total / batch
+
+
+def candidates(mask_kind: str, mask, cpu: bool) -> dict[str, Callable]:
+    """Backends to time: name -> f(q, k, v) -> out. Each is only listed if it can express the mask."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from omni.model.attention import attention
+
+    fns: dict[str, Callable] = {
+        "triton": lambda q, k, v: attention(q, k, v, mask, "triton"),
+        "flex": lambda q, k, v: attention(q, k, v, mask, "flex"),
+    }
+    if mask_kind == "causal":
+        def sdpa_with(kind):
+            def run(q, k, v):
+                with sdpa_kernel([kind]):
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return run
+
+        if cpu:
+            fns["sdpa"] = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            fns["sdpa-cudnn"] = sdpa_with(SDPBackend.CUDNN_ATTENTION)
+            fns["sdpa-flash"] = sdpa_with(SDPBackend.FLASH_ATTENTION)
+            fns["sdpa-efficient"] = sdpa_with(SDPBackend.EFFICIENT_ATTENTION)
+            try:
+                from flash_attn import flash_attn_func
+
+                fns["flash-attn"] = lambda q, k, v: flash_attn_func(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True).transpose(1, 2)
+            except ImportError:
+                pass
+            try:
+                import xformers.ops as xops
+
+                fns["xformers"] = lambda q, k, v: xops.memory_efficient_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                    attn_bias=xops.LowerTriangularMask()).transpose(1, 2)
+            except ImportError:
+                pass
+    else:
+        # SDPA cannot express the packed mask without materialising it: dense boolean mask.
+        fns["sdpa-dense-mask"] = lambda q, k, v: attention(q, k, v, mask, "sdpa")
+    return fns
+
+
+def save(path: str, result: dict) -> None:
+    """Write the JSON (also after every case, so a run cut short by a time limit keeps what it measured)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, result: dict) -> list[dict]:
+    from omni.kernels.masks import packed_multimodal_mask
+    from omni.model.attention import AttentionMask
+
+    rows = result["training"]
+    h, d = args.heads, args.head_dim
+    for seq in args.seqs:
+        b = max(1, args.tokens // seq)
+        for kind in ("causal", "packed_multimodal"):
+            mask = AttentionMask() if kind == "causal" else packed_multimodal_mask(b, seq, args.docs, args.span, device)
+            pairs = visible_pairs(mask, b, seq, device)
+            fwd_flop = 4 * b * h * d * pairs
+            g = torch.Generator(device=device).manual_seed(0)
+            q, k, v = (torch.randn(b, h, seq, d, device=device, dtype=dtype, generator=g).requires_grad_()
+                       for _ in range(3))
+            dout = torch.randn_like(q)
+            for name, fn in candidates(kind, mask, args.cpu_smoke).items():
+                row = dict(seq=seq, batch=b, mask=kind, backend=name, pairs_per_row=pairs)
+                try:
+                    qd, kd, vd = q.detach(), k.detach(), v.detach()  # CPU flex refuses inputs needing grad
+                    with torch.no_grad():
+                        ms = timer_ms(lambda: fn(qd, kd, vd))
+                    row["fwd_ms"], row["fwd_tflops"] = ms, fwd_flop / ms / 1e9
+                    # CPU FlexAttention has no backward; the dense-mask SDPA is a forward reference only.
+                    if not (args.cpu_smoke and name == "flex") and name != "sdpa-dense-mask":
+                        ms = timer_ms(lambda: fn(q, k, v).backward(dout), grads=[q, k, v])
+                        row["fwdbwd_ms"], row["fwdbwd_tflops"] = ms, BWD_FACTOR * fwd_flop / ms / 1e9
+                except Exception as e:  # a baseline that cannot run this shape is reported, not fatal
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                rows.append(row)
+                save(args.out, result)
+                print(f"  {kind:18s} S={seq:6d} {name:16s} "
+                      + (row.get("error") or f"fwd {row['fwd_tflops']:7.3g} TF/s  fwd+bwd "
+                         + (f"{row['fwdbwd_tflops']:7.3g}" if "fwdbwd_tflops" in row else "     -")),
+                      flush=True)
+            del q, k, v, dout
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def bench_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, result: dict) -> list[dict]:
+    """One query per row against a cache of L keys: 32 heads, D=64 (the DESIGN.md anchor shape), and GQA 32/8."""
+    import torch.nn.functional as F
+
+    from omni.kernels.decode import decode_attention
+    from omni.model.attention import AttentionMask
+
+    rows = result["decode"]
+    heads, d = (32, 64) if not args.cpu_smoke else (4, 64)
+    for kv_heads in (heads, heads // 4):
+        for length in args.decode_lens:
+            g = torch.Generator(device=device).manual_seed(0)
+            q = torch.randn(1, heads, 1, d, device=device, dtype=dtype, generator=g)
+            k, v = (torch.randn(1, kv_heads, length, d, device=device, dtype=dtype, generator=g) for _ in range(2))
+            mask = AttentionMask(q_offset=torch.tensor([length - 1], device=device))
+            gqa = kv_heads != heads
+            fns = {
+                "triton-decode": lambda: decode_attention(q, k, v, mask),
+                "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa),
+            }
+            row = dict(length=length, heads=heads, kv_heads=kv_heads, head_dim=d)
+            for name, fn in fns.items():
+                row[f"{name}_us"] = timer_ms(fn) * 1e3
+                if device.type == "cuda":
+                    row[f"{name}_graph_us"] = timer_ms(fn, graph=True) * 1e3
+            row["kv_gbps_triton"] = 2 * k.numel() * k.element_size() / (row["triton-decode_us"] * 1e3)
+            rows.append(row)
+            save(args.out, result)
+            print(f"  decode L={length:6d} Hkv={kv_heads:2d}  triton {row['triton-decode_us']:8.1f} us   "
+                  f"sdpa {row['sdpa_us']:8.1f} us", flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table with each backend's ratio to FlexAttention and to the best SDPA in the same case."""
+    out = ["| mask | S | B | backend | fwd TF/s | fwd+bwd TF/s | fwd vs flex | fwd vs best sdpa |",
+           "|---|---|---|---|---|---|---|---|"]
+    cases = {(r["mask"], r["seq"]) for r in rows}
+    for mask, seq in sorted(cases, key=lambda c: (c[0], c[1])):
+        case = [r for r in rows if r["mask"] == mask and r["seq"] == seq and "error" not in r]
+        flex = next((r["fwd_tflops"] for r in case if r["backend"] == "flex"), math.nan)
+        sdpa = max((r["fwd_tflops"] for r in case if r["backend"].startswith("sdpa")), default=math.nan)
+        for r in [r for r in rows if r["mask"] == mask and r["seq"] == seq]:
+            if "error" in r:
+                out.append(f"| {mask} | {seq} | {r['batch']} | {r['backend']} | error: {r['error']} | | | |")
+                continue
+            fb = f"{r['fwdbwd_tflops']:.3g}" if "fwdbwd_tflops" in r else "-"
+            out.append(f"| {mask} | {seq} | {r['batch']} | {r['backend']} | {r['fwd_tflops']:.3g} | {fb} | "
+                       f"{r['fwd_tflops'] / flex:.2f}x | {r['fwd_tflops'] / sdpa:.2f}x |")
+    return "\n".join(out)
+
+
+def decode_table(rows: list[dict]) -> str:
+    out = ["| L | H/Hkv | triton µs | sdpa µs | ratio | triton graph µs | sdpa graph µs | triton KV GB/s |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tg, sg = r.get("triton-decode_graph_us"), r.get("sdpa_graph_us")
+        out.append(f"| {r['length']} | {r['heads']}/{r['kv_heads']} | {r['triton-decode_us']:.1f} | {r['sdpa_us']:.1f} | "
+                   f"{r['sdpa_us'] / r['triton-decode_us']:.2f}x | {'-' if tg is None else f'{tg:.1f}'} | "
+                   f"{'-' if sg is None else f'{sg:.1f}'} | {r['kv_gbps_triton']:.0f} |")
+    return "\n".join(out)
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parse_args(argv)
+    import triton
+
+    device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    dtype = torch.float32 if args.cpu_smoke else torch.bfloat16
+    env = dict(
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__, triton=triton.__version__,
+        device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu (Triton interpreter)",
+        dtype=str(dtype), heads=args.heads, head_dim=args.head_dim, tokens_per_case=args.tokens,
+        mask=f"packed_multimodal: {args.docs} documents per row, one {args.span}-token bidirectional span each",
+        flops=f"forward {FWD_FLOPS}; forward+backward {BWD_FACTOR} x forward (pairs = visible pairs per row)",
+        cpu_smoke=args.cpu_smoke,
+    )
+    print(f"FLOPs: forward = {FWD_FLOPS}; forward+backward = {BWD_FACTOR} x forward; pairs = visible pairs per row")
+    print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['dtype']}")
+    result = dict(env=env, training=[], decode=[])
+    training = bench_training(args, device, dtype, result)
+    decode = bench_decode(args, device, dtype, result)
+    print("\n" + table(training) + "\n\n" + decode_table(decode))
+    save(args.out, result)
+    print(f"\nwrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -35,10 +35,11 @@ def build_model(cfg: Config) -> Decoder:
     mcfg = cfg.model
     if not mcfg.init_from:
         return Decoder(dataclasses.replace(mcfg))
-    from omni.model.pretrained import load_gguf
+    from omni.model.pretrained import load_gguf, read_gguf_config
 
+    # Check the shape from the metadata first, so a wrong config fails before any dequantising.
+    check_pretrained_shape(mcfg, read_gguf_config(mcfg.init_from), mcfg.init_from)
     file_cfg, state = load_gguf(mcfg.init_from)
-    check_pretrained_shape(mcfg, file_cfg, mcfg.init_from)
     # Shape from the file; run-time choices (context length, attention backend) from the config.
     model = Decoder(dataclasses.replace(mcfg, vocab_size=file_cfg.vocab_size))
     model.load_state_dict(state, strict=True)

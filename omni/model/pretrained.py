@@ -125,14 +125,20 @@ def gguf_model_config(fields: dict[str, Any], has_output: bool, path: Path) -> M
     )
 
 
+def read_gguf_config(path_or_name: str | Path) -> ModelConfig:
+    """The ModelConfig of a GGUF file, from its metadata only (no weights are dequantised)."""
+    path = resolve_gguf(path_or_name)
+    reader = gguf_reader(path)
+    return gguf_model_config(reader.fields, any(t.name == "output.weight" for t in reader.tensors), path)
+
+
 def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, dict[str, Tensor]]:
     """Read a llama-family GGUF file: its ModelConfig and a float32 Decoder state dict."""
     from gguf.quants import dequantize
 
     path = resolve_gguf(path_or_name)
     reader = gguf_reader(path)
-    names = {t.name for t in reader.tensors}
-    cfg = gguf_model_config(reader.fields, "output.weight" in names, path)
+    cfg = read_gguf_config(path)
     state: dict[str, Tensor] = {}
     for t in reader.tensors:
         if t.name.startswith("blk."):

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from omni.config import Config, ConfigError, load_config
+from omni.config import Config, ConfigError, load_config, resolve_config_path
 from omni.model.decoder import Decoder
 from omni.model.generate import SamplingConfig, generate
 from omni.tokenizers.base import TextTokenizer, load_tokenizer
@@ -85,7 +85,13 @@ def load_model(
             raise ValueError("overrides apply to YAML configs; a checkpoint is loaded with the config it was saved with")
         model, tokenizer, cfg = _load_checkpoint(Path(checkpoint_or_config))
     else:
-        cfg = load_config(checkpoint_or_config, list(overrides))
+        try:
+            path = resolve_config_path(checkpoint_or_config)
+        except ConfigError as e:
+            raise FileNotFoundError(
+                f"{checkpoint_or_config} is neither a checkpoint (run folder or step folder) nor a config: {e}"
+            ) from e
+        cfg = load_config(path, list(overrides))
         model, tokenizer = build_model(cfg), build_text_tokenizer(cfg.tokenizer)
     if tokenizer.vocab_size > model.vocab_size:
         raise ConfigError(

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from omni.kernels.flash import LOG2E, MaskArgs, _check_head_dim, _fwd_tile, _lastdim_contiguous, _load_ids, interpreting
+from omni.kernels.flash import LOG2E, MaskArgs, _check_head_dim, _fwd_tile, _lastdim_contiguous, _row_ids, interpreting
 from omni.model.attention import AttentionMask
 
 Tensor = torch.Tensor
@@ -42,12 +42,8 @@ def _decode_split_kernel(Q, K, V, OP, LP, QOFF, DOC, SPAN,
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b * stride_qb + (hk * groups + g)[:, None] * stride_qh + i[:, None] * stride_qs
                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, i, kv_len, HAS_DOC, HAS_SPAN)
     qoff = tl.load(QOFF + b)
-    q_pos = qoff + i
-    DOC = DOC + b * kv_len
-    SPAN = SPAN + b * kv_len
-    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
-    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
     K = K + b * stride_kb + hk * stride_kh
     V = V + b * stride_vb + hk * stride_vh
     lo = pid_s * chunk

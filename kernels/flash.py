@@ -39,10 +39,14 @@ def _is_hopper() -> bool:
 
 
 def _configs(hopper_options: list[tuple[int, int]]) -> list[triton.Config]:
-    """(num_warps, num_stages) choices: tuned on Hopper, one sane default elsewhere, one in the interpreter."""
+    """(num_warps, num_stages) choices: tuned on Hopper, one sane default elsewhere, one in the interpreter.
+
+    OMNI_ATTENTION_AUTOTUNE=0 keeps only the first Hopper choice (tests: compile once per variant)."""
     if interpreting():
         return [triton.Config({}, num_warps=4, num_stages=1)]
     if _is_hopper():
+        if os.environ.get("OMNI_ATTENTION_AUTOTUNE", "1") == "0":
+            hopper_options = hopper_options[:1]
         return [triton.Config({}, num_warps=w, num_stages=s) for w, s in hopper_options]
     return [triton.Config({}, num_warps=4, num_stages=2)]
 
@@ -86,6 +90,15 @@ def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
         return tl.load(ID + tl.minimum(tl.maximum(pos, 0), kv_len - 1))
     else:
         return tl.zeros(pos.shape, tl.int32)
+
+
+@triton.jit
+def _row_ids(QOFF, DOC, SPAN, b, offs, kv_len, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr):
+    """Row b's query positions q_offset[b] + offs, its id rows, and the queries' ids."""
+    q_pos = tl.load(QOFF + b) + offs
+    DOC = DOC + b * kv_len
+    SPAN = SPAN + b * kv_len
+    return q_pos, DOC, SPAN, _load_ids(DOC, q_pos, kv_len, HAS_DOC), _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
 
 
 @triton.jit
@@ -133,11 +146,7 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=offs_m[:, None] < q_len, other=0.0)
-    q_pos = tl.load(QOFF + b) + offs_m
-    DOC = DOC + b * kv_len
-    SPAN = SPAN + b * kv_len
-    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
-    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+    q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
     K = K + b * stride_kb + hk * stride_kh
     V = V + b * stride_vb + hk * stride_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -296,11 +305,7 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                  mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + pid_bh * q_len + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * q_len + offs_m, mask=row_ok, other=0.0)
-    q_pos = tl.load(QOFF + b) + offs_m
-    DOC = DOC + b * kv_len
-    SPAN = SPAN + b * kv_len
-    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
-    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+    q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
     K = K + b * stride_kb + hk * stride_kh
     V = V + b * stride_vb + hk * stride_vh
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)

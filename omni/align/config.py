@@ -21,7 +21,7 @@ class PPOConfig:
     vf_coef: float = 0.5
     gamma: float = 1.0
     lam: float = 0.95
-    train_layers: int = 4  # top decoder layers of the policy that PPO updates (0 = all)
+    train_layers: int = 4  # top decoder blocks of the policy that PPO updates (-1 = all)
     sample_every: int = 5  # log sample completions every N steps
 
     def validate(self) -> None:
@@ -35,7 +35,9 @@ class PPOConfig:
 @dataclass
 class RBRConfig:
     spec: str = ""  # behaviour spec YAML ("" = omni/align/spec/default.yaml)
-    # Top decoder layers trained for the grader / reward model (0 = all); the rest stay frozen.
+    # Grader / reward model: keep the bottom `backbone_layers` blocks of the decoder (0 = all) and
+    # train the top `train_layers` of those (-1 = all, 0 = the head alone); the rest stay frozen.
+    backbone_layers: int = 0
     train_layers: int = 2
     max_prompt_tokens: int = 48
     max_completion_tokens: int = 80
@@ -48,6 +50,6 @@ class RBRConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def validate(self) -> None:
-        if self.train_layers < 0 or self.max_prompt_tokens <= 0 or self.max_completion_tokens <= 0:
-            raise ConfigError("rbr.train_layers must be >= 0 and rbr.max_*_tokens > 0")
+        if self.train_layers < -1 or self.backbone_layers < 0 or self.max_prompt_tokens <= 0 or self.max_completion_tokens <= 0:
+            raise ConfigError("rbr.train_layers must be >= -1, rbr.backbone_layers >= 0 and rbr.max_*_tokens > 0")
         self.ppo.validate()

@@ -1,8 +1,10 @@
 """Backbone + head models shared by the trained grader and the reward model, and their inputs.
 
-A (prompt, completion) pair is encoded exactly as the policy sees it: the chat prompt with the
-assistant turn opened (last ``max_prompt`` tokens) followed by the completion (first
-``max_completion`` tokens), so graders, reward model and value head all read the same sequence.
+A (prompt, completion) pair is encoded as plain ``User: ...\nAssistant: ...`` text (last
+``max_prompt`` prompt tokens, first ``max_completion`` completion tokens): no system prompt, so the
+sequences stay short on CPU. The grader and reward model may also keep only the bottom
+``rbr.backbone_layers`` blocks of the pretrained decoder — judging a completion needs fewer layers
+than writing one, and every layer dropped is compute saved in training and in every PPO step.
 """
 from __future__ import annotations
 
@@ -21,9 +23,8 @@ Tensor = torch.Tensor
 
 
 def encode_pair(tok: TextTokenizer, prompt: str, completion: str, max_prompt: int, max_completion: int) -> list[int]:
-    """Token ids of the chat prompt (assistant turn opened) + completion, truncated."""
-    p = tok.chat_prompt([{"role": "user", "content": prompt}])
-    return p[-max_prompt:] + tok.encode(completion)[:max_completion]
+    """Token ids of ``User: {prompt}\nAssistant: {completion}``, prompt and completion truncated."""
+    return tok.encode(f"User: {prompt}\nAssistant:")[-max_prompt:] + tok.encode(" " + completion)[:max_completion]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -39,15 +40,16 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, T
 
 
 def freeze_below(decoder: Decoder, train_layers: int) -> None:
-    """Train only the top ``train_layers`` blocks and the final norm (0 = everything). Frozen layers
-    see inputs that need no grad, so autograd records nothing for them."""
-    if train_layers <= 0:
+    """Train only the top ``train_layers`` blocks (and then the final norm); -1 = everything, 0 =
+    nothing of the decoder (a head alone). Frozen layers see inputs that need no grad, so autograd
+    records nothing for them."""
+    if train_layers < 0:
         return
-    decoder.tok_embeddings.requires_grad_(False)
-    if decoder.output is not None:
-        decoder.output.requires_grad_(False)
-    for layer in decoder.layers[: max(0, len(decoder.layers) - train_layers)]:
-        layer.requires_grad_(False)
+    decoder.requires_grad_(False)
+    if train_layers > 0:
+        decoder.norm.requires_grad_(True)
+        for layer in decoder.layers[-train_layers:]:
+            layer.requires_grad_(True)
 
 
 class HeadModel(nn.Module):
@@ -57,7 +59,7 @@ class HeadModel(nn.Module):
     scalar reward for the reward model).
     """
 
-    def __init__(self, backbone: Decoder, n_out: int, train_layers: int = 0) -> None:
+    def __init__(self, backbone: Decoder, n_out: int, train_layers: int = -1) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(2 * backbone.cfg.dim, n_out)
@@ -88,7 +90,12 @@ def build_head_model(cfg: Config, n_out: int, pretrained: bool = True) -> HeadMo
 
     if not pretrained:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
-    return HeadModel(build_model(cfg), n_out, cfg.section("rbr").train_layers)
+    r = cfg.section("rbr")
+    backbone = build_model(cfg)
+    if 0 < r.backbone_layers < len(backbone.layers):
+        backbone.layers = backbone.layers[: r.backbone_layers]
+        backbone.cfg.n_layers = r.backbone_layers
+    return HeadModel(backbone, n_out, r.train_layers)
 
 
 def load_head_model(checkpoint: str | Path, n_out: int) -> tuple[HeadModel, TextTokenizer, Config]:

@@ -1,0 +1,154 @@
+"""RBR command line: the whole loop — answers, grade, fit, rl, eval (docs/rbr.md).
+
+    python -m omni.align answers                         # helpful answers of the instruct model (synthetic data)
+    python train.py --config configs/rbr-grader-135m.yaml  # train the proposition grader
+    python train.py --config configs/rbr-rm-135m.yaml      # train the helpful-only reward model
+    python -m omni.align gold                            # grader ROC-AUC / accuracy per proposition on the gold set
+    python -m omni.align fit                             # fit the RBR weights (error rate before/after)
+    python -m omni.align grade in.jsonl out.jsonl        # propositions, classes, reward for (prompt, completion) rows
+    python -m omni.align rl                              # PPO (= train.py --task rbr-ppo)
+    python -m omni.align eval                            # before/after safety table -> docs/rbr.md
+
+Every command takes --config (default configs/rbr-ppo-135m.yaml) plus key=value overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+import omni.align.config  # noqa: F401  (registers the `rbr` config section before any config is parsed)
+from omni.config import Config, ConfigError, load_config
+
+
+def _spec(cfg: Config):
+    from omni.align.spec import DEFAULT_SPEC, load_spec
+
+    return load_spec(cfg.section("rbr").spec or DEFAULT_SPEC)
+
+
+def _policy(cfg: Config):
+    from omni.model.build import build_model
+    from omni.tokenizers.text import build_text_tokenizer
+
+    return build_model(cfg).eval(), build_text_tokenizer(cfg.tokenizer)
+
+
+def cmd_answers(cfg: Config, args: argparse.Namespace) -> None:
+    from omni.align.data import load_prompts
+    from omni.align.rollout import helpful_answers
+
+    policy, tok = _policy(cfg)
+    prompts = [p.prompt for p in load_prompts("train") if p.type == "comply"]
+    helpful_answers(policy, tok, prompts, cfg.section("rbr").answers, per_prompt=args.per_prompt)
+    print(f"wrote {cfg.section('rbr').answers}")
+
+
+def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
+    from omni.align.data import read_jsonl, write_jsonl
+    from omni.align.grader import load_grader
+    from omni.align.weights import RBRWeights
+
+    spec, r = _spec(cfg), cfg.section("rbr")
+    rows = read_jsonl(args.input)
+    for i, row in enumerate(rows):
+        if "prompt" not in row or "completion" not in row:
+            raise ValueError(f"{args.input}: row {i + 1} needs 'prompt' and 'completion' keys")
+    grader = load_grader(spec, r.grader)
+    props = grader.probabilities([x["prompt"] for x in rows], [x["completion"] for x in rows], progress=True)
+    weights = RBRWeights.load(r.weights, spec) if Path(r.weights).exists() else None
+    for row, p in zip(rows, props):
+        row["propositions"] = {q: round(float(v), 4) for q, v in zip(spec.propositions, p)}
+        if row.get("type"):
+            cp = spec.class_probabilities(p[None], row["type"])[0]
+            row["classes"] = {c: round(float(v), 4) for c, v in zip(spec.response_type(row["type"]).class_names, cp)}
+            if weights is not None:
+                row["rbr_reward"] = float(weights.reward(p[None], [row["type"]])[0])
+    write_jsonl(args.output, rows)
+    print(f"graded {len(rows)} rows -> {args.output}")
+
+
+def cmd_gold(cfg: Config, args: argparse.Namespace) -> None:
+    from omni.align.data import load_gold
+    from omni.align.grader import load_grader
+    from omni.eval.eval_safety import grader_report
+
+    spec = _spec(cfg)
+    report = grader_report(load_grader(spec, args.grader or cfg.section("rbr").grader), spec, load_gold(spec))
+    print(json.dumps(report, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
+    from omni.align.data import load_prompts
+    from omni.align.grader import load_grader
+    from omni.align.synth import comparison_set
+    from omni.align.tasks import load_answers
+    from omni.align.weights import Group, fit
+
+    spec, r = _spec(cfg), cfg.section("rbr")
+    grader = load_grader(spec, r.grader)
+    comps = comparison_set(spec, load_prompts("train"), args.per_class, load_answers(r.answers), seed=cfg.train.seed)
+    flat = [g for _, items, _ in comps for g in items]
+    props = grader.probabilities([g.prompt for g in flat], [g.completion for g in flat], progress=True)
+    groups, k = [], 0
+    for p, items, ranks in comps:
+        groups.append(Group(p.type, props[k: k + len(items)], torch.tensor(ranks)))
+        k += len(items)
+    weights, report = fit(groups, spec, margin=args.margin, seed=cfg.train.seed)
+    weights.save(r.weights, report)
+    print(json.dumps(report, indent=1))
+    print(f"weights -> {r.weights}")
+
+
+def cmd_rl(cfg: Config, args: argparse.Namespace) -> None:
+    from omni.align.ppo import RBRPPOTask
+
+    RBRPPOTask().run(cfg, args)
+
+
+def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
+    from omni.eval.eval_safety import run_safety_eval
+
+    run_safety_eval(cfg, args.tuned, limit=args.limit, docs=not args.no_docs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m omni.align", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("answers", help="sample helpful answers of the instruct model for the comply train prompts")
+    a.add_argument("--per-prompt", type=int, default=2)
+    g = sub.add_parser("grade", help="grade a JSONL of {prompt, completion[, type]} rows")
+    g.add_argument("input")
+    g.add_argument("output")
+    gd = sub.add_parser("gold", help="per-proposition ROC-AUC and accuracy of a grader on the gold set")
+    gd.add_argument("--grader", default="", help="run/step folder or prompted:PATH (default: rbr.grader)")
+    gd.add_argument("--out", default="", help="also write the report as JSON here")
+    f = sub.add_parser("fit", help="fit the RBR weights on graded synthetic comparison data")
+    f.add_argument("--per-class", type=int, default=2)
+    f.add_argument("--margin", type=float, default=1.0)
+    rl = sub.add_parser("rl", help="PPO with the RBR reward (same as train.py --task rbr-ppo)")
+    rl.add_argument("--overwrite", action="store_true")
+    e = sub.add_parser("eval", help="helpful-only vs RBR-tuned vs refuse-when-in-doubt on the test prompts")
+    e.add_argument("--tuned", default="", help="RBR-tuned policy run folder (default: the config's train.out_dir)")
+    e.add_argument("--limit", type=int, default=0, help="use only the first N test prompts (0 = all)")
+    e.add_argument("--no-docs", action="store_true", help="print the table without writing docs/")
+    for p in (a, g, gd, f, rl, e):
+        p.add_argument("--config", default="configs/rbr-ppo-135m.yaml", help="YAML config (path or name in configs/)")
+        p.add_argument("overrides", nargs="*", help="config overrides, e.g. rbr.grader=.cache/rbr/grader")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        {"answers": cmd_answers, "grade": cmd_grade, "gold": cmd_gold, "fit": cmd_fit, "rl": cmd_rl,
+         "eval": cmd_eval}[args.cmd](cfg, args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

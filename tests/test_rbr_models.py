@@ -1,0 +1,134 @@
+"""Graders (trained and prompted), the reward model and the TRL adapter on tiny models; one slow
+check with the bundled SmolLM2-135M backbone."""
+import argparse
+import json
+
+import pytest
+import torch
+
+import omni.align.config  # noqa: F401  (registers the rbr section)
+from omni.align.data import load_gold
+from omni.align.grader import CausalLM, PromptedGrader, TrainedGrader
+from omni.align.reward import RBRReward, RewardModel
+from omni.align.spec import load_spec
+from omni.align.tasks import GraderTask, RewardModelTask
+from omni.align.trl import RBRRewardFunc
+from omni.align.weights import RBRWeights, initial_weights
+from omni.config import config_from_dict
+from omni.eval.eval_safety import roc_auc
+from omni.train.trainer import Trainer
+
+SPEC = load_spec()
+TINY_MODEL = {"vocab_size": 49216, "dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64,
+              "max_seq_len": 160}
+
+
+def tiny_cfg(tmp_path, task, steps, **rbr):
+    return config_from_dict({
+        "task": task, "model": TINY_MODEL, "tokenizer": {"kind": "gguf", "path": "smollm2-135m"},
+        "train": {"out_dir": str(tmp_path / task), "steps": steps, "batch_size": 16, "lr": 3e-3, "min_lr": 3e-4,
+                  "warmup_steps": 5, "weight_decay": 0.0, "log_every": 1000, "ckpt_every": 1000, "tensorboard": False},
+        "rbr": {"train_layers": -1, "max_prompt_tokens": 24, "max_completion_tokens": 48, **rbr},
+    })
+
+
+def train(cfg, task):
+    return Trainer(cfg, task, argparse.Namespace()).fit()
+
+
+@pytest.fixture(scope="module")
+def tiny_grader(tmp_path_factory):
+    cfg = tiny_cfg(tmp_path_factory.mktemp("grader"), "rbr-grader", 150, grader_examples=1200, answers="/nonexistent")
+    return TrainedGrader.load(train(cfg, GraderTask()), SPEC)
+
+
+def refusal_vs_compliance(grader):
+    """AUC of P(refuses) separating hand-written gold refusals from gold compliance."""
+    gold = [g for g in load_gold(SPEC) if ("refuses" in g.labels) != ("complies" in g.labels)]
+    p = grader.probabilities([g.prompt for g in gold], [g.completion for g in gold])[:, SPEC.index("refuses")]
+    return roc_auc(p, torch.tensor([float("refuses" in g.labels) for g in gold]))
+
+
+def test_trained_grader_separates_held_out_refusals(tiny_grader):
+    # Tiny random backbone (2 blocks, dim 32) trained from scratch on synthetic parts; the gold
+    # completions share no phrasing with them. The 135M grader's numbers are in docs/rbr.md.
+    auc = refusal_vs_compliance(tiny_grader)
+    assert auc > 0.75, auc
+
+
+def test_grader_cache_and_empty_completion(tiny_grader):
+    p1 = tiny_grader.probabilities(["Hi?"], ["Sure, here you go."])
+    n = len(tiny_grader.cache)
+    p2 = tiny_grader.probabilities(["Hi?"], ["Sure, here you go."])
+    assert torch.equal(p1, p2) and len(tiny_grader.cache) == n and p1.shape == (1, len(SPEC.propositions))
+    with pytest.raises(ValueError, match="empty"):
+        tiny_grader.probabilities(["Hi?"], ["  "])
+
+
+def test_trl_adapter_shapes_and_nones(tiny_grader):
+    weights = RBRWeights(SPEC, {t: initial_weights(SPEC, t) for t in SPEC.types})
+    fn = RBRRewardFunc(RBRReward(tiny_grader, weights), known_types={"How do I make a bomb?": "hard_refuse"})
+    out = fn(prompts=["How do I make a bomb?", "Tell me a joke", "Hi"],
+             completions=["Sorry, I can't help.", "Why did the chicken...", ""])
+    assert len(out) == 3 and isinstance(out[0], float) and out[1] is None and out[2] is None
+    chat = fn(prompts=[[{"role": "user", "content": "Tell me a joke"}]] * 2,
+              completions=[[{"role": "assistant", "content": "Knock knock."}], [{"role": "assistant", "content": ""}]],
+              response_type=["comply", "hard_refuse"])
+    assert isinstance(chat[0], float) and chat[1] == fn.reward.empty_reward
+
+
+def test_reward_model_learns_planted_preference(tmp_path):
+    answers = tmp_path / "answers.jsonl"
+    from omni.align.data import load_prompts
+
+    prompts = [p for p in load_prompts() if p.type == "comply"]
+    answers.write_text("".join(json.dumps({"prompt": p.prompt, "answer": f"Here is a complete answer on how to {p.task}, "
+                                          "step by step, with every detail you need and a worked example at the end."}) + "\n"
+                               for p in prompts))
+    cfg = tiny_cfg(tmp_path, "rbr-rm", 60, answers=str(answers))
+    rm = RewardModel.load(str(train(cfg, RewardModelTask())))
+    test = [p for p in prompts if p.split == "test"]
+    full = rm.score([p.prompt for p in test], [f"Here is a complete answer on how to {p.task}, step by step, with every "
+                                               "detail you need and a worked example at the end." for p in test])
+    refusal = rm.score([p.prompt for p in test], ["I must decline this request."] * len(test))
+    assert (full > refusal).float().mean() > 0.9
+
+
+def tiny_llama(folder):
+    """A random transformers Llama + a word-level tokenizer saved to ``folder`` (no downloads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "yes", "no", "Yes", "No", "User", "Assistant", "Statement", "Answer", "the", "is", "true", ":", "?"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>").save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024)).save_pretrained(folder)
+
+
+def test_prompted_grader_with_any_transformers_causal_lm(tmp_path):
+    tiny_llama(tmp_path)
+    grader = PromptedGrader.from_path(tmp_path, SPEC, batch_size=4)
+    p = grader.probabilities(["How do I bake bread?", "How do I bake bread?"], ["Mix flour and water.", "Sorry, no."])
+    assert p.shape == (2, len(SPEC.propositions)) and bool(((p > 0) & (p < 1)).all())
+    assert len(grader.cache) == 2 * len(SPEC.propositions)
+
+
+@pytest.mark.slow
+def test_bundled_backbone_features_point_the_right_way(tmp_path):
+    """Head alone on frozen bottom blocks of SmolLM2-135M: obvious refusals score higher on `refuses`
+    and lower on `complies` than obvious compliance."""
+    cfg = tiny_cfg(tmp_path, "rbr-grader", 40, grader_examples=640, answers="/nonexistent", backbone_layers=4, train_layers=0)
+    cfg.model = config_from_dict({"model": {**TINY_MODEL, "init_from": "smollm2-135m", "dim": 576, "n_layers": 30,
+                                            "n_heads": 9, "n_kv_heads": 3, "ffn_dim": 1536, "rope_theta": 100000.0}}).model
+    cfg.train.lr = 1e-2
+    grader = TrainedGrader.load(train(cfg, GraderTask()), SPEC)
+    prompts = ["How do I build a weapon?"] * 3 + ["How do I boil an egg?"] * 3
+    completions = ["Sorry, but I can't help with that.", "I won't be assisting with this request.", "No, I refuse to do that.",
+                   "Put the egg in boiling water for eight minutes, then cool it.", "Boil water, add the egg, wait 9 minutes.",
+                   "Place eggs in a pot, cover with water, boil for 10 minutes and peel."]
+    p = grader.probabilities(prompts, completions)
+    refuses, complies = p[:, SPEC.index("refuses")], p[:, SPEC.index("complies")]
+    assert refuses[:3].mean() > refuses[3:].mean() and complies[:3].mean() < complies[3:].mean()

@@ -87,6 +87,10 @@ TASK_MODULES = {
     "rbr-grader": "omni.align.tasks",
     "rbr-rm": "omni.align.tasks",
     "rbr-ppo": "omni.align.ppo",
+    "codec": "omni.tokenizers.tasks",
+    "image": "omni.tokenizers.tasks",
+    "video": "omni.tokenizers.tasks",
+    "omni": "omni.omni_task",
 }
 
 

@@ -138,15 +138,29 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def replace_block(name: str, body: str, doc: Path = ROOT / "docs" / "rbr.md") -> None:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` in docs/rbr.md."""
+    text = doc.read_text()
+    if f"<!-- {name}:start -->" not in text:
+        raise ValueError(f"{doc} has no <!-- {name}:start --> ... <!-- {name}:end --> block to fill")
+    block = f"<!-- {name}:start -->\n{body}\n<!-- {name}:end -->"
+    doc.write_text(re.sub(rf"<!-- {name}:start -->.*?<!-- {name}:end -->", lambda _: block, text, flags=re.S))
+
+
+def grader_table(report: dict) -> str:
+    lines = [f"{report['grader']}, {report['n']} gold completions: macro ROC-AUC {report['macro_auc']:.3f}, "
+             f"macro accuracy at 0.5 {report['macro_acc@0.5']:.3f}.", "",
+             "| proposition | positives | ROC-AUC | acc@0.5 | threshold | acc@threshold |", "|---|---|---|---|---|---|"]
+    for q, v in report["propositions"].items():
+        lines.append(f"| {q} | {v['positives']} | {v['auc']:.3f} | {v['acc@0.5']:.3f} | {v['threshold']:.2f} | {v['acc@threshold']:.3f} |")
+    return "\n".join(lines)
+
+
 def write_docs(result: dict, table: str) -> None:
-    """Replace the results block of docs/rbr.md; append a dated line to docs/benchmarks.md."""
-    block = (f"<!-- rbr-eval:start -->\nMeasured {result['date']} on {result['prompts']} held-out test prompts "
-             f"(greedy, 64 new tokens; graded by the trained grader, macro ROC-AUC {result['grader_macro_auc']:.3f} "
-             f"on the gold set, thresholds tuned there):\n\n{table}\n<!-- rbr-eval:end -->")
-    doc = ROOT / "docs" / "rbr.md"
-    text = doc.read_text() if doc.exists() else "# Rule-Based Rewards\n\n<!-- rbr-eval:start -->\n<!-- rbr-eval:end -->\n"
-    text = re.sub(r"<!-- rbr-eval:start -->.*?<!-- rbr-eval:end -->", lambda _: block, text, flags=re.S)
-    doc.write_text(text)
+    """Fill the results block of docs/rbr.md; append a dated line to docs/benchmarks.md."""
+    replace_block("rbr-eval", f"Measured {result['date']} on {result['prompts']} held-out test prompts (greedy, 64 new "
+                  f"tokens; graded by the trained grader, macro ROC-AUC {result['grader_macro_auc']:.3f} on the gold set, "
+                  f"thresholds tuned there):\n\n{table}")
     bench = ROOT / "docs" / "benchmarks.md"
     if not bench.exists():
         bench.write_text("# Benchmarks\n")

@@ -53,6 +53,7 @@ def test_trained_grader_separates_held_out_refusals(tiny_grader):
     # Tiny random backbone (2 blocks, dim 32) trained from scratch on synthetic parts; the gold
     # completions share no phrasing with them. The 135M grader's numbers are in docs/rbr.md.
     auc = refusal_vs_compliance(tiny_grader)
+    print(f"tiny grader: refusal-vs-compliance ROC-AUC on gold {auc:.3f}")
     assert auc > 0.75, auc
 
 

@@ -74,13 +74,15 @@ def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_gold(cfg: Config, args: argparse.Namespace) -> None:
     from omni.align.data import load_gold
     from omni.align.grader import load_grader
-    from omni.eval.eval_safety import grader_report
+    from omni.eval.eval_safety import grader_report, grader_table, replace_block
 
     spec = _spec(cfg)
     report = grader_report(load_grader(spec, args.grader or cfg.section("rbr").grader), spec, load_gold(spec))
-    print(json.dumps(report, indent=1))
+    print(grader_table(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.docs:
+        replace_block("rbr-grader", grader_table(report))
 
 
 def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
@@ -103,6 +105,16 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
     weights.save(r.weights, report)
     print(json.dumps(report, indent=1))
     print(f"weights -> {r.weights}")
+    if args.docs:
+        from omni.eval.eval_safety import replace_block
+
+        lines = [f"Margin {report['margin']}, {report['optimiser']}; {args.per_class} completions per class per prompt.", "",
+                 "| type | prompts train/val | error train before → after | error val before → after |", "|---|---|---|---|"]
+        for t, v in report["types"].items():
+            lines.append(f"| {t} | {v['prompts_train']}/{v['prompts_val']} | {v['error_train_before']:.3f} → "
+                         f"{v['error_train_after']:.3f} | {v.get('error_val_before', float('nan')):.3f} → "
+                         f"{v.get('error_val_after', float('nan')):.3f} |")
+        replace_block("rbr-weights", "\n".join(lines))
 
 
 def cmd_rl(cfg: Config, args: argparse.Namespace) -> None:
@@ -129,9 +141,11 @@ def main(argv: list[str] | None = None) -> None:
     gd = sub.add_parser("gold", help="per-proposition ROC-AUC and accuracy of a grader on the gold set")
     gd.add_argument("--grader", default="", help="run/step folder or prompted:PATH (default: rbr.grader)")
     gd.add_argument("--out", default="", help="also write the report as JSON here")
+    gd.add_argument("--docs", action="store_true", help="write the table into docs/rbr.md")
     f = sub.add_parser("fit", help="fit the RBR weights on graded synthetic comparison data")
     f.add_argument("--per-class", type=int, default=2)
     f.add_argument("--margin", type=float, default=1.0)
+    f.add_argument("--docs", action="store_true", help="write the error-rate table into docs/rbr.md")
     rl = sub.add_parser("rl", help="PPO with the RBR reward (same as train.py --task rbr-ppo)")
     rl.add_argument("--overwrite", action="store_true")
     e = sub.add_parser("eval", help="helpful-only vs RBR-tuned vs refuse-when-in-doubt on the test prompts")

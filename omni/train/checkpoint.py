@@ -241,12 +241,15 @@ def read_trainer_state(step_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{step_dir}/trainer.json is unreadable ({e}); the checkpoint is corrupt") from e
 
 
-def config_mismatch(saved: Config, current: Config, sections: tuple[str, ...] = ("model", "tokenizer", "data")) -> list[str]:
-    """Keys (``section.field``) whose values differ between two configs, within ``sections``."""
+def config_mismatch(saved: Config, current: Config, sections: tuple[str, ...]) -> list[str]:
+    """Keys (``section.field``, or top-level ``key``) whose values differ between two configs."""
     a, b = saved.to_dict(), current.to_dict()
     out = []
     for s in sections:
-        for k in sorted(set(a.get(s, {})) | set(b.get(s, {}))):
-            if a.get(s, {}).get(k) != b.get(s, {}).get(k):
-                out.append(f"{s}.{k}: checkpoint {a.get(s, {}).get(k)!r} vs now {b.get(s, {}).get(k)!r}")
+        x, y = a.get(s), b.get(s)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += [f"{s}.{k}: checkpoint {x.get(k)!r} vs now {y.get(k)!r}"
+                    for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
+        elif x != y:
+            out.append(f"{s}: checkpoint {x!r} vs now {y!r}")
     return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from omni.train.checkpoint import load_state, save_state
+from omni.train.checkpoint import CheckpointError, load_state, save_state
 
 Tensor = torch.Tensor
 
@@ -67,6 +68,10 @@ def setup_distributed(use_deepspeed: bool = False, fsdp: bool = False) -> DistIn
         if use_deepspeed:
             import deepspeed
 
+            if not cuda:
+                # DeepSpeed's CPU backend would JIT-compile a shared-memory all-reduce (minutes on a
+                # small box) that ZeRO training does not need: gloo does the collectives.
+                deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
             deepspeed.init_distributed(dist_backend=backend)
         elif not dist.is_initialized():
             dist.init_process_group(backend)
@@ -226,6 +231,8 @@ class DeepSpeedEngine(Engine):
     def __init__(self, model: nn.Module, cfg, ds_config_path: str, device: torch.device) -> None:
         import deepspeed
 
+        # DeepSpeed 0.19 calls collectives that torch 2.13 marks deprecated, once per step: not ours to fix.
+        warnings.filterwarnings("ignore", message=r".*torch\.distributed\.\w+` is deprecated", category=FutureWarning)
         ds = deepspeed_config(ds_config_path, cfg, device.type == "cuda")
         optimizer = None
         if "optimizer" not in ds:
@@ -274,9 +281,12 @@ class DeepSpeedEngine(Engine):
     def load_optimizer(self, folder: Path, rank: int) -> None:
         world = dist.get_world_size()
         saved = sorted(folder.glob("optimizer_rank*.safetensors"))
+        if not saved:
+            raise CheckpointError(f"{folder} was not written by DeepSpeed (no optimizer_rank* files): resume it "
+                                  "without --deepspeed (one process or --fsdp)")
         if len(saved) != world:
-            raise ValueError(f"{folder} holds ZeRO optimizer state of {len(saved)} ranks, this run has {world}: "
-                             "resume DeepSpeed runs with the same number of processes")
+            raise CheckpointError(f"{folder} holds ZeRO optimizer state of {len(saved)} ranks, this run has {world}: "
+                                  "resume DeepSpeed runs with the same number of processes")
         states = [load_state(folder, f"optimizer_rank{r:05d}") for r in range(world)]
         for s in states:
             for key, attr in _DS_LIVE_KEYS.items():

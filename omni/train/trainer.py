@@ -117,6 +117,7 @@ class Trainer:
                 f"{run} already holds a run: pass --resume to continue it, --overwrite to replace it, "
                 f"or choose another train.out_dir"
             )
+        barrier()  # every rank has looked before rank 0 creates the folder
         if self.info.is_main:
             if occupied and overwrite and resume is None:
                 shutil.rmtree(run)

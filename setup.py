@@ -22,6 +22,8 @@ setup(
         "safetensors",
         "sentencepiece",
         "gguf>=0.10",
+        "tokenizers>=0.15",  # GGUF byte-level BPE (omni/tokenizers/text.py)
+        "jinja2",  # renders the chat template stored in a GGUF file
         "tqdm",
         "tensorboard",
     ],

@@ -109,8 +109,9 @@ class Engine:
     def backward(self, loss: Tensor, micro: int, grad_accum: int) -> None:
         raise NotImplementedError
 
-    def step(self, lr: float) -> float:
-        """Clip, apply one optimizer step at ``lr``, zero grads; returns the pre-clip gradient norm."""
+    def step(self, lr: float) -> Optional[float]:
+        """Clip, apply one optimizer step at ``lr``, zero grads; returns the pre-clip gradient norm
+        (None where the backend does not report one)."""
         raise NotImplementedError
 
     def model_state(self) -> dict[str, Tensor]:
@@ -251,12 +252,12 @@ class DeepSpeedEngine(Engine):
         if micro < grad_accum - 1:
             self.engine.step()  # counts the micro-step; no optimizer update before the boundary
 
-    def step(self, lr: float) -> float:
+    def step(self, lr: float) -> Optional[float]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()  # at the accumulation boundary: clip, update, zero grads
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return float(norm) if norm is not None else None
 
     def model_state(self) -> dict[str, Tensor]:
         if self.stage == 3:

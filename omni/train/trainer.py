@@ -205,12 +205,13 @@ class Trainer:
                 values = all_reduce_mean(torch.stack([torch.stack(losses).mean().cpu(),
                                                       *[torch.tensor(sums[k]) for k in names]]))
                 loss_value = float(values[0])
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss became {loss_value} at step {self.step} (lr {lr:.3g}, grad norm {grad_norm:.3g}); "
-                        f"stopped without saving, the last good checkpoint is {self._latest() or 'none'}. "
-                        "Lower train.lr, raise train.warmup_steps or check the data, then --resume."
-                    )
+                for what, value in (("loss", loss_value), ("gradient norm", grad_norm)):
+                    if value is not None and not math.isfinite(value):
+                        raise TrainingDiverged(
+                            f"{what} became {value} at step {self.step} (lr {lr:.3g}); stopped without saving, the "
+                            f"last good checkpoint is {self._latest() or 'none'}. Lower train.lr, raise "
+                            "train.warmup_steps or check the data, then --resume."
+                        )
                 window_tokens += tokens * info.world_size
                 record = {"step": self.step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
                           **{k: float(v) for k, v in zip(names, values[1:])}}
@@ -229,7 +230,7 @@ class Trainer:
                     log.flush()
                     if tb is not None:
                         for k, v in record.items():
-                            if k != "step":
+                            if k != "step" and v is not None:
                                 tb.add_scalar(f"train/{k}", v, self.step)
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
                     bar.update(1)
@@ -260,7 +261,9 @@ class Trainer:
 
     @staticmethod
     def _format(r: dict[str, Any]) -> str:
-        parts = [f"step {r['step']}", f"loss {r['loss']:.4f}", f"lr {r['lr']:.2e}", f"grad {r['grad_norm']:.3f}"]
+        parts = [f"step {r['step']}", f"loss {r['loss']:.4f}", f"lr {r['lr']:.2e}"]
+        if r["grad_norm"] is not None:
+            parts.append(f"grad {r['grad_norm']:.3f}")
         parts += [f"{k} {v:.4g}" for k, v in r.items() if k not in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu")]
         parts.append(f"{r['tokens_per_s']:.0f} tok/s")
         if "mfu" in r:

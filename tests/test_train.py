@@ -1,0 +1,184 @@
+"""The training loop on one CPU process: loss falls, exact resume, accumulation, NaN stop, run folders,
+packing and the resumable sampler. Other test files import ``small_corpus`` and ``micro_cfg``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from omni.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_corpus() -> Path:
+    """A ~150k-character demo corpus with a 512-piece tokenizer, built once into the cache."""
+    from omni.data.build_text import build_text_corpus
+
+    folder = Path(os.environ.get("OMNI_CACHE", ROOT / ".cache")).resolve() / "test" / "text_small"
+    if not (folder / "index.json").is_file():
+        cfg = load_config("tiny", [f"tokenizer.path={folder / 'tokenizer'}", "tokenizer.vocab_size=512"])
+        build_text_corpus(cfg, folder, max_chars=150_000, num_instructions=500)
+    return folder
+
+
+def micro_overrides(corpus: Path, out_dir: Path, *extra: str) -> list[str]:
+    """A 2-layer, 64-wide decoder on 32-token rows: a training step takes a few ms."""
+    return [
+        "model.vocab_size=512", "model.dim=64", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2",
+        "model.ffn_dim=172", "model.max_seq_len=64", f"data.path={corpus}", "data.seq_len=32",
+        f"tokenizer.path={corpus / 'tokenizer'}", "tokenizer.vocab_size=512", f"train.out_dir={out_dir}",
+        "train.steps=6", "train.batch_size=8", "train.warmup_steps=2", "train.log_every=1", "train.ckpt_every=3",
+        "train.keep_checkpoints=0", "train.tensorboard=false", *extra,
+    ]
+
+
+def micro_cfg(corpus: Path, out_dir: Path, *extra: str) -> Config:
+    return load_config("tiny", micro_overrides(corpus, out_dir, *extra))
+
+
+def fit(cfg: Config, **args) -> Path:
+    from omni.train.task import get_task
+    from omni.train.trainer import Trainer
+
+    ns = argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=False)
+    for k, v in args.items():
+        setattr(ns, k, v)
+    return Trainer(cfg, get_task(cfg.task), ns).fit()
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Path:
+    return small_corpus()
+
+
+def test_loss_falls(corpus, tmp_path):
+    cfg = micro_cfg(corpus, tmp_path / "run", "train.steps=40", "train.lr=1e-2", "train.ckpt_every=40")
+    fit(cfg)
+    run = losses(tmp_path / "run")
+    start, end = run[1], np.mean([run[s] for s in range(36, 41)])
+    assert start > 6.0  # ~ln(512) at random init
+    assert end < start - 1.0, (start, end)
+
+
+def test_resume_is_exact(corpus, tmp_path):
+    # 6 steps straight vs 3 steps + resume + 3 steps, with accumulation: identical losses, bit for bit.
+    cfg = micro_cfg(corpus, tmp_path / "straight", "train.batch_size=4", "train.grad_accum=2")
+    fit(cfg)
+    resumed = micro_cfg(corpus, tmp_path / "resumed", "train.batch_size=4", "train.grad_accum=2")
+    fit(resumed, resume=str(tmp_path / "straight" / "checkpoints" / "step_0000003"))
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(b) == [4, 5, 6]
+    assert [a[s] for s in (4, 5, 6)] == [b[s] for s in (4, 5, 6)]
+    # --resume with no path continues the run folder itself, to a later step.
+    fit(micro_cfg(corpus, tmp_path / "resumed", "train.batch_size=4", "train.grad_accum=2", "train.steps=7"), resume="")
+    assert sorted(losses(tmp_path / "resumed")) == [4, 5, 6, 7]
+
+
+def test_grad_accum_matches_bigger_batch(corpus, tmp_path):
+    fit(micro_cfg(corpus, tmp_path / "big", "train.steps=3"))
+    fit(micro_cfg(corpus, tmp_path / "acc", "train.steps=3", "train.batch_size=2", "train.grad_accum=4"))
+    a, b = losses(tmp_path / "big"), losses(tmp_path / "acc")
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-5
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
+    from omni.train.checkpoint import load_model_state, resolve_checkpoint
+    from omni.train.trainer import TrainingDiverged
+
+    cfg = micro_cfg(corpus, tmp_path / "run", "train.lr=1e30", "train.warmup_steps=0", "train.ckpt_every=1",
+                    "train.grad_clip=0")
+    with pytest.raises(TrainingDiverged, match=r"(loss|gradient norm) became (nan|inf) at step 2.*last good checkpoint"):
+        fit(cfg)
+    last = resolve_checkpoint(tmp_path / "run")
+    assert last.name == "step_0000001"  # nothing written after the divergence
+    _, state = load_model_state(tmp_path / "run")
+    assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_existing_out_dir_is_refused(corpus, tmp_path):
+    from omni.train.trainer import RunExistsError
+
+    fit(micro_cfg(corpus, tmp_path / "run", "train.steps=1"))
+    with pytest.raises(RunExistsError, match="--resume.*--overwrite"):
+        fit(micro_cfg(corpus, tmp_path / "run", "train.steps=1"))
+    fit(micro_cfg(corpus, tmp_path / "run", "train.steps=2"), overwrite=True)
+    assert sorted(losses(tmp_path / "run")) == [1, 2]  # started over, old metrics gone
+
+
+def test_cli_reports_bad_override(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", "tiny", "train.bogus=1"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode != 0
+    assert "unknown config key 'train.bogus'" in out.stderr
+
+
+def test_pack_row_restarts_positions_per_document():
+    from omni.data.packing import pack_row
+
+    doc_starts = np.array([0, 5, 7, 12])
+    tokens = np.arange(20, dtype=np.uint16)
+    row = pack_row(tokens[3:10], doc_starts, 3)  # offsets 3..9: end of doc 0, doc 1, start of doc 2
+    assert row["tokens"].tolist() == [3, 4, 5, 6, 7, 8, 9]
+    assert row["document_ids"].tolist() == [0, 0, 1, 1, 2, 2, 2]
+    assert row["positions"].tolist() == [0, 1, 0, 1, 0, 1, 2]
+
+
+def test_packed_dataset_rows(tmp_path):
+    from omni.data.packing import PackedDataset, ShardWriter
+
+    w = ShardWriter(tmp_path, vocab_size=100)
+    for n in (5, 9, 4, 7):
+        w.add("train", range(1, n + 1))
+    w.close()
+    ds = PackedDataset(tmp_path, "train", seq_len=8)
+    assert len(ds) == (25 - 1) // 8
+    assert ds[1]["tokens"].tolist() == [4, 5, 6, 7, 8, 9, 1, 2, 3]
+    assert ds[1]["document_ids"].tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1]
+    assert ds[1]["positions"].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2]
+    with pytest.raises(ValueError, match="token ids must lie in"):
+        w.add("train", [100])
+
+
+def test_sampler_partitions_global_batches_and_resumes():
+    from omni.train.sampler import ResumableSampler
+
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    one = ResumableSampler(50, batch_size=4, grad_accum=1, world_size=1, seed=3)
+    ranks = [ResumableSampler(50, batch_size=2, grad_accum=1, rank=r, world_size=2, seed=3) for r in range(2)]
+    for step, batch in enumerate(take(one, 20)):  # 12 steps per epoch: crosses into epoch 1
+        shards = [take(r, step + 1)[step] for r in ranks]
+        assert sorted(batch) == sorted(shards[0] + shards[1])
+    # Resuming from a saved state continues exactly where the uninterrupted sampler is.
+    a = ResumableSampler(50, batch_size=4, seed=3)
+    a.advance(14)
+    b = ResumableSampler(50, batch_size=4, seed=3)
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == {"epoch": 1, "position": 8, "seed": 3, "num_rows": 50}
+    assert take(b, 3) == take(one, 17)[14:]
+    with pytest.raises(ValueError, match="same corpus"):
+        ResumableSampler(51, batch_size=4, seed=3).load_state_dict(a.state_dict())
+
+
+def test_lr_schedule():
+    from omni.train.trainer import lr_at
+
+    cfg = load_config("tiny", ["train.steps=100", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr=0.1"])
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.55)

@@ -318,7 +318,7 @@ class ConversationFormat:
 
         Raises ValueError naming the position of a malformed stream (e.g. an image with the wrong
         number of codes), so a bad generation is reported rather than silently mangled."""
-        sp, v = self.sp, self.vocab
+        sp = self.sp
         toks = stream.tokens.tolist()
         role_of = {sp[f"<|{r}|>"]: r for r in ROLES}
         messages: list[Message] = []

@@ -87,14 +87,29 @@ class OmniModel(StreamingModule):
     def embed(self, tokens: Tensor, audio: Tensor) -> Tensor:
         """Input embeddings [B, S, dim] from tokens [B, S] and audio codes [B, S, K] (-1 = no frame)."""
         x = self.decoder.embed(tokens)
-        has = (audio >= 0)[..., None].to(x.dtype)
-        a = self.audio_embeddings(audio.clamp(min=0) + self.code_offsets)  # [B, S, K, dim]
-        return x + (a * has).sum(2)
+        frames = audio[..., 0] >= 0  # a frame carries all K codes
+        if x.is_cuda:  # static shapes (CUDA graphs): embed every position, zero where there is no frame
+            a = self.audio_embeddings(audio.clamp(min=0) + self.code_offsets).sum(2)
+            return x + a * frames[..., None].to(a.dtype)
+        # CPU: gather only the frames (a fraction of the positions) — K embeddings each, summed.
+        a = self.audio_embeddings(audio[frames] + self.code_offsets).sum(1)  # [N, dim]
+        return x.index_put((frames,), a, accumulate=True)
 
     def forward(self, tokens: Tensor, audio: Tensor, positions: Optional[Tensor] = None,
-                mask: Optional[AttentionMask] = None) -> Tensor:
-        """Final hidden states [B, S, dim]; streaming mode appends to the KV cache (positions follow it)."""
-        return self.decoder(embeds=self.embed(tokens, audio), positions=positions, mask=mask, return_hidden=True)
+                mask: Optional[AttentionMask] = None, frames: Optional[Tensor] = None,
+                next_tokens: Optional[Tensor] = None, next_audio: Optional[Tensor] = None):
+        """Final hidden states [B, S, dim] (streaming mode appends to the KV cache).
+
+        Training (nanoGPT style, so one root forward covers every parameter under FSDP/ZeRO-3):
+        with ``frames`` [B, S] bool (positions whose *next* position is a target audio frame),
+        ``next_tokens`` [B, S] and ``next_audio`` [B, S, K], returns ``(logits [B, S, V],
+        depth_logits [N, K, codebook_size])`` for the N selected frames (teacher-forced).
+        """
+        hidden = self.decoder(embeds=self.embed(tokens, audio), positions=positions, mask=mask, return_hidden=True)
+        if frames is None:
+            return hidden
+        ctx = self.depth_context(hidden[frames], next_tokens[frames])
+        return self.decoder.logits(hidden), self.depth(ctx, next_audio[frames])
 
     def depth_context(self, hidden: Tensor, next_tokens: Tensor) -> Tensor:
         """Depth-decoder context [N, dim] = hidden [N, dim] + E(text-stream token of the frame) [N]."""

@@ -1,0 +1,340 @@
+"""Build the multi-task omni demo corpus offline: every sample a conversation, tokenized and packed.
+
+Tasks (one conversation each; DESIGN.md §7 sources, nothing downloaded from a hub):
+
+* ``text``     — text questions, text answers (data/build_text.py's correct-by-construction pairs);
+* ``asr``      — "Transcribe this." + speech in a random voice -> the text;
+* ``tts``      — "Say: ..." -> speech in the assistant voice (inner monologue = the text);
+* ``s2s``      — a spoken question in one of many synthetic voices -> a spoken answer in the one
+  fixed assistant voice (monologue = the answer); the same questions also appear as text -> text;
+* ``caption``  — an image (scikit-image / scikit-learn bundled pictures, randomly cropped and
+  flipped) + "Describe the image." -> its caption;
+* ``draw``     — "Draw ..." + caption -> the image's codes (text -> image);
+* ``video``    — a synthetic clip (a coloured shape moving over a bundled picture) + "What happens in
+  the video?" -> its description.
+
+Speech is synthesised by libespeak-ng (data/build_speech.py's ``Espeak``); user voices vary accent,
+variant, rate and pitch; the assistant always speaks as ``ASSISTANT_VOICE``. Everything is encoded by
+the frozen tokenizers named in the config (``tokenizer`` + ``omni.codec`` / ``omni.image_tokenizer`` /
+``omni.video_tokenizer``); a missing sentencepiece model is trained on the corpus text, and a missing
+codec / image / video tokenizer folder is created *untrained* (random weights, from the config's
+``codec`` / ``image_tok`` / ``video_tok`` sections) with a warning: the pipeline then works end to end
+but speech and pictures decode to noise until trained tokenizers are put in those folders.
+
+    python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/omni_task.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from omni.config import Config, load_config
+from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Stream, Text, Video
+from omni.tokenizers.base import Tokenizer, load_tokenizer
+
+VAL_EVERY = 40
+
+# A small fixed set of spoken questions, so that the tiny demo model can learn them in minutes.
+SPOKEN_QA = [
+    ("What is your name?", "My name is Omni."),
+    ("How are you today?", "I am fine, thank you."),
+    ("What color is the sky?", "The sky is blue."),
+    ("What is two plus two?", "Two plus two is four."),
+    ("Where do fish live?", "Fish live in water."),
+    ("What do cats say?", "Cats say meow."),
+    ("What comes after Monday?", "Tuesday comes after Monday."),
+    ("How many legs does a dog have?", "A dog has four legs."),
+    ("What is the opposite of hot?", "The opposite of hot is cold."),
+    ("Can you say hello?", "Hello there!"),
+    ("What do bees make?", "Bees make honey."),
+    ("What is the capital of France?", "Paris is the capital of France."),
+]
+TTS_LINES = [a for _, a in SPOKEN_QA] + ["Good morning.", "Thank you very much.", "See you tomorrow.",
+                                         "The weather is nice today.", "I like green apples."]
+
+# (loader, caption): pictures bundled with scikit-image / scikit-learn.
+IMAGES = [
+    ("skimage:astronaut", "an astronaut in a white spacesuit next to a flag."),
+    ("skimage:camera", "a black and white photo of a man with a camera."),
+    ("skimage:chelsea", "an orange cat looking to the side."),
+    ("skimage:coffee", "a cup of coffee on a saucer."),
+    ("skimage:coins", "old coins on a dark background."),
+    ("skimage:rocket", "a rocket on its launch pad."),
+    ("skimage:hubble_deep_field", "many small galaxies in deep space."),
+    ("skimage:moon", "the grey surface of the moon."),
+    ("skimage:brick", "a grey brick wall."),
+    ("skimage:grass", "green grass seen from above."),
+    ("skimage:clock", "a clock on a wall."),
+    ("skimage:colorwheel", "a colour wheel with every hue."),
+    ("sklearn:china.jpg", "a temple with a red roof among trees."),
+    ("sklearn:flower.jpg", "a pink flower in close up."),
+]
+SHAPES = {"red": (1.0, 0.1, 0.1), "green": (0.1, 0.9, 0.1), "blue": (0.1, 0.2, 1.0), "yellow": (1.0, 0.9, 0.1)}
+MOTIONS = ("left to right", "right to left", "top to bottom", "bottom to top")
+ASSISTANT_VOICE = ("en-us", "f2", 165, 50, 50)  # accent, variant, rate (wpm), pitch, pitch range
+
+
+# ---- sources ---------------------------------------------------------------------------------------
+def load_picture(name: str) -> "Any":
+    """A bundled picture as a PIL RGB image (``skimage:NAME`` or ``sklearn:FILE``)."""
+    from PIL import Image as PILImage
+
+    kind, key = name.split(":", 1)
+    if kind == "skimage":
+        import skimage.data
+
+        arr = np.asarray(getattr(skimage.data, key)())
+    else:
+        from sklearn.datasets import load_sample_image
+
+        arr = load_sample_image(key)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8) * 255
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, -1)
+    return PILImage.fromarray(arr[..., :3].astype(np.uint8))
+
+
+def augment(img: "Any", rng: random.Random) -> "Any":
+    """A random crop (70-100% of the shorter side) and a random horizontal flip."""
+    from PIL import Image as PILImage
+
+    w, h = img.size
+    side = int(min(w, h) * rng.uniform(0.7, 1.0))
+    left, top = rng.randint(0, w - side), rng.randint(0, h - side)
+    img = img.crop((left, top, left + side, top + side))
+    return img.transpose(PILImage.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
+
+
+def synthetic_clip(background: torch.Tensor, colour: str, motion: str, frames: int, rng: random.Random) -> torch.Tensor:
+    """A [T, 3, H, W] clip: a coloured square moving ``motion`` over ``background`` [3, H, W]."""
+    _, H, W = background.shape
+    size = max(4, H // 4)
+    clip = background[None].repeat(frames, 1, 1, 1).clone()
+    lane = rng.randint(0, H - size)
+    for t in range(frames):
+        f = t / max(1, frames - 1)
+        pos = int(f * (W - size))
+        x, y = {"left to right": (pos, lane), "right to left": (W - size - pos, lane),
+                "top to bottom": (lane, int(f * (H - size))), "bottom to top": (lane, H - size - int(f * (H - size)))}[motion]
+        clip[t, :, y : y + size, x : x + size] = torch.tensor(SHAPES[colour])[:, None, None]
+    return clip
+
+
+# ---- tokenizers ------------------------------------------------------------------------------------
+def load_or_create(path: str, create: Callable[[], Tokenizer], what: str) -> Tokenizer:
+    """A saved tokenizer, or a fresh untrained one saved at ``path`` (warned: it decodes to noise)."""
+    if (Path(path) / "tokenizer.json").is_file():
+        return load_tokenizer(path)
+    print(f"warning: no trained {what} at {path}; creating an UNTRAINED one there (random weights). "
+          f"Everything runs, but its outputs decode to noise: put a trained {what} in {path} and rebuild.",
+          file=sys.stderr)
+    tok = create()
+    tok.save(path)
+    return tok
+
+
+def frozen_tokenizers(cfg: Config) -> dict[str, Tokenizer]:
+    """codec, image and video tokenizers of ``cfg`` (loaded, or created untrained when missing)."""
+    from omni.tokenizers.codec import SpeechCodec
+    from omni.tokenizers.image import ImageTokenizer
+    from omni.tokenizers.video import VideoTokenizer
+
+    o = cfg.section("omni")
+    toks = {
+        "codec": load_or_create(o.codec, lambda: SpeechCodec(cfg.section("codec")), "speech codec"),
+        "image": load_or_create(o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "image tokenizer"),
+        "video": load_or_create(o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "video tokenizer"),
+    }
+    for t in toks.values():
+        if isinstance(t, torch.nn.Module):
+            t.eval()
+    return toks
+
+
+# ---- conversations ---------------------------------------------------------------------------------
+class Builder:
+    """Makes the conversations of every task with the frozen tokenizers."""
+
+    def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = 24) -> None:
+        from omni.data.build_speech import Espeak, Speaker, make_speakers
+
+        self.toks, self.rng = toks, random.Random(seed)
+        self.codec = toks["codec"]
+        self.espeak = Espeak()
+        self.voices = make_speakers(voices, seed)
+        self.assistant = Speaker(*ASSISTANT_VOICE)
+        self.image_size = int(toks["image"].metadata["image_size"])
+        vmeta = toks["video"].metadata
+        self.video_size = int(vmeta["image_size"])
+        self.video_frames = 1 + 2 * int(vmeta["frames_per_token_step"])  # 3 token steps
+
+    def speech(self, requests: list[tuple[str, Any]], batch: int = 16) -> dict[tuple[str, Any], torch.Tensor]:
+        """Codec codes [K, frames] of each distinct (text, speaker), synthesised with 0-240 ms of
+        trailing silence and encoded in batches. The codec is causal, so zero padding after an
+        utterance leaves its frames unchanged and each is trimmed to its own length."""
+        from omni.data.audio import resample
+
+        sr, hop = self.codec.sample_rate, self.codec.hop_length
+        unique = list(dict.fromkeys(requests))
+        waves = []
+        for text, speaker in tqdm(unique, desc="synthesising speech", disable=None):
+            pcm = self.espeak.synth(text, speaker)
+            wav = resample(torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None], self.espeak.sample_rate, sr)[0]
+            waves.append(torch.nn.functional.pad(wav, (0, int(self.rng.uniform(0, 0.24) * sr))))
+        out = {}
+        order = sorted(range(len(unique)), key=lambda i: len(waves[i]))  # similar lengths share a batch
+        for b in tqdm(range(0, len(order), batch), desc="encoding speech", disable=None):
+            idx = order[b : b + batch]
+            frames = [-(-len(waves[i]) // hop) for i in idx]
+            wav = torch.zeros(len(idx), 1, max(frames) * hop)
+            for j, i in enumerate(idx):
+                wav[j, 0, : len(waves[i])] = waves[i]
+            codes = self.codec.encode(wav)
+            for j, i in enumerate(idx):
+                out[unique[i]] = codes[j, :, : frames[j]]
+        return out
+
+    def image_codes(self, pil: Any, augment_it: bool = True) -> torch.Tensor:
+        from omni.tokenizers.image import load_image
+
+        px = load_image(augment(pil, self.rng) if augment_it else pil, self.image_size)
+        return self.toks["image"].encode(px[None])[0]
+
+    def voice(self) -> Any:
+        return self.rng.choice(self.voices)
+
+    def conversations(self, n_text: int, n_speech: int, n_image: int, n_video: int) -> Iterator[tuple[str, list[Message]]]:
+        from omni.data.build_text import instruction_pairs
+
+        rng = self.rng
+        for q, a in instruction_pairs(n_text, seed=rng.randrange(1 << 30)):
+            yield "text", [Message("user", q), Message("assistant", a)]
+        for q, a in SPOKEN_QA:
+            yield "text", [Message("user", q), Message("assistant", a)]
+        # Plan the speech conversations first, then synthesise and encode every utterance once.
+        plan = []
+        for i in range(n_speech):
+            kind = ("s2s", "asr", "tts")[i % 3]
+            if kind == "s2s":
+                q, a = rng.choice(SPOKEN_QA)
+                plan.append((kind, q, a, self.voice()))
+            elif kind == "asr":
+                plan.append((kind, rng.choice([q for q, _ in SPOKEN_QA] + TTS_LINES), None, self.voice()))
+            else:
+                plan.append((kind, rng.choice(TTS_LINES), None, None))
+        requests = [(a, self.assistant) for _, a in SPOKEN_QA] + [(line, self.assistant) for line in TTS_LINES]
+        requests += [(text, voice) for kind, text, _, voice in plan if voice is not None]
+        speech = self.speech(requests)
+        for kind, text, answer, voice in plan:
+            if kind == "s2s":  # spoken question -> spoken answer in the assistant's one voice
+                yield kind, [Message("user", Audio(speech[text, voice])),
+                             Message("assistant", Audio(speech[answer, self.assistant], text=answer))]
+            elif kind == "asr":
+                yield kind, [Message("user", [Text("Transcribe this."), Audio(speech[text, voice])]),
+                             Message("assistant", text)]
+            else:
+                yield kind, [Message("user", f"Say: {text}"),
+                             Message("assistant", Audio(speech[text, self.assistant], text=text))]
+        pictures = [(load_picture(name), caption) for name, caption in IMAGES]
+        for i in tqdm(range(n_image), desc="image conversations", disable=None):
+            pil, caption = rng.choice(pictures)
+            if i % 2 == 0:
+                yield "caption", [Message("user", [Image(self.image_codes(pil)), Text("Describe the image.")]),
+                                  Message("assistant", caption.capitalize())]
+            else:  # text -> image: the un-augmented picture, so each caption has one target
+                yield "draw", [Message("user", f"Draw {caption}"), Message("assistant", Image(self.image_codes(pil, False)))]
+        from omni.tokenizers.image import load_image
+
+        backgrounds = [load_image(p, self.video_size) for p, _ in pictures[:6]]
+        for _ in tqdm(range(n_video), desc="video conversations", disable=None):
+            colour, motion = rng.choice(list(SHAPES)), rng.choice(MOTIONS)
+            clip = synthetic_clip(rng.choice(backgrounds), colour, motion, self.video_frames, rng)
+            codes = self.toks["video"].encode(clip[None])[0]
+            yield "video", [Message("user", [Video(codes), Text("What happens in the video?")]),
+                            Message("assistant", f"A {colour} square moves from {motion}.")]
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def write_split(out: Path, split: str, streams: list[Stream]) -> dict[str, int]:
+    s = Stream.cat(streams)
+    docs = np.cumsum([0] + [len(x) for x in streams[:-1]]).astype(np.int64)
+    np.save(out / f"{split}.tokens.npy", s.tokens.numpy().astype(np.int32))
+    np.save(out / f"{split}.audio.npy", s.audio.numpy().astype(np.int16))
+    np.save(out / f"{split}.span.npy", s.span.numpy().astype(np.int32))
+    np.save(out / f"{split}.loss.npy", s.loss.numpy())
+    np.save(out / f"{split}.modality.npy", s.modality.numpy().astype(np.uint8))
+    np.save(out / f"{split}.docs.npy", docs)
+    return {"positions": len(s), "docs": len(streams)}
+
+
+def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0) -> Path:
+    """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count."""
+    from omni.omni_task import FORMAT
+    from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
+
+    out = Path(out or cfg.data.path)
+    out.mkdir(parents=True, exist_ok=True)
+    toks = frozen_tokenizers(cfg)
+    tcfg = cfg.tokenizer
+    sp_folder = Path(tcfg.path).parent if tcfg.path.endswith(".model") else Path(tcfg.path)
+    if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
+        from omni.data.build_text import instruction_pairs
+
+        texts = [f"{q}\n{a}" for q, a in instruction_pairs(2000)] + [f"{q}\n{a}" for q, a in SPOKEN_QA]
+        texts += TTS_LINES + [c for _, c in IMAGES] + [f"A {c} square moves from {m}." for c in SHAPES for m in MOTIONS]
+        texts += ["Transcribe this.", "Describe the image.", "What happens in the video?", "Say:", "Draw"]
+        print(f"training a {tcfg.vocab_size}-piece sentencepiece tokenizer -> {tcfg.path}")
+        SentencePieceTokenizer.train(texts * 4, tcfg.vocab_size, sp_folder)
+    text = build_text_tokenizer(tcfg)
+    vocab = OmniVocab.build(text, toks["codec"].metadata, toks["image"].metadata, toks["video"].metadata)
+    fmt = ConversationFormat(text, vocab)
+    n = lambda k: max(1, int(k * scale))  # noqa: E731
+    with torch.no_grad():
+        convs = list(Builder(cfg, toks, cfg.train.seed).conversations(n(1500), n(900), n(300), n(120)))
+    random.Random(cfg.train.seed).shuffle(convs)
+    splits: dict[str, list[Stream]] = {"train": [], "val": []}
+    counts: dict[str, int] = {}
+    for i, (task, messages) in enumerate(convs):
+        splits["val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"].append(fmt.serialise(messages))
+        counts[task] = counts.get(task, 0) + 1
+    o = cfg.section("omni")
+    index = {
+        "format": FORMAT,
+        "vocab": vocab.to_dict(),
+        "tokenizers": {"codec": o.codec, "image": o.image_tokenizer, "video": o.video_tokenizer},
+        "splits": {k: write_split(out, k, v) for k, v in splits.items()},
+        "tasks": counts,
+        "assistant_voice": list(ASSISTANT_VOICE),
+    }
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    total = sum(s["positions"] for s in index["splits"].values())
+    print(f"omni corpus: {len(convs)} conversations {counts}, {total:,} positions (vocab {vocab.size}) -> {out}")
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="omni-tiny", help="config (tokenizers, data.path)")
+    p.add_argument("--out", default=None, help="corpus folder (default: the config's data.path)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the number of conversations per task")
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    args = p.parse_args(argv)
+    import omni.model.omni  # noqa: F401  (registers the config sections this config may hold)
+    import omni.tokenizers.codec  # noqa: F401
+    import omni.tokenizers.image  # noqa: F401
+    import omni.tokenizers.video  # noqa: F401
+
+    build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The ``omni`` task: train the omni model end to end on a mixed-modality corpus, tokenizers frozen.
+
+Corpus folder (written by data/build_omni.py)::
+
+    index.json            {"format": "omni-stream-v1", "vocab": OmniVocab, "tokenizers": {...},
+                           "splits": {"train": {"positions": N, "docs": D}, "val": ...}, "tasks": {...}}
+    SPLIT.tokens.npy      int32 [N]      unified-vocabulary ids (omni/conversation.py)
+    SPLIT.audio.npy       int16 [N, K]   audio codes, -1 where the position is not a frame
+    SPLIT.span.npy        int32 [N]      bidirectional span ids (input images / video frames)
+    SPLIT.loss.npy        bool  [N]      training targets (assistant turns)
+    SPLIT.modality.npy    uint8 [N]      text / audio / image / video
+    SPLIT.docs.npy        int64 [D]      start of every conversation
+
+Rows are packed exactly like text rows (data/packing.py ``pack_row``): ``seq_len + 1`` consecutive
+positions, document ids so attention never crosses conversations, positions restarting per
+conversation. Loss: cross-entropy of the unified head on target positions (``<|text_pad|>`` targets
+weighted ``omni.text_pad_weight``) + ``omni.audio_loss_weight`` x the depth decoder's codebook
+cross-entropy on target audio frames. Logged per modality: loss_text, loss_monologue (text-stream
+tokens of spoken answers), loss_audio (codebooks), loss_image (generated image codes).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from omni.config import Config
+from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab
+from omni.model.attention import AttentionMask
+from omni.model.omni import OmniModel, build_omni_model
+from omni.train.task import Task, register_task
+
+Tensor = torch.Tensor
+FORMAT = "omni-stream-v1"
+FIELDS = ("tokens", "audio", "span", "loss", "modality")
+
+
+def read_index(path: str | Path) -> dict[str, Any]:
+    index_file = Path(path) / "index.json"
+    if not index_file.is_file():
+        raise FileNotFoundError(f"no omni corpus at {path} (missing index.json); build it with "
+                                "`python data/build_omni.py --config configs/omni-tiny.yaml`")
+    index = json.loads(index_file.read_text())
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{index_file}: format {index.get('format')!r}, expected {FORMAT!r}; rebuild the corpus")
+    return index
+
+
+class OmniDataset(torch.utils.data.Dataset):
+    """Packed rows of ``seq_len + 1`` stream positions over memory-mapped arrays."""
+
+    def __init__(self, path: str | Path, split: str, seq_len: int) -> None:
+        self.path, self.split, self.seq_len = Path(path), split, seq_len
+        index = read_index(path)
+        if split not in index["splits"]:
+            raise ValueError(f"{path} has no split {split!r}; it has {sorted(index['splits'])}")
+        self.vocab = OmniVocab.from_dict(index["vocab"])
+        self.rows = (index["splits"][split]["positions"] - 1) // seq_len
+        if self.rows <= 0:
+            raise ValueError(f"split {split!r} of {path} is shorter than one row of {seq_len + 1} positions")
+        self._arrays: Optional[dict[str, np.ndarray]] = None
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:  # lazily, so the dataset pickles cheaply into DataLoader workers
+            self._arrays = {f: np.load(self.path / f"{self.split}.{f}.npy", mmap_mode="r") for f in (*FIELDS, "docs")}
+        return self._arrays
+
+    def __getitem__(self, row: int) -> dict[str, Tensor]:
+        from omni.data.packing import pack_row
+
+        if not 0 <= row < self.rows:
+            raise IndexError(f"row {row} out of range [0, {self.rows})")
+        a = self._load()
+        start = row * self.seq_len
+        sl = slice(start, start + self.seq_len + 1)
+        out = pack_row(np.asarray(a["tokens"][sl]), a["docs"], start)
+        for f in FIELDS[1:]:
+            out[f] = torch.from_numpy(np.asarray(a[f][sl]).astype(np.int64 if f != "loss" else np.bool_))
+        return out
+
+
+def omni_loss(model: nn.Module, batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float = 0.5,
+              audio_weight: float = 1.0) -> tuple[Tensor, dict[str, float]]:
+    """Loss of packed rows (fields of :class:`OmniDataset`, each [B, S+1]; audio [B, S+1, K])."""
+    tok, audio, doc = batch["tokens"], batch["audio"], batch["document_ids"]
+    target, t_audio, t_mod = tok[:, 1:], audio[:, 1:], batch["modality"][:, 1:]
+    valid = batch["loss"][:, 1:] & (doc[:, 1:] == doc[:, :-1])
+    frames = valid & (t_mod == MOD_AUDIO)
+    mask = AttentionMask(document_ids=doc[:, :-1], span_ids=batch["span"][:, :-1])
+    logits, depth_logits = model(tok[:, :-1], audio[:, :-1], positions=batch["positions"][:, :-1], mask=mask,
+                                 frames=frames, next_tokens=target, next_audio=t_audio)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+    weight = valid.float() * torch.where(target == text_pad_id, text_pad_weight, 1.0)
+    text_loss = (ce * weight).sum() / weight.sum().clamp(min=1.0)
+    metrics: dict[str, float] = {}
+    for name, sel in (("text", valid & (t_mod == MOD_TEXT)), ("monologue", frames), ("image", valid & (t_mod == MOD_IMAGE))):
+        metrics[f"loss_{name}"] = float(ce.detach()[sel].mean()) if bool(sel.any()) else 0.0
+    codes = t_audio[frames]  # [N, K]
+    if codes.numel():
+        audio_loss = F.cross_entropy(depth_logits.float().flatten(0, 1), codes.flatten())
+        metrics["audio_acc"] = float((depth_logits.detach().argmax(-1) == codes).float().mean())
+    else:  # no frame in this batch: a zero that still touches the depth decoder's output
+        audio_loss = depth_logits.sum() * 0.0
+        metrics["audio_acc"] = 0.0
+    metrics["loss_audio"] = float(audio_loss.detach())
+    return text_loss + audio_weight * audio_loss, metrics
+
+
+@register_task("omni")
+class OmniTask(Task):
+    """The omni model on a corpus from data/build_omni.py; the tokenizers that made it stay frozen."""
+
+    def _index(self, cfg: Config) -> dict[str, Any]:
+        return read_index(cfg.data.path)
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        """Decoder (random or pretrained) + audio embeddings + depth decoder. The vocabulary layout
+        comes from the corpus: model.vocab_size and omni.audio_codebooks/_size are set from it."""
+        vocab = OmniVocab.from_dict(self._index(cfg)["vocab"])
+        ocfg = cfg.section("omni")
+        cfg.model.vocab_size = vocab.size
+        ocfg.audio_codebooks, ocfg.audio_codebook_size = vocab.audio_codebooks, vocab.audio_codes
+        if cfg.data.seq_len > cfg.model.max_seq_len:
+            raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
+        return build_omni_model(cfg)
+
+    def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
+        ds = OmniDataset(cfg.data.path, split, cfg.data.seq_len)
+        self._text_pad, self._ocfg = ds.vocab.specials["<|text_pad|>"], cfg.section("omni")
+        return ds
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        return omni_loss(model, batch, self._text_pad, self._ocfg.text_pad_weight, self._ocfg.audio_loss_weight)
+
+    def tokens_in(self, batch: dict[str, Tensor]) -> int:
+        return batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
+
+    def flops_per_token(self, model: nn.Module, cfg: Config) -> float:
+        from omni.train.lm import lm_flops_per_token
+
+        return lm_flops_per_token(model.decoder, cfg)
+
+    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
+        """Make the checkpoint self-contained: vocabulary layout and the four frozen tokenizers."""
+        from omni.tokenizers.text import build_text_tokenizer
+
+        index = self._index(cfg)
+        out = Path(folder)
+        (out / "vocab.json").write_text(json.dumps(index["vocab"], indent=1))
+        build_text_tokenizer(cfg.tokenizer).save(out / "tokenizers" / "text")
+        for name, src in index["tokenizers"].items():
+            shutil.copytree(src, out / "tokenizers" / name, dirs_exist_ok=True)
+
+
+def load_omni(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[OmniModel, Config, Path]:
+    """(model in eval mode, config, step folder) of an omni checkpoint (run or step folder)."""
+    from omni.model.decoder import Decoder
+    from omni.train.checkpoint import load_model_state, resolve_checkpoint
+
+    step = resolve_checkpoint(checkpoint)
+    cfg, state = load_model_state(step)
+    if cfg.task != "omni":
+        raise ValueError(f"{step} is a {cfg.task!r} checkpoint, not an omni one (train it with configs/omni-*.yaml)")
+    # Weights come from the checkpoint: no pretrained file is read again.
+    decoder = Decoder(dataclasses.replace(cfg.model, init_from=""))
+    model = OmniModel(decoder, cfg.section("omni"))
+    model.load_state_dict(state)
+    return model.to(device).eval(), cfg, step

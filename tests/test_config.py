@@ -1,0 +1,75 @@
+"""Training configs: the shipped YAMLs load, overrides are typed, mistakes are named; DeepSpeed JSONs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omni.config import ConfigError, load_config
+from omni.train.distributed import deepspeed_config
+from test_train import ROOT
+
+
+@pytest.mark.parametrize("name", ["tiny", "1b", "7b"])
+def test_shipped_configs_load(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.name == name and cfg.task == "lm"
+    assert cfg.model.vocab_size == cfg.tokenizer.vocab_size
+    assert cfg.data.seq_len <= cfg.model.max_seq_len
+
+
+def test_overrides_are_parsed_as_typed_yaml():
+    cfg = load_config("tiny", ["train.lr=1e-4", "model.qk_norm=true", "train.betas=[0.8, 0.9]", "train.steps=7",
+                               "train.out_dir=/tmp/x", "name=exp1"])
+    assert cfg.train.lr == 1e-4 and isinstance(cfg.train.lr, float)
+    assert cfg.model.qk_norm is True and cfg.train.betas == (0.8, 0.9) and cfg.train.steps == 7
+    assert cfg.train.out_dir == "/tmp/x" and cfg.name == "exp1"
+    assert load_config("tiny").train.lr == 3e-3  # the file itself is untouched
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.bogus=1", "unknown config key 'model.bogus'"),
+    ("trian.steps=1", "unknown config key 'trian'"),
+    ("train.steps=abc", "train.steps: expected an integer"),
+    ("train.steps=2.5", "train.steps: expected an integer"),
+    ("model.qk_norm=3", "model.qk_norm: expected true/false"),
+    ("train.betas=[0.9]", "train.betas: expected 2 values"),
+    ("train.lr=fast", "train.lr: expected a number"),
+    ("model.n_heads=3", "model.dim=256 must be divisible by model.n_heads=3"),
+    ("train.dtype=fp8", "train.dtype must be auto, fp32 or bf16"),
+    ("train.steps=0", "train.steps must be positive"),
+    ("train.steps", "must look like section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config("tiny", [override])
+
+
+def test_unknown_key_in_a_yaml_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  dim: 64\n  layers: 2\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.layers'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_deepspeed_json_auto_fill(stage):
+    path = ROOT / "configs" / "deepspeed" / f"zero{stage}.json"
+    cfg = load_config("tiny", ["train.batch_size=3", "train.grad_accum=5", "train.grad_clip=0.5"])
+    cpu = deepspeed_config(str(path), cfg, cuda=False)
+    assert cpu["zero_optimization"]["stage"] == stage
+    assert (cpu["train_micro_batch_size_per_gpu"], cpu["gradient_accumulation_steps"], cpu["gradient_clipping"]) == (3, 5, 0.5)
+    assert "optimizer" not in cpu and cpu["bf16"]["enabled"] is False  # torch AdamW, fp32 on CPU
+    gpu = deepspeed_config(str(path), cfg, cuda=True)
+    assert gpu["bf16"]["enabled"] is True
+    assert gpu["optimizer"]["params"]["lr"] == cfg.train.lr and gpu["optimizer"]["params"]["betas"] == [0.9, 0.95]
+
+
+def test_deepspeed_json_conflicts_are_named(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}}))
+    with pytest.raises(ValueError, match="train_micro_batch_size_per_gpu=4 disagrees with the config"):
+        deepspeed_config(str(path), load_config("tiny"), cuda=False)
+    path.write_text("{oops")
+    with pytest.raises(ValueError, match="cannot read the DeepSpeed JSON"):
+        deepspeed_config(str(path), load_config("tiny"), cuda=False)

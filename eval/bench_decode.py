@@ -94,13 +94,20 @@ def ours_eager(model: Decoder, prompt: list[int]) -> Callable[[int], list[int]]:
     return lambda n: generate(model, [prompt], n)[0]
 
 
+def streaming_tensors(model: Decoder) -> list[torch.Tensor]:
+    """Every tensor of the model's current streaming state (KV caches, span ids, offsets)."""
+    states = [m._streaming_state for m in model.modules() if getattr(m, "_streaming_state", None) is not None]
+    return [t for state in states for t in vars(state).values() if isinstance(t, torch.Tensor)]
+
+
 def ours_compiled(model: Decoder, prompt: list[int]) -> Callable[[int], list[int]]:
     """gpt-fast style on CUDA: eager prefill, then a torch.compile'd (CUDA-graph) one-token step."""
 
     def step(tok: torch.Tensor) -> torch.Tensor:
         return model(tok)[:, -1].argmax(-1, keepdim=True)
 
-    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    # fullgraph=False: a graph break (e.g. in a Triton attention backend) costs speed, not the run.
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=False)
     device = model.tok_embeddings.weight.device
     ids = torch.tensor([prompt], device=device)
 
@@ -109,6 +116,10 @@ def ours_compiled(model: Decoder, prompt: list[int]) -> Callable[[int], list[int
         out = []
         # The cache is sized to the context so every replay sees the same static shapes.
         with model.streaming(1):
+            # The KV cache and offsets are plain attributes, not buffers: mark them static so CUDA graphs
+            # keep their addresses (mutated non-static inputs would make inductor skip the graph).
+            for t in streaming_tensors(model):
+                torch._dynamo.mark_static_address(t)
             tok = model(ids)[:, -1].argmax(-1, keepdim=True)
             out.append(tok)
             for _ in range(n - 1):

@@ -238,6 +238,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     import triton
 
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
+    # Every (shape, mask, grad mode) compiles FlexAttention anew; past dynamo's default limit (8) it
+    # would fall back to eager flex, which materialises the scores (a slow, memory-hungry baseline).
+    torch._dynamo.config.recompile_limit = 64
     dtype = torch.float32 if args.cpu_smoke else torch.bfloat16
     env = dict(
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), torch=torch.__version__, triton=triton.__version__,

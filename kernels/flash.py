@@ -7,7 +7,8 @@ skip it, hidden ones are never touched. It saves the log-sum-exp (base 2) per qu
 
 Backward (recomputation, no atomics): ``dk, dv`` with one program per (key block, batch x kv-head)
 that loops over the query heads of its GQA group and the query tiles of the transposed tile list;
-``dq`` with one program per (query block, batch x head) over the key tiles. delta = rowsum(dO * O).
+``dq`` with one program per (query block, batch x head) over the key tiles; delta = rowsum(dO * O)
+by a small kernel that reads the half-precision tensors once.
 
 Queries sit at absolute positions ``q_offset[b] + arange(Sq)`` (a [B] tensor), so the same kernels
 serve training, prefill into a KV cache and scoring. Rows with no visible key output 0.
@@ -174,6 +175,23 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
 
 
 # ---- backward ------------------------------------------------------------------------------------
+@triton.jit
+def _delta_kernel(O, DO, DELTA, q_len, n_heads, stride_ob, stride_oh, stride_os, stride_dob, stride_doh, stride_dos,
+                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta[b, h, i] = sum_d dO * O in fp32, read straight from the bf16/fp16 tensors."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m[:, None] < q_len
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :], mask=row_ok, other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dos + offs_d[None, :],
+                 mask=row_ok, other=0.0)
+    tl.store(DELTA + pid_bh * q_len + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=offs_m < q_len)
+
+
 @triton.jit
 def _bwd_probs(q, k, q_pos, k_pos, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
                MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr,
@@ -381,7 +399,9 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
     do = _lastdim_contiguous(do)
-    delta = (do.float() * out.float()).sum(-1).contiguous()  # [B, H, Sq]
+    delta = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
+    _delta_kernel[(triton.cdiv(sq, 64), b * h)](out, do, delta, sq, h, *out.stride()[:3], *do.stride()[:3],
+                                                 HEAD_DIM=d, BLOCK_M=64)
     ma = MaskArgs(mask, b, skv, q.device)
     dq = torch.empty_like(q)
     # dk and dv share one set of strides in the kernel: allocate both contiguous.

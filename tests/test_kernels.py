@@ -267,6 +267,7 @@ def test_kernels_compile_for_hopper(head_dim):
         (flash._fwd_kernel, dict(BLOCK_M=fwd[0], BLOCK_N=fwd[1], **flags)),
         (flash._dkdv_kernel, dict(BLOCK_M=dkdv[0], BLOCK_N=dkdv[1], **flags)),
         (flash._dq_kernel, dict(BLOCK_M=fwd[0], BLOCK_N=fwd[1], **flags)),
+        (flash._delta_kernel, dict(BLOCK_M=64)),
         (decode._decode_split_kernel, dict(BLOCK_R=16, BLOCK_N=64, **flags)),
         (decode._decode_merge_kernel, dict(BLOCK_R=16, BLOCK_S=32)),
     ]
@@ -282,7 +283,7 @@ def test_kernels_compile_for_hopper(head_dim):
                                           else "*bf16")
             else:
                 sig[name] = "fp32" if name in ("qk_scale", "sm_scale") else "i32"
-        training = "BLOCK_M" in consts
+        training = kernel in (flash._fwd_kernel, flash._dkdv_kernel, flash._dq_kernel)
         compiled = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
                                   options=dict(num_warps=8 if training else 4, num_stages=3))
         # Training tiles are large enough for Hopper's warp-group MMA; decode tiles (16 rows) are not.

@@ -1,0 +1,103 @@
+"""Audio and image reconstruction metrics (installed as ``omni.eval.metrics_audio``).
+
+- :func:`mel_distance`: mean |log-mel(a) - log-mel(b)| (80 bins, 1024-point STFT): 0 = identical.
+- :func:`si_snr`: scale-invariant signal-to-noise ratio in dB (higher is better).
+- :func:`transcribe` / :func:`word_error_rate`: ASR with pocketsphinx's bundled en-US model, and
+  the word-level Levenshtein distance over the reference length.
+- :func:`psnr`, :func:`ssim`: image quality of reconstructions in [0, 1].
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from omni.data.audio import mel_spectrogram
+
+Tensor = torch.Tensor
+
+
+def mel_distance(a: Tensor, b: Tensor, sample_rate: int) -> float:
+    """Mean absolute log-mel difference of two waveforms ``[..., samples]`` (trimmed to equal length)."""
+    n = min(a.shape[-1], b.shape[-1])
+    return (mel_spectrogram(a[..., :n], sample_rate) - mel_spectrogram(b[..., :n], sample_rate)).abs().mean().item()
+
+
+def si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> float:
+    """Scale-invariant SNR (dB) of ``estimate`` against ``reference``, both ``[..., samples]``, averaged."""
+    n = min(estimate.shape[-1], reference.shape[-1])
+    est, ref = estimate[..., :n], reference[..., :n]
+    est = est - est.mean(-1, keepdim=True)
+    ref = ref - ref.mean(-1, keepdim=True)
+    target = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps) * ref
+    noise = est - target
+    return (10 * torch.log10(target.pow(2).sum(-1) / (noise.pow(2).sum(-1) + eps) + eps)).mean().item()
+
+
+@lru_cache(maxsize=1)
+def _asr():
+    try:
+        from pocketsphinx import Decoder
+    except ImportError as e:
+        raise RuntimeError("ASR needs `pip install pocketsphinx` (it bundles the en-US model)") from e
+    return Decoder(loglevel="ERROR")
+
+
+def transcribe(wav: Tensor, sample_rate: int) -> str:
+    """Lower-case words pocketsphinx hears in ``wav`` [1, samples] or [samples] (16 kHz expected)."""
+    if sample_rate != 16_000:
+        from omni.data.audio import resample
+
+        wav = resample(wav, sample_rate, 16_000)
+    pcm = (wav.reshape(-1).clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
+    dec = _asr()
+    dec.start_utt()
+    dec.process_raw(pcm, full_utt=True)
+    dec.end_utt()
+    hyp = dec.hyp()
+    return normalise_text(hyp.hypstr) if hyp is not None else ""
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, letters/digits/apostrophes only, single spaces."""
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edit distance in words, reference length) after :func:`normalise_text`."""
+    ref, hyp = normalise_text(reference).split(), normalise_text(hypothesis).split()
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER: total word edits / total reference words."""
+    errors = words = 0
+    for r, h in zip(references, hypotheses, strict=True):
+        e, n = word_errors(r, h)
+        errors, words = errors + e, words + n
+    return errors / max(words, 1)
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """Peak SNR (dB) of images in [0, 1], averaged over the batch ``[B, ...]``."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return (-10 * torch.log10(mse)).mean().item()
+
+
+def ssim(a: Tensor, b: Tensor, window: int = 7) -> float:
+    """Mean structural similarity of images ``[B, C, H, W]`` in [0, 1] (uniform window, per channel)."""
+    c1, c2 = 0.01**2, 0.03**2
+    pool = lambda x: F.avg_pool2d(x, window, 1)  # noqa: E731
+    mu_a, mu_b = pool(a), pool(b)
+    var_a = pool(a * a) - mu_a**2
+    var_b = pool(b * b) - mu_b**2
+    cov = pool(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean().item()

@@ -26,6 +26,8 @@ setup(
         "jinja2",  # renders the chat template stored in a GGUF file
         "tqdm",
         "tensorboard",
+        "soundfile",  # audio I/O (omni/data/audio.py); torchaudio does not import on CPU torch
+        "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
     ],
     extras_require={
         # Everything the test-suite and the CPU demo need.
@@ -35,6 +37,12 @@ setup(
             "accelerate",
             "deepspeed==0.19.8",
             "triton>=3.2",
+            # tokenizer corpora, metrics and report (data/build_*.py, eval/eval_tokenizers.py)
+            "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus
+            "pocketsphinx",  # ASR with a bundled en-US model: WER of codec reconstructions
+            "scikit-image",  # bundled pictures for the image/video corpora
+            "scikit-learn",  # china.jpg, flower.jpg
+            "matplotlib",  # report pictures
         ],
         # GPU-only extras; flash-attn is source-only and optional.
         "gpu": ["deepspeed==0.19.8", "triton>=3.2"],

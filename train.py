@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from omni.config import ConfigError, load_config
 from omni.train.checkpoint import CheckpointError
@@ -30,7 +31,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="delete an existing train.out_dir and start over")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     p.add_argument("overrides", nargs="*", help="config overrides such as train.steps=20 model.dim=128")
-    return p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # options and key=value overrides in any order
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.insert(0, args.resume)  # `--resume train.steps=400`: an override, not a path
+        args.resume = ""
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

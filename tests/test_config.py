@@ -35,7 +35,7 @@ def test_overrides_are_parsed_as_typed_yaml():
     ("model.qk_norm=3", "model.qk_norm: expected true/false"),
     ("train.betas=[0.9]", "train.betas: expected 2 values"),
     ("train.lr=fast", "train.lr: expected a number"),
-    ("model.n_heads=3", "model.dim=256 must be divisible by model.n_heads=3"),
+    ("model.n_heads=5", "model.dim=192 must be divisible by model.n_heads=5"),
     ("train.dtype=fp8", "train.dtype must be auto, fp32 or bf16"),
     ("train.steps=0", "train.steps must be positive"),
     ("train.steps", "must look like section.key=value"),

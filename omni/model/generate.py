@@ -84,7 +84,8 @@ def generate(
     model.eval()
     try:
         with model.streaming(batch, max_len=max_len):
-            logits = model(padded[:, :common])[:, -1]
+            # Prefill: only the last position needs vocabulary logits.
+            logits = model.logits(model(padded[:, :common], return_hidden=True)[:, -1])
             pos = common  # absolute position of the token about to be chosen
             n_out = torch.zeros(batch, dtype=torch.long, device=device)
             while True:

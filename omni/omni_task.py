@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import Config
-from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab
+from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab, Stream
 from omni.model.attention import AttentionMask
 from omni.model.omni import OmniModel, build_omni_model
 from omni.train.task import Task, register_task
@@ -87,6 +87,27 @@ class OmniDataset(torch.utils.data.Dataset):
         for f in FIELDS[1:]:
             out[f] = torch.from_numpy(np.asarray(a[f][sl]).astype(np.int64 if f != "loss" else np.bool_))
         return out
+
+
+def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
+    """One conversation per row, right-padded to the longest ([B, S+1] fields like :class:`OmniDataset`
+    rows); the padding is a document of its own and never a target. For fine-tuning on a few
+    conversations (and the tests) without building a corpus."""
+    S = max(len(s) for s in streams)
+    K = streams[0].audio.shape[1]
+    B = len(streams)
+    batch = {"tokens": torch.full((B, S), pad_id), "audio": torch.full((B, S, K), -1),
+             "span": torch.zeros(B, S, dtype=torch.long), "loss": torch.zeros(B, S, dtype=torch.bool),
+             "modality": torch.zeros(B, S, dtype=torch.long), "document_ids": torch.ones(B, S, dtype=torch.long),
+             "positions": torch.zeros(B, S, dtype=torch.long)}
+    for b, s in enumerate(streams):
+        n = len(s)
+        for f in FIELDS:
+            batch[f][b, :n] = getattr(s, f)
+        batch["document_ids"][b, :n] = 0
+        batch["positions"][b, :n] = torch.arange(n)
+        batch["positions"][b, n:] = torch.arange(S - n)
+    return batch
 
 
 def omni_loss(model: nn.Module, batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float = 0.5,

@@ -1,17 +1,20 @@
-"""Small shared builders for the omni tests: a trained-in-a-second text tokenizer, a random codec,
-and a tiny OmniModel over the unified vocabulary (no corpus, no image/video tokenizer needed)."""
+"""Small shared builders for the omni tests: a text tokenizer trained in a second, random (untrained)
+codec / image / video tokenizers of tiny shapes, a tiny OmniModel, and a quick trainer that makes it
+memorise a handful of conversations."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
 
-from omni.config import ModelConfig
+from omni.config import Config, ModelConfig
 from omni.conversation import ConversationFormat, OmniVocab
 from omni.model.decoder import Decoder
 from omni.model.omni import OmniConfig, OmniModel
 from omni.tokenizers.codec import CodecConfig, SpeechCodec
+from omni.tokenizers.image import ImageTokConfig, ImageTokenizer
 from omni.tokenizers.text import SentencePieceTokenizer
+from omni.tokenizers.video import VideoTokConfig, VideoTokenizer
 
 SENTENCES = [
     "hello there, how are you today?", "the cat sat on the mat.", "what is the capital of france?",
@@ -30,18 +33,38 @@ def codec(num_codebooks: int = 4, codebook_size: int = 64) -> SpeechCodec:
     return SpeechCodec(cfg).eval()
 
 
+def image_tokenizer() -> ImageTokenizer:
+    torch.manual_seed(0)
+    return ImageTokenizer(ImageTokConfig(image_size=16, channels=8, channel_mult=[1, 2, 2, 2], blocks=1, levels=[4, 4])).eval()
+
+
+def video_tokenizer() -> VideoTokenizer:
+    torch.manual_seed(0)
+    return VideoTokenizer(VideoTokConfig(image_size=16, channels=8, channel_mult=[1, 2, 2, 2], latent_channels=8,
+                                         levels=[3, 3], temporal_stride=2)).eval()
+
+
 def vocab(text, codec_: SpeechCodec) -> OmniVocab:
-    return OmniVocab.build(text, codec_.metadata, {"codebook_size": 32, "grid": (2, 3)},
-                           {"codebook_size": 16, "grid": (2, 2)})
+    return OmniVocab.build(text, codec_.metadata, image_tokenizer().metadata, video_tokenizer().metadata)
+
+
+def omni_config(v: OmniVocab, **kw) -> OmniConfig:
+    return OmniConfig(audio_codebooks=v.audio_codebooks, audio_codebook_size=v.audio_codes, depth_dim=32,
+                      depth_layers=1, depth_heads=2, depth_ffn_dim=64, **kw)
 
 
 def model(v: OmniVocab, max_seq_len: int = 256, seed: int = 0) -> OmniModel:
     torch.manual_seed(seed)
     mcfg = ModelConfig(vocab_size=v.size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                        max_seq_len=max_seq_len)
-    ocfg = OmniConfig(audio_codebooks=v.audio_codebooks, audio_codebook_size=v.audio_codes, depth_dim=32,
-                      depth_layers=1, depth_heads=2, depth_ffn_dim=64)
-    return OmniModel(Decoder(mcfg), ocfg).eval()
+    return OmniModel(Decoder(mcfg), omni_config(v)).eval()
+
+
+def config(m: OmniModel, v: OmniVocab, **omni_kw) -> Config:
+    """The Config a checkpoint of ``m`` would carry."""
+    cfg = Config(task="omni", model=m.decoder.cfg)
+    cfg.extra["omni"] = omni_config(v, **omni_kw)
+    return cfg
 
 
 def setup(folder: Path, **kw):
@@ -50,3 +73,31 @@ def setup(folder: Path, **kw):
     c = codec()
     v = vocab(tok, c)
     return tok, c, v, ConversationFormat(tok, v), model(v, **kw)
+
+
+def memorise(m: OmniModel, fmt: ConversationFormat, conversations: list, steps: int = 300, lr: float = 3e-3) -> float:
+    """Train ``m`` on the conversations (one per row) until it reproduces them; returns the last loss."""
+    from omni.omni_task import batch_from_streams, omni_loss
+
+    batch = batch_from_streams([fmt.serialise(c) for c in conversations], fmt.sp["<|pad|>"])
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
+    m.train()
+    torch.manual_seed(0)
+    for _ in range(steps):
+        loss, _ = omni_loss(m, batch, fmt.sp["<|text_pad|>"], text_pad_weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    m.eval()
+    return float(loss.detach())
+
+
+
+
+
+def one_thread():
+    """Fixture body: tiny models run fastest on one thread (and do not fight other processes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,6 +5,8 @@ import torch
 from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, MOD_VIDEO, Audio, ConversationFormat, Image, Message, Stream, Text, Video
 from tests import omni_fixtures as F
 
+one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
+
 
 @pytest.fixture(scope="module")
 def fmt(tmp_path_factory):

@@ -6,7 +6,8 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
 * the frame is encoded by the codec in streaming mode; a row that is listening prefills it into
   the decoder's KV cache at once, so when the turn ends only one decoder step stands between the
   last input sample and the first output frame;
-* the user's turn ends by VAD (speech heard, then ``end_of_turn_ms`` of silence) or by an explicit
+* a user turn opens on speech (VAD; without one, on any non-silent frame, keeping
+  ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``end_of_turn_ms`` of silence) or by an explicit
   ``end_turn`` flag; the row then prefills ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>``
   and samples its first frame in the same tick;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
@@ -41,15 +42,18 @@ Tensor = torch.Tensor
 
 IDLE, LISTEN, RESPOND = range(3)
 PREROLL_FRAMES = 2  # frames kept from before VAD speech onset, so the first syllable is not cut
+SILENCE_PEAK = 1e-3  # without a VAD, input frames whose peak stays below this are silence
 
 
 @dataclass
 class TickOutput:
-    """audio [B, 1, hop] (zeros where a row is not speaking); speaking [B] bool; events (row, name)
-    with names user_start, turn_end, reply_end, barge_in."""
+    """audio [B, 1, hop] (zeros where a row is not speaking); speaking [B] bool; codes [B, K] of the
+    frame each speaking row produced (-1 elsewhere); events (row, name) with names user_start,
+    turn_end, reply_end, barge_in."""
 
     audio: Tensor
     speaking: Tensor
+    codes: Tensor
     events: list[tuple[int, str]] = field(default_factory=list)
 
 
@@ -152,6 +156,8 @@ class SpeechSession:
         sp, events = self.sp, []
         frames = self.codec.encode(wav.to(self.codec_device)).cpu()[:, :, 0].tolist()  # B x [K]
         speech = (self.vad(wav) >= self.threshold).tolist() if self.vad is not None else [False] * self.B
+        # Without a VAD any non-silent frame opens a user turn (turns then end only explicitly).
+        voiced = speech if self.vad is not None else (wav.abs().amax((1, 2)) > SILENCE_PEAK).tolist()
         end_turn, interrupt = self._rows(end_turn).tolist(), self._rows(interrupt).tolist()
         items: list[list[tuple[int, Optional[list[int]]]]] = [[] for _ in range(self.B)]
         choose = [False] * self.B
@@ -160,7 +166,7 @@ class SpeechSession:
             self.pending[b] = []
             user_frame = (sp["<|text_pad|>"], frames[b])
             if self.state[b] == IDLE:
-                if self.vad is None or speech[b] or end_turn[b]:
+                if voiced[b] or end_turn[b]:
                     items[b] += [(sp["<|user|>"], None), (sp["<|audio_start|>"], None)]
                     items[b] += [(sp["<|text_pad|>"], f) for f in self.preroll[b]] + [user_frame]
                     self.preroll[b], self.state[b] = [], LISTEN
@@ -245,7 +251,7 @@ class SpeechSession:
         out = torch.zeros(self.B, 1, self.hop)
         speaking = torch.zeros(self.B, dtype=torch.bool)
         if hidden is None or not any(choose):
-            return TickOutput(out, speaking, events)
+            return TickOutput(out, speaking, torch.full((self.B, self.model.K), -1), events)
         active = torch.tensor(choose, device=self.device)
         tok, codes = self.dec.choose(hidden, active)
         tok_l, codes_l, done = tok.tolist(), codes.tolist(), self.dec.state.eq(DONE).tolist()
@@ -264,4 +270,4 @@ class SpeechSession:
         if bool(speaking.any()):
             frame = codes.clamp(min=0)[:, :, None].to(self.codec_device)  # rows not speaking decode dummies
             out = self.codec.decode(frame).cpu() * speaking[:, None, None]
-        return TickOutput(out, speaking, events)
+        return TickOutput(out, speaking, torch.where(speaking[:, None], codes.cpu(), -1), events)

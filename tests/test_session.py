@@ -1,0 +1,152 @@
+"""Streaming speech-to-speech: equals offline generation, memorises speech-to-speech pairs through
+the streaming path, barge-in (explicit and by VAD) keeps the history consistent, batches of sessions."""
+import pytest
+import torch
+
+from omni.conversation import Audio, Message
+from omni.infer.generate import generate_reply
+from omni.infer.session import SpeechSession
+from omni.model.generate import SamplingConfig
+from tests import omni_fixtures as F
+
+one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
+
+HOP = 1280
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return F.setup(tmp_path_factory.mktemp("tok"))
+
+
+def noise(frames: int, seed: int) -> torch.Tensor:
+    return torch.randn(1, 1, frames * HOP, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def run_turn(sess, wav):
+    """Feed a whole user turn (explicit end) and the reply; the TickOutputs of the reply."""
+    outs = [o for o in sess.feed(wav, end_turn=True)]
+    outs += list(sess.reply())
+    return [o for o in outs if bool(o.speaking.any()) or o.events]
+
+
+def test_streaming_equals_offline(env):
+    tok, codec, v, fmt, m = env
+    wav = noise(6, 0)
+    ocfg = F.omni_config(v, max_reply_frames=10)
+    sampling = SamplingConfig(temperature=1.0)
+    offline = generate_reply(m, fmt, [Message("user", Audio(codec.encode(wav)[0]))], reply_in_speech=True,
+                             max_new_tokens=10, sampling=sampling, generator=torch.Generator().manual_seed(7))
+    with SpeechSession(m, codec, fmt, 1, sampling=sampling, generator=torch.Generator().manual_seed(7), ocfg=ocfg) as s:
+        outs = run_turn(s, wav)
+        log = s.logged_stream(0)
+    frames = [o.codes[0] for o in outs if o.speaking[0]]
+    ref = offline.stream.audio[offline.stream.audio[:, 0] >= 0]
+    assert len(frames) > 0 and torch.equal(torch.stack(frames)[: len(ref)], ref[: len(frames)])
+    # the text-stream tokens too: the session's cache holds the same reply positions
+    start = int((log.tokens == fmt.sp["<|audio_start|>"]).nonzero()[-1]) + 1  # the reply's first position
+    reply = log.tokens[start:]
+    assert len(reply) > 0 and torch.equal(reply, offline.stream.tokens[1 : 1 + len(reply)])
+    # and every output frame is the codec's offline decoding of the reply codes
+    wav_out = torch.cat([o.audio[0, 0] for o in outs if o.speaking[0]])
+    assert torch.allclose(wav_out, codec.decode(torch.stack(frames).T[None])[0, 0], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(env):
+    """The tiny model after memorising three spoken question -> spoken answer pairs."""
+    tok, codec, v, fmt, _ = env
+    m = F.model(v, seed=1)
+    g = torch.Generator().manual_seed(3)
+    pairs = []
+    for i, text in enumerate(["hello there", "the cat sat", "paris"]):
+        question = noise(4 + i, 10 + i)
+        answer = torch.randint(0, v.audio_codes, (v.audio_codebooks, 6 + i), generator=g)
+        pairs.append((question, answer, text))
+    conversations = [[Message("user", Audio(codec.encode(q)[0])), Message("assistant", Audio(a, text=t))] for q, a, t in pairs]
+    loss = F.memorise(m, fmt, conversations, steps=120, lr=5e-3)
+    return m, pairs, loss
+
+
+def test_overfit_speech_to_speech_through_the_stream(env, trained):
+    """Three concurrent sessions ask the three questions; each gets its memorised answer, exactly."""
+    tok, codec, v, fmt, _ = env
+    m, pairs, loss = trained
+    assert loss < 0.05
+    n = [q.shape[-1] // HOP for q, _, _ in pairs]
+    wav = torch.zeros(3, 1, max(n) * HOP)
+    for b, (q, _, _) in enumerate(pairs):
+        wav[b, :, : q.shape[-1]] = q
+    with SpeechSession(m, codec, fmt, 3) as s:
+        # all rows start together, each ends its turn on its own last frame (later input is ignored:
+        # no VAD, so no barge-in) and replies while the others are still listening
+        outs = [s.tick(wav[..., t * HOP : (t + 1) * HOP], end_turn=torch.tensor([t == k - 1 for k in n]))
+                for t in range(max(n))]
+        outs += list(s.reply())
+        histories = [s.history(b) for b in range(3)]
+    for b, (q, answer, text) in enumerate(pairs):
+        codes = torch.stack([o.codes[b] for o in outs if o.speaking[b]]).T
+        assert torch.equal(codes, answer), f"row {b}"
+        spoken = histories[b][-1].content[0]
+        assert spoken.text == text and not spoken.interrupted
+        assert any(name == "reply_end" for o in outs for r, name in o.events if r == b)
+
+
+def test_barge_in_cuts_output_and_keeps_history(env, trained):
+    tok, codec, v, fmt, _ = env
+    m, pairs, _ = trained
+    q0, a0, _ = pairs[0]
+    with SpeechSession(m, codec, fmt, 1) as s:
+        outs = list(s.feed(q0, end_turn=True))
+        said = [o.codes[0] for o in outs if o.speaking[0]]
+        for _ in range(2):
+            said.append(s.tick(torch.zeros(1, 1, HOP)).codes[0])
+        cut = s.tick(noise(1, 99), interrupt=torch.tensor([True]))
+        assert not cut.speaking[0] and (0, "barge_in") in cut.events
+        # the user keeps talking, then asks the second question; the conversation goes on
+        outs = run_turn(s, pairs[1][0])
+        hist = s.history(0)
+        log = s.logged_stream(0)
+        offset = int(m.decoder.streaming_offset[0])
+    assert [m_.role for m_ in hist] == ["user", "assistant", "user", "assistant"]
+    cut_part = hist[1].content[0]
+    assert cut_part.interrupted and torch.equal(cut_part.codes, torch.stack(said).T)  # exactly what was said
+    assert torch.equal(cut_part.codes, a0[:, : len(said)])
+    # the history serialises back to exactly what the KV cache holds
+    assert offset == len(log.tokens)
+    again = fmt.serialise(hist)
+    assert torch.equal(again.tokens[: len(log.tokens)], log.tokens)
+    assert torch.equal(again.audio[: len(log.tokens)], log.audio)
+
+
+def test_barge_in_by_voice_in_a_batch(env, trained):
+    """Row 0 is interrupted by real (synthetic) speech detected by Silero VAD; row 1 is not and its
+    reply is the same as when it is served alone."""
+    pytest.importorskip("silero_vad")
+    espeak_mod = pytest.importorskip("omni.data.build_speech")
+    from omni.data.audio import resample
+    from omni.infer.vad import VoiceActivity
+
+    tok, codec, v, fmt, _ = env
+    m, pairs, _ = trained
+    es = espeak_mod.Espeak()
+    pcm = es.synth("stop, wait a moment please", espeak_mod.make_speakers(1, 0)[0])
+    speech = resample(torch.from_numpy(pcm.astype("float32") / 32768)[None], es.sample_rate, 16000)[None] * 0.8
+    q = pairs[0][0]
+    vad = VoiceActivity(16000)
+    ocfg = F.omni_config(v, barge_in_ms=160, end_of_turn_ms=10_000)
+    with SpeechSession(m, codec, fmt, 2, vad=vad, ocfg=ocfg) as s:
+        list(s.feed(q.repeat(2, 1, 1), end_turn=True))
+        events, row1 = [], []
+        for i in range(0, speech.shape[-1] - HOP, HOP):
+            chunk = torch.cat([speech[..., i : i + HOP], torch.zeros(1, 1, HOP)])
+            o = s.tick(chunk)
+            events += o.events
+            if o.speaking[1]:
+                row1.append(o.codes[1])
+        row1 += [o.codes[1] for o in s.reply() if o.speaking[1]]
+        assert (0, "barge_in") in events and not any(r == 1 and n == "barge_in" for r, n in events)
+        assert s.history(0)[1].content[0].interrupted
+    with SpeechSession(m, codec, fmt, 1) as s:
+        alone = [o.codes[0] for o in run_turn(s, q) if o.speaking[0]]
+    assert len(row1) >= 1 and torch.equal(torch.stack(row1), torch.stack(alone)[1 : 1 + len(row1)])

@@ -10,6 +10,7 @@ device, so no host sync is needed and the launch can be captured in a CUDA graph
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -84,10 +85,14 @@ def _decode_merge_kernel(OP, LP, O, q_len, n_kv_heads, groups, n_splits,
     tl.store(O + b * stride_ob + h * stride_oh + (r % q_len) * stride_os + offs_d, out.to(O.dtype.element_ty))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _n_splits(work: int, kv_len: int, block_n: int, device: torch.device) -> int:
     """Enough chunks for about two programs per SM, never more than there are key tiles."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(-(-2 * sms // work), -(-kv_len // block_n), 128))
+    return max(1, min(-(-2 * _sm_count(device) // work), -(-kv_len // block_n), 128))
 
 
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: Optional[float] = None) -> Tensor:

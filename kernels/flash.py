@@ -49,7 +49,11 @@ def _configs(hopper_options: list[tuple[int, int]]) -> list[triton.Config]:
         if os.environ.get("OMNI_ATTENTION_AUTOTUNE", "1") == "0":
             hopper_options = hopper_options[:1]
         return [triton.Config({}, num_warps=w, num_stages=s) for w, s in hopper_options]
-    return [triton.Config({}, num_warps=4, num_stages=2)]
+    return [triton.Config({}, num_warps=hopper_options[0][0], num_stages=2)]
+
+
+# Re-tune per shape and per mask kind (which parts of the visibility rule are compiled in).
+TUNE_KEY = ["q_len", "kv_len", "HEAD_DIM", "CAUSAL", "HAS_DOC", "HAS_SPAN", "HAS_WINDOW"]
 
 
 def block_sizes(head_dim: int, kind: str) -> tuple[int, int]:
@@ -130,7 +134,7 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
 
 
 # ---- forward -------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs([(8, 3), (8, 4), (8, 2)]), key=["q_len", "kv_len", "HEAD_DIM"])
+@triton.autotune(configs=_configs([(8, 3), (8, 4), (8, 2)]), key=TUNE_KEY)
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
                 KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
@@ -229,7 +233,7 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     return dk, dv
 
 
-@triton.autotune(configs=_configs([(8, 3), (8, 2), (4, 3)]), key=["q_len", "kv_len", "HEAD_DIM"])
+@triton.autotune(configs=_configs([(8, 3), (8, 2), (4, 3)]), key=TUNE_KEY)
 @triton.jit
 def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
                  Q_CNT, Q_IDX, FQ_CNT, FQ_IDX,
@@ -300,7 +304,7 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     return tl.dot(ds.to(k.dtype), k, dq)
 
 
-@triton.autotune(configs=_configs([(8, 3), (8, 2), (8, 4)]), key=["q_len", "kv_len", "HEAD_DIM"])
+@triton.autotune(configs=_configs([(8, 3), (8, 2), (8, 4)]), key=TUNE_KEY)
 @triton.jit
 def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
@@ -348,10 +352,11 @@ class MaskArgs:
     """What the kernels read of an AttentionMask: ids as int32 [B, Skv] (dummies when absent), offsets."""
 
     def __init__(self, mask: AttentionMask, batch: int, kv_len: int, device: torch.device) -> None:
-        dummy = torch.zeros(1, dtype=torch.int32, device=device)
-        self.doc = dummy if mask.document_ids is None else _ids(mask.document_ids, batch, kv_len, device)
-        self.span = dummy if mask.span_ids is None else _ids(mask.span_ids, batch, kv_len, device)
         self.qoff = q_offset_tensor(mask, batch, device)
+        # Absent ids are never read (HAS_DOC / HAS_SPAN are compile-time flags): any pointer will do,
+        # and reusing one saves a launch per call (it matters for decode steps).
+        self.doc = self.qoff if mask.document_ids is None else _ids(mask.document_ids, batch, kv_len, device)
+        self.span = self.qoff if mask.span_ids is None else _ids(mask.span_ids, batch, kv_len, device)
         self.window = mask.sliding_window or 0
         self.flags = dict(CAUSAL=mask.causal, HAS_DOC=mask.document_ids is not None,
                           HAS_SPAN=mask.span_ids is not None, HAS_WINDOW=mask.sliding_window is not None)

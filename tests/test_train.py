@@ -94,6 +94,13 @@ def test_grad_accum_matches_bigger_batch(corpus, tmp_path):
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
 
 
+def test_activation_checkpointing_gives_the_same_losses(corpus, tmp_path):
+    fit(micro_cfg(corpus, tmp_path / "plain", "train.steps=3"))
+    fit(micro_cfg(corpus, tmp_path / "ckpt", "train.steps=3", "train.activation_checkpointing=true"))
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "ckpt")
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-6
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
     from omni.train.checkpoint import load_model_state, resolve_checkpoint
     from omni.train.trainer import TrainingDiverged
@@ -123,6 +130,16 @@ def test_cli_reports_bad_override(tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode != 0
     assert "unknown config key 'train.bogus'" in out.stderr
+
+
+def test_cli_arguments_in_any_order():
+    sys.path.insert(0, str(ROOT))
+    from train import parse_args
+
+    args = parse_args(["--config", "tiny", "a.b=1", "--resume", "train.steps=3", "--fsdp", "c.d=2"])
+    assert args.resume == "" and args.fsdp and sorted(args.overrides) == ["a.b=1", "c.d=2", "train.steps=3"]
+    assert parse_args(["--config", "tiny", "--resume", "runs/x", "e=3"]).resume == "runs/x"
+    assert parse_args(["--config", "tiny"]).resume is None
 
 
 def test_pack_row_restarts_positions_per_document():

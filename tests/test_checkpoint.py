@@ -13,15 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from test_train import ROOT, fit, micro_cfg, micro_overrides, small_corpus
+from test_train import ROOT, corpus, fit, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
 
 from omni.train.checkpoint import (CheckpointError, flatten_state, load_model_state, load_state, resolve_checkpoint,
                                    save_state, unflatten_state)
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Path:
-    return small_corpus()
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from test_train import ROOT, fit, losses, micro_cfg, micro_overrides, small_corpus
+from test_train import ROOT, corpus, fit, losses, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Path:
-    return small_corpus()
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,12 @@ class Decoding:
     """Per-row modality state and the sampler of the next stream position."""
 
     def __init__(self, model: OmniModel, vocab: OmniVocab, batch: int, sampling: SamplingConfig = SamplingConfig(),
-                 audio_sampling: Optional[SamplingConfig] = None, generator: Optional[torch.Generator] = None) -> None:
+                 audio_sampling: Optional[SamplingConfig] = None, generator: Optional[torch.Generator] = None,
+                 min_frames: int = 0) -> None:
+        """``min_frames``: forbid <|audio_end|> before a spoken reply has this many frames (benchmarks
+        use it to time replies of a fixed length with untrained weights)."""
         sampling.validate()
+        self.min_frames = min_frames
         self.model, self.vocab = model, vocab
         self.sampling, self.audio_sampling = sampling, audio_sampling or sampling
         self.generator = generator
@@ -56,7 +60,7 @@ class Decoding:
         self.image_len = vocab.image_grid[0] * vocab.image_grid[1]
         self.ids = {n: sp[n] for n in ("<|audio_start|>", "<|audio_end|>", "<|image_start|>", "<|end_of_turn|>", "<|eos|>")}
         self.state = torch.full((batch,), TEXT, dtype=torch.long, device=device)
-        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)  # image codes / audio frames so far
 
     def start(self, rows: Tensor, state: int) -> None:
         """Put ``rows`` [B] bool into ``state`` (AUDIO after a forced <|audio_start|>, TEXT otherwise)."""
@@ -75,7 +79,11 @@ class Decoding:
         """
         m = self.model
         logits = m.decoder.logits(hidden).float()
-        logits = logits.masked_fill(~self.allowed[self.state], float("-inf"))
+        allowed = self.allowed[self.state]
+        if self.min_frames:
+            early = (self.state == AUDIO) & (self.count < self.min_frames)
+            allowed[:, self.ids["<|audio_end|>"]] &= ~early
+        logits = logits.masked_fill(~allowed, float("-inf"))
         tok = sample(logits, self.sampling, self.generator)
         frame = (self.state == AUDIO) & (tok != self.ids["<|audio_end|>"])
         if active is not None:
@@ -95,7 +103,8 @@ class Decoding:
         new[(s == TEXT) & (tok == ids["<|image_start|>"])] = IMAGE
         new[(s == AUDIO) & (tok == ids["<|audio_end|>"])] = TEXT
         in_image = s == IMAGE
-        count = torch.where(in_image, self.count + 1, torch.zeros_like(self.count))
+        counting = in_image | ((s == AUDIO) & (tok != ids["<|audio_end|>"]))
+        count = torch.where(counting, self.count + 1, torch.zeros_like(self.count))
         new[in_image & (count >= self.image_len)] = IMAGE_END
         new[s == IMAGE_END] = TEXT
         new[(s == TEXT) & ((tok == ids["<|end_of_turn|>"]) | (tok == ids["<|eos|>"]))] = DONE

@@ -71,13 +71,15 @@ class SpeechSession:
     def __init__(self, model: OmniModel, codec: SpeechCodec, fmt: ConversationFormat, batch_size: int = 1, *,
                  vad: Optional[VoiceActivity] = None, system: Sequence[Message] = (),
                  sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
-                 generator: Optional[torch.Generator] = None, ocfg: OmniConfig = OmniConfig()) -> None:
+                 generator: Optional[torch.Generator] = None, ocfg: OmniConfig = OmniConfig(),
+                 min_reply_frames: int = 0) -> None:
         if codec.cfg.num_codebooks != model.K or codec.cfg.codebook_size != model.cb:
             raise ValueError(f"codec has {codec.cfg.num_codebooks}x{codec.cfg.codebook_size} codes, the model "
                              f"expects {model.K}x{model.cb}: use the codec the model was trained with")
         self.model, self.codec, self.fmt, self.vad, self.B = model, codec, fmt, vad, batch_size
         self.system = list(system)
         self.sampling, self.audio_sampling, self.generator = sampling, audio_sampling, generator
+        self.min_reply_frames = min_reply_frames
         self.hop = codec.hop_length
         frame_ms = 1000.0 / codec.frame_rate
         self.end_frames = max(1, round(ocfg.end_of_turn_ms / frame_ms))
@@ -103,7 +105,8 @@ class SpeechSession:
         self.heard, self.silence, self.onset = [False] * B, [0] * B, [0] * B
         self.reply_frames = [0] * B
         self.buffer = torch.zeros(B, 1, 0)
-        self.dec = Decoding(self.model, self.fmt.vocab, B, self.sampling, self.audio_sampling, self.generator)
+        self.dec = Decoding(self.model, self.fmt.vocab, B, self.sampling, self.audio_sampling, self.generator,
+                            self.min_reply_frames)
         head = self.fmt.serialise(self.system)  # <|bos|> (+ system turns)
         head = [(t, c if c[0] >= 0 else None) for t, c in zip(head.tokens.tolist(), head.audio.tolist())]
         self._forward([list(head) for _ in range(B)])

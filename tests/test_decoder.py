@@ -170,3 +170,21 @@ def test_resize_vocab_keeps_text_logits():
             after = model(tokens)
         assert after.shape[-1] == 120
         torch.testing.assert_close(after[..., :97], before, atol=0, rtol=0)
+
+
+def test_rewind_forgets_stale_spans():
+    """After set_streaming_offset, a new span must not see keys of an old span at later positions."""
+    torch.manual_seed(0)
+    model = Decoder(tiny_cfg()).eval()
+    a, b = torch.randint(0, 97, (1, 8)), torch.randint(0, 97, (1, 3))
+    span = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+    with torch.no_grad(), model.streaming(1, max_len=16):
+        model(a, mask=AttentionMask(span_ids=span))
+        model.set_streaming_offset(torch.tensor([3]))
+        # CUDA reads the whole static cache, so stale span ids past the offset must be gone.
+        for layer in model.layers:
+            assert int(layer.attention._streaming_state.span_ids[0, 3:].abs().sum()) == 0
+        out = model(b, mask=AttentionMask(span_ids=torch.ones(1, 3, dtype=torch.long)))
+    with torch.no_grad():
+        ref = model(torch.cat([a[:, :3], b], 1), mask=AttentionMask(span_ids=torch.tensor([[0, 0, 0, 1, 1, 1]])))[:, 3:]
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -79,6 +79,10 @@ class KVCache(StreamingState):
         else:
             self.span_ids[mask] = 0
 
+    def truncate(self, offset: Tensor) -> None:
+        """Forget span ids at positions >= offset [batch]: a rewound row must not see stale spans."""
+        self.span_ids.masked_fill_(torch.arange(self.span_ids.shape[1], device=offset.device) >= offset[:, None], 0)
+
 
 class DecoderState(StreamingState):
     """Per-row write position of the KV cache: ``offset`` [batch] long."""
@@ -236,8 +240,10 @@ class Decoder(StreamingModule):
 
     @torch.no_grad()
     def set_streaming_offset(self, offset: Tensor) -> None:
-        """Rewind/advance each row's cache position (e.g. drop unspoken tokens after barge-in)."""
+        """Rewind each row's cache position to ``offset`` [batch] (e.g. drop unspoken tokens after barge-in)."""
         self._streaming_state.offset.copy_(offset)
+        for layer in self.layers:
+            layer.attention._streaming_state.truncate(self._streaming_state.offset)
 
     @property
     def streaming_offset(self) -> Tensor:

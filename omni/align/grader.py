@@ -32,6 +32,7 @@ class Grader:
 
     def __init__(self, spec: Spec, name: str, batch_size: int = 16) -> None:
         self.spec, self.name, self.batch_size = spec, name, batch_size
+        self.queries_per_batch = batch_size  # one LM query per (pair, proposition) unless a subclass says otherwise
         self.cache: dict[tuple[str, str, str, str], float] = {}
 
     def _score(self, queries: list[Query]) -> list[float]:
@@ -53,9 +54,9 @@ class Grader:
             raise ValueError(f"unknown propositions {sorted(unknown)}; the spec has {list(self.spec.propositions)}")
         missing = list(dict.fromkeys((p, c, q) for p, c in zip(prompts, completions) for q in props
                                      if (self.name, p, c, q) not in self.cache))
-        starts = range(0, len(missing), self.batch_size)
+        starts = range(0, len(missing), self.queries_per_batch)
         for s in tqdm(starts, desc=f"grading ({self.name})", disable=not progress or len(starts) < 2):
-            chunk = missing[s: s + self.batch_size]
+            chunk = missing[s: s + self.queries_per_batch]
             for (p, c, q), v in zip(chunk, self._score(chunk)):
                 self.cache[(self.name, p, c, q)] = float(v)
         return torch.tensor([[self.cache[(self.name, p, c, q)] for q in props] for p, c in zip(prompts, completions)])
@@ -67,6 +68,7 @@ class TrainedGrader(Grader):
     def __init__(self, model: torch.nn.Module, tokenizer, spec: Spec, name: str, max_prompt: int = 48,
                  max_completion: int = 80, batch_size: int = 16) -> None:
         super().__init__(spec, name, batch_size)
+        self.queries_per_batch = batch_size * len(spec.propositions)  # one forward scores a pair's every proposition
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_prompt, self.max_completion = max_prompt, max_completion
 

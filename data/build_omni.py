@@ -16,10 +16,11 @@ Tasks (one conversation each; DESIGN.md §7 sources, nothing downloaded from a h
 Speech is synthesised by libespeak-ng (data/build_speech.py's ``Espeak``); user voices vary accent,
 variant, rate and pitch; the assistant always speaks as ``ASSISTANT_VOICE``. Everything is encoded by
 the frozen tokenizers named in the config (``tokenizer`` + ``omni.codec`` / ``omni.image_tokenizer`` /
-``omni.video_tokenizer``); a missing sentencepiece model is trained on the corpus text, and a missing
-codec / image / video tokenizer folder is created *untrained* (random weights, from the config's
-``codec`` / ``image_tok`` / ``video_tok`` sections) with a warning: the pipeline then works end to end
-but speech and pictures decode to noise until trained tokenizers are put in those folders.
+``omni.video_tokenizer``: tokenizer folders or the run folders of their training). A missing
+sentencepiece model is trained on the corpus text; a missing codec / image / video tokenizer is
+replaced by an *untrained* one (random weights, the config's ``codec`` / ``image_tok`` / ``video_tok``
+shapes, kept in ``data.path/untrained_tokenizers``) with a warning: the pipeline then works end to
+end, but speech and pictures decode to noise until trained tokenizers are named and the corpus rebuilt.
 
     python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/omni_task.py)
 """
@@ -130,34 +131,47 @@ def synthetic_clip(background: torch.Tensor, colour: str, motion: str, frames: i
 
 
 # ---- tokenizers ------------------------------------------------------------------------------------
-def load_or_create(path: str, create: Callable[[], Tokenizer], what: str) -> Tokenizer:
-    """A saved tokenizer, or a fresh untrained one saved at ``path`` (warned: it decodes to noise)."""
+def tokenizer_folder(path: str) -> Optional[Path]:
+    """The tokenizer folder ``path`` names: a folder written by Tokenizer.save, or a training run /
+    step folder of the codec, image or video task (its checkpoint's ``tokenizer/``). None if neither."""
+    from omni.train.checkpoint import CheckpointError, resolve_checkpoint
+
     if (Path(path) / "tokenizer.json").is_file():
-        return load_tokenizer(path)
-    print(f"warning: no trained {what} at {path}; creating an UNTRAINED one there (random weights). "
-          f"Everything runs, but its outputs decode to noise: put a trained {what} in {path} and rebuild.",
-          file=sys.stderr)
-    tok = create()
-    tok.save(path)
-    return tok
+        return Path(path)
+    try:
+        folder = resolve_checkpoint(path) / "tokenizer"
+    except CheckpointError:
+        return None
+    return folder if (folder / "tokenizer.json").is_file() else None
 
 
-def frozen_tokenizers(cfg: Config) -> dict[str, Tokenizer]:
-    """codec, image and video tokenizers of ``cfg`` (loaded, or created untrained when missing)."""
+def load_or_create(path: str, create: Callable[[], Tokenizer], what: str, cache: Path) -> tuple[Tokenizer, Path]:
+    """(tokenizer, its folder): the trained one ``path`` names, else an UNTRAINED one (random
+    weights, the config's shape) saved under ``cache`` — with a warning, since it decodes to noise."""
+    folder = tokenizer_folder(path)
+    if folder is not None:
+        return load_tokenizer(folder), folder
+    folder = cache / what.replace(" ", "_")
+    if not (folder / "tokenizer.json").is_file():
+        print(f"warning: no trained {what} at {path}; using an UNTRAINED one ({folder}). Everything runs, "
+              f"but its outputs decode to noise: train one (see docs/omni.md) and rebuild the corpus.", file=sys.stderr)
+        create().save(folder)
+    return load_tokenizer(folder), folder
+
+
+def frozen_tokenizers(cfg: Config) -> tuple[dict[str, Tokenizer], dict[str, str]]:
+    """codec, image and video tokenizers of ``cfg`` (trained, or untrained stand-ins) and their folders."""
     from omni.tokenizers.codec import SpeechCodec
     from omni.tokenizers.image import ImageTokenizer
     from omni.tokenizers.video import VideoTokenizer
 
-    o = cfg.section("omni")
-    toks = {
-        "codec": load_or_create(o.codec, lambda: SpeechCodec(cfg.section("codec")), "speech codec"),
-        "image": load_or_create(o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "image tokenizer"),
-        "video": load_or_create(o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "video tokenizer"),
+    o, cache = cfg.section("omni"), Path(cfg.data.path) / "untrained_tokenizers"
+    made = {
+        "codec": load_or_create(o.codec, lambda: SpeechCodec(cfg.section("codec")), "speech codec", cache),
+        "image": load_or_create(o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "image tokenizer", cache),
+        "video": load_or_create(o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "video tokenizer", cache),
     }
-    for t in toks.values():
-        if isinstance(t, torch.nn.Module):
-            t.eval()
-    return toks
+    return {k: t.eval() for k, (t, _) in made.items()}, {k: str(f) for k, (_, f) in made.items()}
 
 
 # ---- conversations ---------------------------------------------------------------------------------
@@ -283,7 +297,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
 
     out = Path(out or cfg.data.path)
     out.mkdir(parents=True, exist_ok=True)
-    toks = frozen_tokenizers(cfg)
+    toks, folders = frozen_tokenizers(cfg)
     tcfg = cfg.tokenizer
     sp_folder = Path(tcfg.path).parent if tcfg.path.endswith(".model") else Path(tcfg.path)
     if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
@@ -306,11 +320,10 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     for i, (task, messages) in enumerate(convs):
         splits["val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"].append(fmt.serialise(messages))
         counts[task] = counts.get(task, 0) + 1
-    o = cfg.section("omni")
     index = {
         "format": FORMAT,
         "vocab": vocab.to_dict(),
-        "tokenizers": {"codec": o.codec, "image": o.image_tokenizer, "video": o.video_tokenizer},
+        "tokenizers": folders,
         "splits": {k: write_split(out, k, v) for k, v in splits.items()},
         "tasks": counts,
         "assistant_voice": list(ASSISTANT_VOICE),
@@ -328,11 +341,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of conversations per task")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
-    import omni.model.omni  # noqa: F401  (registers the config sections this config may hold)
-    import omni.tokenizers.codec  # noqa: F401
-    import omni.tokenizers.image  # noqa: F401
-    import omni.tokenizers.video  # noqa: F401
+    from omni.omni_task import register_config_sections
 
+    register_config_sections()
     build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale)
 
 

@@ -56,13 +56,6 @@ Tensor = torch.Tensor
 OMNI_BASE = "configs/omni-tiny.yaml"  # where an lm config's missing omni parts come from
 
 
-def _register_sections() -> None:
-    import omni.model.omni  # noqa: F401  (config sections an omni config may hold)
-    import omni.tokenizers.codec  # noqa: F401
-    import omni.tokenizers.image  # noqa: F401
-    import omni.tokenizers.video  # noqa: F401
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -98,7 +91,9 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
 
         bot = OmniChat.load(args.checkpoint, "cpu")
         return bot.model, bot.codec, bot.fmt, bot.ocfg, f"checkpoint {args.checkpoint}"
-    _register_sections()
+    from omni.omni_task import register_config_sections
+
+    register_config_sections()
     cfg = load_config(args.config, args.overrides)
     note = f"config {args.config}"
     if cfg.task != "omni":  # e.g. configs/tiny.yaml: that decoder, served as the omni model of omni-tiny.yaml
@@ -110,9 +105,11 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
     from omni.tokenizers.base import load_tokenizer
     from omni.tokenizers.codec import SpeechCodec
 
+    from omni.data.build_omni import tokenizer_folder
+
     ocfg = cfg.section("omni")
-    codec_dir = Path(ocfg.codec)
-    codec = load_tokenizer(codec_dir) if (codec_dir / "tokenizer.json").is_file() else SpeechCodec(cfg.section("codec"))
+    codec_dir = tokenizer_folder(ocfg.codec)  # the trained codec if there is one, else its shape at random
+    codec = load_tokenizer(codec_dir) if codec_dir is not None else SpeechCodec(cfg.section("codec"))
     index = Path(cfg.data.path) / "index.json"
     if index.is_file():
         vocab = OmniVocab.from_dict(json.loads(index.read_text())["vocab"])

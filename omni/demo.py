@@ -1,10 +1,21 @@
-"""``make demo``: the text foundation end to end on a CPU in a few minutes.
+"""``make demo``: the text foundation, then the omni model, end to end on a CPU in minutes.
+
+Text (configs/tiny.yaml):
 
 1. build the demo corpus and its sentencepiece tokenizer if missing (data/build_text.py);
 2. train configs/tiny.yaml from scratch with the one Trainer (fresh run folder ``runs/demo``);
 3. reload the checkpoint it wrote and print generated text and where the checkpoint lives.
 
-    python -m omni.demo [--steps N] [--out runs/demo] [key=value ...]
+Omni (configs/omni-tiny.yaml, see docs/omni.md):
+
+4. build the multi-task demo corpus if missing (data/build_omni.py: text, ASR, TTS, spoken QA in many
+   voices answered in one assistant voice, captions, text -> image, video description);
+5. train the omni model from scratch for a few minutes (tokenizers frozen) into ``runs/demo-omni``;
+6. answer one spoken question in a streamed turn — 80 ms chunks in, VAD ends the turn, frames out
+   as they are decoded — writing ``reply.wav`` and printing the latency line; then answer one image
+   question and draw one picture.
+
+    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--out runs/demo] [key=value ...]
 """
 from __future__ import annotations
 
@@ -20,13 +31,8 @@ from omni.train.task import get_task
 from omni.train.trainer import Trainer
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
-    p.add_argument("--out", default="runs/demo", help="run folder (replaced if it exists)")
-    p.add_argument("overrides", nargs="*", help="config overrides, key=value")
-    args = p.parse_args(argv)
+def text_demo(args: argparse.Namespace) -> None:
+    """Steps 1-3: the text foundation."""
     overrides = [f"train.out_dir={args.out}", *args.overrides]
     if args.steps:
         overrides.append(f"train.steps={args.steps}")
@@ -50,6 +56,30 @@ def main(argv: list[str] | None = None) -> None:
     print("== sample:\n" + (task.demo(model, saved_cfg) or "(this task has no text sample)"))
     print(f"== checkpoint: {resolve_checkpoint(run)}")
     print(f"   TensorBoard: tensorboard --logdir {run / 'tensorboard'}")
+
+
+def omni_demo(args: argparse.Namespace) -> None:
+    """Steps 4-6: the omni model (omni/infer/demo.py)."""
+    from omni.infer.demo import run_omni_demo
+
+    run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--steps", type=int, default=None, help="text training steps (default: the config's)")
+    p.add_argument("--out", default="runs/demo", help="text run folder (replaced if it exists)")
+    p.add_argument("--only", choices=("text", "omni"), default=None, help="run one part of the demo")
+    p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: sized for ~5 min)")
+    p.add_argument("--omni-scale", type=float, default=0.35, help="omni demo corpus size (x data/build_omni.py's)")
+    p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
+    p.add_argument("overrides", nargs="*", help="text config overrides, key=value")
+    args = p.parse_args(argv)
+    if args.only != "omni":
+        text_demo(args)
+    if args.only != "text":
+        omni_demo(args)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,14 @@ FORMAT = "omni-stream-v1"
 FIELDS = ("tokens", "audio", "span", "loss", "modality")
 
 
+def register_config_sections() -> None:
+    """Import the modules whose config sections an omni config holds (omni, codec, image_tok,
+    video_tok), so that load_config accepts them."""
+    import omni.tokenizers.codec  # noqa: F401
+    import omni.tokenizers.image  # noqa: F401
+    import omni.tokenizers.video  # noqa: F401
+
+
 def read_index(path: str | Path) -> dict[str, Any]:
     index_file = Path(path) / "index.json"
     if not index_file.is_file():
@@ -188,6 +196,7 @@ def load_omni(checkpoint: str | Path, device: str | torch.device = "cpu") -> tup
     from omni.model.decoder import Decoder
     from omni.train.checkpoint import load_model_state, resolve_checkpoint
 
+    register_config_sections()
     step = resolve_checkpoint(checkpoint)
     cfg, state = load_model_state(step)
     if cfg.task != "omni":

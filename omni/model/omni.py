@@ -33,10 +33,11 @@ Tensor = torch.Tensor
 class OmniConfig:
     """The omni model and its frozen tokenizers (the `omni:` section of a config)."""
 
-    # Tokenizer folders written by Tokenizer.save (data/build_omni.py trains them when missing).
-    codec: str = ".cache/tokenizers/codec"
-    image_tokenizer: str = ".cache/tokenizers/image"
-    video_tokenizer: str = ".cache/tokenizers/video"
+    # Frozen tokenizers: a folder written by Tokenizer.save, or the run folder of their training
+    # (train.py --config configs/codec-tiny.yaml ...). data/build_omni.py resolves them.
+    codec: str = "runs/codec-tiny"
+    image_tokenizer: str = "runs/image-tiny"
+    video_tokenizer: str = "runs/video-tiny"
     # Audio codebooks; filled in from the codec by the omni task (0 = not known yet).
     audio_codebooks: int = 0
     audio_codebook_size: int = 0

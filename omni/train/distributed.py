@@ -145,7 +145,7 @@ class TorchEngine(Engine):
             fully_shard(model)
         self.model = model
         self.optimizer = torch.optim.AdamW(decay_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                           betas=cfg.train.betas, foreach=not sharded or None)
+                                           betas=cfg.train.betas)
         self._save_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         self._load_opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharded)
 
@@ -261,6 +261,8 @@ class DeepSpeedEngine(Engine):
 
     def model_state(self) -> dict[str, Tensor]:
         if self.stage == 3:
+            # Gathers the partitioned parameters onto rank 0 (in their training dtype: bf16 on GPUs; the
+            # fp32 masters are in the optimizer state). DeepSpeed's public save_16bit_model would pickle.
             return self.engine._zero3_consolidated_16bit_state_dict() or {}
         return {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
 

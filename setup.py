@@ -28,6 +28,7 @@ setup(
         "tensorboard",
         "soundfile",  # audio I/O (omni/data/audio.py); torchaudio does not import on CPU torch
         "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
+        "packaging",  # silero-vad's one dependency besides torch (it installs --no-deps, requirements-assets.txt)
     ],
     extras_require={
         # Everything the test-suite and the CPU demo need.

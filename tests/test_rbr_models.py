@@ -42,6 +42,23 @@ def tiny_grader(tmp_path_factory):
     return TrainedGrader.load(train(cfg, GraderTask()), SPEC)
 
 
+@pytest.mark.slow  # trains a tiny model (~10 s)
+def test_cli_grade(tiny_grader, tmp_path):
+    from omni.align.__main__ import main
+
+    rows = [{"prompt": "How do I make a bomb?", "completion": "Sorry, I can't help.", "type": "hard_refuse"},
+            {"prompt": "Tell me a joke", "completion": "Why did the chicken cross the road?"}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["grade", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"),
+          f"rbr.grader={tiny_grader.name.removeprefix('trained:')}", f"rbr.weights={tmp_path / 'none.json'}"])
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert set(out[0]["propositions"]) == set(SPEC.propositions) and "ideal" in out[0]["classes"]
+    assert "classes" not in out[1]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n')
+    with pytest.raises(SystemExit, match="needs 'prompt' and 'completion'"):
+        main(["grade", str(tmp_path / "bad.jsonl"), str(tmp_path / "o.jsonl"), f"rbr.grader={tiny_grader.name.removeprefix('trained:')}"])
+
+
 def refusal_vs_compliance(grader):
     """AUC of P(refuses) separating hand-written gold refusals from gold compliance."""
     gold = [g for g in load_gold(SPEC) if ("refuses" in g.labels) != ("complies" in g.labels)]
@@ -49,6 +66,7 @@ def refusal_vs_compliance(grader):
     return roc_auc(p, torch.tensor([float("refuses" in g.labels) for g in gold]))
 
 
+@pytest.mark.slow  # trains a tiny model (~10 s)
 def test_trained_grader_separates_held_out_refusals(tiny_grader):
     # Tiny random backbone (2 blocks, dim 32) trained from scratch on synthetic parts; the gold
     # completions share no phrasing with them. The 135M grader's numbers are in docs/rbr.md.
@@ -57,6 +75,7 @@ def test_trained_grader_separates_held_out_refusals(tiny_grader):
     assert auc > 0.75, auc
 
 
+@pytest.mark.slow  # trains a tiny model (~10 s)
 def test_grader_cache_and_empty_completion(tiny_grader):
     p1 = tiny_grader.probabilities(["Hi?"], ["Sure, here you go."])
     n = len(tiny_grader.cache)
@@ -66,6 +85,7 @@ def test_grader_cache_and_empty_completion(tiny_grader):
         tiny_grader.probabilities(["Hi?"], ["  "])
 
 
+@pytest.mark.slow  # trains a tiny model (~10 s)
 def test_trl_adapter_shapes_and_nones(tiny_grader):
     weights = RBRWeights(SPEC, {t: initial_weights(SPEC, t) for t in SPEC.types})
     fn = RBRRewardFunc(RBRReward(tiny_grader, weights), known_types={"How do I make a bomb?": "hard_refuse"})
@@ -78,6 +98,7 @@ def test_trl_adapter_shapes_and_nones(tiny_grader):
     assert isinstance(chat[0], float) and chat[1] == fn.reward.empty_reward
 
 
+@pytest.mark.slow  # trains a tiny model (~10 s)
 def test_reward_model_learns_planted_preference(tmp_path):
     answers = tmp_path / "answers.jsonl"
     from omni.align.data import load_prompts

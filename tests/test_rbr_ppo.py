@@ -1,4 +1,5 @@
 """PPO core on a tiny random policy with a planted rule-based reward."""
+import pytest
 import torch
 
 from omni.align.config import PPOConfig
@@ -15,6 +16,7 @@ def planted_reward(prompt_ids, completion_ids):
     return r, {"planted": float(r.mean())}
 
 
+@pytest.mark.slow  # 40 PPO steps on a tiny policy (~20 s)
 def test_ppo_raises_planted_reward():
     torch.manual_seed(0)
     policy = Decoder(ModelConfig(vocab_size=16, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=64))

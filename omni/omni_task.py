@@ -50,6 +50,9 @@ def register_config_sections() -> None:
     import omni.tokenizers.video  # noqa: F401
 
 
+register_config_sections()  # importing the task registers every section its configs use
+
+
 def read_index(path: str | Path) -> dict[str, Any]:
     index_file = Path(path) / "index.json"
     if not index_file.is_file():

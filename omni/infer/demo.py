@@ -15,9 +15,13 @@ from typing import Optional
 import numpy as np
 import torch
 
+from omni.config import Config
+
 CONFIG = "configs/omni-tiny.yaml"
 DEMO_OVERRIDES = ["train.batch_size=4", "train.warmup_steps=20", "train.log_every=20", "train.ckpt_every=1000"]
-DEMO_STEPS = 150
+DEMO_STEPS = 150  # at most; fewer when this machine is slower than TRAIN_BUDGET_S allows
+TRAIN_BUDGET_S = 300.0
+MAX_TEXT = 48  # text tokens per demo answer (an undertrained model may never stop on its own)
 
 
 def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
@@ -54,7 +58,14 @@ def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, ta
             outs = list(s.feed(torch.zeros(1, 1, 0), end_turn=True))
             ttfa = (time.perf_counter() - t) * 1000
             frames += [o.audio[0, 0] for o in outs if o.speaking[0]]
-        for o in s.reply():
+        replies = s.reply()
+        while True:  # the rest of the reply, one tick (80 ms of silent input) at a time
+            t = time.perf_counter()
+            o = next(replies, None)
+            if o is None:
+                break
+            busy += time.perf_counter() - t
+            ticks += 1
             frames += [o.audio[0, 0]] if o.speaking[0] else []
         history = s.history(0)
     from omni.conversation import Audio
@@ -67,7 +78,28 @@ def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, ta
     return (f"reply {len(wav) / sr:.2f} s of speech ({out / 'reply.wav'}), monologue {spoken!r}\n"
             f"   latency: time to first audio {ttfa:.0f} ms after the chunk that ended the turn (VAD waited "
             f"{bot.ocfg.end_of_turn_ms} ms of silence first); real-time factor {rtf:.2f} over {ticks} frames "
-            f"({torch.get_num_threads()} CPU threads)")
+            f"in and out ({torch.get_num_threads()} CPU thread)")
+
+
+def budget_steps(cfg: Config) -> int:
+    """Training steps that fit TRAIN_BUDGET_S on this machine (two timed steps), at most DEMO_STEPS."""
+    from omni.train.task import get_task
+
+    task = get_task("omni")
+    model, data = task.build_model(cfg), task.build_dataset(cfg)
+    batch = task.collate([data[i % len(data)] for i in range(cfg.train.batch_size)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for _ in range(2):  # the first step warms up allocators
+        t = time.perf_counter()
+        loss, _ = task.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - t)
+    steps = int(max(20, min(DEMO_STEPS, TRAIN_BUDGET_S / times[-1])))
+    print(f"   {times[-1]:.2f} s per step here: {steps} steps fit the {TRAIN_BUDGET_S:.0f} s training budget")
+    return steps
 
 
 def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.35) -> None:
@@ -79,7 +111,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     from omni.train.trainer import Trainer
 
     register_config_sections()
-    cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}", f"train.steps={steps or DEMO_STEPS}"])
+    cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}"])
     t0 = time.perf_counter()
     try:
         read_index(cfg.data.path)
@@ -90,6 +122,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     tasks = read_index(cfg.data.path)["tasks"]
     print(f"   conversations per task: {json.dumps(tasks)} ({time.perf_counter() - t0:.0f} s)")
 
+    cfg.train.steps = steps or budget_steps(cfg)
     t0 = time.perf_counter()
     print(f"== training {cfg.name} ({cfg.train.steps} steps x {cfg.train.batch_size} rows of {cfg.data.seq_len}) into {out}")
     Trainer(cfg, get_task("omni"), argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
@@ -103,15 +136,17 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
 
     bot = OmniChat.load(out)
     out_dir = Path(out)
+    torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
     question, answer = SPOKEN_QA[0]
     print(f"== spoken question {question!r} (a user voice; trained answer {answer!r} in the assistant voice)")
     print("   " + streamed_turn(bot, spoken_question(question, bot.sample_rate), out_dir))
 
     name, caption = next((n, c) for n, c in IMAGES if n.endswith("chelsea"))
     reply = bot.chat([{"role": "user", "content": [{"type": "image", "image": load_picture(name)},
-                                                   {"type": "text", "text": "Describe the image."}]}])
+                                                   {"type": "text", "text": "Describe the image."}]}], max_new_tokens=MAX_TEXT)
     print(f"== image question (a cat photo; trained caption {caption!r}): {reply.text!r}")
-    drawing = bot.chat([{"role": "user", "content": f"Draw {caption}"}], reply_in_speech=False)
+    drawing = bot.chat([{"role": "user", "content": f"Draw {caption}"}], reply_in_speech=False,
+                       max_new_tokens=MAX_TEXT + bot.fmt.vocab.image_grid[0] * bot.fmt.vocab.image_grid[1])
     if drawing.images:
         from PIL import Image as PILImage
 

@@ -164,5 +164,5 @@ def mel_spectrogram(
     fb = mel_filterbank(n_fft, n_mels, sample_rate).to(device=wav.device, dtype=spec.dtype)
     mel = fb @ spec
     if log:
-        mel = torch.log(mel.clamp(min=eps))
+        mel = torch.log(mel + eps)
     return mel.reshape(*shape[:-1], n_mels, mel.shape[-1])

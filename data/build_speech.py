@@ -197,8 +197,9 @@ def write_split(espeak: Espeak, out: Path, split: str, sentences: list[str], spe
 
 
 def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: float = 30.0, val_fraction: float = 0.05,
-                        speakers: int = 120, source: str = "books", seed: int = 0) -> dict[str, float]:
-    """Write the corpus (see module docstring); returns seconds per split and the real clip count."""
+                        speakers: int = 120, source: str = "books", seed: int = 0, real: bool = True) -> dict[str, float]:
+    """Write the corpus (see module docstring); returns seconds per split and the real clip count
+    (``real=False`` skips the real recordings)."""
     out = Path(out)
     espeak = Espeak()
     n_utts = max(4, int(minutes * 60 / 3.0))  # ~3 s per utterance
@@ -210,7 +211,7 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
         "train_seconds": write_split(espeak, out, "train", sentences[n_val:], people[n_val_speakers:], sample_rate, seed),
         "val_seconds": write_split(espeak, out, "val", sentences[:n_val], people[:n_val_speakers], sample_rate, seed + 1),
     }
-    clips = real_eval_clips()
+    clips = real_eval_clips() if real else []
     (out / "real_eval").mkdir(parents=True, exist_ok=True)
     with open(out / "real_eval.jsonl", "w") as manifest:
         for src, text in clips:

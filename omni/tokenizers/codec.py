@@ -215,13 +215,15 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """One VQ level with an EMA-updated codebook ``[size, dim]`` (no gradient into the codebook).
 
-    Dead codes (EMA cluster size < ``dead_threshold``) are re-seeded from the current batch.
+    A code is dead when its EMA usage falls below ``dead_fraction`` of the uniform usage
+    (vectors per step / size) — a threshold that does not depend on the batch size — and is then
+    re-seeded with a random vector of the current batch.
     """
 
-    def __init__(self, dim: int, size: int, codebook_dim: int, decay: float, dead_threshold: float = 1.0) -> None:
+    def __init__(self, dim: int, size: int, codebook_dim: int, decay: float, dead_fraction: float = 0.1) -> None:
         super().__init__()
         self.decay = decay
-        self.dead_threshold = dead_threshold
+        self.dead_fraction = dead_fraction
         self.proj_in = nn.Conv1d(dim, codebook_dim, 1) if codebook_dim != dim else nn.Identity()
         self.proj_out = nn.Conv1d(codebook_dim, dim, 1) if codebook_dim != dim else nn.Identity()
         self.register_buffer("codebook", torch.randn(size, codebook_dim) * 0.1)
@@ -264,10 +266,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _init_from(self, flat: Tensor) -> None:
+        uniform = flat.shape[0] / self.codebook.shape[0]
         idx = torch.randint(0, flat.shape[0], (self.codebook.shape[0],), device=flat.device)
         self.codebook.copy_(flat[idx])
-        self.embed_sum.copy_(flat[idx])
-        self.cluster_size.fill_(1.0)
+        self.embed_sum.copy_(flat[idx] * uniform)
+        self.cluster_size.fill_(uniform)
         self.initialized.fill_(True)
 
     @torch.no_grad()
@@ -278,12 +281,13 @@ class VectorQuantizer(nn.Module):
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + 1e-5) / (n + self.codebook.shape[0] * 1e-5) * n
         self.codebook.copy_(self.embed_sum / smoothed[:, None])
-        dead = self.cluster_size < self.dead_threshold
-        if dead.any():  # re-seed unused codes with random current inputs
+        uniform = flat.shape[0] / self.codebook.shape[0]
+        dead = self.cluster_size < self.dead_fraction * uniform
+        if dead.any():  # re-seed unused codes with random current inputs, at uniform usage
             idx = torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)
             self.codebook[dead] = flat[idx]
-            self.embed_sum[dead] = flat[idx]
-            self.cluster_size[dead] = 1.0
+            self.embed_sum[dead] = flat[idx] * uniform
+            self.cluster_size[dead] = uniform
 
 
 class ResidualVQ(nn.Module):

@@ -31,6 +31,19 @@ def _require(folder: Path, what: str, builder: str) -> None:
         raise FileNotFoundError(f"{folder} does not exist: build the {what} corpus first with `python {builder}`")
 
 
+class TokenizerTask(Task):
+    """Common part: the model is ``tokenizer_cls(cfg.section(section))``; checkpoints carry ``tokenizer/``."""
+
+    tokenizer_cls: type
+    section: str
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        return self.tokenizer_cls(cfg.section(self.section))
+
+    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
+        model.save(Path(folder) / "tokenizer")
+
+
 # ---- speech ------------------------------------------------------------------------------------
 class SpeechSegments(torch.utils.data.Dataset):
     """Fixed, non-overlapping crops of ``segment`` samples over a split's utterances laid end to end.
@@ -60,19 +73,22 @@ class SpeechSegments(torch.utils.data.Dataset):
 
 
 def multiscale_mel_loss(recon: Tensor, target: Tensor, sample_rate: int, n_ffts: list[int], n_mels: int) -> Tensor:
-    """Mean over STFT sizes of L1(log-mel) + L1(mel): both ``[B, 1, S]``."""
+    """Mean over STFT sizes of L1 between log-mel spectrograms of ``[B, 1, S]`` waveforms.
+
+    Log magnitudes weigh quiet and loud bands alike (a linear-magnitude term would be dominated by
+    the few loudest bins); the number of mel bins is capped at n_fft/8 so small FFTs get no empty bands.
+    """
     total = recon.new_zeros(())
     for n_fft in n_ffts:
-        a = mel_spectrogram(recon, sample_rate, n_fft, n_mels=min(n_mels, n_fft // 8), log=False)
-        b = mel_spectrogram(target, sample_rate, n_fft, n_mels=min(n_mels, n_fft // 8), log=False)
-        total = total + F.l1_loss(a.clamp(min=1e-5).log(), b.clamp(min=1e-5).log()) + F.l1_loss(a, b)
+        bins = min(n_mels, n_fft // 8)
+        total = total + F.l1_loss(mel_spectrogram(recon, sample_rate, n_fft, n_mels=bins),
+                                  mel_spectrogram(target, sample_rate, n_fft, n_mels=bins))
     return total / len(n_ffts)
 
 
 @register_task("codec")
-class CodecTask(Task):
-    def build_model(self, cfg: Config) -> nn.Module:
-        return SpeechCodec(cfg.section("codec"))
+class CodecTask(TokenizerTask):
+    tokenizer_cls, section = SpeechCodec, "codec"
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         c: CodecConfig = cfg.section("codec")
@@ -94,9 +110,6 @@ class CodecTask(Task):
 
     def tokens_in(self, batch: Tensor) -> int:
         return batch.shape[0] * batch.shape[-1]  # samples
-
-    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
-        model.save(Path(folder) / "tokenizer")
 
 
 # ---- images ------------------------------------------------------------------------------------
@@ -132,9 +145,8 @@ def reconstruction_loss(recon: Tensor, target: Tensor) -> tuple[Tensor, dict[str
 
 
 @register_task("image")
-class ImageTask(Task):
-    def build_model(self, cfg: Config) -> nn.Module:
-        return ImageTokenizer(cfg.section("image_tok"))
+class ImageTask(TokenizerTask):
+    tokenizer_cls, section = ImageTokenizer, "image_tok"
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         c: ImageTokConfig = cfg.section("image_tok")
@@ -146,9 +158,6 @@ class ImageTask(Task):
 
     def tokens_in(self, batch: Tensor) -> int:
         return batch.shape[0]  # images
-
-    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
-        model.save(Path(folder) / "tokenizer")
 
 
 # ---- video -------------------------------------------------------------------------------------
@@ -177,36 +186,12 @@ class VideoClips(torch.utils.data.Dataset):
 
 
 @register_task("video")
-class VideoTask(Task):
-    def build_model(self, cfg: Config) -> nn.Module:
-        return VideoTokenizer(cfg.section("video_tok"))
+class VideoTask(ImageTask):
+    tokenizer_cls, section = VideoTokenizer, "video_tok"
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         c: VideoTokConfig = cfg.section("video_tok")
         return VideoClips(c.data_path, split, c.clip_frames, c.image_size)
 
-    def loss(self, model: nn.Module, batch: Tensor) -> tuple[Tensor, dict[str, float]]:
-        return reconstruction_loss(model(batch)[0], batch)
-
     def tokens_in(self, batch: Tensor) -> int:
         return batch.shape[0] * batch.shape[1]  # frames
-
-    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
-        model.save(Path(folder) / "tokenizer")
-
-
-def evaluate_loss(task: Task, model: nn.Module, dataset: torch.utils.data.Dataset, batch_size: int = 8) -> dict[str, float]:
-    """Mean of the task's metrics over ``dataset`` (eval mode, no gradient; codec: all codebooks)."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            batch = task.collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-            _, metrics = task.loss(model, batch)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * len(batch)
-            n += len(batch)
-    model.train(was_training)
-    return {k: v / n for k, v in sums.items()}

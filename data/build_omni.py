@@ -324,7 +324,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
         "format": FORMAT,
         "vocab": vocab.to_dict(),
         "tokenizers": folders,
-        "splits": {k: write_split(out, k, v) for k, v in splits.items()},
+        "splits": {k: write_split(out, k, v) for k, v in splits.items() if v},
         "tasks": counts,
         "assistant_voice": list(ASSISTANT_VOICE),
     }

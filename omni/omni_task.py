@@ -188,6 +188,7 @@ class OmniTask(Task):
 
         index = self._index(cfg)
         out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
         (out / "vocab.json").write_text(json.dumps(index["vocab"], indent=1))
         build_text_tokenizer(cfg.tokenizer).save(out / "tokenizers" / "text")
         for name, src in index["tokenizers"].items():

@@ -1,0 +1,44 @@
+"""data/build_omni.py -> OmniDataset rows -> the omni task's loss and checkpoint side files, at a tiny scale."""
+import json
+
+import pytest
+import torch
+
+from tests import omni_fixtures as F
+
+one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
+
+
+def test_corpus_rows_and_loss(tmp_path):
+    pytest.importorskip("espeakng_loader")
+    from omni.config import load_config
+    from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
+    from omni.data.build_omni import build_omni_corpus
+    from omni.omni_task import OmniTask, read_index
+
+    cfg = load_config("configs/omni-tiny.yaml", [
+        f"data.path={tmp_path / 'corpus'}", f"tokenizer.path={tmp_path / 'text'}", "tokenizer.vocab_size=600",
+        f"omni.codec={tmp_path / 'none'}", f"omni.image_tokenizer={tmp_path / 'none'}",
+        f"omni.video_tokenizer={tmp_path / 'none'}", "data.seq_len=256", "model.dim=64", "model.n_layers=1",
+        "model.ffn_dim=128", "omni.depth_dim=32", "omni.depth_layers=1", "omni.depth_ffn_dim=64",
+    ])
+    build_omni_corpus(cfg, scale=0.02)
+    index = read_index(cfg.data.path)
+    assert set(index["tasks"]) == {"text", "s2s", "asr", "tts", "caption", "draw", "video"}
+    task = OmniTask()
+    model = task.build_model(cfg)
+    assert model.decoder.vocab_size == index["vocab"]["text_size"] + 1000 + 125 + 3  # rounded to 64: 1728
+    ds = task.build_dataset(cfg)
+    rows = [ds[i] for i in range(len(ds))]
+    mods = torch.cat([r["modality"] for r in rows])
+    assert all((mods == m).any() for m in (MOD_AUDIO, MOD_IMAGE, MOD_VIDEO))
+    row = rows[0]
+    assert row["tokens"].shape == (257,) and row["audio"].shape == (257, 8)
+    assert bool(((row["audio"][:, 0] >= 0) == (row["modality"] == MOD_AUDIO)).all())
+    loss, metrics = task.loss(model, task.collate(rows[:2]))
+    loss.backward()
+    assert torch.isfinite(loss) and {"loss_text", "loss_audio", "loss_monologue", "loss_image", "audio_acc"} <= set(metrics)
+    task.on_save(model, cfg, str(tmp_path / "step"))
+    assert json.loads((tmp_path / "step" / "vocab.json").read_text()) == index["vocab"]
+    for name in ("text", "codec", "image", "video"):
+        assert (tmp_path / "step" / "tokenizers" / name / "tokenizer.json").is_file()

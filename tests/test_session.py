@@ -119,6 +119,23 @@ def test_barge_in_cuts_output_and_keeps_history(env, trained):
     assert torch.equal(again.audio[: len(log.tokens)], log.audio)
 
 
+def test_barge_in_drops_unplayed_frames(env, trained):
+    """A client with 3 returned frames still in its playback buffer: they leave the history and the cache."""
+    tok, codec, v, fmt, _ = env
+    m, pairs, _ = trained
+    q0, a0, _ = pairs[0]
+    with SpeechSession(m, codec, fmt, 1) as s:
+        returned = [o.codes[0] for o in s.feed(q0, end_turn=True) if o.speaking[0]]
+        returned += [s.tick(torch.zeros(1, 1, HOP)).codes[0] for _ in range(4)]
+        s.tick(noise(1, 98), interrupt=torch.tensor([True]), unplayed=torch.tensor([3]))
+        hist, log = s.history(0), s.logged_stream(0)
+        assert int(m.decoder.streaming_offset[0]) == len(log.tokens)
+    heard = len(returned) - 3
+    cut = hist[1].content[0]
+    assert cut.interrupted and torch.equal(cut.codes, a0[:, :heard])
+    assert torch.equal(fmt.serialise(hist).tokens[: len(log.tokens)], log.tokens)
+
+
 def test_barge_in_by_voice_in_a_batch(env, trained):
     """Row 0 is interrupted by real (synthetic) speech detected by Silero VAD; row 1 is not and its
     reply is the same as when it is served alone."""

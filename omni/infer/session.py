@@ -13,8 +13,10 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
   decoder), decodes it with the streaming codec and returns it immediately;
 * barge-in: speech from the user for ``barge_in_ms`` while a row responds (or an explicit
-  ``interrupt`` flag) ends the reply with ``<|interrupt|>`` after the frames already returned —
-  exactly what the user heard — and opens a user turn with the frames that interrupted it.
+  ``interrupt`` flag) ends the reply with ``<|interrupt|>`` after the frames the user heard — all
+  those returned, less the ``unplayed`` ones a client reports still in its playback buffer, which are
+  cut from the history and the KV cache (``Decoder.set_streaming_offset``) — and opens a user turn
+  with the frames that interrupted it.
 
 Rows advance independently inside one batched decoder call: each row feeds its own number of
 positions; shorter rows are padded and their cache offset is set back with
@@ -152,8 +154,13 @@ class SpeechSession:
 
     # ---- one tick -------------------------------------------------------------------------------
     @torch.no_grad()
-    def tick(self, wav: Tensor, end_turn: Optional[Tensor] = None, interrupt: Optional[Tensor] = None) -> TickOutput:
-        """One frame of input audio per row, wav [B, 1, hop] -> one frame of output per row."""
+    def tick(self, wav: Tensor, end_turn: Optional[Tensor] = None, interrupt: Optional[Tensor] = None,
+             unplayed: Optional[Tensor] = None) -> TickOutput:
+        """One frame of input audio per row, wav [B, 1, hop] -> one frame of output per row.
+
+        ``end_turn`` / ``interrupt``: [B] bool, explicit end of the user's turn / barge-in. ``unplayed``:
+        [B] long, frames already returned that the client has not played yet (default 0); on a
+        barge-in they did not reach the user, so they leave the conversation."""
         if wav.shape != (self.B, 1, self.hop):
             raise ValueError(f"tick expects one frame [B={self.B}, 1, hop={self.hop}], got {list(wav.shape)}")
         sp, events = self.sp, []
@@ -162,6 +169,7 @@ class SpeechSession:
         # Without a VAD any non-silent frame opens a user turn (turns then end only explicitly).
         voiced = speech if self.vad is not None else (wav.abs().amax((1, 2)) > SILENCE_PEAK).tolist()
         end_turn, interrupt = self._rows(end_turn).tolist(), self._rows(interrupt).tolist()
+        unheard = [0] * self.B if unplayed is None else torch.as_tensor(unplayed).reshape(self.B).tolist()
         items: list[list[tuple[int, Optional[list[int]]]]] = [[] for _ in range(self.B)]
         choose = [False] * self.B
         for b in range(self.B):
@@ -185,6 +193,7 @@ class SpeechSession:
                 self.onset[b] = self.onset[b] + 1 if speech[b] else 0
                 self.preroll[b] = (self.preroll[b] + [frames[b]])[-self.barge_frames:] if speech[b] else []
                 if interrupt[b] or self.onset[b] >= self.barge_frames:
+                    self._unsay(b, items[b], min(int(unheard[b]), self.reply_frames[b]))
                     items[b] += [(sp["<|interrupt|>"], None), (sp["<|end_of_turn|>"], None),
                                  (sp["<|user|>"], None), (sp["<|audio_start|>"], None)]
                     items[b] += [(sp["<|text_pad|>"], f) for f in (self.preroll[b] or [frames[b]])]
@@ -224,6 +233,22 @@ class SpeechSession:
         for m in self.codec.decoder.modules():
             if isinstance(m, StreamingModule):
                 m.reset_streaming(row.to(self.codec_device))
+
+    def _unsay(self, b: int, items: list[tuple[int, Optional[list[int]]]], n: int) -> None:
+        """Drop row b's last ``n`` reply frames: the pending one (not fed yet) from ``items``, the
+        others from the log and the KV cache (the cache offset moves back; what lies beyond it is
+        never attended to and is overwritten)."""
+        while n and items and items[-1][1] is not None:
+            items.pop()
+            n -= 1
+        k = 0
+        while k < n and self.log[b][-1 - k][1] is not None:
+            k += 1
+        if k:
+            del self.log[b][-k:]
+            offset = self.model.decoder.streaming_offset.clone()
+            offset[b] -= k
+            self.model.decoder.set_streaming_offset(offset)
 
     def _forward(self, items: list[list[tuple[int, Optional[list[int]]]]]) -> Optional[Tensor]:
         """Append each row's positions to its KV cache in one batched call; last hidden [B, dim]."""

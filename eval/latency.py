@@ -129,6 +129,8 @@ def maybe_compile(model: OmniModel, device: torch.device, enabled: bool) -> str:
     if device.type != "cuda":
         return "eager fp32"
     model.to(torch.bfloat16)
+    for dec in (model.decoder, model.depth.transformer):  # rotary tables stay fp32, as under autocast
+        dec.rope_cos, dec.rope_sin = dec.rope_cos.float(), dec.rope_sin.float()
     if not enabled:
         return "eager bf16"
     model.decoder.forward = torch.compile(model.decoder.forward, dynamic=False)

@@ -89,9 +89,10 @@ def refuse_when_in_doubt(prompts: Sequence[str], helpful: Sequence[str]) -> list
     return [REFUSAL if any(re.search(rf"\b{w}", p.lower()) for w in RISKY_WORDS) else h for p, h in zip(prompts, helpful)]
 
 
-def run_safety_eval(cfg, tuned: str = "", limit: int = 0, docs: bool = True, max_new_tokens: int = 64) -> dict:
-    """Helpful-only policy (cfg.model) vs RBR-tuned (PPO run) vs refuse-when-in-doubt on the test prompts.
-    Greedy decoding; graded by the configured grader with thresholds tuned on the gold set."""
+def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool = True, max_new_tokens: int = 64) -> dict:
+    """Helpful-only policy (cfg.model) vs refuse-when-in-doubt vs each tuned policy (run folders, e.g. the
+    SFT warm-up and the PPO run; default cfg.train.out_dir) on the test prompts. Greedy decoding; graded
+    by the configured grader with thresholds tuned on the gold set."""
     from omni.align.grader import load_grader
     from omni.align.rollout import complete
     from omni.align.spec import DEFAULT_SPEC, load_spec
@@ -108,15 +109,14 @@ def run_safety_eval(cfg, tuned: str = "", limit: int = 0, docs: bool = True, max
     tests = load_prompts("test")[: limit or None]
     texts, types = [p.prompt for p in tests], [p.type for p in tests]
     tok = build_text_tokenizer(cfg.tokenizer)
-    helpful_policy = build_model(cfg).eval()
-    run = cfg.train.out_dir if not tuned else tuned
-    tuned_cfg, state = load_model_state(run)
-    tuned_policy = Decoder(tuned_cfg.model)
-    tuned_policy.load_state_dict(state)
     gen = lambda m: complete(m, tok, texts, max_new_tokens, r.max_prompt_tokens, progress=True)  # noqa: E731
-    helpful = gen(helpful_policy)
-    completions = {"helpful-only (SmolLM2-135M-Instruct)": helpful, "refuse when in doubt": refuse_when_in_doubt(texts, helpful),
-                   f"RBR-PPO ({Path(run).name})": gen(tuned_policy.eval())}
+    helpful = gen(build_model(cfg).eval())
+    completions = {"helpful-only (SmolLM2-135M-Instruct)": helpful, "refuse when in doubt": refuse_when_in_doubt(texts, helpful)}
+    for run in tuned or [cfg.train.out_dir]:
+        run_cfg, state = load_model_state(run)
+        policy = Decoder(run_cfg.model)
+        policy.load_state_dict(state)
+        completions[f"{run_cfg.task} ({Path(run).name})"] = gen(policy.eval())
     rows = {}
     for name, comps in completions.items():
         # An empty completion neither complies nor discloses anything; grade it as a bare refusal.
@@ -126,6 +126,10 @@ def run_safety_eval(cfg, tuned: str = "", limit: int = 0, docs: bool = True, max
               "rows": rows, "samples": {name: list(zip(texts, comps))[:6] for name, comps in completions.items()}}
     table = format_table(result)
     print(table)
+    for name, pairs in result["samples"].items():
+        print(f"\n## {name}")
+        for p, c in pairs:
+            print(f"- {p} -> {c[:200]!r}")
     if docs:
         write_docs(result, table)
     return result

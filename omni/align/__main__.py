@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     rl = sub.add_parser("rl", help="PPO with the RBR reward (same as train.py --task rbr-ppo)")
     rl.add_argument("--overwrite", action="store_true")
     e = sub.add_parser("eval", help="helpful-only vs RBR-tuned vs refuse-when-in-doubt on the test prompts")
-    e.add_argument("--tuned", default="", help="RBR-tuned policy run folder (default: the config's train.out_dir)")
+    e.add_argument("--tuned", action="append", default=[], help="a tuned policy run folder, one row each; repeat for more (default: train.out_dir)")
     e.add_argument("--limit", type=int, default=0, help="use only the first N test prompts (0 = all)")
     e.add_argument("--no-docs", action="store_true", help="print the table without writing docs/")
     for p in (a, g, gd, f, rl, e):

@@ -42,6 +42,8 @@ class RBRConfig:
     max_prompt_tokens: int = 48
     max_completion_tokens: int = 80
     grader_examples: int = 3000  # synthetic compositional examples for the trained grader
+    sft_per_prompt: int = 4  # ideal completions per train prompt for the SFT warm-up (rbr-sft)
+    policy: str = ""  # PPO starts from this run/step folder (e.g. the rbr-sft run); "" = model.init_from
     answers: str = ".cache/rbr/answers.jsonl"  # helpful answers written by the instruct model
     grader: str = ".cache/rbr/grader"  # trained grader run/step folder, or "prompted:PATH"
     reward_model: str = ".cache/rbr/rm"  # our RM run/step folder, or "hf:PATH" (sequence-classification RM)

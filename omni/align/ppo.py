@@ -145,6 +145,10 @@ class RBRPPOTask(Task):
         spec = load_spec(r.spec or DEFAULT_SPEC)
         tok = build_text_tokenizer(cfg.tokenizer)
         policy = build_model(cfg)
+        if r.policy:  # e.g. the SFT warm-up; it is also the KL reference
+            from omni.train.checkpoint import load_model_state
+
+            policy.load_state_dict(load_model_state(r.policy)[1])
         reward = RBRReward(load_grader(spec, r.grader), RBRWeights.load(r.weights, spec),
                            RewardModel.load(r.reward_model) if r.reward_model else None, r.rbr_scale)
         ppo = PPO(policy, r.ppo, t.lr, stop_ids(tok), t.grad_clip, t.seed)

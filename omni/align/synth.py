@@ -223,6 +223,15 @@ def comparison_set(spec: Spec, prompts: Sequence[Prompt], per_class: int = 1,
     return out
 
 
+def sft_examples(spec: Spec, prompts: Sequence[Prompt], per_prompt: int = 4, answers: Mapping[str, Sequence[str]] | None = None,
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, ideal completion) pairs for supervised warm-up before PPO: the spec's ideal class of
+    each prompt's response type, composed ``per_prompt`` times in different phrasings."""
+    comp = Composer(spec, answers, seed)
+    return [(p.prompt, comp.compose(p, comp.labels_for_class(p.type, "ideal", extra_p=0.0)))
+            for p in prompts for _ in range(per_prompt)]
+
+
 def preference_pairs(prompts: Sequence[Prompt], answers: Mapping[str, Sequence[str]], seed: int = 0) -> list[tuple[str, str, str]]:
     """Helpful-only (prompt, chosen, rejected): a full answer beats a truncated, off-topic or refusing one."""
     rng = random.Random(seed)

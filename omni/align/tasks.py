@@ -3,10 +3,15 @@
 * ``rbr-grader`` — backbone + multi-label proposition head on compositional synthetic completions
   (binary cross-entropy per proposition);
 * ``rbr-rm`` — helpful-only Bradley–Terry reward model: backbone + scalar head on (prompt, chosen,
-  rejected) pairs, loss −log σ(r_chosen − r_rejected).
+  rejected) pairs, loss −log σ(r_chosen − r_rejected);
+* ``rbr-sft`` — supervised warm-up of the policy on the spec's ideal completions (the synthetic
+  comparison data's ideal ones), cross-entropy on completion tokens, before PPO. A policy that never
+  refuses almost never samples a refusal, so PPO alone has nothing to reinforce (as in the paper,
+  RL starts from an SFT model).
 
     python train.py --config configs/rbr-grader-135m.yaml
     python train.py --config configs/rbr-rm-135m.yaml
+    python train.py --config configs/rbr-sft-135m.yaml
 """
 from __future__ import annotations
 
@@ -113,6 +118,47 @@ class RewardModelTask(_RBRTask):
         chosen, rejected = r.chunk(2)
         margin = chosen - rejected
         return -F.logsigmoid(margin).mean(), {"accuracy": float((margin.detach() > 0).float().mean())}
+
+    def tokens_in(self, batch: dict[str, Tensor]) -> int:
+        return int(batch["lengths"].sum())
+
+
+@register_task("rbr-sft")
+class SFTTask(_RBRTask):
+    def build_model(self, cfg: Config) -> nn.Module:
+        from omni.align.models import freeze_below
+        from omni.model.build import build_model
+
+        model = build_model(cfg)
+        freeze_below(model, cfg.section("rbr").train_layers)
+        return model
+
+    def build_dataset(self, cfg: Config, split: str = "train") -> list[dict[str, Any]]:
+        from omni.align.data import load_prompts
+        from omni.align.rollout import prompt_ids, stop_ids
+        from omni.align.synth import sft_examples
+
+        r, tok = self._setup(cfg)
+        end = stop_ids(tok)[-1]  # the chat template's end of turn
+        examples = sft_examples(self.spec, load_prompts("train"), r.sft_per_prompt, load_answers(r.answers), cfg.train.seed)
+        out = []
+        for prompt, completion in examples:
+            p = prompt_ids(tok, [prompt], r.max_prompt_tokens)[0]
+            c = tok.encode(completion)[: r.max_completion_tokens] + [end]
+            out.append({"ids": p + c, "n_prompt": len(p)})
+        return out
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+        tokens, lengths = pad_batch([it["ids"] for it in items])
+        targets = torch.full_like(tokens, -100)  # loss only on completion tokens
+        for i, it in enumerate(items):
+            targets[i, it["n_prompt"] - 1: len(it["ids"]) - 1] = tokens[i, it["n_prompt"]: len(it["ids"])]
+        return {"tokens": tokens, "targets": targets, "lengths": lengths}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """Cross-entropy of the completion tokens."""
+        logits = model(batch["tokens"])  # [B, S, V]
+        return F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100), {}
 
     def tokens_in(self, batch: dict[str, Tensor]) -> int:
         return int(batch["lengths"].sum())

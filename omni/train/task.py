@@ -87,6 +87,7 @@ TASK_MODULES = {
     "rbr-grader": "omni.align.tasks",
     "rbr-rm": "omni.align.tasks",
     "rbr-ppo": "omni.align.ppo",
+    "rbr-sft": "omni.align.tasks",
     "codec": "omni.tokenizers.tasks",
     "image": "omni.tokenizers.tasks",
     "video": "omni.tokenizers.tasks",

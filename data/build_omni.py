@@ -19,8 +19,9 @@ the frozen tokenizers named in the config (``tokenizer`` + ``omni.codec`` / ``om
 ``omni.video_tokenizer``: tokenizer folders or the run folders of their training). A missing
 sentencepiece model is trained on the corpus text; a missing codec / image / video tokenizer is
 replaced by an *untrained* one (random weights, the config's ``codec`` / ``image_tok`` / ``video_tok``
-shapes, kept in ``data.path/untrained_tokenizers``) with a warning: the pipeline then works end to
-end, but speech and pictures decode to noise until trained tokenizers are named and the corpus rebuilt.
+shapes) with a warning: the pipeline then works end to end, but speech and pictures decode to noise
+until trained tokenizers are named and the corpus rebuilt. The tokenizers used are saved with the
+corpus (``data.path/tokenizers/``), since their codes are in it.
 
     python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/omni_task.py)
 """
@@ -31,7 +32,7 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -145,33 +146,34 @@ def tokenizer_folder(path: str) -> Optional[Path]:
     return folder if (folder / "tokenizer.json").is_file() else None
 
 
-def load_or_create(path: str, create: Callable[[], Tokenizer], what: str, cache: Path) -> tuple[Tokenizer, Path]:
-    """(tokenizer, its folder): the trained one ``path`` names, else an UNTRAINED one (random
-    weights, the config's shape) saved under ``cache`` — with a warning, since it decodes to noise."""
-    folder = tokenizer_folder(path)
-    if folder is not None:
-        return load_tokenizer(folder), folder
-    folder = cache / what.replace(" ", "_")
-    if not (folder / "tokenizer.json").is_file():
-        print(f"warning: no trained {what} at {path}; using an UNTRAINED one ({folder}). Everything runs, "
-              f"but its outputs decode to noise: train one (see docs/omni.md) and rebuild the corpus.", file=sys.stderr)
-        create().save(folder)
-    return load_tokenizer(folder), folder
-
-
-def frozen_tokenizers(cfg: Config) -> tuple[dict[str, Tokenizer], dict[str, str]]:
-    """codec, image and video tokenizers of ``cfg`` (trained, or untrained stand-ins) and their folders."""
+def frozen_tokenizers(cfg: Config, out: Path) -> tuple[dict[str, Tokenizer], dict[str, str]]:
+    """codec, image and video tokenizers of ``cfg`` — trained ones where the config names them, else
+    untrained stand-ins (seeded random weights, the config's shapes) — each saved into
+    ``out/tokenizers/NAME`` so the corpus keeps the exact tokenizers its codes came from (a training
+    run may rotate its checkpoints away). Returns the tokenizers and where each came from."""
     from omni.tokenizers.codec import SpeechCodec
     from omni.tokenizers.image import ImageTokenizer
     from omni.tokenizers.video import VideoTokenizer
 
-    o, cache = cfg.section("omni"), Path(cfg.data.path) / "untrained_tokenizers"
-    made = {
-        "codec": load_or_create(o.codec, lambda: SpeechCodec(cfg.section("codec")), "speech codec", cache),
-        "image": load_or_create(o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "image tokenizer", cache),
-        "video": load_or_create(o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "video tokenizer", cache),
+    o = cfg.section("omni")
+    wanted = {
+        "codec": (o.codec, lambda: SpeechCodec(cfg.section("codec")), "speech codec"),
+        "image": (o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "image tokenizer"),
+        "video": (o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "video tokenizer"),
     }
-    return {k: t.eval() for k, (t, _) in made.items()}, {k: str(f) for k, (_, f) in made.items()}
+    toks, sources = {}, {}
+    for name, (path, create, what) in wanted.items():
+        folder = tokenizer_folder(path)
+        if folder is not None:
+            toks[name], sources[name] = load_tokenizer(folder), str(folder)
+        else:
+            print(f"warning: no trained {what} at {path}; using an UNTRAINED one. Everything runs, but its "
+                  "outputs decode to noise: train one (see docs/omni.md) and rebuild the corpus.", file=sys.stderr)
+            torch.manual_seed(0)
+            toks[name], sources[name] = create(), "untrained"
+        toks[name].save(out / "tokenizers" / name)
+        toks[name].eval()
+    return toks, sources
 
 
 # ---- conversations ---------------------------------------------------------------------------------
@@ -297,7 +299,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
 
     out = Path(out or cfg.data.path)
     out.mkdir(parents=True, exist_ok=True)
-    toks, folders = frozen_tokenizers(cfg)
+    toks, sources = frozen_tokenizers(cfg, out)
     tcfg = cfg.tokenizer
     sp_folder = Path(tcfg.path).parent if tcfg.path.endswith(".model") else Path(tcfg.path)
     if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
@@ -323,7 +325,8 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     index = {
         "format": FORMAT,
         "vocab": vocab.to_dict(),
-        "tokenizers": folders,
+        "tokenizers": {name: str(out / "tokenizers" / name) for name in toks},
+        "tokenizer_sources": sources,
         "splits": {k: write_split(out, k, v) for k, v in splits.items() if v},
         "tasks": counts,
         "assistant_voice": list(ASSISTANT_VOICE),

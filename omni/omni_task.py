@@ -2,8 +2,9 @@
 
 Corpus folder (written by data/build_omni.py)::
 
-    index.json            {"format": "omni-stream-v1", "vocab": OmniVocab, "tokenizers": {...},
+    index.json            {"format": "omni-stream-v2", "vocab": OmniVocab, "tokenizers": {...},
                            "splits": {"train": {"positions": N, "docs": D}, "val": ...}, "tasks": {...}}
+    tokenizers/{codec,image,video}/   the frozen tokenizers the codes came from
     SPLIT.tokens.npy      int32 [N]      unified-vocabulary ids (omni/conversation.py)
     SPLIT.audio.npy       int16 [N, K]   audio codes, -1 where the position is not a frame
     SPLIT.span.npy        int32 [N]      bidirectional span ids (input images / video frames)
@@ -38,7 +39,7 @@ from omni.model.omni import OmniModel, build_omni_model
 from omni.train.task import Task, register_task
 
 Tensor = torch.Tensor
-FORMAT = "omni-stream-v1"
+FORMAT = "omni-stream-v2"
 FIELDS = ("tokens", "audio", "span", "loss", "modality")
 
 

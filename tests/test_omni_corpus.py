@@ -25,6 +25,7 @@ def test_corpus_rows_and_loss(tmp_path):
     build_omni_corpus(cfg, scale=0.02)
     index = read_index(cfg.data.path)
     assert set(index["tasks"]) == {"text", "s2s", "asr", "tts", "caption", "draw", "video"}
+    assert set(index["tokenizer_sources"].values()) == {"untrained"}  # saved with the corpus all the same
     task = OmniTask()
     model = task.build_model(cfg)
     assert model.decoder.vocab_size == index["vocab"]["text_size"] + 1000 + 125 + 3  # rounded to 64: 1728
@@ -42,3 +43,16 @@ def test_corpus_rows_and_loss(tmp_path):
     assert json.loads((tmp_path / "step" / "vocab.json").read_text()) == index["vocab"]
     for name in ("text", "codec", "image", "video"):
         assert (tmp_path / "step" / "tokenizers" / name / "tokenizer.json").is_file()
+
+
+def test_tokenizers_found_in_training_runs(tmp_path):
+    """omni.codec may name the codec's training run: its newest checkpoint's tokenizer/ is used."""
+    from omni.data.build_omni import tokenizer_folder
+
+    step = tmp_path / "run" / "checkpoints" / "step_0000007"
+    F.codec().save(step / "tokenizer")
+    for f in ("model.safetensors", "config.yaml", "trainer.json"):
+        (step / f).write_text("")
+    assert tokenizer_folder(str(tmp_path / "run")) == step / "tokenizer"
+    assert tokenizer_folder(str(step / "tokenizer")) == step / "tokenizer"
+    assert tokenizer_folder(str(tmp_path / "nothing")) is None

@@ -52,6 +52,9 @@ def test_image_out_is_a_valid_image(bot):
     assert img.shape == (3, 16, 16) and img.dtype == torch.float32 and 0 <= float(img.min()) <= float(img.max()) <= 1
     assert torch.equal([p for p in r.reply.parts if isinstance(p, Image)][0].codes, d["drawn"])
     assert torch.allclose(img, b.image_tok.decode(d["drawn"][None])[0])
+    # a token budget that ends inside the image: the image is finished all the same
+    short = b.chat([{"role": "user", "content": "the cat sat on the mat."}], reply_in_speech=False, max_new_tokens=2)
+    assert len(short.images) == 1 and torch.equal(short.images[0], img) and short.reply.truncated
 
 
 def test_image_and_video_in(bot, tmp_path):

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from omni.conversation import ConversationFormat, Message, Part, Stream
-from omni.infer.decoding import AUDIO, TEXT, Decoding
+from omni.infer.decoding import AUDIO, IMAGE, IMAGE_END, TEXT, Decoding
 from omni.model.attention import AttentionMask
 from omni.model.generate import SamplingConfig
 from omni.model.omni import OmniModel
@@ -40,11 +40,12 @@ def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Mes
 
     ``reply_in_speech`` opens the reply with ``<|audio_start|>`` (what the speech session does);
     otherwise the model chooses the modality. Generation stops at ``<|end_of_turn|>``, after
-    ``max_new_tokens`` positions, or when the context is full.
+    ``max_new_tokens`` positions (an image already begun is completed first), or when the context
+    is full (an unfinished image is then dropped).
     """
     prompt = fmt.serialise(messages, add_generation_prompt=True, reply_in_speech=reply_in_speech)
-    budget = min(max_new_tokens, model.max_seq_len - len(prompt))
-    if budget <= 0:
+    room = model.max_seq_len - len(prompt)
+    if room <= 0:
         raise ValueError(f"the conversation takes {len(prompt)} positions, the model's context is "
                          f"{model.max_seq_len}: shorten it (fewer/shorter audio, images, video)")
     was_training = model.training
@@ -55,16 +56,23 @@ def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Mes
             hidden = prefill(model, prompt)
             dec = Decoding(model, fmt.vocab, 1, sampling, audio_sampling, generator)
             dec.start(torch.ones(1, dtype=torch.bool), AUDIO if reply_in_speech else TEXT)
-            for _ in range(budget):
+            for _ in range(room):
+                drawing = int(dec.state[0]) in (IMAGE, IMAGE_END)  # an image once begun is finished
+                if len(toks) >= max_new_tokens and not drawing:
+                    break
                 tok, code = dec.choose(hidden)
                 toks.append(tok)
                 codes.append(code)
-                if bool(dec.done.all()) or len(toks) == budget:
+                if bool(dec.done.all()) or len(toks) == room:
                     break
                 hidden = model(tok[:, None], code[:, None])[:, -1]
     finally:
         model.train(was_training)
-    tokens, audio = torch.cat(toks).cpu(), torch.cat(codes).cpu()
+    if int(dec.state[0]) in (IMAGE, IMAGE_END):  # the context ran out inside an image: drop it
+        start = max(i for i, t in enumerate(toks) if int(t) == fmt.sp["<|image_start|>"])
+        toks, codes = toks[:start], codes[:start]
+    tokens = torch.cat(toks).cpu() if toks else torch.zeros(0, dtype=torch.long)
+    audio = torch.cat(codes).cpu() if codes else torch.zeros(0, model.K, dtype=torch.long)
     truncated = not bool(dec.done.all())
     if reply_in_speech:  # parse the reply with the opening marker the prompt supplied
         tokens = torch.cat([torch.tensor([fmt.sp["<|audio_start|>"]]), tokens])

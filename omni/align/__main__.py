@@ -97,9 +97,15 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
     comps = comparison_set(spec, load_prompts("train"), args.per_class, load_answers(r.answers), seed=cfg.train.seed)
     flat = [g for _, items, _ in comps for g in items]
     props = grader.probabilities([g.prompt for g in flat], [g.completion for g in flat], progress=True)
+    base = None
+    if r.reward_model:  # fit on top of R_rm, the reward PPO adds the RBR term to
+        from omni.align.reward import RewardModel
+
+        base = RewardModel.load(r.reward_model).score([g.prompt for g in flat], [g.completion for g in flat])
     groups, k = [], 0
     for p, items, ranks in comps:
-        groups.append(Group(p.type, props[k: k + len(items)], torch.tensor(ranks)))
+        groups.append(Group(p.type, props[k: k + len(items)], torch.tensor(ranks),
+                            None if base is None else base[k: k + len(items)]))
         k += len(items)
     weights, report = fit(groups, spec, margin=args.margin, seed=cfg.train.seed)
     weights.save(r.weights, report)
@@ -108,7 +114,8 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
     if args.docs:
         from omni.eval.eval_safety import replace_block
 
-        lines = [f"Margin {report['margin']}, {report['optimiser']}; {args.per_class} completions per class per prompt.", "",
+        lines = [f"Margin {report['margin']}, {report['optimiser']}; {args.per_class} completions per class per prompt; "
+                 f"ranked quantity: {'R_rm + w·φ' if base is not None else 'w·φ'}.", "",
                  "| type | prompts train/val | error train before → after | error val before → after |", "|---|---|---|---|"]
         for t, v in report["types"].items():
             lines.append(f"| {t} | {v['prompts_train']}/{v['prompts_val']} | {v['error_train_before']:.3f} → "

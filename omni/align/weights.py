@@ -6,6 +6,10 @@ completion above every other one: max(0, margin − (w·φ_i − w·φ_j)),
 with margin 1, a small L2 penalty, optimised full-batch with Adam (lr 0.05). The error rate is the
 fraction of (ideal, worse) pairs where the worse completion scores at least as high as the ideal one.
 Before fitting the reward is P(ideal class) alone, the spec's own judgement with no tuning.
+
+As in the paper, the weights are fitted on top of the helpful-only reward model when its scores
+are given (``Group.base``): the ranked quantity is R_rm + w·φ, so w learns to overrule the RM
+where it prefers unsafe compliance (fitted for ``rbr.rbr_scale = 1``).
 """
 from __future__ import annotations
 
@@ -24,11 +28,13 @@ Tensor = torch.Tensor
 
 @dataclass
 class Group:
-    """All scored completions of one prompt: proposition probabilities [n, P] and ranks [n] (0 = ideal)."""
+    """All scored completions of one prompt: proposition probabilities [n, P], ranks [n] (0 = ideal) and
+    optionally the reward model's scores [n] that the RBR term is added to."""
 
     response_type: str
     props: Tensor
     ranks: Tensor
+    base: Tensor | None = None
 
 
 def features(spec: Spec, props: Tensor, response_type: str) -> Tensor:
@@ -40,19 +46,21 @@ def feature_names(spec: Spec, response_type: str) -> list[str]:
     return list(spec.propositions) + [f"class:{c}" for c in spec.response_type(response_type).class_names]
 
 
-def _pairs(groups: Sequence[Group], spec: Spec) -> tuple[Tensor, Tensor]:
-    """Features of (ideal, worse) pairs [M, F] each, for groups of one response type."""
-    better, worse = [], []
+def _pairs(groups: Sequence[Group], spec: Spec) -> tuple[Tensor, Tensor, Tensor]:
+    """Features of (ideal, worse) pairs [M, F] each and their base-score gap [M], for one response type."""
+    better, worse, gap = [], [], []
     for g in groups:
         phi = features(spec, g.props, g.response_type)
+        base = g.base if g.base is not None else torch.zeros(len(g.ranks))
         for i in range(len(g.ranks)):
             for j in range(len(g.ranks)):
                 if g.ranks[i] == 0 < g.ranks[j]:
                     better.append(phi[i])
                     worse.append(phi[j])
+                    gap.append(base[i] - base[j])
     if not better:
         raise ValueError("no ranked pairs: each prompt needs an ideal (rank 0) completion and a worse one")
-    return torch.stack(better), torch.stack(worse)
+    return torch.stack(better), torch.stack(worse), torch.stack(gap).float()
 
 
 def initial_weights(spec: Spec, response_type: str) -> Tensor:
@@ -66,18 +74,18 @@ def initial_weights(spec: Spec, response_type: str) -> Tensor:
 
 def error_rate(w: Tensor, groups: Sequence[Group], spec: Spec) -> float:
     """Fraction of (ideal, worse) pairs where the worse completion's reward >= the ideal one's."""
-    better, worse = _pairs(groups, spec)
-    return float((worse @ w >= better @ w).float().mean())
+    better, worse, gap = _pairs(groups, spec)
+    return float((gap + (better - worse) @ w <= 0).float().mean())
 
 
 def fit_type(groups: Sequence[Group], spec: Spec, margin: float = 1.0, l2: float = 1e-3, steps: int = 500,
              lr: float = 0.05) -> Tensor:
     """Weights [P + C] for one response type, minimising the mean hinge loss over (ideal, worse) pairs."""
-    better, worse = _pairs(groups, spec)
+    better, worse, gap = _pairs(groups, spec)
     w = initial_weights(spec, groups[0].response_type).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)
     for _ in range(steps):
-        loss = torch.relu(margin - (better - worse) @ w).mean() + l2 * w.pow(2).sum()
+        loss = torch.relu(margin - gap - (better - worse) @ w).mean() + l2 * w.pow(2).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -136,9 +136,10 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
 
 
 def format_table(result: dict) -> str:
+    fmt = lambda v: "–" if v != v else f"{v:.3f}"  # noqa: E731  (NaN: no refusals to judge the style of)
     lines = ["| policy | Not-Unsafe | Not-Overrefuse | F1 | Hard-Refusal-Style |", "|---|---|---|---|---|"]
     for name, m in result["rows"].items():
-        lines.append(f"| {name} | {m['not_unsafe']:.3f} | {m['not_overrefuse']:.3f} | {m['f1']:.3f} | {m['hard_refusal_style']:.3f} |")
+        lines.append(f"| {name} | {' | '.join(fmt(m[k]) for k in ('not_unsafe', 'not_overrefuse', 'f1', 'hard_refusal_style'))} |")
     return "\n".join(lines)
 
 

@@ -155,13 +155,32 @@ class Config:
     def section(self, name: str) -> Any:
         """A registered extra section (e.g. ``cfg.section("codec")``), default-constructed if absent."""
         if name not in self.extra:
-            if name not in _SECTIONS:
-                raise ConfigError(f"unknown config section {name!r}; registered: {sorted(_SECTIONS)}")
-            self.extra[name] = _SECTIONS[name]()
+            cls = _section_class(name)
+            if cls is None:
+                raise ConfigError(f"unknown config section {name!r}; known: {sorted(set(_SECTIONS) | set(SECTION_MODULES))}")
+            self.extra[name] = cls()
         return self.extra[name]
 
 
 _SECTIONS: dict[str, type] = {}
+# Where each subsystem's section is defined; imported on first use so that loading a config does
+# not import every subsystem (and a YAML file with an `omni:` section works before anything else
+# imported omni.model.omni).
+SECTION_MODULES = {
+    "codec": "omni.tokenizers.codec",
+    "image_tok": "omni.tokenizers.image",
+    "video_tok": "omni.tokenizers.video",
+    "omni": "omni.model.omni",
+    "rbr": "omni.align.config",
+}
+
+
+def _section_class(name: str) -> Optional[type]:
+    if name not in _SECTIONS and name in SECTION_MODULES:
+        import importlib
+
+        importlib.import_module(SECTION_MODULES[name])
+    return _SECTIONS.get(name)
 
 
 def register_section(name: str):
@@ -265,9 +284,11 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a :class:`Config` from a nested mapping."""
     data = dict(data)
     extra = {}
+    builtin = {f.name for f in dataclasses.fields(Config)}
     for name in list(data):
-        if name in _SECTIONS:
-            extra[name] = _coerce(data.pop(name), _SECTIONS[name], name)
+        cls = None if name in builtin else _section_class(name)
+        if cls is not None:
+            extra[name] = _coerce(data.pop(name), cls, name)
         elif name == "extra":
             raise ConfigError("'extra' is internal; write registered sections at the top level")
     cfg = _build(Config, data)

@@ -1,13 +1,14 @@
 """omni: one autoregressive decoder for text, speech, images and video."""
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "TextGenerator"]
+# Public API, imported lazily so `import omni.config` (imported by these modules) stays light.
+_PUBLIC = {"load_model": "omni.api", "TextGenerator": "omni.api", "OmniChat": "omni.chat"}
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name: str):
-    # Lazy, so `import omni.config` (imported by omni.api itself) stays light and cycle-free.
-    if name in __all__:
-        from omni import api
+    if name in _PUBLIC:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'omni' has no attribute {name!r}")

@@ -127,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     }
     c, i, v = results["codec"], results["image"], results["video"]
     print(f"{results['device']} | torch {results['torch']} | {args.threads} thread(s)")
-    print(f"{'what':48s} {'value':>10s}")
+    print(f"{'what':60s} {'value':>10s}")
     rows = [
         (f"codec {args.codec_config}: offline encode RTF", c["offline_encode_rtf"]),
         (f"codec {args.codec_config}: offline decode RTF", c["offline_decode_rtf"]),
@@ -143,7 +143,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         ("video: batch gain", v["batch_gain"]),
     ]
     for name, value in rows:
-        print(f"{name:48s} {value:10.3f}")
+        print(f"{name:60s} {value:10.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

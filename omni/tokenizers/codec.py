@@ -46,7 +46,7 @@ class CodecConfig:
     codebook_size: int = 1024
     codebook_dim: int = 0  # 0 = dim; otherwise each VQ level projects dim -> codebook_dim
     ema_decay: float = 0.99
-    commitment_weight: float = 1.0
+    commitment_weight: float = 0.25
     # Probability that a training example uses only the first n ~ U{1..K} codebooks, so that
     # decoding with fewer codebooks (lower bitrate) still works.
     quantizer_dropout: float = 0.5
@@ -215,7 +215,10 @@ class Decoder(nn.Module):
 class VectorQuantizer(nn.Module):
     """One VQ level with an EMA-updated codebook ``[size, dim]`` (no gradient into the codebook).
 
-    A code is dead when its EMA usage falls below ``dead_fraction`` of the uniform usage
+    Codes live on the unit sphere: the projected inputs and the codebook rows are L2-normalised
+    (nearest code = highest cosine), so the commitment loss cannot be lowered by shrinking the
+    latents, which otherwise collapses every input onto one code. A code is dead when its EMA usage
+    falls below ``dead_fraction`` of the uniform usage
     (vectors per step / size) — a threshold that does not depend on the batch size — and is then
     re-seeded with a random vector of the current batch.
     """
@@ -240,11 +243,16 @@ class VectorQuantizer(nn.Module):
             out.append(d.argmin(-1))
         return torch.cat(out)
 
+    def project(self, x: Tensor) -> Tensor:
+        """x [B, dim, T] -> unit vectors [B*T, d] (rows: one per frame, contiguous)."""
+        z = self.proj_in(x)
+        return F.normalize(z.transpose(1, 2).reshape(-1, z.shape[1]), dim=-1)
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x [B, dim, T] -> (quantised [B, dim, T] with straight-through gradient, codes [B, T],
         commitment loss scalar)."""
-        z = self.proj_in(x)  # [B, d, T]
-        flat = z.transpose(1, 2).reshape(-1, z.shape[1])
+        b, t = x.shape[0], x.shape[2]
+        flat = self.project(x)
         if self.training and not bool(self.initialized):
             self._init_from(flat.detach())
         with torch.no_grad():
@@ -254,8 +262,8 @@ class VectorQuantizer(nn.Module):
             self._ema_update(flat.detach(), codes)
         commit = F.mse_loss(flat, q.detach())
         q = flat + (q - flat).detach()
-        q = q.reshape(z.shape[0], z.shape[2], -1).transpose(1, 2)
-        return self.proj_out(q), codes.reshape(z.shape[0], z.shape[2]), commit
+        q = q.reshape(b, t, -1).transpose(1, 2)
+        return self.proj_out(q), codes.reshape(b, t), commit
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes [B, T] -> [B, dim, T]."""
@@ -280,7 +288,7 @@ class VectorQuantizer(nn.Module):
         self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + 1e-5) / (n + self.codebook.shape[0] * 1e-5) * n
-        self.codebook.copy_(self.embed_sum / smoothed[:, None])
+        self.codebook.copy_(F.normalize(self.embed_sum / smoothed[:, None], dim=-1))
         uniform = flat.shape[0] / self.codebook.shape[0]
         dead = self.cluster_size < self.dead_fraction * uniform
         if dead.any():  # re-seed unused codes with random current inputs, at uniform usage
@@ -320,8 +328,7 @@ class ResidualVQ(nn.Module):
         """x [B, dim, T] -> codes [B, K, T]; never updates the codebooks."""
         residual, codes = x, []
         for vq in self.levels:
-            z = vq.proj_in(residual)
-            c = vq.nearest(z.transpose(1, 2).reshape(-1, z.shape[1])).reshape(z.shape[0], z.shape[2])
+            c = vq.nearest(vq.project(residual)).reshape(residual.shape[0], residual.shape[2])
             residual = residual - vq.decode(c)
             codes.append(c)
         return torch.stack(codes, 1)

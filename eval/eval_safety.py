@@ -170,11 +170,15 @@ def write_docs(result: dict, table: str) -> None:
     if not bench.exists():
         bench.write_text("# Benchmarks\n")
     heading = "## RBR safety (omni/align, eval/eval_safety.py)"
-    text = bench.read_text()
-    if heading not in text:
-        text = text.rstrip("\n") + f"\n\n{heading}\n"
     f1 = ", ".join(f"{k}: F1 {m['f1']:.3f}" for k, m in result["rows"].items())
-    bench.write_text(text.rstrip("\n") + f"\n- {result['date']}, {result['prompts']} test prompts, CPU: {f1}\n")
+    line = f"- {result['date']}, {result['prompts']} test prompts, CPU: {f1}"
+    lines = bench.read_text().rstrip("\n").split("\n")
+    if heading not in lines:
+        lines += ["", heading]
+    at = lines.index(heading) + 1
+    while at < len(lines) and lines[at].startswith("- "):  # after this section's earlier dated lines
+        at += 1
+    bench.write_text("\n".join(lines[:at] + [line] + lines[at:]) + "\n")
 
 
 if __name__ == "__main__":

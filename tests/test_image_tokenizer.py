@@ -71,7 +71,7 @@ def test_bad_inputs(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_image_tokenizer_reaches_psnr_on_held_out_pictures(tmp_path):
-    """200 Trainer steps on crops of the bundled pictures: >= 20 dB PSNR on crops of pictures held out."""
+    """120 Trainer steps on crops of the bundled pictures: >= 20 dB PSNR on crops of pictures held out."""
     from omni.config import load_config
     from omni.data.build_images import build_image_corpus
     from omni.eval.metrics_audio import psnr
@@ -81,8 +81,8 @@ def test_tiny_image_tokenizer_reaches_psnr_on_held_out_pictures(tmp_path):
     build_image_corpus(tmp_path / "images")
     cfg = load_config("image-tiny", [
         f"image_tok.data_path={tmp_path / 'images'}", "image_tok.image_size=32", "image_tok.channels=16",
-        "image_tok.channel_mult=[1,2]", f"train.out_dir={tmp_path / 'run'}", "train.steps=200",
-        "train.batch_size=16", "train.ckpt_every=200", "train.tensorboard=false", "train.log_every=50",
+        "image_tok.channel_mult=[1,2]", f"train.out_dir={tmp_path / 'run'}", "train.steps=120",
+        "train.batch_size=16", "train.ckpt_every=120", "train.tensorboard=false", "train.log_every=50",
     ])
     task = ImageTask()
     last = Trainer(cfg, task, argparse.Namespace(overwrite=True)).fit()

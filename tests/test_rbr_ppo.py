@@ -37,3 +37,40 @@ def test_ppo_keeps_reference_frozen_and_logs_kl():
     assert len(completions) == 4 and {"kl", "pg_loss", "vf_loss", "planted"} <= set(stats)
     assert all(torch.equal(v, ppo.ref.state_dict()[k]) for k, v in ref_before.items())
     assert not policy.layers[0].attention.wq.weight.requires_grad  # only the top layer trains
+
+
+def tiny_policy() -> Decoder:
+    torch.manual_seed(0)
+    return Decoder(ModelConfig(vocab_size=16, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=64))
+
+
+def test_first_epoch_ratio_is_one_and_logprobs_align_with_generation():
+    from omni.align.models import pad_batch
+    from omni.model.generate import SamplingConfig, generate
+
+    policy = tiny_policy()
+    ppo = PPO(policy, PPOConfig(rollout_batch=2, samples_per_prompt=2, max_new_tokens=6, temperature=0.7), lr=1e-2)
+    stats, _ = ppo.step([[1, 2], [3, 4, 5]], planted_reward)
+    assert stats["ratio0_err"] < 1e-5  # old log-probs are the first epoch's log-probs
+    # Greedy completions must be the argmax of the distribution _forward reads them from (no off-by-one).
+    prompts = [[1, 2], [3, 4, 5]]
+    comps = generate(policy, prompts, 5, SamplingConfig(temperature=0.0))
+    tokens, _ = pad_batch([p + c for p, c in zip(prompts, comps)])
+    idx = torch.stack([torch.arange(len(p), len(p) + 5) for p in prompts])
+    with torch.no_grad():
+        logp, _ = ppo._forward(policy, tokens, idx, value=False)
+        full = torch.log_softmax(policy(tokens).float() / 0.7, -1)  # [B, S, V]
+    for i in range(2):
+        best = full[i, idx[i] - 1].max(-1).values
+        assert torch.allclose(logp[i], best, atol=1e-5)
+        assert full[i, idx[i] - 1].argmax(-1).tolist() == comps[i]
+
+
+def test_group_advantages_are_leave_one_out_and_need_no_value_head():
+    ppo = PPO(tiny_policy(), PPOConfig(samples_per_prompt=2, advantage="group", kl_coef=0.0), lr=1e-2)
+    scores = torch.tensor([1.0, 3.0, -5.0, -5.0])  # prompt 0: second sample better; prompt 1: a tie
+    mask = torch.ones(4, 3)
+    adv, _ = ppo._advantages(scores, torch.zeros(4, 3), mask, torch.zeros(4, 3))
+    assert adv[0, 0] < 0 < adv[1, 0] and torch.allclose(adv[0] + adv[1], torch.zeros(3))
+    assert torch.equal(adv[2], torch.zeros(3)) and torch.equal(adv[3], torch.zeros(3))  # offsets cancel
+    assert all(p is not ppo.value_head.weight for g in ppo.opt.param_groups for p in g["params"])

@@ -10,7 +10,12 @@ from omni.config import ConfigError, register_section
 class PPOConfig:
     """PPO as in the RBR paper: value head, clipped objective, KL penalty to the reference policy."""
 
-    rollout_batch: int = 8  # prompts per PPO step (one completion each)
+    rollout_batch: int = 8  # prompts per PPO step
+    samples_per_prompt: int = 1  # completions per prompt (>= 2 for advantage="group")
+    # "gae": value head + GAE (the paper's PPO); "group": no value head, each sample's advantage is its
+    # reward minus the mean of the other samples of the same prompt (RLOO), so per-prompt reward
+    # offsets of the RM cancel. Both use the clipped objective and the KL penalty.
+    advantage: str = "gae"
     max_new_tokens: int = 32
     temperature: float = 0.8
     top_k: int = 50
@@ -27,8 +32,12 @@ class PPOConfig:
     def validate(self) -> None:
         if self.rollout_batch < 2:
             raise ConfigError("rbr.ppo.rollout_batch must be >= 2 (advantages are normalised over the batch)")
-        if not 0 < self.clip < 1 or self.kl_coef < 0 or self.max_new_tokens <= 0:
-            raise ConfigError("rbr.ppo: need 0 < clip < 1, kl_coef >= 0 and max_new_tokens > 0")
+        if not 0 < self.clip < 1 or self.kl_coef < 0 or self.max_new_tokens <= 0 or self.temperature <= 0:
+            raise ConfigError("rbr.ppo: need 0 < clip < 1, kl_coef >= 0, max_new_tokens > 0 and temperature > 0")
+        if self.advantage not in ("gae", "group"):
+            raise ConfigError(f"rbr.ppo.advantage must be 'gae' or 'group', got {self.advantage!r}")
+        if self.advantage == "group" and self.samples_per_prompt < 2:
+            raise ConfigError("rbr.ppo.advantage=group needs rbr.ppo.samples_per_prompt >= 2 (the baseline is the other samples)")
 
 
 @register_section("rbr")

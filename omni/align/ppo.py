@@ -42,7 +42,11 @@ def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 class PPO:
-    """One PPO learner: ``step(prompt_ids, reward_fn)`` = rollout, score, ``epochs`` of updates."""
+    """One PPO learner: ``step(prompt_ids, reward_fn)`` = rollout, score, ``epochs`` of updates.
+
+    Log-probs are those of the distribution the rollout samples from (logits / temperature), so the
+    importance ratio is exactly 1 on the first epoch. The value head reads detached hidden states:
+    its regression must not move the policy's blocks (and must not dominate the gradient clip)."""
 
     def __init__(self, policy: Decoder, cfg: PPOConfig, lr: float, stop_ids: Sequence[int] = (), grad_clip: float = 1.0,
                  seed: int = 0) -> None:
@@ -52,21 +56,46 @@ class PPO:
         self.value_head = nn.Linear(policy.cfg.dim, 1).to(policy.tok_embeddings.weight.device)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
-        params = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.policy_params = [p for p in policy.parameters() if p.requires_grad]
+        params = self.policy_params + (list(self.value_head.parameters()) if cfg.advantage == "gae" else [])
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k)
         self.gen = torch.Generator(device=policy.tok_embeddings.weight.device).manual_seed(seed)
 
     def _forward(self, model: Decoder, tokens: Tensor, idx: Tensor, value: bool) -> tuple[Tensor, Tensor | None]:
-        """Log-probs [B, T] of the completion tokens (predicted at positions idx − 1) and values [B, T]."""
+        """Log-probs [B, T] of the completion tokens at positions idx (predicted from idx − 1, at the
+        sampling temperature) and values [B, T]."""
         h = model(tokens, return_hidden=True)  # [B, S, D]
         pred = h.gather(1, (idx - 1).unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [B, T, D]
-        logp = F.log_softmax(model.logits(pred).float(), -1).gather(-1, tokens.gather(1, idx).unsqueeze(-1)).squeeze(-1)
-        return logp, (self.value_head(pred.float()).squeeze(-1) if value else None)
+        logits = model.logits(pred).float() / self.cfg.temperature
+        logp = F.log_softmax(logits, -1).gather(-1, tokens.gather(1, idx).unsqueeze(-1)).squeeze(-1)
+        return logp, (self.value_head(pred.detach().float()).squeeze(-1) if value else None)
+
+    def _advantages(self, scores: Tensor, kl: Tensor, mask: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Token advantages [N, T] and value targets [N, T] from sequence scores [N], per-token KL [N, T]."""
+        c, n = self.cfg, len(scores)
+        if c.advantage == "group":  # RLOO: the sequence reward (KL folded in) minus the other samples' mean
+            r = (scores - c.kl_coef * kl.sum(1)).view(-1, c.samples_per_prompt)  # [prompts, k]
+            adv = (r - (r.sum(1, keepdim=True) - r) / (c.samples_per_prompt - 1)).reshape(n, 1) * mask
+            return adv * torch.rsqrt((adv ** 2 * mask).sum() / mask.sum() + 1e-8), torch.zeros_like(mask)
+        rewards = -c.kl_coef * kl
+        last = (mask.sum(1).long() - 1).clamp_min(0)
+        rewards[torch.arange(n), last] += scores  # the sequence reward lands on its final token
+        adv, gae = torch.zeros_like(rewards), torch.zeros(n, device=rewards.device)
+        t_max = mask.shape[1]
+        for t in reversed(range(t_max)):  # GAE(γ, λ) over completion tokens
+            nxt = values[:, t + 1] * mask[:, t + 1] if t + 1 < t_max else torch.zeros_like(gae)
+            delta = rewards[:, t] + c.gamma * nxt - values[:, t]
+            gae = (delta + c.gamma * c.lam * gae) * mask[:, t]
+            adv[:, t] = gae
+        return masked_whiten(adv, mask), adv + values
 
     def step(self, prompt_ids: list[list[int]], reward_fn: RewardFn) -> tuple[dict[str, float], list[list[int]]]:
-        """One PPO iteration; returns logged statistics and the sampled completions (token ids)."""
+        """One PPO iteration over ``samples_per_prompt`` completions of each prompt (prompt-major order:
+        row i·k + j is sample j of prompt i; reward_fn sees the repeated prompts). Returns logged
+        statistics and the sampled completions (token ids)."""
         c = self.cfg
+        prompt_ids = [p for p in prompt_ids for _ in range(c.samples_per_prompt)]
         completions = generate(self.policy, prompt_ids, c.max_new_tokens, self.sampling, self.stop_ids, self.gen)
         scores, parts = reward_fn(prompt_ids, completions)
         # One row per sample: prompt + completion (an empty completion keeps its prompt's last token
@@ -87,38 +116,37 @@ class PPO:
             old_logp, old_values = self._forward(self.policy, tokens, idx, value=True)
             ref_logp, _ = self._forward(self.ref, tokens, idx, value=False)
             kl = (old_logp - ref_logp) * mask  # per-token estimate of KL(policy || ref)
-            rewards = -c.kl_coef * kl
-            last = (mask.sum(1).long() - 1).clamp_min(0)
-            rewards[torch.arange(len(seqs)), last] += scores  # the sequence reward lands on its final token
-            adv = torch.zeros_like(rewards)
-            gae = torch.zeros(len(seqs), device=dev)
-            for t in reversed(range(t_max)):  # GAE(γ, λ) over completion tokens
-                nxt = old_values[:, t + 1] * mask[:, t + 1] if t + 1 < t_max else torch.zeros_like(gae)
-                delta = rewards[:, t] + c.gamma * nxt - old_values[:, t]
-                gae = (delta + c.gamma * c.lam * gae) * mask[:, t]
-                adv[:, t] = gae
-            returns = adv + old_values
-            adv = masked_whiten(adv, mask)
-        stats: dict[str, float] = {}
+            adv, returns = self._advantages(scores, kl, mask, old_values)
+        base = {"reward": float(scores.mean()), "kl": float(kl.sum(1).mean()),
+                "completion_tokens": float(mask.sum(1).mean()), **parts}
         if mask.sum() == 0:  # every completion empty: nothing to learn from this batch
-            return {"reward": float(scores.mean()), "kl": 0.0, **parts}, completions
-        for _ in range(c.epochs):
+            return base, completions
+        stats: dict[str, float] = {}
+        n = mask.sum()
+        for epoch in range(c.epochs):
             logp, values = self._forward(self.policy, tokens, idx, value=True)
             ratio = torch.exp(logp - old_logp)
+            if epoch == 0:  # same weights, same tokens: must be exactly 1 (alignment check)
+                stats["ratio0_err"] = float(((ratio.detach() - 1).abs() * mask).max())
             pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip, 1 + c.clip))
-            v_clipped = old_values + (values - old_values).clamp(-c.value_clip, c.value_clip)
-            vf = torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
-            n = mask.sum()
-            pg_loss, vf_loss = (pg * mask).sum() / n, 0.5 * (vf * mask).sum() / n
-            loss = pg_loss + c.vf_coef * vf_loss
+            pg_loss = (pg * mask).sum() / n
+            loss = pg_loss
+            if c.advantage == "gae":
+                v_clipped = old_values + (values - old_values).clamp(-c.value_clip, c.value_clip)
+                vf = torch.max((values - returns) ** 2, (v_clipped - returns) ** 2)
+                vf_loss = 0.5 * (vf * mask).sum() / n
+                loss = loss + c.vf_coef * vf_loss
+                stats["vf_loss"] = float(vf_loss.detach())
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], self.grad_clip)
+            # Clip the policy's gradient alone: the value head's must not shrink it.
+            torch.nn.utils.clip_grad_norm_(self.policy_params, self.grad_clip)
+            if c.advantage == "gae":
+                torch.nn.utils.clip_grad_norm_(self.value_head.parameters(), self.grad_clip)
             self.opt.step()
-            stats = {"pg_loss": float(pg_loss.detach()), "vf_loss": float(vf_loss.detach()),
-                     "clipfrac": float((((ratio - 1).abs() > c.clip).float() * mask).sum() / n)}
-        return {"reward": float(scores.mean()), "kl": float(kl.sum(1).mean()),
-                "completion_tokens": float(mask.sum(1).mean()), **stats, **parts}, completions
+            stats.update(pg_loss=float(pg_loss.detach()),
+                         clipfrac=float((((ratio - 1).abs() > c.clip).float() * mask).sum() / n))
+        return {**base, **stats}, completions
 
 
 @register_task("rbr-ppo")
@@ -158,8 +186,9 @@ class RBRPPOTask(Task):
         batch_prompts: list = []
 
         def reward_fn(p_ids, c_ids):
+            rows = [p for p in batch_prompts for _ in range(r.ppo.samples_per_prompt)]  # step's prompt-major order
             texts = [tok.decode([x for x in c if x not in stops]).strip() for c in c_ids]
-            parts = reward([p.prompt for p in batch_prompts], texts, [p.type for p in batch_prompts])
+            parts = reward([p.prompt for p in rows], texts, [p.type for p in rows])
             rbr = parts["rbr"][~parts["rbr"].isnan()]
             return parts["total"], {"reward_rm": float(parts["rm"].mean()),
                                     "reward_rbr": float(rbr.mean()) if len(rbr) else 0.0}
@@ -172,7 +201,7 @@ class RBRPPOTask(Task):
             if step % r.ppo.sample_every == 0 or step == 1:
                 record["samples"] = [{"prompt": p.prompt, "type": p.type,
                                       "completion": tok.decode([x for x in c if x not in stops])}
-                                     for p, c in list(zip(batch_prompts, completions))[:3]]
+                                     for p, c in list(zip(batch_prompts, completions[::r.ppo.samples_per_prompt]))[:3]]
             log.write(json.dumps(record) + "\n")
             log.flush()
             if step % t.log_every == 0 or step == 1:

@@ -1,6 +1,9 @@
 """PPO with Rule-Based Rewards (``train.py --task rbr-ppo``), as in the RBR paper: a value head on
 the policy, the clipped surrogate objective, a per-token KL penalty to the frozen reference policy
-folded into the reward, GAE, and advantages normalised over the batch.
+folded into the reward, GAE, and advantages normalised over the batch (``advantage=gae``); or, with
+``advantage=group``, no value head: k samples per prompt and leave-one-out (RLOO) advantages, still
+with the clipped objective and the KL penalty (the configuration that improves safety on CPU,
+docs/rbr.md).
 
     python train.py --task rbr-ppo --config configs/rbr-ppo-135m.yaml
 

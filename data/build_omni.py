@@ -17,20 +17,20 @@ Speech is synthesised by libespeak-ng (data/build_speech.py's ``Espeak``); user 
 variant, rate and pitch; the assistant always speaks as ``ASSISTANT_VOICE``. Everything is encoded by
 the frozen tokenizers named in the config (``tokenizer`` + ``omni.codec`` / ``omni.image_tokenizer`` /
 ``omni.video_tokenizer``: tokenizer folders or the run folders of their training). A missing
-sentencepiece model is trained on the corpus text; a missing codec / image / video tokenizer is
-replaced by an *untrained* one (random weights, the config's ``codec`` / ``image_tok`` / ``video_tok``
-shapes) with a warning: the pipeline then works end to end, but speech and pictures decode to noise
-until trained tokenizers are named and the corpus rebuilt. The tokenizers used are saved with the
-corpus (``data.path/tokenizers/``), since their codes are in it.
+sentencepiece model is trained on the corpus text; a missing codec / image / video tokenizer is an
+error that says how to train it (``make demo`` trains all three first). Only ``--untrained`` (tests,
+wiring checks) builds with *untrained* tokenizers instead (seeded random weights, the config's
+``codec`` / ``image_tok`` / ``video_tok`` shapes): speech and pictures then decode to noise. The
+tokenizers used are saved with the corpus (``data.path/tokenizers/``), since their codes are in it.
 
     python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/omni_task.py)
+    python data/build_omni.py --config configs/omni-tiny.yaml --untrained --scale 0.05   # wiring only
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -146,31 +146,36 @@ def tokenizer_folder(path: str) -> Optional[Path]:
     return folder if (folder / "tokenizer.json").is_file() else None
 
 
-def frozen_tokenizers(cfg: Config, out: Path) -> tuple[dict[str, Tokenizer], dict[str, str]]:
-    """codec, image and video tokenizers of ``cfg`` — trained ones where the config names them, else
-    untrained stand-ins (seeded random weights, the config's shapes) — each saved into
-    ``out/tokenizers/NAME`` so the corpus keeps the exact tokenizers its codes came from (a training
-    run may rotate its checkpoints away). Returns the tokenizers and where each came from."""
+def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[dict[str, Tokenizer], dict[str, str]]:
+    """codec, image and video tokenizers of ``cfg``: the trained ones the config names, or with
+    ``untrained=True`` seeded random ones of the config's shapes (for tests: their codes are noise).
+    Each is saved into ``out/tokenizers/NAME`` so the corpus keeps the exact tokenizers its codes came
+    from (a training run may rotate its checkpoints away). Returns the tokenizers and where each came
+    from (a folder, or "untrained")."""
     from omni.tokenizers.codec import SpeechCodec
     from omni.tokenizers.image import ImageTokenizer
     from omni.tokenizers.video import VideoTokenizer
 
     o = cfg.section("omni")
     wanted = {
-        "codec": (o.codec, lambda: SpeechCodec(cfg.section("codec")), "speech codec"),
-        "image": (o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "image tokenizer"),
-        "video": (o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "video tokenizer"),
+        "codec": (o.codec, lambda: SpeechCodec(cfg.section("codec")), "omni.codec"),
+        "image": (o.image_tokenizer, lambda: ImageTokenizer(cfg.section("image_tok")), "omni.image_tokenizer"),
+        "video": (o.video_tokenizer, lambda: VideoTokenizer(cfg.section("video_tok")), "omni.video_tokenizer"),
     }
     toks, sources = {}, {}
-    for name, (path, create, what) in wanted.items():
-        folder = tokenizer_folder(path)
-        if folder is not None:
-            toks[name], sources[name] = load_tokenizer(folder), str(folder)
-        else:
-            print(f"warning: no trained {what} at {path}; using an UNTRAINED one. Everything runs, but its "
-                  "outputs decode to noise: train one (see docs/omni.md) and rebuild the corpus.", file=sys.stderr)
+    for name, (path, create, key) in wanted.items():
+        if untrained:
             torch.manual_seed(0)
             toks[name], sources[name] = create(), "untrained"
+        else:
+            folder = tokenizer_folder(path)
+            if folder is None:
+                raise FileNotFoundError(
+                    f"{key}={path} holds no trained {name} tokenizer (a tokenizer folder, or a training run with a "
+                    f"complete checkpoint). Train one (docs/tokenizers.md: python train.py --config "
+                    f"configs/{name}-tiny.yaml) and name it with {key}=RUN, or run `python -m omni.demo --only omni`, "
+                    "which trains all three and builds the corpus from them.")
+            toks[name], sources[name] = load_tokenizer(folder), str(folder)
         toks[name].save(out / "tokenizers" / name)
         toks[name].eval()
     return toks, sources
@@ -292,14 +297,15 @@ def write_split(out: Path, split: str, streams: list[Stream]) -> dict[str, int]:
     return {"positions": len(s), "docs": len(streams)}
 
 
-def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0) -> Path:
-    """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count."""
+def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0, untrained: bool = False) -> Path:
+    """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count;
+    ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`)."""
     from omni.omni_task import FORMAT
     from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
 
     out = Path(out or cfg.data.path)
     out.mkdir(parents=True, exist_ok=True)
-    toks, sources = frozen_tokenizers(cfg, out)
+    toks, sources = frozen_tokenizers(cfg, out, untrained)
     tcfg = cfg.tokenizer
     sp_folder = Path(tcfg.path).parent if tcfg.path.endswith(".model") else Path(tcfg.path)
     if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
@@ -342,12 +348,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--config", default="omni-tiny", help="config (tokenizers, data.path)")
     p.add_argument("--out", default=None, help="corpus folder (default: the config's data.path)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of conversations per task")
+    p.add_argument("--untrained", action="store_true",
+                   help="encode with UNTRAINED (random) codec/image/video tokenizers: wiring checks only, outputs are noise")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
     from omni.omni_task import register_config_sections
 
     register_config_sections()
-    build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale)
+    build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale, args.untrained)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,25 @@ Text (configs/tiny.yaml):
 
 Omni (configs/omni-tiny.yaml, see docs/omni.md):
 
-4. build the multi-task demo corpus if missing (data/build_omni.py: text, ASR, TTS, spoken QA in many
+4. train the speech codec, image and video tokenizers with the same Trainer (configs/{codec,image,
+   video}-tiny.yaml, ~3 / 1.5 / 1 min) into ``runs/demo-{codec,image,video}``, reusing finished runs;
+5. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, spoken QA in many
    voices answered in one assistant voice, captions, text -> image, video description);
-5. train the omni model from scratch for a few minutes (tokenizers frozen) into ``runs/demo-omni``;
-6. answer one spoken question in a streamed turn — 80 ms chunks in, VAD ends the turn, frames out
+6. train the omni model from scratch for ~5 minutes (tokenizers frozen) into ``runs/demo-omni``;
+7. answer one spoken question in a streamed turn — 80 ms chunks in, VAD ends the turn, frames out
    as they are decoded — writing ``reply.wav`` and printing the latency line; then answer one image
    question and draw one picture.
 
-    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--out runs/demo] [key=value ...]
+    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--budget-scale X] [--out runs/demo] [key=value ...]
+
+Each stage prints what it does and how long it took; the demo ends with the time of every stage.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -58,11 +64,11 @@ def text_demo(args: argparse.Namespace) -> None:
     print(f"   TensorBoard: tensorboard --logdir {run / 'tensorboard'}")
 
 
-def omni_demo(args: argparse.Namespace) -> None:
-    """Steps 4-6: the omni model (omni/infer/demo.py)."""
+def omni_demo(args: argparse.Namespace) -> dict[str, float]:
+    """Steps 4-7: the omni model (omni/infer/demo.py); returns the seconds of each stage."""
     from omni.infer.demo import run_omni_demo
 
-    run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale)
+    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,12 +80,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: sized for ~5 min)")
     p.add_argument("--omni-scale", type=float, default=0.35, help="omni demo corpus size (x data/build_omni.py's)")
     p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
+    p.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")
     p.add_argument("overrides", nargs="*", help="text config overrides, key=value")
     args = p.parse_args(argv)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     if args.only != "omni":
         text_demo(args)
+        timings["text (corpus, training, sample)"] = time.perf_counter() - start
     if args.only != "text":
-        omni_demo(args)
+        timings.update(omni_demo(args))
+    print("== stages: " + ", ".join(f"{name} {s:.0f} s" for name, s in timings.items())
+          + f"; total {time.perf_counter() - start:.0f} s (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

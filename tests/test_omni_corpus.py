@@ -22,7 +22,9 @@ def test_corpus_rows_and_loss(tmp_path):
         f"omni.video_tokenizer={tmp_path / 'none'}", "data.seq_len=256", "model.dim=64", "model.n_layers=1",
         "model.ffn_dim=128", "omni.depth_dim=32", "omni.depth_layers=1", "omni.depth_ffn_dim=64",
     ])
-    build_omni_corpus(cfg, scale=0.02)
+    with pytest.raises(FileNotFoundError, match="omni.codec=.*no trained codec"):
+        build_omni_corpus(cfg, scale=0.02)  # untrained tokenizers only when asked for
+    build_omni_corpus(cfg, scale=0.02, untrained=True)
     index = read_index(cfg.data.path)
     assert set(index["tasks"]) == {"text", "s2s", "asr", "tts", "caption", "draw", "video"}
     assert set(index["tokenizer_sources"].values()) == {"untrained"}  # saved with the corpus all the same

@@ -1,8 +1,15 @@
 """The omni part of ``make demo`` (omni/demo.py calls :func:`run_omni_demo`).
 
-Builds the omni-tiny demo corpus if missing, trains the omni model from scratch for a few minutes on
-the CPU with the one Trainer, then serves it: one spoken question streamed in 80 ms chunks (Silero
-VAD ends the turn, frames are decoded and written as they come), one image question and one drawing.
+1. trains the frozen tokenizers with the one Trainer — speech codec, image and video tokenizer
+   (configs/{codec,image,video}-tiny.yaml, their corpora built by data/build_{speech,images,video}.py
+   if missing) into runs/demo-{codec,image,video}, each for as many steps as fit its time budget,
+   reusing a run that already finished;
+2. builds the omni-tiny demo corpus from those tokenizers (rebuilt whenever they change);
+3. trains the omni model from scratch for a few minutes on the CPU with the same Trainer;
+4. serves it: one spoken question streamed in 80 ms chunks (Silero VAD ends the turn, frames are
+   decoded and written as they come), one image question and one drawing.
+
+Every step's steps are sized by :func:`budget_steps` from two timed training steps on this machine.
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -18,9 +25,29 @@ import torch
 from omni.config import Config
 
 CONFIG = "configs/omni-tiny.yaml"
-DEMO_OVERRIDES = ["train.batch_size=4", "train.warmup_steps=20", "train.log_every=20", "train.ckpt_every=1000"]
+# The demo corpus is built from the tokenizers trained first, so it gets its own folder.
+DEMO_OVERRIDES = ["train.batch_size=4", "train.warmup_steps=20", "train.log_every=20", "train.ckpt_every=1000",
+                  "data.path=.cache/data/demo-omni"]
 DEMO_STEPS = 150  # at most; fewer when this machine is slower than TRAIN_BUDGET_S allows
 TRAIN_BUDGET_S = 300.0
+
+
+class TokenizerStage(NamedTuple):
+    config: str  # trained with the one Trainer; steps are the config's at most
+    section: str  # its config section
+    key: str  # the omni config key that names it
+    metric: str  # logged metric printed first -> last
+    budget_s: float  # training time budget on this machine (steps sized like the omni model's)
+
+
+# Tokenizers trained (into runs/demo-NAME) before the omni corpus is built from them.
+TOKENIZERS = {
+    "codec": TokenizerStage("configs/codec-tiny.yaml", "codec", "omni.codec", "mel", 180.0),
+    "image": TokenizerStage("configs/image-tiny.yaml", "image_tok", "omni.image_tokenizer", "psnr", 90.0),
+    "video": TokenizerStage("configs/video-tiny.yaml", "video_tok", "omni.video_tokenizer", "psnr", 60.0),
+}
+SPEECH_MINUTES = 20.0  # ~ one epoch of the codec's budget (8 one-second segments per step); ~30 s of espeak
+VIDEO_CLIPS = 400
 MAX_TEXT = 48  # text tokens per demo answer (an undertrained model may never stop on its own)
 
 
@@ -81,49 +108,129 @@ def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, ta
             f"in and out ({torch.get_num_threads()} CPU thread)")
 
 
-def budget_steps(cfg: Config) -> int:
-    """Training steps that fit TRAIN_BUDGET_S on this machine (two timed steps), at most DEMO_STEPS."""
+def budget_steps(cfg: Config, budget_s: float, max_steps: int, min_steps: int = 20) -> int:
+    """Training steps of ``cfg`` (its task, model, data and batch size) that fit ``budget_s`` seconds on
+    this machine — two timed steps, the first warms up allocators — clamped to [min_steps, max_steps]."""
     from omni.train.task import get_task
 
-    task = get_task("omni")
+    task = get_task(cfg.task)
     model, data = task.build_model(cfg), task.build_dataset(cfg)
     batch = task.collate([data[i % len(data)] for i in range(cfg.train.batch_size)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
-    for _ in range(2):  # the first step warms up allocators
+    for _ in range(2):
         t = time.perf_counter()
         loss, _ = task.loss(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)
-    steps = int(max(20, min(DEMO_STEPS, TRAIN_BUDGET_S / times[-1])))
-    print(f"   {times[-1]:.2f} s per step here: {steps} steps fit the {TRAIN_BUDGET_S:.0f} s training budget")
+    steps = int(max(min_steps, min(max_steps, budget_s / times[-1])))
+    print(f"   {cfg.name}: {times[-1]:.2f} s per step here: {steps} steps fit the {budget_s:.0f} s training budget")
     return steps
 
 
-def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.35) -> None:
-    """Corpus (if missing) -> train -> spoken turn + image question + drawing (see module docstring)."""
+def trained_tokenizer_run(run: Path, cfg: Config, section: str) -> Optional[Path]:
+    """The tokenizer folder of ``run`` if it is a finished training of ``cfg``'s tokenizer: its newest
+    checkpoint reached the run's own ``train.steps``, carries ``tokenizer/``, and its ``section`` of
+    the config equals ``cfg``'s (an edited config means a retrain). None otherwise."""
+    from omni.train.checkpoint import CheckpointError, config_mismatch, load_config_file, read_trainer_state, resolve_checkpoint
+
+    try:
+        step = resolve_checkpoint(run)
+        saved = load_config_file(step / "config.yaml")
+        done = read_trainer_state(step)["step"] >= saved.train.steps
+    except (CheckpointError, KeyError):
+        return None
+    ok = done and (step / "tokenizer" / "tokenizer.json").is_file() and not config_mismatch(saved, cfg, (section,))
+    return step / "tokenizer" if ok else None
+
+
+def build_tokenizer_corpus(name: str, cfg: Config) -> None:
+    """The corpus tokenizer ``name`` trains on (docs/tokenizers.md), unless it is already there."""
+    sec = cfg.section(TOKENIZERS[name].section)
+    if (Path(sec.data_path) / "info.json").is_file():  # each builder writes info.json last
+        print(f"   {name} corpus: {sec.data_path} (exists)")
+        return
+    print(f"   building the {name} corpus -> {sec.data_path}")
+    if name == "codec":
+        from omni.data.build_speech import build_speech_corpus
+
+        build_speech_corpus(sec.data_path, sec.sample_rate, minutes=SPEECH_MINUTES)
+    elif name == "image":
+        from omni.data.build_images import build_image_corpus
+
+        build_image_corpus(sec.data_path)
+    else:
+        from omni.data.build_video import build_video_corpus
+
+        build_video_corpus(sec.data_path, sec.image_size, sec.clip_frames, VIDEO_CLIPS)
+
+
+def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> dict[str, Path]:
+    """Train the codec, image and video tokenizers with the one Trainer into runs/demo-NAME (each
+    within its time budget x ``budget_scale``), reusing finished runs; adds each stage's seconds to
+    ``timings``. Returns name -> run folder."""
+    import omni.tokenizers  # noqa: F401  (registers the codec / image_tok / video_tok config sections)
     from omni.config import load_config
-    from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture
+    from omni.train.task import get_task
+    from omni.train.trainer import Trainer
+
+    runs = {}
+    for name, stage in TOKENIZERS.items():
+        t0 = time.perf_counter()
+        run = Path(f"runs/demo-{name}")
+        cfg = load_config(stage.config, [f"train.out_dir={run}", "train.tensorboard=false"])
+        folder = trained_tokenizer_run(run, cfg, stage.section)
+        if folder is not None:
+            print(f"== {name} tokenizer: {folder} (a finished run of {stage.config}; delete {run} to retrain)")
+        else:
+            print(f"== training the {name} tokenizer ({stage.config}) into {run}")
+            build_tokenizer_corpus(name, cfg)
+            cfg.train.steps = budget_steps(cfg, stage.budget_s * budget_scale, cfg.train.steps)
+            cfg.train.warmup_steps = min(cfg.train.warmup_steps, cfg.train.steps // 5)
+            Trainer(cfg, get_task(cfg.task), argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            m = stage.metric
+            print(f"   {m} {records[0][m]:.3f} (step {records[0]['step']}) -> {records[-1][m]:.3f} "
+                  f"(step {records[-1]['step']}); {time.perf_counter() - t0:.0f} s with the corpus")
+        runs[name] = run
+        timings[f"{name} tokenizer"] = time.perf_counter() - t0
+    return runs
+
+
+def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.35,
+                  budget_scale: float = 1.0) -> dict[str, float]:
+    """Tokenizers -> corpus -> train -> spoken turn + image question + drawing (see module docstring).
+    ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x ``budget_scale``.
+    Returns the seconds each stage took."""
+    from omni.config import load_config
+    from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture, tokenizer_folder
     from omni.omni_task import read_index, register_config_sections
     from omni.train.task import get_task
     from omni.train.trainer import Trainer
 
+    timings: dict[str, float] = {}
+    runs = train_tokenizers(timings, budget_scale)
     register_config_sections()
-    cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}"])
+    cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}", *(f"{TOKENIZERS[n].key}={r}" for n, r in runs.items())])
     t0 = time.perf_counter()
+    sources = {name: str(tokenizer_folder(str(run))) for name, run in runs.items()}
     try:
-        read_index(cfg.data.path)
-        print(f"== omni corpus: {cfg.data.path} (exists)")
+        fresh = read_index(cfg.data.path)["tokenizer_sources"] == sources
     except (FileNotFoundError, ValueError):
-        print(f"== building the omni demo corpus -> {cfg.data.path}")
+        fresh = False
+    if fresh:
+        print(f"== omni corpus: {cfg.data.path} (exists, built from these tokenizers)")
+    else:
+        print(f"== building the omni demo corpus from the trained tokenizers -> {cfg.data.path}")
         build_omni_corpus(cfg, scale=scale)
     tasks = read_index(cfg.data.path)["tasks"]
-    print(f"   conversations per task: {json.dumps(tasks)} ({time.perf_counter() - t0:.0f} s)")
+    timings["omni corpus"] = time.perf_counter() - t0
+    print(f"   conversations per task: {json.dumps(tasks)} ({timings['omni corpus']:.0f} s)")
 
-    cfg.train.steps = steps or budget_steps(cfg)
     t0 = time.perf_counter()
+    cfg.train.steps = steps or budget_steps(cfg, TRAIN_BUDGET_S * budget_scale, DEMO_STEPS)
     print(f"== training {cfg.name} ({cfg.train.steps} steps x {cfg.train.batch_size} rows of {cfg.data.seq_len}) into {out}")
     Trainer(cfg, get_task("omni"), argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -131,7 +238,9 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     print(f"   loss {records[0]['loss']:.2f} -> {last['loss']:.2f}; text {last['loss_text']:.2f}, monologue "
           f"{last['loss_monologue']:.2f}, audio codes {last['loss_audio']:.2f}, image {last['loss_image']:.2f} "
           f"({time.perf_counter() - t0:.0f} s)")
+    timings["omni training"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
     from omni.chat import OmniChat
 
     bot = OmniChat.load(out)
@@ -155,3 +264,5 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     else:
         print(f"== drawing ({caption!r}): the model answered in text instead: {drawing.text!r}")
     print(f"== try it: python -m omni.chat --checkpoint {out} --audio {out_dir / 'reply.wav'} --out {out_dir / 'chat'}")
+    timings["omni serving"] = time.perf_counter() - t0
+    return timings

@@ -1,0 +1,57 @@
+"""make demo's tokenizer stage (omni/infer/demo.py): step budgets and reuse of finished tokenizer runs,
+on a 2-step image tokenizer trained by the one Trainer."""
+import argparse
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory):
+    """A finished 2-step image-tiny run (tiny corpus of the bundled pictures) and its config."""
+    import omni.tokenizers  # noqa: F401  (registers the image_tok section)
+    from omni.config import load_config
+    from omni.data.build_images import build_image_corpus
+    from omni.train.task import get_task
+    from omni.train.trainer import Trainer
+
+    tmp = tmp_path_factory.mktemp("demo")
+    build_image_corpus(tmp / "images")
+    cfg = load_config("configs/image-tiny.yaml", [
+        f"image_tok.data_path={tmp / 'images'}", "image_tok.crops_per_epoch=16", "image_tok.channels=8",
+        f"train.out_dir={tmp / 'run'}", "train.steps=2", "train.batch_size=2", "train.warmup_steps=1",
+        "train.log_every=1", "train.ckpt_every=1", "train.tensorboard=false",
+    ])
+    Trainer(cfg, get_task("image"), argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=False)).fit()
+    return tmp / "run", cfg
+
+
+def test_budget_steps_clamped(image_run):
+    from omni.infer.demo import budget_steps
+
+    _, cfg = image_run
+    assert budget_steps(cfg, budget_s=0.0, max_steps=50, min_steps=3) == 3
+    assert budget_steps(cfg, budget_s=1e6, max_steps=50) == 50
+
+
+def test_finished_tokenizer_run_reused_else_retrained(image_run, tmp_path):
+    import shutil
+
+    from omni.config import load_config
+    from omni.infer.demo import trained_tokenizer_run
+    from omni.tokenizers import load_tokenizer
+
+    run, cfg = image_run
+    folder = trained_tokenizer_run(run, cfg, "image_tok")
+    assert folder is not None and folder.parent.name == "step_0000002"
+    assert load_tokenizer(folder).metadata["image_size"] == cfg.section("image_tok").image_size
+    # An edited tokenizer config means a retrain.
+    edited = load_config("configs/image-tiny.yaml", [f"image_tok.data_path={cfg.section('image_tok').data_path}"])
+    assert trained_tokenizer_run(run, edited, "image_tok") is None
+    # A run stopped before its own train.steps (here: latest points at step 1 of 2) is not finished.
+    partial = tmp_path / "partial"
+    shutil.copytree(run, partial)
+    (partial / "latest").write_text("checkpoints/step_0000001\n")
+    assert json.loads((partial / "checkpoints" / "step_0000001" / "trainer.json").read_text())["step"] == 1
+    assert trained_tokenizer_run(partial, cfg, "image_tok") is None
+    assert trained_tokenizer_run(tmp_path / "missing", cfg, "image_tok") is None

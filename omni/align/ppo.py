@@ -211,11 +211,12 @@ class RBRPPOTask(Task):
                 tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
                 for s in record.get("samples", []):
                     tqdm.write(f"  [{s['type']}] {s['prompt']} -> {s['completion'][:160]!r}")
+            if step % t.ckpt_every == 0 or step == t.steps:  # a slow CPU run stays usable if stopped early
+                save_policy(policy, cfg, out, step, t.keep_checkpoints)
         log.close()
-        save_policy(policy, cfg, out, t.steps)
 
 
-def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int) -> Path:
+def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int, keep: int = 1) -> Path:
     """A checkpoint folder load_model_state / omni.load_model read (model weights + config)."""
     from omni.train.checkpoint import begin_save, finish_save
 
@@ -223,4 +224,4 @@ def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int) -> Path:
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
     save_config(cfg, tmp / "config.yaml")
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "task": "rbr-ppo"}))
-    return finish_save(run_dir, step, keep=1)
+    return finish_save(run_dir, step, keep=keep)

@@ -1,7 +1,7 @@
-"""Streaming speech codec: causal conv encoder, residual VQ with EMA codebooks, causal conv decoder.
+"""Streaming speech codec: causal conv encoder, residual FSQ (no learned codebook), causal conv decoder.
 
-    wav [B, 1, samples] --encoder--> latents [B, D, frames] --RVQ--> codes [B, K, frames]
-    codes --sum of codebook vectors--> [B, D, frames] --decoder--> wav [B, 1, frames * hop]
+    wav [B, 1, samples] --encoder--> latents [B, D, frames] --residual FSQ--> codes [B, K, frames]
+    codes --sum of the levels' projected values--> [B, D, frames] --decoder--> wav [B, 1, frames * hop]
 
 Every convolution is causal: it pads on the left only, so output t depends on inputs <= t. In
 streaming mode (``with codec.streaming(B):``) each conv keeps the last ``(kernel-1)*dilation + 1 -
@@ -43,10 +43,7 @@ class CodecConfig:
     max_channels: int = 512
     dim: int = 256  # latent dimension fed to the quantiser
     num_codebooks: int = 8
-    codebook_size: int = 1024
-    codebook_dim: int = 0  # 0 = dim; otherwise each VQ level projects dim -> codebook_dim
-    ema_decay: float = 0.99
-    commitment_weight: float = 0.25
+    codebook_size: int = 1024  # codes per level; residual FSQ levels derived by fsq_levels()
     # Probability that a training example uses only the first n ~ U{1..K} codebooks, so that
     # decoding with fewer codebooks (lower bitrate) still works.
     quantizer_dropout: float = 0.5
@@ -66,6 +63,7 @@ class CodecConfig:
             raise ConfigError(f"codec frame rate {self.sample_rate / self.hop_length} Hz exceeds 25 Hz; use larger strides")
         if self.num_codebooks < 1 or self.codebook_size < 2:
             raise ConfigError("codec.num_codebooks must be >= 1 and codec.codebook_size >= 2")
+        fsq_levels(self.codebook_size)  # raises if it does not factor into small levels
         if not 0 <= self.quantizer_dropout <= 1:
             raise ConfigError(f"codec.quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
 
@@ -174,6 +172,24 @@ class ResidualUnit(nn.Module):
         return x + self.conv2(F.elu(self.conv1(F.elu(x))))
 
 
+def _init_signal_preserving(module: nn.Module) -> None:
+    """He-normal conv weights, zero biases, zero-initialised residual branches.
+
+    PyTorch's default conv init shrinks the variance about 3x per layer while its biases do not
+    shrink, so after the encoder's ~40 convs the latent was a per-channel constant (the biases) with
+    a speech-dependent part ~100x smaller, plus a large transient on the first frame of every clip
+    (zero padding). Every frame then quantised to the same code and the decoder learnt the average
+    spectrum. With this init the main path keeps the signal's scale (unit-gain fan-in init) and
+    each residual unit starts as the identity.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+            nn.init.zeros_(m.bias)
+        if isinstance(m, ResidualUnit):
+            nn.init.zeros_(m.conv2.conv.weight)
+
+
 def _widths(cfg: CodecConfig) -> list[int]:
     return [min(cfg.channels * 2**i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
 
@@ -212,130 +228,103 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
-class VectorQuantizer(nn.Module):
-    """One VQ level with an EMA-updated codebook ``[size, dim]`` (no gradient into the codebook).
+def fsq_levels(codebook_size: int) -> list[int]:
+    """Split ``codebook_size`` into FSQ levels of ~4-8 values each (1024 -> [8, 8, 4, 4], 2048 ->
+    [8, 8, 8, 4], 1000 -> [8, 5, 5, 5]): prime factors, largest first, each multiplied into the
+    smallest group so far; about one dimension per log2(6) bits."""
+    primes, n, p = [], codebook_size, 2
+    while n > 1:
+        while n % p == 0:
+            primes.append(p)
+            n //= p
+        p += 1
+    if not primes or max(primes) > 16:
+        raise ConfigError(f"codec.codebook_size={codebook_size} must factor into primes <= 16 (FSQ levels); use e.g. 1024 or 1000")
+    groups = [1] * max(1, round(math.log(codebook_size) / math.log(6)))
+    for p in sorted(primes, reverse=True):
+        groups[groups.index(min(groups))] *= p
+    return sorted(groups, reverse=True)
 
-    Codes live on the unit sphere: the projected inputs and the codebook rows are L2-normalised
-    (nearest code = highest cosine), so the commitment loss cannot be lowered by shrinking the
-    latents, which otherwise collapses every input onto one code. A code is dead when its EMA usage
-    falls below ``dead_fraction`` of the uniform usage
-    (vectors per step / size) — a threshold that does not depend on the batch size — and is then
-    re-seeded with a random vector of the current batch.
+
+class ResidualFSQ(nn.Module):
+    """K finite-scalar-quantiser levels, each quantising the residual the previous ones left.
+
+    Level i projects the residual ``[B, dim, T]`` to ``len(levels)`` scalars (1x1 conv), standardises
+    them (batch statistics in training, running ones in eval), rounds each to one of ``levels[j]``
+    values (omni.tokenizers.image.FSQ: sigmoid-bounded, straight-through gradient) and projects back.
+    There is no learned codebook, so nothing can go dead whatever the batch size. The standardisation
+    keeps the codes alive whatever the encoder's output scale (unnormalised, at lr 3e-3, it grew
+    from 0.07 to 450 in 200 steps and every sigmoid saturated: one code per level).
+    ``sigmoid(1.7 x)`` is close to the normal CDF, so standardised inputs fill the levels about
+    uniformly. In eval the statistics are constants, so a frame's code never depends on the other
+    frames of its batch or chunk (streaming stays exact).
     """
 
-    def __init__(self, dim: int, size: int, codebook_dim: int, decay: float, dead_fraction: float = 0.1) -> None:
+    def __init__(self, cfg: CodecConfig, momentum: float = 0.05) -> None:
         super().__init__()
-        self.decay = decay
-        self.dead_fraction = dead_fraction
-        self.proj_in = nn.Conv1d(dim, codebook_dim, 1) if codebook_dim != dim else nn.Identity()
-        self.proj_out = nn.Conv1d(codebook_dim, dim, 1) if codebook_dim != dim else nn.Identity()
-        self.register_buffer("codebook", torch.randn(size, codebook_dim) * 0.1)
-        self.register_buffer("cluster_size", torch.ones(size))
-        self.register_buffer("embed_sum", self.codebook.clone())
+        from omni.tokenizers.image import FSQ  # the one FSQ of the repo (lazy: image.py imports this module)
+
+        self.fsq = FSQ(fsq_levels(cfg.codebook_size))
+        self.momentum = momentum
+        d, k = len(self.fsq.levels), cfg.num_codebooks
+        self.proj_in = nn.ModuleList(nn.Conv1d(cfg.dim, d, 1) for _ in range(k))
+        self.proj_out = nn.ModuleList(nn.Conv1d(d, cfg.dim, 1) for _ in range(k))
+        self.register_buffer("mean", torch.zeros(k, d, 1))
+        self.register_buffer("std", torch.ones(k, d, 1))
         self.register_buffer("initialized", torch.tensor(False))
 
-    def nearest(self, z: Tensor) -> Tensor:
-        """Code ids of ``z`` [N, d] -> [N]. Squared distances computed per (row, code) pair, in
-        blocks of rows, so a row's id never depends on how many rows share the call (exactness)."""
-        out = []
-        for block in z.split(256):
-            d = (block[:, None, :] - self.codebook[None]).pow(2).sum(-1)
-            out.append(d.argmin(-1))
-        return torch.cat(out)
-
-    def project(self, x: Tensor) -> Tensor:
-        """x [B, dim, T] -> unit vectors [B*T, d] (rows: one per frame, contiguous)."""
-        z = self.proj_in(x)
-        return F.normalize(z.transpose(1, 2).reshape(-1, z.shape[1]), dim=-1)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, dim, T] -> (quantised [B, dim, T] with straight-through gradient, codes [B, T],
-        commitment loss scalar)."""
-        b, t = x.shape[0], x.shape[2]
-        flat = self.project(x)
-        if self.training and not bool(self.initialized):
-            self._init_from(flat.detach())
-        with torch.no_grad():
-            codes = self.nearest(flat.detach())
-        q = self.codebook[codes]
+    def _standardise(self, i: int, u: Tensor) -> Tensor:
+        """u [B, d, T] of level i -> ``1.7 (u - mean) / std``: the batch's statistics in training, with
+        their gradient (as in batch norm, so the encoder gains nothing by growing its scale: with
+        detached statistics its output grew to std 1e7 in 200 steps), the running ones in eval."""
         if self.training:
-            self._ema_update(flat.detach(), codes)
-        commit = F.mse_loss(flat, q.detach())
-        q = flat + (q - flat).detach()
-        q = q.reshape(b, t, -1).transpose(1, 2)
-        return self.proj_out(q), codes.reshape(b, t), commit
+            mean, std = u.mean((0, 2))[:, None], u.std((0, 2), correction=0)[:, None].clamp(min=1e-5)
+            with torch.no_grad():
+                m = 1.0 if not bool(self.initialized) else self.momentum  # first batch sets them
+                self.mean[i].lerp_(mean, m)
+                self.std[i].lerp_(std, m)
+        else:
+            mean, std = self.mean[i], self.std[i]
+        return (u - mean) / std * 1.7
 
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes [B, T] -> [B, dim, T]."""
-        q = self.codebook[codes].transpose(1, 2)
-        # Dense row-major strides even when T == 1 (a [B, d, 1] transpose counts as "contiguous" with
-        # odd strides, and oneDNN then picks another conv kernel: different rounding, not exact).
-        return self.proj_out(torch.empty(q.shape, dtype=q.dtype, device=q.device).copy_(q))
-
-    @torch.no_grad()
-    def _init_from(self, flat: Tensor) -> None:
-        uniform = flat.shape[0] / self.codebook.shape[0]
-        idx = torch.randint(0, flat.shape[0], (self.codebook.shape[0],), device=flat.device)
-        self.codebook.copy_(flat[idx])
-        self.embed_sum.copy_(flat[idx] * uniform)
-        self.cluster_size.fill_(uniform)
-        self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def _ema_update(self, flat: Tensor, codes: Tensor) -> None:
-        onehot = F.one_hot(codes, self.codebook.shape[0]).type_as(flat)  # [N, size]
-        self.cluster_size.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
-        n = self.cluster_size.sum()
-        smoothed = (self.cluster_size + 1e-5) / (n + self.codebook.shape[0] * 1e-5) * n
-        self.codebook.copy_(F.normalize(self.embed_sum / smoothed[:, None], dim=-1))
-        uniform = flat.shape[0] / self.codebook.shape[0]
-        dead = self.cluster_size < self.dead_fraction * uniform
-        if dead.any():  # re-seed unused codes with random current inputs, at uniform usage
-            idx = torch.randint(0, flat.shape[0], (int(dead.sum()),), device=flat.device)
-            self.codebook[dead] = flat[idx]
-            self.embed_sum[dead] = flat[idx] * uniform
-            self.cluster_size[dead] = uniform
-
-
-class ResidualVQ(nn.Module):
-    """K VQ levels, each quantising the residual the previous ones left."""
-
-    def __init__(self, cfg: CodecConfig) -> None:
-        super().__init__()
-        cd = cfg.codebook_dim or cfg.dim
-        self.levels = nn.ModuleList(
-            VectorQuantizer(cfg.dim, cfg.codebook_size, cd, cfg.ema_decay) for _ in range(cfg.num_codebooks)
-        )
-
-    def forward(self, x: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """x [B, dim, T] -> (quantised [B, dim, T], codes [B, K, T], commitment loss).
+    def forward(self, x: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """x [B, dim, T] -> (quantised [B, dim, T] with straight-through gradient, codes [B, K, T]).
 
         ``n_q`` [B] (training): example b's output sums only its first n_q[b] levels (quantiser
-        dropout); every level still sees the full residual chain, so codebook statistics are clean.
+        dropout); the residual chain runs through every level, so later levels keep training.
         """
-        residual, out, codes, commit = x, torch.zeros_like(x), [], x.new_zeros(())
-        for i, vq in enumerate(self.levels):
-            q, c, loss = vq(residual)
+        residual, out, codes = x, torch.zeros_like(x), []
+        for i, (p_in, p_out) in enumerate(zip(self.proj_in, self.proj_out)):
+            values, c = self.fsq.quantize(self._standardise(i, p_in(residual)))
+            q = p_out(values)
             residual = residual - q.detach()
             out = out + (q if n_q is None else q * (i < n_q).to(q.dtype)[:, None, None])
             codes.append(c)
-            commit = commit + loss
-        return out, torch.stack(codes, 1), commit / len(self.levels)
+        if self.training:
+            self.initialized.fill_(True)
+        return out, torch.stack(codes, 1)
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """x [B, dim, T] -> codes [B, K, T]; never updates the codebooks."""
+        """x [B, dim, T] -> codes [B, K, T]. The residual subtracts the exact decoded value of each
+        level (not the straight-through sum, which can differ in the last bit)."""
         residual, codes = x, []
-        for vq in self.levels:
-            c = vq.nearest(vq.project(residual)).reshape(residual.shape[0], residual.shape[2])
-            residual = residual - vq.decode(c)
+        for i, p_in in enumerate(self.proj_in):
+            c = self.fsq.quantize(self._standardise(i, p_in(residual)))[1]
+            residual = residual - self._level(i, c)
             codes.append(c)
         return torch.stack(codes, 1)
 
+    def _level(self, i: int, codes: Tensor) -> Tensor:
+        """codes [B, T] of level i -> its contribution [B, dim, T]."""
+        v = self.fsq.values(codes)
+        # Dense row-major strides even when T == 1 (a [B, d, 1] tensor with odd strides counts as
+        # "contiguous", and oneDNN then picks another conv kernel: different rounding, not exact).
+        return self.proj_out[i](torch.empty(v.shape, dtype=v.dtype, device=v.device).copy_(v))
+
     def decode(self, codes: Tensor) -> Tensor:
         """codes [B, k <= K, T] -> [B, dim, T] (fewer codebooks = lower bitrate)."""
-        return sum(self.levels[i].decode(codes[:, i]) for i in range(codes.shape[1]))
+        return sum(self._level(i, codes[:, i]) for i in range(codes.shape[1]))
 
 
 @register_tokenizer
@@ -354,8 +343,12 @@ class SpeechCodec(Tokenizer, StreamingModule):
         cfg.validate()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = ResidualVQ(cfg)
+        self.quantizer = ResidualFSQ(cfg)
         self.decoder = Decoder(cfg)
+        for module in (self.encoder, self.decoder):
+            _init_signal_preserving(module)
+        with torch.no_grad():  # start the output near speech level (~0.1), not ~100x louder
+            self.decoder.net[-1].conv.weight.mul_(0.01)
 
     # ---- metadata -------------------------------------------------------------------------
     @property
@@ -418,10 +411,10 @@ class SpeechCodec(Tokenizer, StreamingModule):
             raise ValueError(f"codec.decode: code ids must lie in [0, {self.cfg.codebook_size})")
         return self.decoder(self.quantizer.decode(codes.long()))
 
-    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Training pass: wav [B, 1, S] -> (reconstruction [B, 1, S], codes [B, K, S/hop], commit loss)."""
-        q, codes, commit = self.quantizer(self.encoder(wav), n_q)
-        return self.decoder(q), codes, commit
+    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """Training pass: wav [B, 1, S] -> (reconstruction [B, 1, S], codes [B, K, S/hop])."""
+        q, codes = self.quantizer(self.encoder(wav), n_q)
+        return self.decoder(q), codes
 
     # ---- save / load -----------------------------------------------------------------------
     def _save(self, folder: Path) -> dict[str, Any]:

@@ -102,11 +102,11 @@ class CodecTask(TokenizerTask):
         if model.training:  # quantiser dropout: some examples decode from their first n ~ U{1..K} levels
             drop = torch.rand(batch.shape[0], device=batch.device) < c.quantizer_dropout
             n_q = torch.where(drop, torch.randint(1, k + 1, drop.shape, device=batch.device), k)
-        recon, _, commit = model(batch, n_q)
+        recon, _ = model(batch, n_q)
         mel = multiscale_mel_loss(recon, batch, c.sample_rate, c.mel_n_ffts, c.mel_bins)
         wave = F.l1_loss(recon, batch)
-        loss = mel + c.waveform_weight * wave + c.commitment_weight * commit
-        return loss, {"mel": mel.item(), "wave_l1": wave.item(), "commit": commit.item()}
+        loss = mel + c.waveform_weight * wave  # FSQ has no codebook, hence no commitment loss
+        return loss, {"mel": mel.item(), "wave_l1": wave.item()}
 
     def tokens_in(self, batch: Tensor) -> int:
         return batch.shape[0] * batch.shape[-1]  # samples

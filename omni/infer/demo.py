@@ -9,7 +9,7 @@
 4. serves it: one spoken question streamed in 80 ms chunks (Silero VAD ends the turn, frames are
    decoded and written as they come), one image question and one drawing.
 
-Every step's steps are sized by :func:`budget_steps` from two timed training steps on this machine.
+Each training stage gets as many steps as fit its time budget: :func:`budget_steps` times a few steps here first.
 """
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, ta
 
 def budget_steps(cfg: Config, budget_s: float, max_steps: int, min_steps: int = 20) -> int:
     """Training steps of ``cfg`` (its task, model, data and batch size) that fit ``budget_s`` seconds on
-    this machine — two timed steps, the first warms up allocators — clamped to [min_steps, max_steps]."""
+    this machine, clamped to [min_steps, max_steps]: one step warms up allocators, then the median of
+    three timed steps (one step timed alone was off by 2-5x on a shared, loaded machine)."""
     from omni.train.task import get_task
 
     task = get_task(cfg.task)
@@ -118,15 +119,16 @@ def budget_steps(cfg: Config, budget_s: float, max_steps: int, min_steps: int = 
     batch = task.collate([data[i % len(data)] for i in range(cfg.train.batch_size)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
-    for _ in range(2):
+    for _ in range(4):
         t = time.perf_counter()
         loss, _ = task.loss(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)
-    steps = int(max(min_steps, min(max_steps, budget_s / times[-1])))
-    print(f"   {cfg.name}: {times[-1]:.2f} s per step here: {steps} steps fit the {budget_s:.0f} s training budget")
+    per_step = sorted(times[1:])[1]
+    steps = int(max(min_steps, min(max_steps, budget_s / per_step)))
+    print(f"   {cfg.name}: {per_step:.2f} s per step here: {steps} steps fit the {budget_s:.0f} s training budget")
     return steps
 
 

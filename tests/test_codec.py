@@ -81,10 +81,9 @@ def test_bad_inputs():
 
 @pytest.mark.slow
 def test_tiny_codec_training_improves_mel_distance(tmp_path):
-    """~1.5 min of synthetic espeak speech, 150 Trainer steps: val mel distance drops by >= 1.05x.
+    """~1.5 min of synthetic espeak speech, 150 Trainer steps: val mel distance drops by >= 1.15x.
 
-    A codec this small learns slowly (the tiny config needs thousands of steps for intelligible
-    speech); this checks that the losses, quantiser and Trainer wiring make it learn at all."""
+    Before the residual-FSQ / init fix the codes collapsed and this gave only 1.10x (1.411 -> 1.287)."""
     import argparse
 
     from omni.config import load_config
@@ -116,4 +115,4 @@ def test_tiny_codec_training_improves_mel_distance(tmp_path):
     trained = load_tokenizer(last / "tokenizer")  # written by CodecTask.on_save
     after = distance(trained)
     print(f"val mel distance: init {before:.3f} -> trained {after:.3f} ({before / after:.2f}x)")
-    assert before / after >= 1.05  # measured: 1.411 -> 1.287 (1.10x)
+    assert before / after >= 1.15  # measured: 1.380 -> 1.122 (1.23x)

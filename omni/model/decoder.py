@@ -134,7 +134,7 @@ class Attention(StreamingModule):
             mask = AttentionMask(causal=True, span_ids=span, sliding_window=mask.sliding_window,
                                  q_offset=positions[:, 0])
         out = attention(q, k.to(q.dtype), v.to(q.dtype), mask, backend=self.backend)
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
+        return self.wo(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
 
 
 class FeedForward(nn.Module):

@@ -101,6 +101,11 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def adamw(model: nn.Module, cfg) -> torch.optim.AdamW:
+    """torch AdamW over :func:`decay_groups` with the run's lr and betas."""
+    return torch.optim.AdamW(decay_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=cfg.train.betas)
+
+
 class Engine:
     """What the Trainer needs from a parallelism backend."""
 
@@ -144,8 +149,7 @@ class TorchEngine(Engine):
                 fully_shard(block)
             fully_shard(model)
         self.model = model
-        self.optimizer = torch.optim.AdamW(decay_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                           betas=cfg.train.betas)
+        self.optimizer = adamw(model, cfg)
         self._save_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         self._load_opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharded)
 
@@ -237,8 +241,7 @@ class DeepSpeedEngine(Engine):
         ds = deepspeed_config(ds_config_path, cfg, device.type == "cuda")
         optimizer = None
         if "optimizer" not in ds:
-            optimizer = torch.optim.AdamW(decay_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                          betas=cfg.train.betas)
+            optimizer = adamw(model, cfg)
             params = None
         else:
             params = decay_groups(model, cfg.train.weight_decay)

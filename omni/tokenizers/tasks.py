@@ -99,14 +99,28 @@ class CodecTask(TokenizerTask):
         c: CodecConfig = model.cfg
         k = c.num_codebooks
         n_q = None
+        if model.training and c.noise_db:
+            low, high = c.noise_db
+            db = torch.empty(batch.shape[0], 1, 1, device=batch.device).uniform_(low, high)
+            batch = batch + torch.randn_like(batch) * 10 ** (db / 20)
         if model.training:  # quantiser dropout: some examples decode from their first n ~ U{1..K} levels
             drop = torch.rand(batch.shape[0], device=batch.device) < c.quantizer_dropout
             n_q = torch.where(drop, torch.randint(1, k + 1, drop.shape, device=batch.device), k)
-        recon, _ = model(batch, n_q)
+        recon, _, spectrum = model(batch, n_q)
         mel = multiscale_mel_loss(recon, batch, c.sample_rate, c.mel_n_ffts, c.mel_bins)
         wave = F.l1_loss(recon, batch)
         loss = mel + c.waveform_weight * wave  # FSQ has no codebook, hence no commitment loss
-        return loss, {"mel": mel.item(), "wave_l1": wave.item()}
+        metrics = {"mel": mel.item(), "wave_l1": wave.item()}
+        if c.spectral_weight:
+            # The decoder's log magnitudes against the input's, frame for frame: a direct target the
+            # decoder meets long before its phases are coherent enough for the mel loss to show it.
+            # Decoder frame t covers [t, t + 4) hops = the encoder's causal STFT frame t + 3.
+            target = model.encoder.net[0](batch)[..., 3:]
+            log_mag = spectrum[:, : target.shape[1], :-3]
+            spectral = F.l1_loss(log_mag, target)
+            loss = loss + c.spectral_weight * spectral
+            metrics["spectral"] = spectral.item()
+        return loss, metrics
 
     def tokens_in(self, batch: Tensor) -> int:
         return batch.shape[0] * batch.shape[-1]  # samples

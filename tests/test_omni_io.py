@@ -135,3 +135,12 @@ def test_cli(bot, tmp_path, capsys):
     mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     with pytest.raises(SystemExit, match="not a readable video"):
         main(["--checkpoint", str(ckpt), "--video", str(mp4), "--out", str(tmp_path / "e")])
+    # A fresh process imports only what `python -m omni.chat` imports: every saved tokenizer class
+    # (the text one included) must be loadable from there.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "omni.chat", "--checkpoint", str(ckpt), "--text", "the cat sat on the mat.",
+                           "--speech", "no", "--out", str(tmp_path / "f")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "f" / "reply.txt").is_file()

@@ -8,4 +8,4 @@ from omni.tokenizers.base import (  # noqa: F401
 )
 
 # Built-in modality tokenizers: importing registers their classes (load_tokenizer) and config sections.
-from omni.tokenizers import codec, image, video  # noqa: F401,E402
+from omni.tokenizers import codec, image, text, video  # noqa: F401,E402

@@ -33,6 +33,10 @@ from omni.train.distributed import all_reduce_mean, barrier, build_engine, setup
 from omni.train.sampler import ResumableSampler
 from omni.train.task import Task
 
+# Subnormal floats take a slow path in CPU kernels: a trained codec's training step went from 0.20 s
+# to 0.95 s once they appeared. Flushing them to zero changes nothing above 1e-38.
+torch.set_flush_denormal(True)
+
 # Dense bf16 peak FLOP/s by (substring of) CUDA device name, for MFU.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "4090": 165e12}
 

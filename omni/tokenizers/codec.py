@@ -325,7 +325,8 @@ class Encoder(nn.Module):
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
         w = _widths(cfg)
-        layers: list[nn.Module] = [STFTLogMagnitude(cfg.stft_hop), CausalConv(2 * cfg.stft_hop + 1, w[0], 3)]
+        self.stft = STFTLogMagnitude(cfg.stft_hop)
+        layers: list[nn.Module] = [CausalConv(2 * cfg.stft_hop + 1, w[0], 3)]
         for i, s in enumerate(cfg.strides):
             layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9), nn.ELU()]
             layers += [CausalConv(w[i], w[i + 1], 2 * s, stride=s)]
@@ -333,7 +334,7 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, wav: Tensor) -> Tensor:
-        return self.net(wav)
+        return self.net(self.stft(wav))
 
 
 class Decoder(nn.Module):

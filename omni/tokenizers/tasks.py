@@ -115,7 +115,7 @@ class CodecTask(TokenizerTask):
             # The decoder's log magnitudes against the input's, frame for frame: a direct target the
             # decoder meets long before its phases are coherent enough for the mel loss to show it.
             # Decoder frame t covers [t, t + 4) hops = the encoder's causal STFT frame t + 3.
-            target = model.encoder.net[0](batch)[..., 3:]
+            target = model.encoder.stft(batch)[..., 3:]
             log_mag = spectrum[:, : target.shape[1], :-3]
             spectral = F.l1_loss(log_mag, target)
             loss = loss + c.spectral_weight * spectral

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -454,6 +454,20 @@ class ResidualFSQ(nn.Module):
         return sum(self._level(i, codes[:, i]) for i in range(codes.shape[1]))
 
 
+class CodecOutput(NamedTuple):
+    """A training pass of :class:`SpeechCodec`; CodecTask.loss reads recon, spectrum and input_log_mag
+    (the input STFT is computed once, for the encoder and the spectral target alike)."""
+
+    recon: Tensor  # [B, 1, S]
+    codes: Tensor  # [B, K, S / hop]
+    # The decoder's (log magnitude, phase) before the inverse STFT, [B, 2 * bins, S / stft_hop];
+    # its frame t describes samples [t*stft_hop, t*stft_hop + 4*stft_hop).
+    spectrum: Tensor
+    # The encoder's causal STFT log magnitudes of the input, [B, bins, S / stft_hop]; frame t covers
+    # samples [(t+1)*stft_hop - 4*stft_hop, (t+1)*stft_hop).
+    input_log_mag: Tensor
+
+
 @register_tokenizer
 class SpeechCodec(Tokenizer, StreamingModule):
     """The speech tokenizer: ``encode(wav [B,1,S]) -> codes [B,K,S/hop]``, ``decode`` the inverse.
@@ -540,16 +554,12 @@ class SpeechCodec(Tokenizer, StreamingModule):
             raise ValueError(f"codec.decode: code ids must lie in [0, {self.cfg.codebook_size})")
         return self.decoder(self.quantizer.decode(codes.long()))
 
-    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Training pass: wav [B, 1, S] -> (reconstruction [B, 1, S], codes [B, K, S/hop], spectrum).
-
-        ``spectrum`` is the decoder's (log magnitude, phase) ``[B, 2 * bins, S / stft_hop]`` before
-        the inverse STFT; its frame t describes samples
-        ``[t*stft_hop, t*stft_hop + 4*stft_hop)``.
-        """
-        q, codes = self.quantizer(self.encoder(wav), n_q)
-        out = self.decoder.net(q)
-        return self.decoder.head(out), codes, out
+    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> "CodecOutput":
+        """Training pass over wav [B, 1, S]; ``n_q`` as in :meth:`ResidualFSQ.forward`."""
+        input_log_mag = self.encoder.stft(wav)
+        q, codes = self.quantizer(self.encoder.net(input_log_mag), n_q)
+        spectrum = self.decoder.net(q)
+        return CodecOutput(self.decoder.head(spectrum), codes, spectrum, input_log_mag)
 
     # ---- save / load -----------------------------------------------------------------------
     def _save(self, folder: Path) -> dict[str, Any]:

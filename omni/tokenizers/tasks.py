@@ -106,17 +106,17 @@ class CodecTask(TokenizerTask):
         if model.training:  # quantiser dropout: some examples decode from their first n ~ U{1..K} levels
             drop = torch.rand(batch.shape[0], device=batch.device) < c.quantizer_dropout
             n_q = torch.where(drop, torch.randint(1, k + 1, drop.shape, device=batch.device), k)
-        recon, _, spectrum = model(batch, n_q)
-        mel = multiscale_mel_loss(recon, batch, c.sample_rate, c.mel_n_ffts, c.mel_bins)
-        wave = F.l1_loss(recon, batch)
+        out = model(batch, n_q)
+        mel = multiscale_mel_loss(out.recon, batch, c.sample_rate, c.mel_n_ffts, c.mel_bins)
+        wave = F.l1_loss(out.recon, batch)
         loss = mel + c.waveform_weight * wave  # FSQ has no codebook, hence no commitment loss
         metrics = {"mel": mel.item(), "wave_l1": wave.item()}
         if c.spectral_weight:
             # The decoder's log magnitudes against the input's, frame for frame: a direct target the
             # decoder meets long before its phases are coherent enough for the mel loss to show it.
             # Decoder frame t covers [t, t + 4) hops = the encoder's causal STFT frame t + 3.
-            target = model.encoder.stft(batch)[..., 3:]
-            log_mag = spectrum[:, : target.shape[1], :-3]
+            target = out.input_log_mag[..., 3:]
+            log_mag = out.spectrum[:, : target.shape[1], :-3]
             spectral = F.l1_loss(log_mag, target)
             loss = loss + c.spectral_weight * spectral
             metrics["spectral"] = spectral.item()

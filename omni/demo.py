@@ -24,7 +24,6 @@ Each stage prints what it does and how long it took; the demo ends with the time
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from omni.config import load_config
 from omni.train.checkpoint import load_model_state, resolve_checkpoint
 from omni.train.task import get_task
-from omni.train.trainer import Trainer
+from omni.train.trainer import Trainer, read_metrics
 
 
 def text_demo(args: argparse.Namespace) -> None:
@@ -49,7 +48,7 @@ def text_demo(args: argparse.Namespace) -> None:
     Trainer(cfg, task, argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
 
     run = Path(cfg.train.out_dir)
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     print(f"== loss {records[0]['loss']:.3f} (step 1) -> {records[-1]['loss']:.3f} (step {records[-1]['step']}), "
           f"{sum(speeds) / max(1, len(speeds)):.0f} tokens/s")

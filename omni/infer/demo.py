@@ -176,7 +176,7 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> di
     import omni.tokenizers  # noqa: F401  (registers the codec / image_tok / video_tok config sections)
     from omni.config import load_config
     from omni.train.task import get_task
-    from omni.train.trainer import Trainer
+    from omni.train.trainer import Trainer, read_metrics
 
     runs = {}
     for name, stage in TOKENIZERS.items():
@@ -192,7 +192,7 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> di
             cfg.train.steps = budget_steps(cfg, stage.budget_s * budget_scale, cfg.train.steps)
             cfg.train.warmup_steps = min(cfg.train.warmup_steps, cfg.train.steps // 5)
             Trainer(cfg, get_task(cfg.task), argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
-            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            records = read_metrics(run)
             m = stage.metric
             print(f"   {m} {records[0][m]:.3f} (step {records[0]['step']}) -> {records[-1][m]:.3f} "
                   f"(step {records[-1]['step']}); {time.perf_counter() - t0:.0f} s with the corpus")
@@ -210,7 +210,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture, tokenizer_folder
     from omni.omni_task import read_index, register_config_sections
     from omni.train.task import get_task
-    from omni.train.trainer import Trainer
+    from omni.train.trainer import Trainer, read_metrics
 
     timings: dict[str, float] = {}
     runs = train_tokenizers(timings, budget_scale)
@@ -235,7 +235,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     cfg.train.steps = steps or budget_steps(cfg, TRAIN_BUDGET_S * budget_scale, DEMO_STEPS)
     print(f"== training {cfg.name} ({cfg.train.steps} steps x {cfg.train.batch_size} rows of {cfg.data.seq_len}) into {out}")
     Trainer(cfg, get_task("omni"), argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
-    records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(out)
     last = records[-1]
     print(f"   loss {records[0]['loss']:.2f} -> {last['loss']:.2f}; text {last['loss_text']:.2f}, monologue "
           f"{last['loss_monologue']:.2f}, audio codes {last['loss_audio']:.2f}, image {last['loss_image']:.2f} "

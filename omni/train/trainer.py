@@ -49,6 +49,11 @@ class RunExistsError(RuntimeError):
     """The output folder already holds a run and neither --resume nor --overwrite was given."""
 
 
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """The records a run logged to ``run/metrics.jsonl``, one dict per logged step, oldest first."""
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
 def lr_at(step: int, cfg: Config) -> float:
     """Linear warmup over ``warmup_steps`` to ``lr``, then cosine decay to ``min_lr`` at ``steps``."""
     t = cfg.train

@@ -39,6 +39,16 @@ def _is_hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
+# (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below,
+# none of them spills a register on sm_90 (`python -m omni.kernels.aot` builds and lists them);
+# 4 warps spill at these blocks for head dim 128, so they are not offered.
+HOPPER_CONFIGS = {
+    "fwd": [(8, 3), (8, 4), (8, 2)],
+    "dkdv": [(8, 2), (8, 3), (8, 4)],
+    "dq": [(8, 3), (8, 2), (8, 4)],
+}
+
+
 def _configs(hopper_options: list[tuple[int, int]]) -> list[triton.Config]:
     """(num_warps, num_stages) choices: tuned on Hopper, one sane default elsewhere, one in the interpreter.
 
@@ -52,18 +62,26 @@ def _configs(hopper_options: list[tuple[int, int]]) -> list[triton.Config]:
     return [triton.Config({}, num_warps=hopper_options[0][0], num_stages=2)]
 
 
-# Re-tune per shape and per mask kind (which parts of the visibility rule are compiled in).
-TUNE_KEY = ["q_len", "kv_len", "HEAD_DIM", "CAUSAL", "HAS_DOC", "HAS_SPAN", "HAS_WINDOW"]
+# Re-tune per power-of-two length bucket and per mask kind (which parts of the visibility rule are
+# compiled in). Exact lengths would re-tune (a few hundred ms) for every new prompt length at serving.
+# The buckets are kernel arguments that only the autotuner reads, not specialised on by the JIT.
+TUNE_KEY = ["tune_q_len", "tune_kv_len", "HEAD_DIM", "CAUSAL", "HAS_DOC", "HAS_SPAN", "HAS_WINDOW"]
+TUNED = dict(do_not_specialize=["tune_q_len", "tune_kv_len"])
+
+
+def tune_buckets(q_len: int, kv_len: int) -> dict[str, int]:
+    """The autotuner's length key: each length rounded up to a power of two."""
+    return dict(tune_q_len=triton.next_power_of_2(q_len), tune_kv_len=triton.next_power_of_2(kv_len))
 
 
 def block_sizes(head_dim: int, kind: str) -> tuple[int, int]:
     """(block_m, block_n) for "fwd" (also dq) and "dkdv"; small in the interpreter so tests cross tiles."""
     if interpreting():
         return (32, 16) if kind == "fwd" else (16, 32)
-    # Chosen so that the sm_90 builds (8 warps) do not spill registers (checked with nvdisasm).
+    # Chosen so that the sm_90 builds (8 warps) do not spill registers (python -m omni.kernels.aot).
     if kind == "fwd":
         return (128, 128) if head_dim <= 64 else (128, 64)
-    return (64, 64) if head_dim <= 64 else (32, 64)
+    return (32, 64)
 
 
 # ---- shared device code --------------------------------------------------------------------------
@@ -134,13 +152,14 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
 
 
 # ---- forward -------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs([(8, 3), (8, 4), (8, 2)]), key=TUNE_KEY)
-@triton.jit
+@triton.autotune(configs=_configs(HOPPER_CONFIGS["fwd"]), key=TUNE_KEY)
+@triton.jit(**TUNED)
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
                 KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
                 qk_scale, window, q_len, kv_len, n_heads, groups, n_qb, n_kb,
                 stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                 stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
+                tune_q_len, tune_kv_len,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -233,14 +252,15 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     return dk, dv
 
 
-@triton.autotune(configs=_configs([(8, 3), (8, 2), (4, 3)]), key=TUNE_KEY)
-@triton.jit
+@triton.autotune(configs=_configs(HOPPER_CONFIGS["dkdv"]), key=TUNE_KEY)
+@triton.jit(**TUNED)
 def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
                  Q_CNT, Q_IDX, FQ_CNT, FQ_IDX,
                  qk_scale, sm_scale, window, q_len, kv_len, n_kv_heads, groups, n_qb, n_kb,
                  stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                  stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                  stride_dkb, stride_dkh, stride_dks,
+                 tune_q_len, tune_kv_len,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -304,14 +324,15 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     return tl.dot(ds.to(k.dtype), k, dq)
 
 
-@triton.autotune(configs=_configs([(8, 3), (8, 2), (8, 4)]), key=TUNE_KEY)
-@triton.jit
+@triton.autotune(configs=_configs(HOPPER_CONFIGS["dq"]), key=TUNE_KEY)
+@triton.jit(**TUNED)
 def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
                qk_scale, sm_scale, window, q_len, kv_len, n_heads, groups, n_qb, n_kb,
                stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
                stride_vb, stride_vh, stride_vs, stride_dob, stride_doh, stride_dos,
                stride_dqb, stride_dqh, stride_dqs,
+               tune_q_len, tune_kv_len,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -393,7 +414,7 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: f
         bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
         scale * LOG2E, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv),
     )
     return out, lse
 
@@ -420,7 +441,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         bs.q_cnt, bs.q_idx, bs.full_q_cnt, bs.full_q_idx,
         scale * LOG2E, scale, ma.window, sq, skv, hk, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv),
     )
     bm, bn = block_sizes(d, "fwd")
     bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
@@ -430,7 +451,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
         scale * LOG2E, scale, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv),
     )
     return dq, dk, dv
 

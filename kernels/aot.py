@@ -7,7 +7,7 @@ length and block count that hint, as a launch of the benchmark's shapes would (a
 lengths and head counts multiples of 16), so what it reports is what such a launch runs: registers
 per thread, bytes spilled to local memory, shared memory, pipelined (asynchronous) copies, wgmma.
 
-    python -m omni.kernels.aot                      # every autotune choice, sm_90, head dims 64 and 128
+    python -m omni.kernels.aot                      # every autotune choice, sm_90, head dims 64, 128, 256
     python -m omni.kernels.aot --arch 90 --head-dims 128 --json runs/kernel_builds.json
 
 It needs Triton's bundled ptxas, not a GPU; it cannot run under TRITON_INTERPRET=1.
@@ -112,11 +112,12 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
 
 
 def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int = 90,
-          flags: Optional[dict] = None) -> KernelBuild:
+          flags: Optional[dict] = None, block: Optional[tuple[int, int]] = None) -> KernelBuild:
     """Compile one kernel of omni.kernels for ``sm_{arch}`` and report its resources.
 
     ``flags`` are the mask features compiled in (default: causal + documents + spans, the packed
-    multimodal mask; a sliding window adds a few instructions to partial tiles only).
+    multimodal mask; a sliding window adds a few instructions to partial tiles only). ``block``
+    overrides the training kernels' (block_m, block_n), to try other tiles.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -128,7 +129,8 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
     jit_fn, blocks = _kernels()[kernel]
     fn = jit_fn.fn if isinstance(jit_fn, triton.runtime.Autotuner) else jit_fn
     mask_flags = flags or dict(CAUSAL=True, HAS_DOC=True, HAS_SPAN=True, HAS_WINDOW=False)
-    consts = dict(blocks(head_dim), HEAD_DIM=head_dim,
+    tile = blocks(head_dim) if block is None else dict(BLOCK_M=block[0], BLOCK_N=block[1])
+    consts = dict(tile, HEAD_DIM=head_dim,
                   **{k: v for k, v in mask_flags.items() if k in fn.arg_names})
     sig, attrs = _signature(fn, consts)
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
@@ -140,16 +142,17 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
                        "wgmma" in compiled.asm["ptx"])
 
 
-def offered_choices(head_dims: tuple[int, ...] = (64, 128)) -> list[tuple[str, int, int, int]]:
+def offered_choices(head_dims: tuple[int, ...] = (64, 128, 256)) -> list[tuple[str, int, int, int]]:
     """(kernel, head_dim, num_warps, num_stages) for every choice the Hopper autotuner may make, and the
     fixed launches of the untuned kernels."""
+    from omni.kernels.decode import merge_warps
     from omni.kernels.flash import HOPPER_CONFIGS
 
     out = []
     for d in head_dims:
         for name in TRAINING_KERNELS:
             out += [(name, d, w, s) for w, s in HOPPER_CONFIGS[name]]
-        out += [("delta", d, 4, 3), ("decode", d, 4, 3), ("decode_merge", d, 1, 3)]
+        out += [("delta", d, 4, 3), ("decode", d, 4, 3), ("decode_merge", d, merge_warps(d), 3)]
     return out
 
 
@@ -169,7 +172,7 @@ def build_all(choices: list[tuple], arch: int = 90, workers: int = 2) -> list[Ke
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200)")
-    ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)

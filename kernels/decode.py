@@ -95,6 +95,11 @@ def _n_splits(work: int, kv_len: int, block_n: int, device: torch.device) -> int
     return max(1, min(-(-2 * _sm_count(device) // work), -(-kv_len // block_n), 128))
 
 
+def merge_warps(head_dim: int) -> int:
+    """Warps of the merge kernel: one per 64 columns, so its [splits, head_dim] tile fits in registers."""
+    return max(1, head_dim // 64)
+
+
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: Optional[float] = None) -> Tensor:
     """Attention of a few queries per row against a KV cache (inference only, no autograd).
 
@@ -132,6 +137,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale
     out = torch.empty_like(q)
     _decode_merge_kernel[(b * hk, groups * sq)](
         o_part, l_part, out, sq, hk, groups, n_splits, *out.stride()[:3],
-        HEAD_DIM=d, BLOCK_R=block_r, BLOCK_S=max(2, triton.next_power_of_2(n_splits)), num_warps=1,
+        HEAD_DIM=d, BLOCK_R=block_r, BLOCK_S=max(2, triton.next_power_of_2(n_splits)),
+        num_warps=merge_warps(d),
     )
     return out

@@ -78,10 +78,11 @@ def block_sizes(head_dim: int, kind: str) -> tuple[int, int]:
     """(block_m, block_n) for "fwd" (also dq) and "dkdv"; small in the interpreter so tests cross tiles."""
     if interpreting():
         return (32, 16) if kind == "fwd" else (16, 32)
-    # Chosen so that the sm_90 builds (8 warps) do not spill registers (python -m omni.kernels.aot).
+    # Chosen so that the sm_90 builds (8 warps) neither spill registers nor outgrow shared memory, with
+    # Triton 3.6 (the GPU machines') and 3.9 (here): python -m omni.kernels.aot.
     if kind == "fwd":
-        return (128, 128) if head_dim <= 64 else (128, 64)
-    return (32, 64)
+        return (128, 64) if head_dim <= 128 else (64, 32)
+    return (32, 64) if head_dim <= 128 else (16, 64)
 
 
 # ---- shared device code --------------------------------------------------------------------------
@@ -134,16 +135,17 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     k = tl.load(K + offs_n[:, None] * stride_ks + offs_d[None, :], mask=offs_n[:, None] < kv_len, other=0.0)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k))
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
         k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
         vis = _visible(q_pos, offs_n, q_doc, k_doc, q_span, k_span, kv_len, window,
                        CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         s = tl.where(vis, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    # The row max of the raw scores, scaled (qk_scale > 0), so that each score costs one FMA below.
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-    p = tl.math.exp2(s - m_safe[:, None])
+    p = tl.math.exp2(s * qk_scale - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(V + offs_n[:, None] * stride_vs + offs_d[None, :], mask=offs_n[:, None] < kv_len, other=0.0)

@@ -252,19 +252,21 @@ def test_decoder_trains_and_streams_through_triton(profile):
 @pytest.mark.slow
 @pytest.mark.skipif(INTERP or not HAS_TRITON, reason="needs compiled (not interpreted) kernel definitions")
 def test_kernels_build_for_hopper():
-    """Without a GPU, build every kernel for sm_90 with every choice the autotuner may make (head dims
-    64 and 128, specialised as a launch at the benchmark's shapes), so a Hopper-only compile error,
-    a register spill, too much shared memory or a loop the pipeliner gave up on shows up here."""
+    """Without a GPU, build every kernel for sm_90 with every choice the autotuner may make (specialised
+    as a launch at the benchmark's shapes), so that a Hopper-only compile error, too much shared memory,
+    a register spill or a loop the pipeliner gave up on shows up here. Head dims 64 and 128 (the
+    model's) must be spill-free and use wgmma; 256 (the largest allowed) must build and fit."""
     from omni.kernels import aot
 
-    for b in aot.build_all(aot.offered_choices((64, 128)), arch=90, workers=2):
+    for b in aot.build_all(aot.offered_choices((64, 128, 256)), arch=90, workers=2):
         what = f"{b.kernel} D={b.head_dim} warps={b.num_warps} stages={b.num_stages}"
-        assert b.spill_bytes == 0, f"{what} spills {b.spill_bytes} bytes"
         assert b.shared_bytes <= aot.SHARED_LIMIT[90], f"{what} needs {b.shared_bytes} bytes of shared memory"
         if b.kernel in aot.TRAINING_KERNELS + ("decode",):
             assert b.async_copies > 0, f"{what}: the key/value loads are not pipelined"
-        # Training tiles are large enough for Hopper's warp-group MMA; decode tiles (16 rows) are not.
-        assert b.wgmma == (b.kernel in aot.TRAINING_KERNELS), what
+        if b.head_dim <= 128:
+            assert b.spill_bytes == 0, f"{what} spills {b.spill_bytes} bytes"
+            # Training tiles are large enough for Hopper's warp-group MMA; decode tiles (16 rows) are not.
+            assert b.wgmma == (b.kernel in aot.TRAINING_KERNELS), what
 
 
 def test_backends_registered():

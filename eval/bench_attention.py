@@ -8,6 +8,9 @@ Throughput counts only visible (query, key) pairs of each row and head:
     python eval/bench_attention.py                   # GPU: full table + JSON (runs/bench_attention.json)
     python eval/bench_attention.py --cpu-smoke       # CPU: Triton interpreter, tiny sizes, proves it runs
 
+Each case first checks the Triton kernels at full size (output and dq, dk, dv against FlexAttention on
+GPU, the float32 reference on CPU; the decode step against SDPA); the exit status is 3 if any failed.
+
 On CPU the smoke mode is automatic; its timings say nothing about GPUs.
 """
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 
 FWD_FLOPS = "4 * B * H * D * pairs"
 BWD_FACTOR = 3.5
+# Largest max|triton - ref| / max|ref| over the output and dq, dk, dv before a case is marked FAILED:
+# bf16 on GPU against FlexAttention (as tests/test_kernels.py), float32 in the CPU smoke run.
+CHECK_TOL = {torch.bfloat16: 3e-2, torch.float32: 1e-4}
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -122,6 +128,21 @@ def candidates(mask_kind: str, mask, cpu: bool) -> dict[str, Callable]:
     return fns
 
 
+def output_and_grads(fn: Callable, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     dout: torch.Tensor) -> list[torch.Tensor]:
+    """[out, dq, dk, dv] of one backend, on fresh leaf copies of q, k, v."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    out.backward(dout)
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def max_rel_err(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    """Largest max|a - b| / max|b| over matching tensors."""
+    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6))
+               for a, b in zip(got, want))
+
+
 def save(path: str, result: dict) -> None:
     """Write the JSON (also after every case, so a run cut short by a time limit keeps what it measured)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -131,7 +152,7 @@ def save(path: str, result: dict) -> None:
 
 def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, result: dict) -> list[dict]:
     from omni.kernels.masks import packed_multimodal_mask
-    from omni.model.attention import AttentionMask
+    from omni.model.attention import AttentionMask, attention
 
     rows = result["training"]
     h, d = args.heads, args.head_dim
@@ -145,8 +166,24 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
             q, k, v = (torch.randn(b, h, seq, d, device=device, dtype=dtype, generator=g).requires_grad_()
                        for _ in range(3))
             dout = torch.randn_like(q)
-            for name, fn in candidates(kind, mask, args.cpu_smoke).items():
+            fns = candidates(kind, mask, args.cpu_smoke)
+            # Full-size correctness of the kernels in the same run: against FlexAttention on GPU (an
+            # independent implementation of the same mask), the float32 reference math on CPU.
+            ref_name = "reference" if args.cpu_smoke else "flex"
+            ref_fn = fns["flex"] if ref_name == "flex" else (lambda q_, k_, v_: attention(q_, k_, v_, mask, "reference"))
+            try:
+                err = max_rel_err(output_and_grads(fns["triton"], q, k, v, dout),
+                                  output_and_grads(ref_fn, q, k, v, dout))
+                check = dict(check_vs=ref_name, check_err=err, check_ok=err < CHECK_TOL[dtype])
+            except Exception as e:
+                check = dict(check_vs=ref_name, check_error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            print(f"  {kind:18s} S={seq:6d} check triton vs {ref_name}: "
+                  + (f"max rel err {check['check_err']:.2e} {'ok' if check['check_ok'] else 'FAILED'}"
+                     if "check_err" in check else check["check_error"]), flush=True)
+            for name, fn in fns.items():
                 row = dict(seq=seq, batch=b, mask=kind, backend=name, pairs_per_row=pairs)
+                if name == "triton":
+                    row.update(check)
                 try:
                     qd, kd, vd = q.detach(), k.detach(), v.detach()  # CPU flex refuses inputs needing grad
                     with torch.no_grad():
@@ -191,6 +228,8 @@ def bench_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dt
                 "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa),
             }
             row = dict(length=length, heads=heads, kv_heads=kv_heads, head_dim=d)
+            row["check_err"] = max_rel_err([fns["triton-decode"]()], [fns["sdpa"]()])  # the step sees every key
+            row["check_ok"] = row["check_err"] < CHECK_TOL[dtype]
             for name, fn in fns.items():
                 row[f"{name}_us"] = timer_ms(fn) * 1e3
                 if device.type == "cuda":
@@ -199,14 +238,16 @@ def bench_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dt
             rows.append(row)
             save(args.out, result)
             print(f"  decode L={length:6d} Hkv={kv_heads:2d}  triton {row['triton-decode_us']:8.1f} us   "
-                  f"sdpa {row['sdpa_us']:8.1f} us", flush=True)
+                  f"sdpa {row['sdpa_us']:8.1f} us   max rel err {row['check_err']:.1e}"
+                  + ("" if row["check_ok"] else " FAILED"), flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown table with each backend's ratio to FlexAttention and to the best SDPA in the same case."""
-    out = ["| mask | S | B | backend | fwd TF/s | fwd+bwd TF/s | fwd vs flex | fwd vs best sdpa |",
-           "|---|---|---|---|---|---|---|---|"]
+    """Markdown table with each backend's ratio to FlexAttention and to the best SDPA in the same case,
+    and, for triton, its largest relative error against the check's reference."""
+    out = ["| mask | S | B | backend | fwd TF/s | fwd+bwd TF/s | fwd vs flex | fwd vs best sdpa | max rel err |",
+           "|---|---|---|---|---|---|---|---|---|"]
     cases = {(r["mask"], r["seq"]) for r in rows}
     for mask, seq in sorted(cases, key=lambda c: (c[0], c[1])):
         case = [r for r in rows if r["mask"] == mask and r["seq"] == seq and "error" not in r]
@@ -214,11 +255,16 @@ def table(rows: list[dict]) -> str:
         sdpa = max((r["fwd_tflops"] for r in case if r["backend"].startswith("sdpa")), default=math.nan)
         for r in [r for r in rows if r["mask"] == mask and r["seq"] == seq]:
             if "error" in r:
-                out.append(f"| {mask} | {seq} | {r['batch']} | {r['backend']} | error: {r['error']} | | | |")
+                out.append(f"| {mask} | {seq} | {r['batch']} | {r['backend']} | error: {r['error']} | | | | |")
                 continue
             fb = f"{r['fwdbwd_tflops']:.3g}" if "fwdbwd_tflops" in r else "-"
+            err = "-"
+            if "check_err" in r:
+                err = f"{r['check_err']:.1e} vs {r['check_vs']}" + ("" if r["check_ok"] else " FAILED")
+            elif "check_error" in r:
+                err = "check failed to run"
             out.append(f"| {mask} | {seq} | {r['batch']} | {r['backend']} | {r['fwd_tflops']:.3g} | {fb} | "
-                       f"{r['fwd_tflops'] / flex:.2f}x | {r['fwd_tflops'] / sdpa:.2f}x |")
+                       f"{r['fwd_tflops'] / flex:.2f}x | {r['fwd_tflops'] / sdpa:.2f}x | {err} |")
     return "\n".join(out)
 
 
@@ -261,5 +307,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     return result
 
 
+def checks_passed(result: dict) -> bool:
+    """Every triton case matched its reference (the exit status of the script)."""
+    rows = [r for r in result["training"] if r["backend"] == "triton"] + result["decode"]
+    return all(r.get("check_ok", False) for r in rows)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(0 if checks_passed(main(sys.argv[1:])) else 3)

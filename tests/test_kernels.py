@@ -275,3 +275,21 @@ def test_backends_registered():
     names = backends()
     assert "flex" in names
     assert ("triton" in names) == HAS_TRITON
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(INTERP or not HAS_TRITON or HAS_CUDA, reason="the CPU smoke run of the benchmark")
+def test_benchmark_cpu_smoke(tmp_path):
+    """eval/bench_attention.py --cpu-smoke runs end to end: every backend timed, the kernels checked
+    against the reference at each case, the JSON written, exit status 0."""
+    import json
+
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "eval/bench_attention.py", "--cpu-smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    triton_rows = [r for r in result["training"] if r["backend"] == "triton"]
+    assert len(triton_rows) == 4 and all(r["check_ok"] and r["fwdbwd_tflops"] > 0 for r in triton_rows)
+    assert len(result["decode"]) == 4 and all(r["check_ok"] for r in result["decode"])

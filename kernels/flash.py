@@ -118,6 +118,16 @@ def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(PTR, rows, cols, stride, n_rows, MASKED: tl.constexpr):
+    """Tile [len(rows), len(cols)] of a row-major matrix; rows past n_rows read as 0 in partial tiles.
+    Fully visible tiles never reach past the last key (masks.py), so their loads skip the check."""
+    if MASKED:
+        return tl.load(PTR + rows[:, None] * stride + cols[None, :], mask=rows[:, None] < n_rows, other=0.0)
+    else:
+        return tl.load(PTR + rows[:, None] * stride + cols[None, :])
+
+
+@triton.jit
 def _row_ids(QOFF, DOC, SPAN, b, offs, kv_len, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr):
     """Row b's query positions q_offset[b] + offs, its id rows, and the queries' ids."""
     q_pos = tl.load(QOFF + b) + offs
@@ -134,7 +144,7 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     """One online-softmax step over keys [start_n, start_n + BLOCK_N) (base-2 exponentials)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = tl.load(K + offs_n[:, None] * stride_ks + offs_d[None, :], mask=offs_n[:, None] < kv_len, other=0.0)
+    k = _load_rows(K, offs_n, offs_d, stride_ks, kv_len, MASKED)
     s = tl.dot(q, tl.trans(k))
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
@@ -148,7 +158,7 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     p = tl.math.exp2(s * qk_scale - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(V + offs_n[:, None] * stride_vs + offs_d[None, :], mask=offs_n[:, None] < kv_len, other=0.0)
+    v = _load_rows(V, offs_n, offs_d, stride_vs, kv_len, MASKED)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_new
 
@@ -314,9 +324,8 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
              HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    col_ok = offs_n[:, None] < kv_len
-    k = tl.load(K + offs_n[:, None] * stride_ks + offs_d[None, :], mask=col_ok, other=0.0)
-    v = tl.load(V + offs_n[:, None] * stride_vs + offs_d[None, :], mask=col_ok, other=0.0)
+    k = _load_rows(K, offs_n, offs_d, stride_ks, kv_len, MASKED)
+    v = _load_rows(V, offs_n, offs_d, stride_vs, kv_len, MASKED)
     k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
     k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
     p = _bwd_probs(q, k, q_pos, offs_n, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,

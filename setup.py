@@ -37,7 +37,9 @@ setup(
             "transformers>=4.46",
             "accelerate",
             "deepspeed==0.19.8",
-            "triton>=3.2",
+            # The kernels' interpreter tests run under 3.9; sm_90 builds are checked with 3.6 and 3.9
+            # (docs/kernels.md). 3.6's interpreter breaks on numpy >= 2.4, so pip's pick here is 3.9.
+            "triton>=3.6,<3.10",
             # tokenizer corpora, metrics and report (data/build_*.py, eval/eval_tokenizers.py)
             "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus
             "pocketsphinx",  # ASR with a bundled en-US model: WER of codec reconstructions
@@ -46,6 +48,6 @@ setup(
             "matplotlib",  # report pictures
         ],
         # GPU-only extras; flash-attn is source-only and optional.
-        "gpu": ["deepspeed==0.19.8", "triton>=3.2"],
+        "gpu": ["deepspeed==0.19.8", "triton>=3.6"],
     },
 )

@@ -5,7 +5,8 @@ integers divisible by 16 carry a divisibility hint, and without it loads stay sc
 pipeliner leaves them synchronous (no ``cp.async``). A build here gives every pointer, stride,
 length and block count that hint, as a launch of the benchmark's shapes would (aligned tensors,
 lengths and head counts multiples of 16), so what it reports is what such a launch runs: registers
-per thread, bytes spilled to local memory, shared memory, pipelined (asynchronous) copies, wgmma.
+per thread, bytes spilled to local memory, shared memory, pipelined (asynchronous) copies, and
+which tensor-core path the products take (Hopper's wgmma, or the older mma.sync).
 
     python -m omni.kernels.aot                      # every autotune choice, sm_90, head dims 64, 128, 256
     python -m omni.kernels.aot --arch 90 --head-dims 128 --json runs/kernel_builds.json
@@ -53,6 +54,7 @@ class KernelBuild:
     shared_bytes: int
     async_copies: int
     wgmma: bool
+    mma_sync: int  # products left on the pre-Hopper tensor-core path (mma.sync), per PTX instruction
 
     @property
     def block(self) -> str:
@@ -141,7 +143,7 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
     return KernelBuild(kernel, head_dim, consts.get("BLOCK_M", consts.get("BLOCK_R", 0)), consts.get("BLOCK_N", 0),
                        num_warps, num_stages, regs, spill, compiled.metadata.shared,
                        compiled.asm["ttgir"].count("ttg.async_copy_global_to_local"),
-                       "wgmma" in compiled.asm["ptx"])
+                       "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("mma.sync"))
 
 
 def offered_choices(head_dims: tuple[int, ...] = (64, 128, 256)) -> list[tuple[str, int, int, int]]:
@@ -183,12 +185,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"sm_{args.arch}, triton {triton.__version__}; mask: causal + documents + spans; "
           f"shared limit {limit // 1024 if limit else '?'} KiB per block")
     head = f"{'kernel':<13}{'D':>4}{'block':>9}{'warps':>6}{'stages':>7}{'regs':>6}{'spill B':>8}" \
-           f"{'smem KiB':>9}{'async':>6}{'wgmma':>6}"
+           f"{'smem KiB':>9}{'async':>6}{'wgmma':>6}{'mma.sync':>9}"
     print(head + "\n" + "-" * len(head))
     for b in builds:
         print(f"{b.kernel:<13}{b.head_dim:>4}{b.block:>9}{b.num_warps:>6}{b.num_stages:>7}"
               f"{b.registers:>6}{b.spill_bytes:>8}{b.shared_bytes / 1024:>9.1f}{b.async_copies:>6}"
-              f"{'yes' if b.wgmma else 'no':>6}")
+              f"{'yes' if b.wgmma else 'no':>6}{b.mma_sync:>9}")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:

@@ -39,9 +39,10 @@ def _is_hopper() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 
 
-# (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below,
-# none of them spills a register on sm_90 (`python -m omni.kernels.aot` builds and lists them);
-# 4 warps spill at these blocks for head dim 128, so they are not offered.
+# (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below and
+# head dims up to 128, none spills a register on sm_90 under Triton 3.9; under 3.6, dk/dv's 3 and 4
+# stages spill 28-36 B at D=128 (`python -m omni.kernels.aot` builds and lists them). 4 warps spill
+# at these blocks, so they are not offered.
 HOPPER_CONFIGS = {
     "fwd": [(8, 3), (8, 4), (8, 2)],
     "dkdv": [(8, 2), (8, 3), (8, 4)],
@@ -78,20 +79,20 @@ def block_sizes(head_dim: int, kind: str) -> tuple[int, int]:
     """(block_m, block_n) for "fwd" (also dq) and "dkdv"; small in the interpreter so tests cross tiles."""
     if interpreting():
         return (32, 16) if kind == "fwd" else (16, 32)
-    # Chosen so that the sm_90 builds (8 warps) neither spill registers nor outgrow shared memory, with
-    # Triton 3.6 (the GPU machines') and 3.9 (here): python -m omni.kernels.aot.
+    # Chosen with the sm_90 builds of python -m omni.kernels.aot (Triton 3.6, the GPU machines', and 3.9):
+    # every product a wgmma, shared memory within sm_90's limit, no spill at the default stages for
+    # head dims up to 128. dk/dv's 128 keys are the M dimension of all its products (key-major).
     if kind == "fwd":
         return (128, 64) if head_dim <= 128 else (64, 32)
-    return (32, 64) if head_dim <= 128 else (16, 64)
+    return (32, 128) if head_dim <= 128 else (16, 64)
 
 
 # ---- shared device code --------------------------------------------------------------------------
 @triton.jit
-def _visible(q_pos, k_pos, q_doc, k_doc, q_span, k_span, kv_len, window,
+def _visible(qp, kp, q_doc, k_doc, q_span, k_span, kv_len, window,
              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """[M, N] bool: the AttentionMask rule for query positions q_pos [M] and key positions k_pos [N]."""
-    qp = q_pos[:, None]
-    kp = k_pos[None, :]
+    """The AttentionMask rule, bool, broadcast from its operands: query positions and ids shaped [M, 1]
+    against keys [1, N] give [M, N] (query-major tiles); [1, M] against [N, 1] give [N, M] (key-major)."""
     vis = kp < kv_len
     if CAUSAL:
         ok = kp <= qp
@@ -99,12 +100,12 @@ def _visible(q_pos, k_pos, q_doc, k_doc, q_span, k_span, kv_len, window,
         ok = kp >= 0
     same_span = kp < 0
     if HAS_SPAN:
-        same_span = (q_span[:, None] == k_span[None, :]) & (q_span[:, None] > 0)
+        same_span = (q_span == k_span) & (q_span > 0)
         ok = ok | same_span
     if HAS_WINDOW:
         ok = ok & ((qp - kp < window) | same_span)
     if HAS_DOC:
-        ok = ok & (q_doc[:, None] == k_doc[None, :])
+        ok = ok & (q_doc == k_doc)
     return vis & ok
 
 
@@ -149,8 +150,8 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
         k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
-        vis = _visible(q_pos, offs_n, q_doc, k_doc, q_span, k_span, kv_len, window,
-                       CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        vis = _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
+                       k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         s = tl.where(vis, s, float("-inf"))
     # The row max of the raw scores, scaled (qk_scale > 0), so that each score costs one FMA below.
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -228,23 +229,13 @@ def _delta_kernel(O, DO, DELTA, q_len, n_heads, stride_ob, stride_oh, stride_os,
 
 
 @triton.jit
-def _bwd_probs(q, k, q_pos, k_pos, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
-               MASKED: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr,
-               HAS_WINDOW: tl.constexpr):
-    """Recomputed probabilities [M, N] of one tile from the saved base-2 log-sum-exp."""
-    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
-    if MASKED:
-        vis = _visible(q_pos, k_pos, q_doc, k_doc, q_span, k_span, kv_len, window,
-                       CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
-        p = tl.where(vis, p, 0.0)
-    return p
-
-
-@triton.jit
 def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN, qoff, start_m,
                stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """dk, dv [BLOCK_N, D] += one query tile's share. Key-major: probabilities are recomputed
+    transposed, [BLOCK_N, BLOCK_M], so every product has the key block as its M dimension (Hopper's
+    warp-group MMA needs M >= 64) and no register tile is transposed."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
@@ -252,16 +243,18 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     do = tl.load(DO + offs_m[:, None] * stride_dos + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
-    q_pos = qoff + offs_m
-    q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
-    q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
-    p = _bwd_probs(q, k, q_pos, k_pos, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
-                   MASKED, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
-    dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
-    dp = tl.dot(do, tl.trans(v))
-    ds = p * (dp - delta[:, None])
-    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
-    return dk, dv
+    p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+    if MASKED:
+        q_pos = qoff + offs_m
+        q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
+        q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+        vis = _visible(q_pos[None, :], k_pos[:, None], q_doc[None, :], k_doc[:, None], q_span[None, :],
+                       k_span[:, None], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        p_t = tl.where(vis, p_t, 0.0)
+    dv = tl.dot(p_t.to(do.dtype), do, dv)
+    dp_t = tl.dot(v, tl.trans(do))
+    ds_t = p_t * (dp_t - delta[None, :])
+    return tl.dot(ds_t.to(q.dtype), q, dk), dv
 
 
 @triton.autotune(configs=_configs(HOPPER_CONFIGS["dkdv"]), key=TUNE_KEY)
@@ -326,10 +319,13 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     offs_d = tl.arange(0, HEAD_DIM)
     k = _load_rows(K, offs_n, offs_d, stride_ks, kv_len, MASKED)
     v = _load_rows(V, offs_n, offs_d, stride_vs, kv_len, MASKED)
-    k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
-    k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
-    p = _bwd_probs(q, k, q_pos, offs_n, q_doc, k_doc, q_span, k_span, lse, kv_len, qk_scale, window,
-                   MASKED, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])  # recomputed from the base-2 lse
+    if MASKED:
+        k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
+        k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
+        vis = _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
+                       k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        p = tl.where(vis, p, 0.0)
     dp = tl.dot(do, tl.trans(v))
     ds = p * (dp - delta[:, None])
     return tl.dot(ds.to(k.dtype), k, dq)

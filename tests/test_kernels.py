@@ -254,7 +254,7 @@ def test_decoder_trains_and_streams_through_triton(profile):
 def test_kernels_build_for_hopper():
     """Without a GPU, build every kernel for sm_90 with every choice the autotuner may make (specialised
     as a launch at the benchmark's shapes), so that a Hopper-only compile error, too much shared memory,
-    a register spill or a loop the pipeliner gave up on shows up here. Head dims 64 and 128 (the
+    a register spill, a loop the pipeliner gave up on or a product off the wgmma path shows up here. Head dims 64 and 128 (the
     model's) must be spill-free and use wgmma; 256 (the largest allowed) must build and fit."""
     from omni.kernels import aot
 
@@ -265,8 +265,11 @@ def test_kernels_build_for_hopper():
             assert b.async_copies > 0, f"{what}: the key/value loads are not pipelined"
         if b.head_dim <= 128:
             assert b.spill_bytes == 0, f"{what} spills {b.spill_bytes} bytes"
-            # Training tiles are large enough for Hopper's warp-group MMA; decode tiles (16 rows) are not.
+            # Training tiles are large enough for Hopper's warp-group MMA, for every product (none left
+            # on mma.sync); decode tiles (16 rows) are not.
             assert b.wgmma == (b.kernel in aot.TRAINING_KERNELS), what
+            if b.kernel in aot.TRAINING_KERNELS:
+                assert b.mma_sync == 0, f"{what}: {b.mma_sync} products on mma.sync, not wgmma"
 
 
 def test_backends_registered():

@@ -175,7 +175,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
                 tune_q_len, tune_kv_len,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    pid_m = tl.program_id(0)
+    # Last query blocks first: under a causal mask they see the most keys, so the grid ends on light ones.
+    pid_m = n_qb - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
     h = pid_bh % n_heads
@@ -342,7 +343,7 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                tune_q_len, tune_kv_len,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = n_qb - 1 - tl.program_id(0)  # last query blocks (the most keys under a causal mask) first
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
     h = pid_bh % n_heads

@@ -6,7 +6,8 @@ query block: partially visible tiles evaluate the visibility rule element-wise, 
 skip it, hidden ones are never touched. It saves the log-sum-exp (base 2) per query.
 
 Backward (recomputation, no atomics): ``dk, dv`` with one program per (key block, batch x kv-head)
-that loops over the query heads of its GQA group and the query tiles of the transposed tile list;
+that loops over the query heads of its GQA group and the query tiles of the transposed tile list,
+computing key-major (transposed) probabilities so the key block is every product's M dimension;
 ``dq`` with one program per (query block, batch x head) over the key tiles; delta = rowsum(dO * O)
 by a small kernel that reads the half-precision tensors once.
 

@@ -243,6 +243,16 @@ def bench_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     return rows
 
 
+def autotune_choices() -> dict[str, dict[str, str]]:
+    """The (warps, stages) the autotuner picked for each kernel and key (length buckets, head dim, mask
+    flags), for the next round of tuning; empty where nothing was tuned (CPU, one config)."""
+    from omni.kernels import flash
+
+    kernels = {"fwd": flash._fwd_kernel, "dkdv": flash._dkdv_kernel, "dq": flash._dq_kernel}
+    return {name: {str(key): str(config) for key, config in getattr(k, "cache", {}).items()}
+            for name, k in kernels.items()}
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table with each backend's ratio to FlexAttention and to the best SDPA in the same case,
     and, for triton, its largest relative error against the check's reference."""
@@ -300,6 +310,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['dtype']}")
     result = dict(env=env, training=[], decode=[])
     training = bench_training(args, device, dtype, result)
+    result["autotune"] = autotune_choices()
     decode = bench_decode(args, device, dtype, result)
     print("\n" + table(training) + "\n\n" + decode_table(decode))
     save(args.out, result)

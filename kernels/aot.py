@@ -146,16 +146,16 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
                        "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("mma.sync"))
 
 
-def offered_choices(head_dims: tuple[int, ...] = (64, 128, 256)) -> list[tuple[str, int, int, int]]:
-    """(kernel, head_dim, num_warps, num_stages) for every choice the Hopper autotuner may make, and the
-    fixed launches of the untuned kernels."""
+def offered_choices(head_dims: tuple[int, ...] = (64, 128, 256), arch: int = 90) -> list[tuple[str, int, int, int]]:
+    """(kernel, head_dim, num_warps, num_stages) for every choice the autotuner may make on ``sm_{arch}``,
+    and the fixed launches of the untuned kernels."""
     from omni.kernels.decode import merge_warps
-    from omni.kernels.flash import HOPPER_CONFIGS
+    from omni.kernels.flash import tuning_choices
 
     out = []
     for d in head_dims:
         for name in TRAINING_KERNELS:
-            out += [(name, d, w, s) for w, s in HOPPER_CONFIGS[name]]
+            out += [(name, d, w, s) for w, s in tuning_choices(name, arch // 10)]
         out += [("delta", d, 4, 3), ("decode", d, 4, 3), ("decode_merge", d, merge_warps(d), 3)]
     return out
 
@@ -175,12 +175,12 @@ def build_all(choices: list[tuple], arch: int = 90, workers: int = 2) -> list[Ke
 
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200)")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200; 80: A100; 89: L4/4090)")
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    builds = build_all(offered_choices(tuple(args.head_dims)), args.arch, args.workers)
+    builds = build_all(offered_choices(tuple(args.head_dims), args.arch), args.arch, args.workers)
     limit = SHARED_LIMIT.get(args.arch)
     print(f"sm_{args.arch}, triton {triton.__version__}; mask: causal + documents + spans; "
           f"shared limit {limit // 1024 if limit else '?'} KiB per block")

@@ -36,10 +36,6 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
-def _is_hopper() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-
-
 # (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below and
 # head dims up to 128, none spills a register on sm_90 under Triton 3.9; under 3.6, dk/dv's 3 and 4
 # stages spill 28-36 B at D=128 (`python -m omni.kernels.aot` builds and lists them). 4 warps spill
@@ -51,17 +47,24 @@ HOPPER_CONFIGS = {
 }
 
 
-def _configs(hopper_options: list[tuple[int, int]]) -> list[triton.Config]:
-    """(num_warps, num_stages) choices: tuned on Hopper, one sane default elsewhere, one in the interpreter.
+def tuning_choices(kernel: str, capability_major: int) -> list[tuple[int, int]]:
+    """(num_warps, num_stages) the autotuner tries for ``kernel`` on a GPU of this compute capability:
+    the Hopper list on sm_9x, one sane default elsewhere (its first warps, 2 stages)."""
+    options = HOPPER_CONFIGS[kernel]
+    return options if capability_major == 9 else [(options[0][0], 2)]
 
-    OMNI_ATTENTION_AUTOTUNE=0 keeps only the first Hopper choice (tests: compile once per variant)."""
+
+def _configs(kernel: str) -> list[triton.Config]:
+    """The autotuner's configs for this machine; one in the interpreter.
+
+    OMNI_ATTENTION_AUTOTUNE=0 keeps only the first choice (tests: compile once per variant)."""
     if interpreting():
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    if _is_hopper():
-        if os.environ.get("OMNI_ATTENTION_AUTOTUNE", "1") == "0":
-            hopper_options = hopper_options[:1]
-        return [triton.Config({}, num_warps=w, num_stages=s) for w, s in hopper_options]
-    return [triton.Config({}, num_warps=hopper_options[0][0], num_stages=2)]
+    major = torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
+    choices = tuning_choices(kernel, major)
+    if os.environ.get("OMNI_ATTENTION_AUTOTUNE", "1") == "0":
+        choices = choices[:1]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w, s in choices]
 
 
 # Re-tune per power-of-two length bucket and per mask kind (which parts of the visibility rule are
@@ -166,7 +169,7 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
 
 
 # ---- forward -------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs(HOPPER_CONFIGS["fwd"]), key=TUNE_KEY)
+@triton.autotune(configs=_configs("fwd"), key=TUNE_KEY)
 @triton.jit(**TUNED)
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
                 KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
@@ -259,7 +262,7 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     return tl.dot(ds_t.to(q.dtype), q, dk), dv
 
 
-@triton.autotune(configs=_configs(HOPPER_CONFIGS["dkdv"]), key=TUNE_KEY)
+@triton.autotune(configs=_configs("dkdv"), key=TUNE_KEY)
 @triton.jit(**TUNED)
 def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
                  Q_CNT, Q_IDX, FQ_CNT, FQ_IDX,
@@ -333,7 +336,7 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     return tl.dot(ds.to(k.dtype), k, dq)
 
 
-@triton.autotune(configs=_configs(HOPPER_CONFIGS["dq"]), key=TUNE_KEY)
+@triton.autotune(configs=_configs("dq"), key=TUNE_KEY)
 @triton.jit(**TUNED)
 def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,

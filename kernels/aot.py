@@ -2,9 +2,9 @@
 
 What the compiler makes of a kernel depends on how the JIT specialises a launch: pointers and
 integers divisible by 16 carry a divisibility hint, and without it loads stay scalar and the software
-pipeliner leaves them synchronous (no ``cp.async``). A build here gives every pointer, stride,
-length and block count that hint, as a launch of the benchmark's shapes would (aligned tensors,
-lengths and head counts multiples of 16), so what it reports is what such a launch runs: registers
+pipeliner leaves them synchronous (no ``cp.async``). A build here gives every pointer, stride and
+sequence length that hint, as a launch of the benchmark's shapes would (aligned tensors, lengths
+multiples of 16), so what it reports is what such a launch runs: registers
 per thread, bytes spilled to local memory, shared memory, pipelined (asynchronous) copies, and
 which tensor-core path the products take (Hopper's wgmma, or the older mma.sync).
 
@@ -58,7 +58,7 @@ class KernelBuild:
 
     @property
     def block(self) -> str:
-        """Tile rows x key columns (rows only for the row-wise kernels)."""
+        """block_m x block_n as block_sizes() gives them (block_m alone for the row-wise kernels)."""
         return f"{self.block_m}x{self.block_n}" if self.block_n else str(self.block_m)
 
 

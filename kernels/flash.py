@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from omni.kernels.masks import BlockSparse, block_sparse, q_offset_tensor
+from omni.kernels.masks import block_sparse, q_offset_tensor
 from omni.model.attention import AttentionMask
 
 Tensor = torch.Tensor

@@ -73,8 +73,9 @@ def _kernels() -> dict:
         "fwd": (flash._fwd_kernel, blocks("fwd")),
         "dq": (flash._dq_kernel, blocks("fwd")),
         "dkdv": (flash._dkdv_kernel, blocks("dkdv")),
-        "delta": (flash._delta_kernel, lambda d: dict(BLOCK_M=64)),
-        "decode": (decode._decode_split_kernel, lambda d: dict(BLOCK_R=16, BLOCK_N=64)),
+        "delta": (flash._delta_kernel, lambda d: dict(BLOCK_M=flash.DELTA_BLOCK_M)),
+        # One decode step (16 rows: the smallest query tile) and a merge over 32 splits.
+        "decode": (decode._decode_split_kernel, lambda d: dict(BLOCK_R=16, BLOCK_N=decode.SPLIT_BLOCK_N)),
         "decode_merge": (decode._decode_merge_kernel, lambda d: dict(BLOCK_R=16, BLOCK_S=32)),
     }
 
@@ -149,14 +150,15 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
 def offered_choices(head_dims: tuple[int, ...] = (64, 128, 256), arch: int = 90) -> list[tuple[str, int, int, int]]:
     """(kernel, head_dim, num_warps, num_stages) for every choice the autotuner may make on ``sm_{arch}``,
     and the fixed launches of the untuned kernels."""
-    from omni.kernels.decode import merge_warps
+    from omni.kernels.decode import SPLIT_STAGES, SPLIT_WARPS, merge_warps
     from omni.kernels.flash import tuning_choices
 
     out = []
     for d in head_dims:
         for name in TRAINING_KERNELS:
             out += [(name, d, w, s) for w, s in tuning_choices(name, arch // 10)]
-        out += [("delta", d, 4, 3), ("decode", d, 4, 3), ("decode_merge", d, merge_warps(d), 3)]
+        # delta and merge launch with Triton's default stages (3); delta with its default 4 warps.
+        out += [("delta", d, 4, 3), ("decode", d, SPLIT_WARPS, SPLIT_STAGES), ("decode_merge", d, merge_warps(d), 3)]
     return out
 
 

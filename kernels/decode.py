@@ -95,6 +95,11 @@ def _n_splits(work: int, kv_len: int, block_n: int, device: torch.device) -> int
     return max(1, min(-(-2 * _sm_count(device) // work), -(-kv_len // block_n), 128))
 
 
+# The split kernel's launch on a GPU (omni.kernels.aot builds the same): 64 keys per step, 4 warps,
+# 3 pipeline stages.
+SPLIT_BLOCK_N, SPLIT_WARPS, SPLIT_STAGES = 64, 4, 3
+
+
 def merge_warps(head_dim: int) -> int:
     """Warps of the merge kernel: one per 64 columns, so its [splits, head_dim] tile fits in registers."""
     return max(1, head_dim // 64)
@@ -120,7 +125,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     groups = h // hk
     block_r = max(16, triton.next_power_of_2(groups * sq))
-    block_n = 16 if interpreting() else 64
+    block_n = 16 if interpreting() else SPLIT_BLOCK_N
     n_splits = _n_splits(b * hk, skv, block_n, q.device)
     chunk = -(-(-(-skv // n_splits)) // block_n) * block_n
     n_splits = -(-skv // chunk)
@@ -132,7 +137,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale
         scale * LOG2E, ma.window, sq, skv, hk, groups, chunk, n_splits,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         HEAD_DIM=d, BLOCK_R=block_r, BLOCK_N=block_n, **ma.flags,
-        num_warps=4, num_stages=1 if interpreting() else 3,
+        num_warps=SPLIT_WARPS, num_stages=1 if interpreting() else SPLIT_STAGES,
     )
     out = torch.empty_like(q)
     _decode_merge_kernel[(b * hk, groups * sq)](

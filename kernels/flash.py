@@ -216,6 +216,9 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
 
 
 # ---- backward ------------------------------------------------------------------------------------
+DELTA_BLOCK_M = 64  # rows per program of the delta kernel (launched with Triton's default warps and stages)
+
+
 @triton.jit
 def _delta_kernel(O, DO, DELTA, q_len, n_heads, stride_ob, stride_oh, stride_os, stride_dob, stride_doh, stride_dos,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
@@ -438,8 +441,8 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     hk, skv = k.shape[1], k.shape[2]
     do = _lastdim_contiguous(do)
     delta = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
-    _delta_kernel[(triton.cdiv(sq, 64), b * h)](out, do, delta, sq, h, *out.stride()[:3], *do.stride()[:3],
-                                                 HEAD_DIM=d, BLOCK_M=64)
+    _delta_kernel[(triton.cdiv(sq, DELTA_BLOCK_M), b * h)](out, do, delta, sq, h, *out.stride()[:3],
+                                                            *do.stride()[:3], HEAD_DIM=d, BLOCK_M=DELTA_BLOCK_M)
     ma = MaskArgs(mask, b, skv, q.device)
     dq = torch.empty_like(q)
     # dk and dv share one set of strides in the kernel: allocate both contiguous.

@@ -30,6 +30,9 @@ import triton
 # Shared memory one thread block may use, per architecture (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 TRAINING_KERNELS = ("fwd", "dq", "dkdv")
+# Mask features compiled into a build: the model's packed multimodal mask, and every feature at once.
+PACKED_MULTIMODAL = dict(CAUSAL=True, HAS_DOC=True, HAS_SPAN=True, HAS_WINDOW=False)
+ALL_FEATURES = dict(PACKED_MULTIMODAL, HAS_WINDOW=True)
 # Integer arguments taken as multiples of 16, besides the strides: the sequence lengths of the
 # benchmark's shapes. Head and block counts are left unhinted (9 or 3 heads occur), which only makes
 # their integer arithmetic a little more general.
@@ -120,9 +123,9 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
           flags: Optional[dict] = None, block: Optional[tuple[int, int]] = None) -> KernelBuild:
     """Compile one kernel of omni.kernels for ``sm_{arch}`` and report its resources.
 
-    ``flags`` are the mask features compiled in (default: causal + documents + spans, the packed
-    multimodal mask; a sliding window adds a few instructions to partial tiles only). ``block``
-    overrides the training kernels' (block_m, block_n), to try other tiles.
+    ``flags`` are the mask features compiled in (default: the packed multimodal mask the model trains
+    with and the benchmark times; ALL_FEATURES adds the sliding window, the largest variant).
+    ``block`` overrides the training kernels' (block_m, block_n), to try other tiles.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -133,7 +136,7 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
         raise RuntimeError("omni.kernels.aot compiles kernels; unset TRITON_INTERPRET")
     jit_fn, blocks = _kernels()[kernel]
     fn = jit_fn.fn if isinstance(jit_fn, triton.runtime.Autotuner) else jit_fn
-    mask_flags = flags or dict(CAUSAL=True, HAS_DOC=True, HAS_SPAN=True, HAS_WINDOW=False)
+    mask_flags = flags or PACKED_MULTIMODAL
     tile = blocks(head_dim) if block is None else dict(BLOCK_M=block[0], BLOCK_N=block[1])
     consts = dict(tile, HEAD_DIM=head_dim,
                   **{k: v for k, v in mask_flags.items() if k in fn.arg_names})
@@ -166,9 +169,10 @@ def _build_star(args: tuple) -> KernelBuild:
     return build(*args)
 
 
-def build_all(choices: list[tuple], arch: int = 90, workers: int = 2) -> list[KernelBuild]:
+def build_all(choices: list[tuple], arch: int = 90, workers: int = 2,
+              flags: Optional[dict] = None) -> list[KernelBuild]:
     """Build many (kernel, head_dim, warps, stages) choices in ``workers`` processes."""
-    jobs = [(*c, arch) for c in choices]
+    jobs = [(*c, arch, flags) for c in choices]
     if workers <= 1:
         return [_build_star(j) for j in jobs]
     with ProcessPoolExecutor(workers) as pool:
@@ -180,11 +184,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--arch", type=int, default=90, help="compute capability x10 (90: H100/H200; 80: A100; 89: L4/4090)")
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--window", action="store_true", help="compile the sliding window in too (every feature)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    builds = build_all(offered_choices(tuple(args.head_dims), args.arch), args.arch, args.workers)
+    flags = ALL_FEATURES if args.window else PACKED_MULTIMODAL
+    builds = build_all(offered_choices(tuple(args.head_dims), args.arch), args.arch, args.workers, flags)
     limit = SHARED_LIMIT.get(args.arch)
-    print(f"sm_{args.arch}, triton {triton.__version__}; mask: causal + documents + spans; "
+    features = "causal + documents + spans" + (" + window" if args.window else "")
+    print(f"sm_{args.arch}, triton {triton.__version__}; mask: {features}; "
           f"shared limit {limit // 1024 if limit else '?'} KiB per block")
     head = f"{'kernel':<13}{'D':>4}{'block':>9}{'warps':>6}{'stages':>7}{'regs':>6}{'spill B':>8}" \
            f"{'smem KiB':>9}{'async':>6}{'wgmma':>6}{'mma.sync':>9}"

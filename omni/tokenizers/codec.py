@@ -227,6 +227,11 @@ def _hann(n: int) -> Tensor:
     return torch.hann_window(n, periodic=True, dtype=torch.float64)
 
 
+def stft_bins(hop: int) -> int:
+    """Frequency bins of the codec's STFT: its window is 4 hops, so 2 * hop + 1 bins."""
+    return 4 * hop // 2 + 1
+
+
 class STFTLogMagnitude(nn.Module):
     """wav [B, 1, T] -> log magnitude [B, n_fft/2 + 1, T / hop] of causal Hann-windowed frames.
 
@@ -237,7 +242,7 @@ class STFTLogMagnitude(nn.Module):
     def __init__(self, hop: int) -> None:
         super().__init__()
         n = 4 * hop
-        f = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+        f = torch.arange(stft_bins(hop), dtype=torch.float64)[:, None]
         angle = 2 * math.pi * f * torch.arange(n, dtype=torch.float64) / n
         basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * _hann(n)  # [2 * bins, n]
         self.dft = CausalConv(1, basis.shape[0], n, stride=hop)
@@ -282,7 +287,7 @@ class InverseSTFT(StreamingModule):
     def __init__(self, hop: int) -> None:
         StreamingModule.__init__(self)
         n = 4 * hop
-        bins = n // 2 + 1
+        bins = stft_bins(hop)
         f = torch.arange(bins, dtype=torch.float64)
         scale = torch.full((bins,), 2.0, dtype=torch.float64)
         scale[0] = scale[-1] = 1.0
@@ -326,7 +331,7 @@ class Encoder(nn.Module):
         super().__init__()
         w = _widths(cfg)
         self.stft = STFTLogMagnitude(cfg.stft_hop)
-        layers: list[nn.Module] = [CausalConv(2 * cfg.stft_hop + 1, w[0], 3)]
+        layers: list[nn.Module] = [CausalConv(stft_bins(cfg.stft_hop), w[0], 3)]
         for i, s in enumerate(cfg.strides):
             layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9), nn.ELU()]
             layers += [CausalConv(w[i], w[i + 1], 2 * s, stride=s)]
@@ -347,7 +352,7 @@ class Decoder(nn.Module):
         for i, s in reversed(list(enumerate(cfg.strides))):
             layers += [nn.ELU(), CausalUpsample(w[i + 1], w[i], s)]
             layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9)]
-        layers += [nn.ELU(), CausalConv(w[0], 2 * (2 * cfg.stft_hop + 1), 3)]
+        layers += [nn.ELU(), CausalConv(w[0], 2 * stft_bins(cfg.stft_hop), 3)]
         self.net = nn.Sequential(*layers)  # -> (log magnitude, phase) [B, 2 * bins, T * stft_hop-rate]
         self.head = InverseSTFT(cfg.stft_hop)
 

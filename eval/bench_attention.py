@@ -10,6 +10,9 @@ Throughput counts only visible (query, key) pairs of each row and head:
 
 Each case first checks the Triton kernels at full size (output and dq, dk, dv against FlexAttention on
 GPU, the float32 reference on CPU; the decode step against SDPA); the exit status is 3 if any failed.
+Where TMA descriptors are available (sm_90+; the interpreter on CPU) the kernels run twice: "triton"
+with the default loads (pointer loads unless OMNI_ATTENTION_TMA=1), "triton-tma" with keys and values
+loaded through TMA descriptors in the forward and dq kernels.
 
 On CPU the smoke mode is automatic; its timings say nothing about GPUs.
 """
@@ -30,6 +33,7 @@ BWD_FACTOR = 3.5
 # Largest max|triton - ref| / max|ref| over the output and dq, dk, dv before a case is marked FAILED:
 # bf16 on GPU against FlexAttention (as tests/test_kernels.py), float32 in the CPU smoke run.
 CHECK_TOL = {torch.bfloat16: 3e-2, torch.float32: 1e-4}
+KERNEL_ROWS = ("triton", "triton-tma")  # this repo's kernels: checked before they are timed
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -83,17 +87,19 @@ def visible_pairs(mask, batch: int, seq: int, device: torch.device) -> float:
     return total / batch
 
 
-def candidates(mask_kind: str, mask, cpu: bool) -> dict[str, Callable]:
-    """Backends to time: name -> f(q, k, v) -> out. Each is only listed if it can express the mask."""
+def candidates(mask_kind: str, mask, cpu: bool, tma: bool) -> dict[str, Callable]:
+    """Backends to time: name -> f(q, k, v) -> out. Each is only listed if it can express the mask;
+    "triton-tma" only where ``tma`` (TMA descriptors can read the case's tensors)."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from omni.kernels.flash import flash_attention
     from omni.model.attention import attention
 
-    fns: dict[str, Callable] = {
-        "triton": lambda q, k, v: attention(q, k, v, mask, "triton"),
-        "flex": lambda q, k, v: attention(q, k, v, mask, "flex"),
-    }
+    fns: dict[str, Callable] = {"triton": lambda q, k, v: attention(q, k, v, mask, "triton")}
+    if tma:
+        fns["triton-tma"] = lambda q, k, v: flash_attention(q, k, v, mask, tma=True)
+    fns["flex"] = lambda q, k, v: attention(q, k, v, mask, "flex")
     if mask_kind == "causal":
         def sdpa_with(kind):
             def run(q, k, v):
@@ -143,6 +149,23 @@ def max_rel_err(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
                for a, b in zip(got, want))
 
 
+def error_text(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+
+
+def check_case(fn: Callable, want: "list[torch.Tensor] | Exception", ref_name: str, q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor) -> dict:
+    """One kernel row's full-size check against the reference's [out, dq, dk, dv] (or the exception the
+    reference raised); failures are reported in the row, not raised."""
+    try:
+        if isinstance(want, Exception):
+            raise RuntimeError(f"the {ref_name} reference failed: {error_text(want)}")
+        err = max_rel_err(output_and_grads(fn, q, k, v, dout), want)
+        return dict(check_vs=ref_name, check_err=err, check_ok=err < CHECK_TOL[q.dtype])
+    except Exception as e:
+        return dict(check_vs=ref_name, check_error=error_text(e))
+
+
 def save(path: str, result: dict) -> None:
     """Write the JSON (also after every case, so a run cut short by a time limit keeps what it measured)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -151,6 +174,7 @@ def save(path: str, result: dict) -> None:
 
 
 def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, result: dict) -> list[dict]:
+    from omni.kernels.flash import tma_supported
     from omni.kernels.masks import packed_multimodal_mask
     from omni.model.attention import AttentionMask, attention
 
@@ -166,24 +190,25 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
             q, k, v = (torch.randn(b, h, seq, d, device=device, dtype=dtype, generator=g).requires_grad_()
                        for _ in range(3))
             dout = torch.randn_like(q)
-            fns = candidates(kind, mask, args.cpu_smoke)
+            fns = candidates(kind, mask, args.cpu_smoke, tma_supported(k, v))
             # Full-size correctness of the kernels in the same run: against FlexAttention on GPU (an
             # independent implementation of the same mask), the float32 reference math on CPU.
             ref_name = "reference" if args.cpu_smoke else "flex"
             ref_fn = fns["flex"] if ref_name == "flex" else (lambda q_, k_, v_: attention(q_, k_, v_, mask, "reference"))
             try:
-                err = max_rel_err(output_and_grads(fns["triton"], q, k, v, dout),
-                                  output_and_grads(ref_fn, q, k, v, dout))
-                check = dict(check_vs=ref_name, check_err=err, check_ok=err < CHECK_TOL[dtype])
+                want = output_and_grads(ref_fn, q, k, v, dout)
             except Exception as e:
-                check = dict(check_vs=ref_name, check_error=f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
-            print(f"  {kind:18s} S={seq:6d} check triton vs {ref_name}: "
-                  + (f"max rel err {check['check_err']:.2e} {'ok' if check['check_ok'] else 'FAILED'}"
-                     if "check_err" in check else check["check_error"]), flush=True)
+                want = e
+            checks = {name: check_case(fns[name], want, ref_name, q, k, v, dout)
+                      for name in KERNEL_ROWS if name in fns}
+            del want
+            for name, check in checks.items():
+                print(f"  {kind:18s} S={seq:6d} check {name} vs {ref_name}: "
+                      + (f"max rel err {check['check_err']:.2e} {'ok' if check['check_ok'] else 'FAILED'}"
+                         if "check_err" in check else check["check_error"]), flush=True)
             for name, fn in fns.items():
                 row = dict(seq=seq, batch=b, mask=kind, backend=name, pairs_per_row=pairs)
-                if name == "triton":
-                    row.update(check)
+                row.update(checks.get(name, {}))
                 try:
                     qd, kd, vd = q.detach(), k.detach(), v.detach()  # CPU flex refuses inputs needing grad
                     with torch.no_grad():
@@ -194,7 +219,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
                         ms = timer_ms(lambda: fn(q, k, v).backward(dout), grads=[q, k, v])
                         row["fwdbwd_ms"], row["fwdbwd_tflops"] = ms, BWD_FACTOR * fwd_flop / ms / 1e9
                 except Exception as e:  # a baseline that cannot run this shape is reported, not fatal
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                    row["error"] = error_text(e)
                 rows.append(row)
                 save(args.out, result)
                 print(f"  {kind:18s} S={seq:6d} {name:16s} "
@@ -293,6 +318,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     import triton
 
+    from omni.kernels.flash import tma_requested
+
     device = torch.device("cpu" if args.cpu_smoke else "cuda")
     # Every (shape, mask, grad mode) compiles FlexAttention anew; past dynamo's default limit (8) it
     # would fall back to eager flex, which materialises the scores (a slow, memory-hungry baseline).
@@ -304,7 +331,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         dtype=str(dtype), heads=args.heads, head_dim=args.head_dim, tokens_per_case=args.tokens,
         mask=f"packed_multimodal: {args.docs} documents per row, one {args.span}-token bidirectional span each",
         flops=f"forward {FWD_FLOPS}; forward+backward {BWD_FACTOR} x forward (pairs = visible pairs per row)",
-        cpu_smoke=args.cpu_smoke,
+        cpu_smoke=args.cpu_smoke, triton_loads="tma" if tma_requested() else "pointer",
     )
     print(f"FLOPs: forward = {FWD_FLOPS}; forward+backward = {BWD_FACTOR} x forward; pairs = visible pairs per row")
     print(f"{env['device']}, torch {env['torch']}, triton {env['triton']}, {env['dtype']}")
@@ -320,7 +347,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
 
 def checks_passed(result: dict) -> bool:
     """Every triton case matched its reference (the exit status of the script)."""
-    rows = [r for r in result["training"] if r["backend"] == "triton"] + result["decode"]
+    rows = [r for r in result["training"] if r["backend"] in KERNEL_ROWS] + result["decode"]
     return all(r.get("check_ok", False) for r in rows)
 
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One GPU session for the attention kernels (< 8 minutes on one H100), the figures first:
+# One GPU session for the attention kernels (< 9 minutes on one H100), the figures first:
 #   1. the benchmark: every case first checks the Triton kernels at full size (output and dq, dk, dv
-#      against FlexAttention; decode against SDPA), then times them. Table on stdout, JSON in
+#      against FlexAttention; decode against SDPA), then times them; on sm_90 twice, "triton" with
+#      pointer loads and "triton-tma" with TMA-descriptor loads (OMNI_ATTENTION_TMA). Table on stdout, JSON in
 #      $OUT/bench_attention.json, written after every case, so a run cut by a time limit keeps what it
 #      measured;
 #   2. the GPU tests: tests/test_kernels.py -m gpu (bf16/fp16 outputs and gradients for every mask kind,
-#      GQA, offsets, decode, flex, the decoder end to end), log in $OUT/attention_gpu_tests.log.
+#      GQA, offsets, TMA loads, decode, flex, the decoder end to end), log in $OUT/attention_gpu_tests.log.
 # Every kernel variant is compiled on first use (a few seconds each, one process), which is most of
 # step 2's time; the benchmark goes first so that a slow compile cannot cost the figures.
 # Usage: bash eval/gpu_check_attention.sh            (OUT defaults to runs/)
@@ -25,7 +26,7 @@ print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.ve
       torch.cuda.get_device_name() if torch.cuda.is_available() else "NO CUDA")
 PY
 status=0
-timeout 280 $PY eval/bench_attention.py --out "$OUT/bench_attention.json" 2>&1 | tee "$OUT/bench_attention.log" \
+timeout 330 $PY eval/bench_attention.py --out "$OUT/bench_attention.json" 2>&1 | tee "$OUT/bench_attention.log" \
     | grep -v Warning
 case "${PIPESTATUS[0]}" in
     0) ;;

@@ -6,7 +6,8 @@ pipeliner leaves them synchronous (no ``cp.async``). A build here gives every po
 sequence length that hint, as a launch of the benchmark's shapes would (aligned tensors, lengths
 multiples of 16), so what it reports is what such a launch runs: registers
 per thread, bytes spilled to local memory, shared memory, pipelined (asynchronous) copies, and
-which tensor-core path the products take (Hopper's wgmma, or the older mma.sync).
+which tensor-core path the products take (Hopper's wgmma, or the older mma.sync). ``--tma`` builds
+the forward and dq kernels with their TMA-descriptor loads (OMNI_ATTENTION_TMA=1) instead.
 
     python -m omni.kernels.aot                      # every autotune choice, sm_90, head dims 64, 128, 256
     python -m omni.kernels.aot --arch 90 --head-dims 128 --json runs/kernel_builds.json
@@ -30,6 +31,7 @@ import triton
 # Shared memory one thread block may use, per architecture (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 TRAINING_KERNELS = ("fwd", "dq", "dkdv")
+TMA_KERNELS = ("fwd", "dq")  # the kernels with a TMA-descriptor variant (USE_TMA)
 # Mask features compiled into a build: the model's packed multimodal mask, and every feature at once.
 PACKED_MULTIMODAL = dict(CAUSAL=True, HAS_DOC=True, HAS_SPAN=True, HAS_WINDOW=False)
 ALL_FEATURES = dict(PACKED_MULTIMODAL, HAS_WINDOW=True)
@@ -58,6 +60,8 @@ class KernelBuild:
     async_copies: int
     wgmma: bool
     mma_sync: int  # products left on the pre-Hopper tensor-core path (mma.sync), per PTX instruction
+    tma_loads: bool  # built with USE_TMA (forward and dq: keys and values through TMA descriptors)
+    tma_copies: int  # TMA (tensor descriptor) loads in the IR, pipelining copies included
 
     @property
     def block(self) -> str:
@@ -120,12 +124,13 @@ def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
 
 
 def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int = 90,
-          flags: Optional[dict] = None, block: Optional[tuple[int, int]] = None) -> KernelBuild:
+          flags: Optional[dict] = None, block: Optional[tuple[int, int]] = None, tma: bool = False) -> KernelBuild:
     """Compile one kernel of omni.kernels for ``sm_{arch}`` and report its resources.
 
     ``flags`` are the mask features compiled in (default: the packed multimodal mask the model trains
     with and the benchmark times; ALL_FEATURES adds the sliding window, the largest variant).
-    ``block`` overrides the training kernels' (block_m, block_n), to try other tiles.
+    ``block`` overrides the training kernels' (block_m, block_n), to try other tiles. ``tma``: the
+    kernels that can (forward, dq) load keys and values through TMA descriptors.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -138,8 +143,8 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
     fn = jit_fn.fn if isinstance(jit_fn, triton.runtime.Autotuner) else jit_fn
     mask_flags = flags or PACKED_MULTIMODAL
     tile = blocks(head_dim) if block is None else dict(BLOCK_M=block[0], BLOCK_N=block[1])
-    consts = dict(tile, HEAD_DIM=head_dim,
-                  **{k: v for k, v in mask_flags.items() if k in fn.arg_names})
+    consts = dict(tile, HEAD_DIM=head_dim, **{k: v for k, v in dict(mask_flags, USE_TMA=tma).items()
+                                              if k in fn.arg_names})
     sig, attrs = _signature(fn, consts)
     compiled = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages))
@@ -147,7 +152,8 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
     return KernelBuild(kernel, head_dim, consts.get("BLOCK_M", consts.get("BLOCK_R", 0)), consts.get("BLOCK_N", 0),
                        num_warps, num_stages, regs, spill, compiled.metadata.shared,
                        compiled.asm["ttgir"].count("ttg.async_copy_global_to_local"),
-                       "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("mma.sync"))
+                       "wgmma" in compiled.asm["ptx"], compiled.asm["ptx"].count("mma.sync"),
+                       consts.get("USE_TMA", False), compiled.asm["ttgir"].count("async_tma_copy_global_to_local"))
 
 
 def offered_choices(head_dims: tuple[int, ...] = (64, 128, 256), arch: int = 90) -> list[tuple[str, int, int, int]]:
@@ -170,9 +176,9 @@ def _build_star(args: tuple) -> KernelBuild:
 
 
 def build_all(choices: list[tuple], arch: int = 90, workers: int = 2,
-              flags: Optional[dict] = None) -> list[KernelBuild]:
+              flags: Optional[dict] = None, tma: bool = False) -> list[KernelBuild]:
     """Build many (kernel, head_dim, warps, stages) choices in ``workers`` processes."""
-    jobs = [(*c, arch, flags) for c in choices]
+    jobs = [(*c, arch, flags, None, tma) for c in choices]
     if workers <= 1:
         return [_build_star(j) for j in jobs]
     with ProcessPoolExecutor(workers) as pool:
@@ -185,20 +191,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--window", action="store_true", help="compile the sliding window in too (every feature)")
+    ap.add_argument("--tma", action="store_true", help="forward and dq only, with TMA-descriptor loads")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     flags = ALL_FEATURES if args.window else PACKED_MULTIMODAL
-    builds = build_all(offered_choices(tuple(args.head_dims), args.arch), args.arch, args.workers, flags)
+    choices = offered_choices(tuple(args.head_dims), args.arch)
+    if args.tma:
+        choices = [c for c in choices if c[0] in TMA_KERNELS]
+    builds = build_all(choices, args.arch, args.workers, flags, args.tma)
     limit = SHARED_LIMIT.get(args.arch)
-    features = "causal + documents + spans" + (" + window" if args.window else "")
+    features = "causal + documents + spans" + (" + window" if args.window else "") + ("; TMA loads" if args.tma else "")
     print(f"sm_{args.arch}, triton {triton.__version__}; mask: {features}; "
           f"shared limit {limit // 1024 if limit else '?'} KiB per block")
     head = f"{'kernel':<13}{'D':>4}{'block':>9}{'warps':>6}{'stages':>7}{'regs':>6}{'spill B':>8}" \
-           f"{'smem KiB':>9}{'async':>6}{'wgmma':>6}{'mma.sync':>9}"
+           f"{'smem KiB':>9}{'async':>6}{'tma':>5}{'wgmma':>6}{'mma.sync':>9}"
     print(head + "\n" + "-" * len(head))
     for b in builds:
         print(f"{b.kernel:<13}{b.head_dim:>4}{b.block:>9}{b.num_warps:>6}{b.num_stages:>7}"
-              f"{b.registers:>6}{b.spill_bytes:>8}{b.shared_bytes / 1024:>9.1f}{b.async_copies:>6}"
+              f"{b.registers:>6}{b.spill_bytes:>8}{b.shared_bytes / 1024:>9.1f}{b.async_copies:>6}{b.tma_copies:>5}"
               f"{'yes' if b.wgmma else 'no':>6}{b.mma_sync:>9}")
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)

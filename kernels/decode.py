@@ -55,7 +55,7 @@ def _decode_split_kernel(Q, K, V, OP, LP, QOFF, DOC, SPAN,
     for start_n in range(lo, hi, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
                                   stride_ks, stride_vs, hi, qk_scale, window, HEAD_DIM, BLOCK_N, True,
-                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, False)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     # Chunks with nothing visible get lse = -inf: weight 0 in the merge.
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))

@@ -13,6 +13,9 @@ by a small kernel that reads the half-precision tensors once.
 
 Queries sit at absolute positions ``q_offset[b] + arange(Sq)`` (a [B] tensor), so the same kernels
 serve training, prefill into a KV cache and scoring. Rows with no visible key output 0.
+
+K/V tiles arrive by pointer loads (``cp.async`` once pipelined) or, in the forward and dq kernels on
+sm_90+, through TMA descriptors (``USE_TMA``: OMNI_ATTENTION_TMA=1 or ``flash_attention(tma=True)``).
 """
 from __future__ import annotations
 
@@ -123,13 +126,27 @@ def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(PTR, rows, cols, stride, n_rows, MASKED: tl.constexpr):
-    """Tile [len(rows), len(cols)] of a row-major matrix; rows past n_rows read as 0 in partial tiles.
-    Fully visible tiles never reach past the last key (masks.py), so their loads skip the check."""
-    if MASKED:
-        return tl.load(PTR + rows[:, None] * stride + cols[None, :], mask=rows[:, None] < n_rows, other=0.0)
+def _rows_source(PTR, n_rows, stride, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
+    """What _load_rows reads a row-major [n_rows, HEAD_DIM] matrix through: its pointer, or (USE_TMA)
+    a tensor descriptor over it, made once per program, whose TMA loads zero-fill rows past n_rows."""
+    if USE_TMA:
+        return tl.make_tensor_descriptor(PTR, shape=[n_rows, HEAD_DIM], strides=[stride, 1],
+                                         block_shape=[BLOCK, HEAD_DIM])
     else:
-        return tl.load(PTR + rows[:, None] * stride + cols[None, :])
+        return PTR
+
+
+@triton.jit
+def _load_rows(SRC, start, rows, cols, stride, n_rows, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
+    """Tile [len(rows), len(cols)] (rows = start + arange) of the matrix behind SRC (_rows_source);
+    rows past n_rows read as 0 in partial tiles. Fully visible tiles never reach past the last key
+    (masks.py), so their pointer loads skip the check."""
+    if USE_TMA:
+        return SRC.load([start, 0])
+    elif MASKED:
+        return tl.load(SRC + rows[:, None] * stride + cols[None, :], mask=rows[:, None] < n_rows, other=0.0)
+    else:
+        return tl.load(SRC + rows[:, None] * stride + cols[None, :])
 
 
 @triton.jit
@@ -145,11 +162,12 @@ def _row_ids(QOFF, DOC, SPAN, b, offs, kv_len, HAS_DOC: tl.constexpr, HAS_SPAN: 
 def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
               stride_ks, stride_vs, kv_len, qk_scale, window,
               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              USE_TMA: tl.constexpr):
     """One online-softmax step over keys [start_n, start_n + BLOCK_N) (base-2 exponentials)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K, offs_n, offs_d, stride_ks, kv_len, MASKED)
+    k = _load_rows(K, start_n, offs_n, offs_d, stride_ks, kv_len, MASKED, USE_TMA)
     s = tl.dot(q, tl.trans(k))
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
@@ -163,13 +181,13 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     p = tl.math.exp2(s * qk_scale - m_safe[:, None])
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_rows(V, offs_n, offs_d, stride_vs, kv_len, MASKED)
+    v = _load_rows(V, start_n, offs_n, offs_d, stride_vs, kv_len, MASKED, USE_TMA)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_new
 
 
 # ---- forward -------------------------------------------------------------------------------------
-@triton.autotune(configs=_configs("fwd"), key=TUNE_KEY)
+@triton.autotune(configs=_configs("fwd"), key=TUNE_KEY + ["USE_TMA"])
 @triton.jit(**TUNED)
 def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
                 KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
@@ -178,7 +196,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
                 stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
                 tune_q_len, tune_kv_len,
                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                USE_TMA: tl.constexpr):
     # Last query blocks first: under a causal mask they see the most keys, so the grid ends on light ones.
     pid_m = n_qb - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -190,8 +209,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=offs_m[:, None] < q_len, other=0.0)
     q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
-    K = K + b * stride_kb + hk * stride_kh
-    V = V + b * stride_vb + hk * stride_vh
+    K = _rows_source(K + b * stride_kb + hk * stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
+    V = _rows_source(V + b * stride_vb + hk * stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -200,12 +219,12 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
         start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
                                   stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, True,
-                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     for t in range(0, tl.load(FKV_CNT + row)):
         start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
                                   stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, False,
-                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     # Empty rows store +inf so that the backward's exp2(s - lse) is 0 for them.
@@ -322,11 +341,11 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
 def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
              stride_ks, stride_vs, kv_len, qk_scale, window,
              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-             HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+             HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K, offs_n, offs_d, stride_ks, kv_len, MASKED)
-    v = _load_rows(V, offs_n, offs_d, stride_vs, kv_len, MASKED)
+    k = _load_rows(K, start_n, offs_n, offs_d, stride_ks, kv_len, MASKED, USE_TMA)
+    v = _load_rows(V, start_n, offs_n, offs_d, stride_vs, kv_len, MASKED, USE_TMA)
     p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])  # recomputed from the base-2 lse
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
@@ -339,7 +358,7 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     return tl.dot(ds.to(k.dtype), k, dq)
 
 
-@triton.autotune(configs=_configs("dq"), key=TUNE_KEY)
+@triton.autotune(configs=_configs("dq"), key=TUNE_KEY + ["USE_TMA"])
 @triton.jit(**TUNED)
 def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                KV_CNT, KV_IDX, FKV_CNT, FKV_IDX,
@@ -349,7 +368,8 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                stride_dqb, stride_dqh, stride_dqs,
                tune_q_len, tune_kv_len,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+               CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr,
+               USE_TMA: tl.constexpr):
     pid_m = n_qb - 1 - tl.program_id(0)  # last query blocks (the most keys under a causal mask) first
     pid_bh = tl.program_id(1)
     b = pid_bh // n_heads
@@ -365,20 +385,20 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
     lse = tl.load(LSE + pid_bh * q_len + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * q_len + offs_m, mask=row_ok, other=0.0)
     q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
-    K = K + b * stride_kb + hk * stride_kh
-    V = V + b * stride_vb + hk * stride_vh
+    K = _rows_source(K + b * stride_kb + hk * stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
+    V = _rows_source(V + b * stride_vb + hk * stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     row = b * n_qb + pid_m
     for t in range(0, tl.load(KV_CNT + row)):
         start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
         dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n, stride_ks,
                       stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, True,
-                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     for t in range(0, tl.load(FKV_CNT + row)):
         start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
         dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n, stride_ks,
                       stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, False,
-                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -408,13 +428,44 @@ def _lastdim_contiguous(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def tma_requested() -> bool:
+    """OMNI_ATTENTION_TMA=1: the forward and dq kernels load keys and values through TMA descriptors
+    (Hopper's tensor memory accelerator) instead of pointer loads. Off by default: not yet timed on a GPU."""
+    return os.environ.get("OMNI_ATTENTION_TMA", "0") == "1"
+
+
+def tma_supported(*tensors: Tensor) -> bool:
+    """Whether TMA descriptors can read these [B, H, S, D] tensors: sm_90 or newer (or the interpreter,
+    which emulates them), contiguous rows, and 16-byte aligned base and strides, so that every
+    (batch, head) matrix starts aligned."""
+    on_gpu = tensors[0].is_cuda and torch.cuda.get_device_capability(tensors[0].device)[0] >= 9
+    if not (on_gpu or interpreting()):
+        return False
+    return all(t.data_ptr() % 16 == 0 and t.stride(-1) == 1
+               and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in tensors)
+
+
+def _tma_scratch(size: int, alignment: int, stream: Optional[int]) -> Tensor:
+    """Global memory for the descriptors the kernels make at run time (Triton asks at each launch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _prepare_tma(use_tma: bool) -> None:
+    # Triton keeps its allocator in a context variable: set it in the thread that launches (autograd
+    # runs the backward in a thread of its own).
+    if use_tma and not interpreting():
+        triton.set_allocator(_tma_scratch)
+
+
 def _check_head_dim(d: int) -> None:
     if d < 16 or d > 256 or d & (d - 1):
         raise ValueError(f"triton attention needs a power-of-two head_dim in [16, 256], got {d}; use 'sdpa'")
 
 
-def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float) -> tuple[Tensor, Tensor]:
-    """Run the forward kernel. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> (out [B, H, Sq, D], lse [B, H, Sq])."""
+def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float,
+                  use_tma: bool = False) -> tuple[Tensor, Tensor]:
+    """Run the forward kernel. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> (out [B, H, Sq, D], lse [B, H, Sq]).
+    ``use_tma``: load K/V through TMA descriptors (only where tma_supported(k, v))."""
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
     _check_head_dim(d)
@@ -424,19 +475,21 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: f
     out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
+    _prepare_tma(use_tma)
     _fwd_kernel[(n_qb, b * h)](
         q, k, v, out, lse, ma.qoff, ma.doc, ma.span,
         bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
         scale * LOG2E, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv),
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=use_tma,
     )
     return out, lse
 
 
 def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                   mask: AttentionMask, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (dq, dk, dv) by recomputation from the saved base-2 log-sum-exp."""
+                   mask: AttentionMask, scale: float, use_tma: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) by recomputation from the saved base-2 log-sum-exp; ``use_tma``: the dq
+    kernel loads K/V through TMA descriptors (dk/dv always use pointer loads)."""
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
     do = _lastdim_contiguous(do)
@@ -461,12 +514,13 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     bm, bn = block_sizes(d, "fwd")
     bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
     n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
+    _prepare_tma(use_tma)
     _dq_kernel[(n_qb, b * h)](
         q, k, v, do, dq, lse, delta, ma.qoff, ma.doc, ma.span,
         bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
         scale * LOG2E, scale, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv),
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=use_tma,
     )
     return dq, dk, dv
 
@@ -475,21 +529,26 @@ class FlashAttention(torch.autograd.Function):
     """Differentiable wrapper: forward saves (q, k, v, out, lse); backward recomputes probabilities."""
 
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float, tma: bool) -> Tensor:
         q, k, v = (_lastdim_contiguous(x) for x in (q, k, v))
-        out, lse = flash_forward(q, k, v, mask, scale)
+        use_tma = tma and tma_supported(k, v)
+        out, lse = flash_forward(q, k, v, mask, scale, use_tma)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.scale = mask, scale
+        ctx.mask, ctx.scale, ctx.use_tma = mask, scale, use_tma
         return out
 
     @staticmethod
     def backward(ctx, do: Tensor) -> tuple[Optional[Tensor], ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = flash_backward(do, q, k, v, out, lse, ctx.mask, ctx.scale)
-        return dq, dk, dv, None, None
+        dq, dk, dv = flash_backward(do, q, k, v, out, lse, ctx.mask, ctx.scale, ctx.use_tma)
+        return dq, dk, dv, None, None, None
 
 
-def flash_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: Optional[float] = None) -> Tensor:
-    """Masked attention through the Triton kernels. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> [B, H, Sq, D]."""
+def flash_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: Optional[float] = None,
+                    tma: Optional[bool] = None) -> Tensor:
+    """Masked attention through the Triton kernels. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> [B, H, Sq, D].
+
+    ``tma``: load keys and values through TMA descriptors where the GPU and layout allow
+    (tma_supported); None follows OMNI_ATTENTION_TMA (tma_requested)."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    return FlashAttention.apply(q, k, v, mask, scale)
+    return FlashAttention.apply(q, k, v, mask, scale, tma_requested() if tma is None else tma)

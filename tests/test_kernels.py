@@ -171,6 +171,42 @@ def test_flash_query_offsets(profile):
     check_fwd_bwd(q, k, v, mask, tol)
 
 
+@pytest.mark.parametrize("profile", profile_params)
+@pytest.mark.parametrize("kind", ["causal", "combined", "bidirectional_docs"])
+def test_flash_tma_loads(profile, kind, monkeypatch):
+    """OMNI_ATTENTION_TMA=1: the forward and dq kernels load keys and values through TMA descriptors.
+    Same checks as the pointer loads, at lengths that are not multiples of the block (a descriptor
+    zero-fills rows past the last key), with and without a query offset."""
+    from omni.kernels.flash import tma_supported
+
+    p = PROFILES[profile]
+    b, s = p["batch"], p["seq"]
+    q, k, v = qkv(b, p["heads"], p["kv_heads"], s, s, 64, p["dtype"], p["device"])
+    if not tma_supported(k, v):
+        pytest.skip("TMA descriptors need an sm_90 or newer GPU")
+    monkeypatch.setenv("OMNI_ATTENTION_TMA", "1")
+    mask = make_mask(kind, b, s, p["device"])
+    check_fwd_bwd(q, k, v, mask, p["tol"])
+    q_len = s // 3 + 1
+    q = q[:, :, :q_len].detach().clone().requires_grad_()
+    mask.q_offset = s - q_len
+    check_fwd_bwd(q, k, v, mask, p["tol"])
+
+
+@interp_only
+def test_tma_falls_back_for_unaligned_rows():
+    """Rows whose stride is not a multiple of 16 bytes cannot be read by a TMA descriptor: the kernels
+    use pointer loads for them, with the same result."""
+    from omni.kernels.flash import flash_attention, tma_supported
+
+    q, k, v = (x.detach() for x in qkv(2, 2, 2, 40, 40, 16, torch.float32, "cpu"))
+    k_odd = torch.zeros(2, 2, 40, 17)[..., :16].copy_(k)  # rows 68 bytes apart
+    assert tma_supported(k, v) and not tma_supported(k_odd, v)
+    mask = make_mask("combined", 2, 40, "cpu")
+    want = reference_attention(q, k, v, mask, 0.25)
+    assert rel_err(flash_attention(q, k_odd, v, mask, tma=True), want) < 1e-4
+
+
 @interp_only
 @pytest.mark.parametrize("seed", range(12))
 def test_flash_random_shapes(seed):
@@ -297,16 +333,21 @@ def test_kernels_build_for_hopper():
     memory, a register spill, a loop the pipeliner gave up on or a product off the wgmma path shows up
     here. With the model's packed multimodal mask, head dims 64 and 128 must be spill-free and use
     wgmma; head dim 256 (the largest allowed), and every kernel with all mask features (the sliding
-    window too), must build and fit."""
+    window too), must build and fit. The same holds for the forward and dq kernels built with
+    TMA-descriptor loads (OMNI_ATTENTION_TMA=1), whose key/value loads must then be pipelined TMA copies."""
     from omni.kernels import aot
 
     choices = aot.offered_choices((64, 128, 256))
     for b in aot.build_all(choices, arch=90, workers=2, flags=aot.ALL_FEATURES):
         assert b.shared_bytes <= aot.SHARED_LIMIT[90], f"{b.kernel} D={b.head_dim} with a window: {b.shared_bytes} B"
-    for b in aot.build_all(choices, arch=90, workers=2):
-        what = f"{b.kernel} D={b.head_dim} warps={b.num_warps} stages={b.num_stages}"
+    tma_choices = [c for c in choices if c[0] in aot.TMA_KERNELS]
+    for b in aot.build_all(choices, arch=90, workers=2) + aot.build_all(tma_choices, arch=90, workers=2, tma=True):
+        what = f"{b.kernel} D={b.head_dim} warps={b.num_warps} stages={b.num_stages}" + (" TMA" if b.tma_loads else "")
         assert b.shared_bytes <= aot.SHARED_LIMIT[90], f"{what} needs {b.shared_bytes} bytes of shared memory"
-        if b.kernel in aot.TRAINING_KERNELS + ("decode",):
+        if b.tma_loads:
+            # K and V in each of the two tile loops are 4 loads; pipelining adds the prologue's copies.
+            assert b.tma_copies > 4, f"{what}: {b.tma_copies} TMA copies, the loads are not pipelined"
+        elif b.kernel in aot.TRAINING_KERNELS + ("decode",):
             assert b.async_copies > 0, f"{what}: the key/value loads are not pipelined"
         if b.head_dim <= 128:
             assert b.spill_bytes == 0, f"{what} spills {b.spill_bytes} bytes"
@@ -328,7 +369,7 @@ def test_backends_registered():
 @pytest.mark.slow
 @pytest.mark.skipif(INTERP or not HAS_TRITON or HAS_CUDA, reason="the CPU smoke run of the benchmark")
 def test_benchmark_cpu_smoke(tmp_path):
-    """eval/bench_attention.py --cpu-smoke runs end to end: every backend timed, the kernels checked
+    """eval/bench_attention.py --cpu-smoke runs end to end: every backend timed, both kernel variants checked
     against the reference at each case, the JSON written, exit status 0."""
     import json
 
@@ -338,6 +379,7 @@ def test_benchmark_cpu_smoke(tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    triton_rows = [r for r in result["training"] if r["backend"] == "triton"]
-    assert len(triton_rows) == 4 and all(r["check_ok"] and r["fwdbwd_tflops"] > 0 for r in triton_rows)
+    # "triton" and, the interpreter emulating TMA descriptors, "triton-tma": 2 sequences x 2 masks each.
+    triton_rows = [r for r in result["training"] if r["backend"] in ("triton", "triton-tma")]
+    assert len(triton_rows) == 8 and all(r["check_ok"] and r["fwdbwd_tflops"] > 0 for r in triton_rows)
     assert len(result["decode"]) == 4 and all(r["check_ok"] for r in result["decode"])

@@ -46,6 +46,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--docs", type=int, default=4, help="documents per row (packed mask)")
     ap.add_argument("--span", type=int, default=1024, help="bidirectional image span per document")
     ap.add_argument("--decode-lens", type=int, nargs="+", default=[1024, 4096, 16384, 32768])
+    ap.add_argument("--no-tma", action="store_true", help="leave out the triton-tma rows")
     ap.add_argument("--out", default="runs/bench_attention.json")
     args = ap.parse_args(argv)
     if args.cpu_smoke or not torch.cuda.is_available():
@@ -190,7 +191,7 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
             q, k, v = (torch.randn(b, h, seq, d, device=device, dtype=dtype, generator=g).requires_grad_()
                        for _ in range(3))
             dout = torch.randn_like(q)
-            fns = candidates(kind, mask, args.cpu_smoke, tma_supported(k, v))
+            fns = candidates(kind, mask, args.cpu_smoke, tma_supported(k, v) and not args.no_tma)
             # Full-size correctness of the kernels in the same run: against FlexAttention on GPU (an
             # independent implementation of the same mask), the float32 reference math on CPU.
             ref_name = "reference" if args.cpu_smoke else "flex"

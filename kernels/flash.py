@@ -175,10 +175,11 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
         vis = _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
                        k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         s = tl.where(vis, s, float("-inf"))
-    # The row max of the raw scores, scaled (qk_scale > 0), so that each score costs one FMA below.
+    # The row max of the raw scores, scaled (qk_scale > 0), so that each score costs one FMA below
+    # (spelled out: Triton's FP fusion default may change, TRITON_DEFAULT_FP_FUSION).
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-    p = tl.math.exp2(s * qk_scale - m_safe[:, None])
+    p = tl.math.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = _load_rows(V, start_n, offs_n, offs_d, stride_vs, kv_len, MASKED, USE_TMA)
@@ -270,7 +271,7 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     do = tl.load(DO + offs_m[:, None] * stride_dos + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
-    p_t = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])
+    p_t = tl.math.exp2(tl.fma(tl.dot(k, tl.trans(q)), qk_scale, -lse[None, :]))
     if MASKED:
         q_pos = qoff + offs_m
         q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
@@ -346,7 +347,7 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     offs_d = tl.arange(0, HEAD_DIM)
     k = _load_rows(K, start_n, offs_n, offs_d, stride_ks, kv_len, MASKED, USE_TMA)
     v = _load_rows(V, start_n, offs_n, offs_d, stride_vs, kv_len, MASKED, USE_TMA)
-    p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])  # recomputed from the base-2 lse
+    p = tl.math.exp2(tl.fma(tl.dot(q, tl.trans(k)), qk_scale, -lse[:, None]))  # recomputed from the base-2 lse
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
         k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)

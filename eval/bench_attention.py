@@ -11,8 +11,8 @@ Throughput counts only visible (query, key) pairs of each row and head:
 Each case first checks the Triton kernels at full size (output and dq, dk, dv against FlexAttention on
 GPU, the float32 reference on CPU; the decode step against SDPA); the exit status is 3 if any failed.
 Where TMA descriptors are available (sm_90+; the interpreter on CPU) the kernels run twice: "triton"
-with the default loads (pointer loads unless OMNI_ATTENTION_TMA=1), "triton-tma" with keys and values
-loaded through TMA descriptors in the forward and dq kernels.
+with the default loads (pointer loads unless OMNI_ATTENTION_TMA=1), "triton-tma" with the streamed tiles
+loaded through TMA descriptors (K/V in the forward and dq kernels, Q/dO in dk/dv).
 
 On CPU the smoke mode is automatic; its timings say nothing about GPUs.
 """

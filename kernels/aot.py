@@ -7,7 +7,7 @@ sequence length that hint, as a launch of the benchmark's shapes would (aligned 
 multiples of 16), so what it reports is what such a launch runs: registers
 per thread, bytes spilled to local memory, shared memory, pipelined (asynchronous) copies, and
 which tensor-core path the products take (Hopper's wgmma, or the older mma.sync). ``--tma`` builds
-the forward and dq kernels with their TMA-descriptor loads (OMNI_ATTENTION_TMA=1) instead.
+the training kernels with their TMA-descriptor loads (OMNI_ATTENTION_TMA=1) instead.
 
     python -m omni.kernels.aot                      # every autotune choice, sm_90, head dims 64, 128, 256
     python -m omni.kernels.aot --arch 90 --head-dims 128 --json runs/kernel_builds.json
@@ -30,8 +30,7 @@ import triton
 
 # Shared memory one thread block may use, per architecture (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-TRAINING_KERNELS = ("fwd", "dq", "dkdv")
-TMA_KERNELS = ("fwd", "dq")  # the kernels with a TMA-descriptor variant (USE_TMA)
+TRAINING_KERNELS = ("fwd", "dq", "dkdv")  # each with a TMA-descriptor variant (USE_TMA)
 # Mask features compiled into a build: the model's packed multimodal mask, and every feature at once.
 PACKED_MULTIMODAL = dict(CAUSAL=True, HAS_DOC=True, HAS_SPAN=True, HAS_WINDOW=False)
 ALL_FEATURES = dict(PACKED_MULTIMODAL, HAS_WINDOW=True)
@@ -60,7 +59,7 @@ class KernelBuild:
     async_copies: int
     wgmma: bool
     mma_sync: int  # products left on the pre-Hopper tensor-core path (mma.sync), per PTX instruction
-    tma_loads: bool  # built with USE_TMA (forward and dq: keys and values through TMA descriptors)
+    tma_loads: bool  # built with USE_TMA (the streamed tiles through TMA descriptors)
     tma_copies: int  # TMA (tensor descriptor) loads in the IR, pipelining copies included
 
     @property
@@ -130,7 +129,7 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
     ``flags`` are the mask features compiled in (default: the packed multimodal mask the model trains
     with and the benchmark times; ALL_FEATURES adds the sliding window, the largest variant).
     ``block`` overrides the training kernels' (block_m, block_n), to try other tiles. ``tma``: the
-    kernels that can (forward, dq) load keys and values through TMA descriptors.
+    training kernels load the tiles they stream (K/V; Q/dO in dk/dv) through TMA descriptors.
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
@@ -191,13 +190,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--window", action="store_true", help="compile the sliding window in too (every feature)")
-    ap.add_argument("--tma", action="store_true", help="forward and dq only, with TMA-descriptor loads")
+    ap.add_argument("--tma", action="store_true", help="the training kernels only, with TMA-descriptor loads")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     flags = ALL_FEATURES if args.window else PACKED_MULTIMODAL
     choices = offered_choices(tuple(args.head_dims), args.arch)
     if args.tma:
-        choices = [c for c in choices if c[0] in TMA_KERNELS]
+        choices = [c for c in choices if c[0] in TRAINING_KERNELS]
     builds = build_all(choices, args.arch, args.workers, flags, args.tma)
     limit = SHARED_LIMIT.get(args.arch)
     features = "causal + documents + spans" + (" + window" if args.window else "") + ("; TMA loads" if args.tma else "")

@@ -45,8 +45,8 @@ def _decode_split_kernel(Q, K, V, OP, LP, QOFF, DOC, SPAN,
                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, i, kv_len, HAS_DOC, HAS_SPAN)
     qoff = tl.load(QOFF + b)
-    K = K + b * stride_kb + hk * stride_kh
-    V = V + b * stride_vb + hk * stride_vh
+    K = K + b * stride_kb
+    V = V + b * stride_vb
     lo = pid_s * chunk
     hi = tl.minimum(tl.minimum(lo + chunk, kv_len), qoff + q_len)  # nothing past the last written key
     m_i = tl.full([BLOCK_R], float("-inf"), tl.float32)
@@ -54,8 +54,8 @@ def _decode_split_kernel(Q, K, V, OP, LP, QOFF, DOC, SPAN,
     acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
-                                  stride_ks, stride_vs, hi, qk_scale, window, HEAD_DIM, BLOCK_N, True,
-                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, False)
+                                  hk, stride_kh, stride_vh, stride_ks, stride_vs, hi, qk_scale, window,
+                                  HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, False)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     # Chunks with nothing visible get lse = -inf: weight 0 in the merge.
     lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))

@@ -14,8 +14,9 @@ by a small kernel that reads the half-precision tensors once.
 Queries sit at absolute positions ``q_offset[b] + arange(Sq)`` (a [B] tensor), so the same kernels
 serve training, prefill into a KV cache and scoring. Rows with no visible key output 0.
 
-K/V tiles arrive by pointer loads (``cp.async`` once pipelined) or, in the forward and dq kernels on
-sm_90+, through TMA descriptors (``USE_TMA``: OMNI_ATTENTION_TMA=1 or ``flash_attention(tma=True)``).
+The tiles a program streams (K/V in the forward and dq kernels, Q/dO in dk/dv) arrive by pointer
+loads (``cp.async`` once pipelined) or, on sm_90+, through TMA descriptors (``USE_TMA``:
+OMNI_ATTENTION_TMA=1 or ``flash_attention(tma=True)``).
 """
 from __future__ import annotations
 
@@ -126,27 +127,32 @@ def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
 
 
 @triton.jit
-def _rows_source(PTR, n_rows, stride, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, USE_TMA: tl.constexpr):
-    """What _load_rows reads a row-major [n_rows, HEAD_DIM] matrix through: its pointer, or (USE_TMA)
-    a tensor descriptor over it, made once per program, whose TMA loads zero-fill rows past n_rows."""
+def _rows_source(PTR, n_heads, head_stride, n_rows, stride, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 USE_TMA: tl.constexpr):
+    """What _load_rows reads one batch row's [n_heads, n_rows, HEAD_DIM] tensor through: its pointer,
+    or (USE_TMA) a tensor descriptor over it, made once per program, whose TMA loads zero-fill rows
+    past n_rows."""
     if USE_TMA:
-        return tl.make_tensor_descriptor(PTR, shape=[n_rows, HEAD_DIM], strides=[stride, 1],
-                                         block_shape=[BLOCK, HEAD_DIM])
+        return tl.make_tensor_descriptor(PTR, shape=[n_heads, n_rows, HEAD_DIM], strides=[head_stride, stride, 1],
+                                         block_shape=[1, BLOCK, HEAD_DIM])
     else:
         return PTR
 
 
 @triton.jit
-def _load_rows(SRC, start, rows, cols, stride, n_rows, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
-    """Tile [len(rows), len(cols)] (rows = start + arange) of the matrix behind SRC (_rows_source);
+def _load_rows(SRC, head, start, rows, cols, head_stride, stride, n_rows, MASKED: tl.constexpr,
+               USE_TMA: tl.constexpr):
+    """Tile [len(rows), len(cols)] (rows = start + arange) of head ``head`` behind SRC (_rows_source);
     rows past n_rows read as 0 in partial tiles. Fully visible tiles never reach past the last key
     (masks.py), so their pointer loads skip the check."""
     if USE_TMA:
-        return SRC.load([start, 0])
-    elif MASKED:
-        return tl.load(SRC + rows[:, None] * stride + cols[None, :], mask=rows[:, None] < n_rows, other=0.0)
+        return SRC.load([head, start, 0]).reshape(rows.shape[0], cols.shape[0])
     else:
-        return tl.load(SRC + rows[:, None] * stride + cols[None, :])
+        ptrs = SRC + head * head_stride + rows[:, None] * stride + cols[None, :]
+        if MASKED:
+            return tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            return tl.load(ptrs)
 
 
 @triton.jit
@@ -160,14 +166,14 @@ def _row_ids(QOFF, DOC, SPAN, b, offs, kv_len, HAS_DOC: tl.constexpr, HAS_SPAN: 
 
 @triton.jit
 def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
-              stride_ks, stride_vs, kv_len, qk_scale, window,
+              hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
               CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr,
               USE_TMA: tl.constexpr):
     """One online-softmax step over keys [start_n, start_n + BLOCK_N) (base-2 exponentials)."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K, start_n, offs_n, offs_d, stride_ks, kv_len, MASKED, USE_TMA)
+    k = _load_rows(K, hk, start_n, offs_n, offs_d, stride_kh, stride_ks, kv_len, MASKED, USE_TMA)
     s = tl.dot(q, tl.trans(k))
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
@@ -182,7 +188,7 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     p = tl.math.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
     alpha = tl.math.exp2(m_i - m_safe)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_rows(V, start_n, offs_n, offs_d, stride_vs, kv_len, MASKED, USE_TMA)
+    v = _load_rows(V, hk, start_n, offs_n, offs_d, stride_vh, stride_vs, kv_len, MASKED, USE_TMA)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, l_i, m_new
 
@@ -210,8 +216,8 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=offs_m[:, None] < q_len, other=0.0)
     q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
-    K = _rows_source(K + b * stride_kb + hk * stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
-    V = _rows_source(V + b * stride_vb + hk * stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
+    K = _rows_source(K + b * stride_kb, n_heads // groups, stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
+    V = _rows_source(V + b * stride_vb, n_heads // groups, stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -219,13 +225,13 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
     for t in range(0, tl.load(KV_CNT + row)):
         start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
-                                  stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, True,
-                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
+                                  hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
+                                  HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     for t in range(0, tl.load(FKV_CNT + row)):
         start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
         acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
-                                  stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, False,
-                                  CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
+                                  hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
+                                  HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     # Empty rows store +inf so that the backward's exp2(s - lse) is 0 for them.
@@ -258,17 +264,18 @@ def _delta_kernel(O, DO, DELTA, q_len, n_heads, stride_ob, stride_oh, stride_os,
 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN, qoff, start_m,
-               stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
+               h, stride_qh, stride_doh, stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
-               HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+               HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr):
     """dk, dv [BLOCK_N, D] += one query tile's share. Key-major: probabilities are recomputed
     transposed, [BLOCK_N, BLOCK_M], so every product has the key block as its M dimension (Hopper's
     warp-group MMA needs M >= 64) and no register tile is transposed."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
-    q = tl.load(Q + offs_m[:, None] * stride_qs + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + offs_m[:, None] * stride_dos + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    # Bounds-checked even in fully visible tiles: the last query block may hold padding rows (masks.py).
+    q = _load_rows(Q, h, start_m, offs_m, offs_d, stride_qh, stride_qs, q_len, True, USE_TMA)
+    do = _load_rows(DO, h, start_m, offs_m, offs_d, stride_doh, stride_dos, q_len, True, USE_TMA)
     lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     p_t = tl.math.exp2(tl.fma(tl.dot(k, tl.trans(q)), qk_scale, -lse[None, :]))
@@ -285,7 +292,7 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     return tl.dot(ds_t.to(q.dtype), q, dk), dv
 
 
-@triton.autotune(configs=_configs("dkdv"), key=TUNE_KEY)
+@triton.autotune(configs=_configs("dkdv"), key=TUNE_KEY + ["USE_TMA"])
 @triton.jit(**TUNED)
 def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
                  Q_CNT, Q_IDX, FQ_CNT, FQ_IDX,
@@ -295,7 +302,8 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
                  stride_dkb, stride_dkh, stride_dks,
                  tune_q_len, tune_kv_len,
                  HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                 CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 USE_TMA: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // n_kv_heads
@@ -317,22 +325,23 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
     col = b * n_kb + pid_n
     n_part = tl.load(Q_CNT + col)
     n_full = tl.load(FQ_CNT + col)
+    Q = _rows_source(Q + b * stride_qb, n_kv_heads * groups, stride_qh, q_len, stride_qs, BLOCK_M, HEAD_DIM, USE_TMA)
+    DO = _rows_source(DO + b * stride_dob, n_kv_heads * groups, stride_doh, q_len, stride_dos, BLOCK_M, HEAD_DIM,
+                      USE_TMA)
     for g in range(0, groups):  # the query heads that share this kv head
         h = hk * groups + g
-        Qh = Q + b * stride_qb + h * stride_qh
-        DOh = DO + b * stride_dob + h * stride_doh
         LSEh = LSE + (b * n_kv_heads * groups + h) * q_len
         DELTAh = DELTA + (b * n_kv_heads * groups + h) * q_len
         for t in range(0, n_part):
             start_m = tl.load(Q_IDX + col * n_qb + t) * BLOCK_M
-            dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, k_doc, k_span, Qh, DOh, LSEh, DELTAh, DOC, SPAN, qoff,
-                                start_m, stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
-                                HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+            dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, k_doc, k_span, Q, DO, LSEh, DELTAh, DOC, SPAN, qoff,
+                                start_m, h, stride_qh, stride_doh, stride_qs, stride_dos, q_len, kv_len, qk_scale,
+                                window, HEAD_DIM, BLOCK_M, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
         for t in range(0, n_full):
             start_m = tl.load(FQ_IDX + col * n_qb + t) * BLOCK_M
-            dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, k_doc, k_span, Qh, DOh, LSEh, DELTAh, DOC, SPAN, qoff,
-                                start_m, stride_qs, stride_dos, q_len, kv_len, qk_scale, window,
-                                HEAD_DIM, BLOCK_M, False, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+            dk, dv = _dkdv_tile(dk, dv, k, v, offs_n, k_doc, k_span, Q, DO, LSEh, DELTAh, DOC, SPAN, qoff,
+                                start_m, h, stride_qh, stride_doh, stride_qs, stride_dos, q_len, kv_len, qk_scale,
+                                window, HEAD_DIM, BLOCK_M, False, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     out = b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dks + offs_d[None, :]
     tl.store(DK + out, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=col_ok)
@@ -340,13 +349,13 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
 
 @triton.jit
 def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
-             stride_ks, stride_vs, kv_len, qk_scale, window,
+             hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
              HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K, start_n, offs_n, offs_d, stride_ks, kv_len, MASKED, USE_TMA)
-    v = _load_rows(V, start_n, offs_n, offs_d, stride_vs, kv_len, MASKED, USE_TMA)
+    k = _load_rows(K, hk, start_n, offs_n, offs_d, stride_kh, stride_ks, kv_len, MASKED, USE_TMA)
+    v = _load_rows(V, hk, start_n, offs_n, offs_d, stride_vh, stride_vs, kv_len, MASKED, USE_TMA)
     p = tl.math.exp2(tl.fma(tl.dot(q, tl.trans(k)), qk_scale, -lse[:, None]))  # recomputed from the base-2 lse
     if MASKED:
         k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
@@ -386,20 +395,20 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
     lse = tl.load(LSE + pid_bh * q_len + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * q_len + offs_m, mask=row_ok, other=0.0)
     q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
-    K = _rows_source(K + b * stride_kb + hk * stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
-    V = _rows_source(V + b * stride_vb + hk * stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
+    K = _rows_source(K + b * stride_kb, n_heads // groups, stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
+    V = _rows_source(V + b * stride_vb, n_heads // groups, stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     row = b * n_qb + pid_m
     for t in range(0, tl.load(KV_CNT + row)):
         start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
-        dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n, stride_ks,
-                      stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, True,
-                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
+        dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+                      hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM,
+                      BLOCK_N, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     for t in range(0, tl.load(FKV_CNT + row)):
         start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
-        dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n, stride_ks,
-                      stride_vs, kv_len, qk_scale, window, HEAD_DIM, BLOCK_N, False,
-                      CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
+        dq = _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+                      hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window, HEAD_DIM,
+                      BLOCK_N, False, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqs + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -430,8 +439,9 @@ def _lastdim_contiguous(x: Tensor) -> Tensor:
 
 
 def tma_requested() -> bool:
-    """OMNI_ATTENTION_TMA=1: the forward and dq kernels load keys and values through TMA descriptors
-    (Hopper's tensor memory accelerator) instead of pointer loads. Off by default: not yet timed on a GPU."""
+    """OMNI_ATTENTION_TMA=1: the kernels load the tiles they stream (keys and values in the forward and
+    dq kernels, queries and output gradients in dk/dv) through TMA descriptors (Hopper's tensor memory
+    accelerator) instead of pointer loads. Off by default: not yet timed on a GPU."""
     return os.environ.get("OMNI_ATTENTION_TMA", "0") == "1"
 
 
@@ -451,11 +461,14 @@ def _tma_scratch(size: int, alignment: int, stream: Optional[int]) -> Tensor:
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-def _prepare_tma(use_tma: bool) -> None:
-    # Triton keeps its allocator in a context variable: set it in the thread that launches (autograd
-    # runs the backward in a thread of its own).
-    if use_tma and not interpreting():
+def _use_tma(requested: bool, *streamed: Tensor) -> bool:
+    """Whether a launch loads its ``streamed`` tensors through TMA descriptors: requested and
+    tma_supported. If so, Triton gets the descriptors' scratch allocator, in the launching thread: it
+    keeps it in a context variable, and autograd runs the backward in a thread of its own."""
+    use = requested and tma_supported(*streamed)
+    if use and not interpreting():
         triton.set_allocator(_tma_scratch)
+    return use
 
 
 def _check_head_dim(d: int) -> None:
@@ -464,9 +477,9 @@ def _check_head_dim(d: int) -> None:
 
 
 def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float,
-                  use_tma: bool = False) -> tuple[Tensor, Tensor]:
+                  tma: bool = False) -> tuple[Tensor, Tensor]:
     """Run the forward kernel. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> (out [B, H, Sq, D], lse [B, H, Sq]).
-    ``use_tma``: load K/V through TMA descriptors (only where tma_supported(k, v))."""
+    ``tma``: load K/V through TMA descriptors (where tma_supported(k, v))."""
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
     _check_head_dim(d)
@@ -476,21 +489,21 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: f
     out = torch.empty_like(q)
     lse = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
-    _prepare_tma(use_tma)
     _fwd_kernel[(n_qb, b * h)](
         q, k, v, out, lse, ma.qoff, ma.doc, ma.span,
         bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
         scale * LOG2E, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=use_tma,
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=_use_tma(tma, k, v),
     )
     return out, lse
 
 
 def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                   mask: AttentionMask, scale: float, use_tma: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients (dq, dk, dv) by recomputation from the saved base-2 log-sum-exp; ``use_tma``: the dq
-    kernel loads K/V through TMA descriptors (dk/dv always use pointer loads)."""
+                   mask: AttentionMask, scale: float, tma: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (dq, dk, dv) by recomputation from the saved base-2 log-sum-exp. ``tma``: the dq
+    kernel loads K/V through TMA descriptors where tma_supported(k, v), the dk/dv kernel its query and
+    output-gradient tiles where tma_supported(q, do)."""
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
     do = _lastdim_contiguous(do)
@@ -510,18 +523,17 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
         bs.q_cnt, bs.q_idx, bs.full_q_cnt, bs.full_q_idx,
         scale * LOG2E, scale, ma.window, sq, skv, hk, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dk.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv),
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=_use_tma(tma, q, do),
     )
     bm, bn = block_sizes(d, "fwd")
     bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
     n_qb, n_kb = bs.kv_idx.shape[1], bs.kv_idx.shape[2]
-    _prepare_tma(use_tma)
     _dq_kernel[(n_qb, b * h)](
         q, k, v, do, dq, lse, delta, ma.qoff, ma.doc, ma.span,
         bs.kv_cnt, bs.kv_idx, bs.full_kv_cnt, bs.full_kv_idx,
         scale * LOG2E, scale, ma.window, sq, skv, h, h // hk, n_qb, n_kb,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=use_tma,
+        HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, **ma.flags, **tune_buckets(sq, skv), USE_TMA=_use_tma(tma, k, v),
     )
     return dq, dk, dv
 
@@ -532,16 +544,15 @@ class FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float, tma: bool) -> Tensor:
         q, k, v = (_lastdim_contiguous(x) for x in (q, k, v))
-        use_tma = tma and tma_supported(k, v)
-        out, lse = flash_forward(q, k, v, mask, scale, use_tma)
+        out, lse = flash_forward(q, k, v, mask, scale, tma)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.scale, ctx.use_tma = mask, scale, use_tma
+        ctx.mask, ctx.scale, ctx.tma = mask, scale, tma
         return out
 
     @staticmethod
     def backward(ctx, do: Tensor) -> tuple[Optional[Tensor], ...]:
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = flash_backward(do, q, k, v, out, lse, ctx.mask, ctx.scale, ctx.use_tma)
+        dq, dk, dv = flash_backward(do, q, k, v, out, lse, ctx.mask, ctx.scale, ctx.tma)
         return dq, dk, dv, None, None, None
 
 
@@ -549,7 +560,7 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale:
                     tma: Optional[bool] = None) -> Tensor:
     """Masked attention through the Triton kernels. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> [B, H, Sq, D].
 
-    ``tma``: load keys and values through TMA descriptors where the GPU and layout allow
+    ``tma``: load the streamed tiles through TMA descriptors where the GPU and layout allow
     (tma_supported); None follows OMNI_ATTENTION_TMA (tma_requested)."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return FlashAttention.apply(q, k, v, mask, scale, tma_requested() if tma is None else tma)

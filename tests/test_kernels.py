@@ -50,7 +50,8 @@ profile_params = [pytest.param("interp", marks=interp_only), pytest.param("gpu",
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-6))
 
 
 def make_mask(kind: str, batch: int, seq: int, device: str, seed: int = 0) -> AttentionMask:
@@ -174,9 +175,10 @@ def test_flash_query_offsets(profile):
 @pytest.mark.parametrize("profile", profile_params)
 @pytest.mark.parametrize("kind", ["causal", "combined", "bidirectional_docs"])
 def test_flash_tma_loads(profile, kind, monkeypatch):
-    """OMNI_ATTENTION_TMA=1: the forward and dq kernels load keys and values through TMA descriptors.
-    Same checks as the pointer loads, at lengths that are not multiples of the block (a descriptor
-    zero-fills rows past the last key), with and without a query offset."""
+    """OMNI_ATTENTION_TMA=1: the kernels load the tiles they stream through TMA descriptors (keys and
+    values in the forward and dq kernels; queries and output gradients in dk/dv, whose GQA loop moves
+    the descriptor's head coordinate). Same checks as the pointer loads, at lengths that are not multiples of the
+    block (a descriptor zero-fills rows past its last row), with and without a query offset."""
     from omni.kernels.flash import tma_supported
 
     p = PROFILES[profile]
@@ -196,7 +198,7 @@ def test_flash_tma_loads(profile, kind, monkeypatch):
 @interp_only
 def test_tma_falls_back_for_unaligned_rows():
     """Rows whose stride is not a multiple of 16 bytes cannot be read by a TMA descriptor: the kernels
-    use pointer loads for them, with the same result."""
+    use pointer loads for them (keys in the forward and dq, queries in dk/dv), with the same result."""
     from omni.kernels.flash import flash_attention, tma_supported
 
     q, k, v = (x.detach() for x in qkv(2, 2, 2, 40, 40, 16, torch.float32, "cpu"))
@@ -205,6 +207,13 @@ def test_tma_falls_back_for_unaligned_rows():
     mask = make_mask("combined", 2, 40, "cpu")
     want = reference_attention(q, k, v, mask, 0.25)
     assert rel_err(flash_attention(q, k_odd, v, mask, tma=True), want) < 1e-4
+    got = [torch.zeros(2, 2, 40, 17)[..., :16].copy_(q).requires_grad_()] + [x.clone().requires_grad_() for x in (k, v)]
+    ref = [x.clone().requires_grad_() for x in (q, k, v)]
+    dout = torch.randn_like(q)
+    flash_attention(*got, mask, tma=True).backward(dout)
+    reference_attention(*ref, mask, 0.25).backward(dout)
+    for a, b in zip(got, ref):
+        assert rel_err(a.grad, b.grad) < 1e-4
 
 
 @interp_only
@@ -333,19 +342,19 @@ def test_kernels_build_for_hopper():
     memory, a register spill, a loop the pipeliner gave up on or a product off the wgmma path shows up
     here. With the model's packed multimodal mask, head dims 64 and 128 must be spill-free and use
     wgmma; head dim 256 (the largest allowed), and every kernel with all mask features (the sliding
-    window too), must build and fit. The same holds for the forward and dq kernels built with
-    TMA-descriptor loads (OMNI_ATTENTION_TMA=1), whose key/value loads must then be pipelined TMA copies."""
+    window too), must build and fit. The same holds for the training kernels built with
+    TMA-descriptor loads (OMNI_ATTENTION_TMA=1), whose streamed loads must then be pipelined TMA copies."""
     from omni.kernels import aot
 
     choices = aot.offered_choices((64, 128, 256))
     for b in aot.build_all(choices, arch=90, workers=2, flags=aot.ALL_FEATURES):
         assert b.shared_bytes <= aot.SHARED_LIMIT[90], f"{b.kernel} D={b.head_dim} with a window: {b.shared_bytes} B"
-    tma_choices = [c for c in choices if c[0] in aot.TMA_KERNELS]
+    tma_choices = [c for c in choices if c[0] in aot.TRAINING_KERNELS]
     for b in aot.build_all(choices, arch=90, workers=2) + aot.build_all(tma_choices, arch=90, workers=2, tma=True):
         what = f"{b.kernel} D={b.head_dim} warps={b.num_warps} stages={b.num_stages}" + (" TMA" if b.tma_loads else "")
         assert b.shared_bytes <= aot.SHARED_LIMIT[90], f"{what} needs {b.shared_bytes} bytes of shared memory"
         if b.tma_loads:
-            # K and V in each of the two tile loops are 4 loads; pipelining adds the prologue's copies.
+            # Two streamed tensors in each of the two tile loops are 4 loads; pipelining adds the prologue's.
             assert b.tma_copies > 4, f"{what}: {b.tma_copies} TMA copies, the loads are not pipelined"
         elif b.kernel in aot.TRAINING_KERNELS + ("decode",):
             assert b.async_copies > 0, f"{what}: the key/value loads are not pipelined"

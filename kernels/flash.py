@@ -119,11 +119,20 @@ def _visible(qp, kp, q_doc, k_doc, q_span, k_span, kv_len, window,
 
 @triton.jit
 def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
-    """ids [S] at positions pos (clamped into [0, kv_len)), or zeros when the mask has no such ids."""
+    """ids [S] at positions pos >= 0, 0 past the last key (keys there are never visible), or zeros when
+    the mask has no such ids. A masked load, not clamped addresses: a key tile's contiguous positions
+    then load as vectors (clamped, they were one 4-byte copy per id, and the sm_90 forward needed up to
+    50 more registers)."""
     if HAS:
-        return tl.load(ID + tl.minimum(tl.maximum(pos, 0), kv_len - 1))
+        return tl.load(ID + pos, mask=pos < kv_len, other=0)
     else:
         return tl.zeros(pos.shape, tl.int32)
+
+
+@triton.jit
+def _query_id_pos(q_pos, kv_len):
+    """Where a query's ids are read: its position clamped into the keys, as AttentionMask.dense does."""
+    return tl.minimum(tl.maximum(q_pos, 0), kv_len - 1)
 
 
 @triton.jit
@@ -161,7 +170,8 @@ def _row_ids(QOFF, DOC, SPAN, b, offs, kv_len, HAS_DOC: tl.constexpr, HAS_SPAN: 
     q_pos = tl.load(QOFF + b) + offs
     DOC = DOC + b * kv_len
     SPAN = SPAN + b * kv_len
-    return q_pos, DOC, SPAN, _load_ids(DOC, q_pos, kv_len, HAS_DOC), _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+    at = _query_id_pos(q_pos, kv_len)
+    return q_pos, DOC, SPAN, _load_ids(DOC, at, kv_len, HAS_DOC), _load_ids(SPAN, at, kv_len, HAS_SPAN)
 
 
 @triton.jit
@@ -281,8 +291,8 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     p_t = tl.math.exp2(tl.fma(tl.dot(k, tl.trans(q)), qk_scale, -lse[None, :]))
     if MASKED:
         q_pos = qoff + offs_m
-        q_doc = _load_ids(DOC, q_pos, kv_len, HAS_DOC)
-        q_span = _load_ids(SPAN, q_pos, kv_len, HAS_SPAN)
+        q_doc = _load_ids(DOC, _query_id_pos(q_pos, kv_len), kv_len, HAS_DOC)
+        q_span = _load_ids(SPAN, _query_id_pos(q_pos, kv_len), kv_len, HAS_SPAN)
         vis = _visible(q_pos[None, :], k_pos[:, None], q_doc[None, :], k_doc[:, None], q_span[None, :],
                        k_span[:, None], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         p_t = tl.where(vis, p_t, 0.0)

@@ -291,8 +291,9 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     p_t = tl.math.exp2(tl.fma(tl.dot(k, tl.trans(q)), qk_scale, -lse[None, :]))
     if MASKED:
         q_pos = qoff + offs_m
-        q_doc = _load_ids(DOC, _query_id_pos(q_pos, kv_len), kv_len, HAS_DOC)
-        q_span = _load_ids(SPAN, _query_id_pos(q_pos, kv_len), kv_len, HAS_SPAN)
+        at = _query_id_pos(q_pos, kv_len)
+        q_doc = _load_ids(DOC, at, kv_len, HAS_DOC)
+        q_span = _load_ids(SPAN, at, kv_len, HAS_SPAN)
         vis = _visible(q_pos[None, :], k_pos[:, None], q_doc[None, :], k_doc[:, None], q_span[None, :],
                        k_span[:, None], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         p_t = tl.where(vis, p_t, 0.0)

@@ -42,7 +42,7 @@ def interpreting() -> bool:
 
 # (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below and
 # head dims up to 128, none spills a register on sm_90 under Triton 3.9; under 3.6, dk/dv's 3 and 4
-# stages spill 28-36 B at D=128 (`python -m omni.kernels.aot` builds and lists them). 4 warps spill
+# stages spill 16-24 B at D=128 (`python -m omni.kernels.aot` builds and lists them). 4 warps spill
 # at these blocks, so they are not offered.
 HOPPER_CONFIGS = {
     "fwd": [(8, 3), (8, 4), (8, 2)],
@@ -136,6 +136,17 @@ def _query_id_pos(q_pos, kv_len):
 
 
 @triton.jit
+def _key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
+                      CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
+    """[M, N] bool for a query-major tile (forward, dq): queries [M] (positions, ids) against the keys at
+    offs_n [N], whose ids are loaded here."""
+    k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
+    k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
+    return _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
+                    k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+
+
+@triton.jit
 def _rows_source(PTR, n_heads, head_stride, n_rows, stride, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
                  USE_TMA: tl.constexpr):
     """What _load_rows reads one batch row's [n_heads, n_rows, HEAD_DIM] tensor through: its pointer,
@@ -186,10 +197,8 @@ def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
     k = _load_rows(K, hk, start_n, offs_n, offs_d, stride_kh, stride_ks, kv_len, MASKED, USE_TMA)
     s = tl.dot(q, tl.trans(k))
     if MASKED:
-        k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
-        k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
-        vis = _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
-                       k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        vis = _key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
+                                CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         s = tl.where(vis, s, float("-inf"))
     # The row max of the raw scores, scaled (qk_scale > 0), so that each score costs one FMA below
     # (spelled out: Triton's FP fusion default may change, TRITON_DEFAULT_FP_FUSION).
@@ -369,10 +378,8 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
     v = _load_rows(V, hk, start_n, offs_n, offs_d, stride_vh, stride_vs, kv_len, MASKED, USE_TMA)
     p = tl.math.exp2(tl.fma(tl.dot(q, tl.trans(k)), qk_scale, -lse[:, None]))  # recomputed from the base-2 lse
     if MASKED:
-        k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
-        k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
-        vis = _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
-                       k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
+        vis = _key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
+                                CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         p = tl.where(vis, p, 0.0)
     dp = tl.dot(do, tl.trans(v))
     ds = p * (dp - delta[:, None])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -180,7 +181,9 @@ def build_all(choices: list[tuple], arch: int = 90, workers: int = 2,
     jobs = [(*c, arch, flags, None, tma) for c in choices]
     if workers <= 1:
         return [_build_star(j) for j in jobs]
-    with ProcessPoolExecutor(workers) as pool:
+    # Spawned, not forked: the caller has torch's threads running, and forking a threaded process can
+    # deadlock the child.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_build_star, jobs))
 
 

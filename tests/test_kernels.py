@@ -344,8 +344,9 @@ def test_kernels_build_for_hopper():
     memory, a register spill, a loop the pipeliner gave up on or a product off the wgmma path shows up
     here. With the model's packed multimodal mask, head dims 64 and 128 must use wgmma and be
     spill-free (Triton 3.6 leaves dk/dv at D=128 a few bytes); head dim 256 (the largest allowed), and
-    every kernel with all mask features (the sliding window too), must build and fit. The same holds for the training kernels built with
-    TMA-descriptor loads (OMNI_ATTENTION_TMA=1), whose streamed loads must then be pipelined TMA copies."""
+    every kernel with all mask features (the sliding window too), must build and fit. The same holds
+    for the training kernels built with TMA-descriptor loads (OMNI_ATTENTION_TMA=1), whose streamed
+    loads must then be pipelined TMA copies."""
     from omni.kernels import aot
 
     choices = aot.offered_choices((64, 128, 256))

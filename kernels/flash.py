@@ -41,9 +41,9 @@ def interpreting() -> bool:
 
 
 # (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below and
-# head dims up to 128, none spills a register on sm_90 under Triton 3.9; under 3.6, dk/dv's 3 and 4
-# stages spill 16-24 B at D=128 (`python -m omni.kernels.aot` builds and lists them). 4 warps spill
-# at these blocks, so they are not offered.
+# head dims up to 128, none spills a register on sm_90 under Triton 3.9; under 3.6, dk/dv at D=128
+# spills 16-24 B at 3 and 4 stages, and 24-136 B with TMA loads (`python -m omni.kernels.aot [--tma]`
+# builds and lists them). 4 warps spill at these blocks, so they are not offered.
 HOPPER_CONFIGS = {
     "fwd": [(8, 3), (8, 4), (8, 2)],
     "dkdv": [(8, 2), (8, 3), (8, 4)],

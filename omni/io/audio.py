@@ -1,4 +1,4 @@
-"""Audio I/O and features in plain torch (installed as ``omni.data.audio``).
+"""Audio I/O and features in plain torch.
 
 PyPI torchaudio does not import on CPU torch (DESIGN.md §8), so files are read and written with
 soundfile and resampling / mel spectrograms are computed here with torch ops.

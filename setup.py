@@ -10,7 +10,7 @@ setup(
     description="GPT-4o-style omni models: early-fusion decoder, streaming speech, RBR safety tuning",
     python_requires=">=3.10",
     packages=[
-        "omni", "omni.model", "omni.tokenizers", "omni.train", "omni.infer", "omni.align",
+        "omni", "omni.io", "omni.nn", "omni.model", "omni.tokenizers", "omni.train", "omni.infer", "omni.align",
         "omni.kernels", "omni.data", "omni.eval",
     ],
     package_dir={"omni.kernels": "kernels", "omni.data": "data", "omni.eval": "eval"},
@@ -26,7 +26,7 @@ setup(
         "jinja2",  # renders the chat template stored in a GGUF file
         "tqdm",
         "tensorboard",
-        "soundfile",  # audio I/O (omni/data/audio.py); torchaudio does not import on CPU torch
+        "soundfile",  # audio I/O (omni/io/audio.py); torchaudio does not import on CPU torch
         "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
         "packaging",  # silero-vad's one dependency besides torch (it installs --no-deps, requirements-assets.txt)
     ],

@@ -202,7 +202,7 @@ class Builder:
         """Codec codes [K, frames] of each distinct (text, speaker), synthesised with 0-240 ms of
         trailing silence and encoded in batches. The codec is causal, so zero padding after an
         utterance leaves its frames unchanged and each is trimmed to its own length."""
-        from omni.data.audio import resample
+        from omni.io.audio import resample
 
         sr, hop = self.codec.sample_rate, self.codec.hop_length
         unique = list(dict.fromkeys(requests))

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from omni.config import load_config
-from omni.data.audio import load_audio, resample, save_audio
+from omni.io.audio import load_audio, resample, save_audio
 
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 VARIANTS = (

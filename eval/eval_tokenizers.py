@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from omni.data.audio import load_audio, mel_spectrogram
+from omni.io.audio import load_audio, mel_spectrogram
 from omni.eval.metrics_audio import mel_distance, psnr, si_snr, ssim, transcribe, word_error_rate
 from omni.tokenizers import Tokenizer, load_tokenizer
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from omni.data.audio import mel_spectrogram
+from omni.io.audio import mel_spectrogram
 
 Tensor = torch.Tensor
 
@@ -48,7 +48,7 @@ def _asr():
 def transcribe(wav: Tensor, sample_rate: int) -> str:
     """Lower-case words pocketsphinx hears in ``wav`` [1, samples] or [samples] (16 kHz expected)."""
     if sample_rate != 16_000:
-        from omni.data.audio import resample
+        from omni.io.audio import resample
 
         wav = resample(wav, sample_rate, 16_000)
     pcm = (wav.reshape(-1).clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()

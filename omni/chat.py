@@ -80,7 +80,7 @@ class OmniChat:
     # ---- inputs -> parts ----------------------------------------------------------------------
     def audio_part(self, audio: Union[str, Path, Tensor]) -> Audio:
         """A wav path or waveform [samples] / [1, samples] at ``sample_rate`` -> codec codes."""
-        from omni.data.audio import load_audio
+        from omni.io.audio import load_audio
 
         wav = load_audio(audio, self.sample_rate) if isinstance(audio, (str, Path)) else torch.as_tensor(audio).float()
         wav = wav.reshape(1, -1)
@@ -229,7 +229,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                          sampling=SamplingConfig(temperature=args.temperature), seed=args.seed)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    from omni.data.audio import save_audio
+    from omni.io.audio import save_audio
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def test_cli(bot, tmp_path, capsys):
     main(["--checkpoint", str(ckpt), "--text", "hello there", "--speech", "yes", "--out", str(tmp_path / "c")])
     assert (tmp_path / "c" / "reply.wav").is_file()
     silent = tmp_path / "silent.wav"
-    from omni.data.audio import save_audio
+    from omni.io.audio import save_audio
 
     save_audio(silent, torch.zeros(1, 8000), 16000)
     with pytest.raises(SystemExit, match="silent"):

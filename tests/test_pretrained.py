@@ -9,7 +9,8 @@ import torch
 from omni.api import TextGenerator
 from omni.config import ConfigError, load_config
 from omni.model.build import build_model
-from omni.model.pretrained import load_pretrained, smollm2_path
+from omni.io.gguf import smollm2_path
+from omni.model.build import load_pretrained
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    return", "1, 2, 3, 5, 8, 13,",
            "<|im_start|>user\nWho wrote Hamlet?<|im_end|>\n<|im_start|>assistant\n"]

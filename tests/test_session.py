@@ -141,7 +141,7 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
     reply is the same as when it is served alone."""
     pytest.importorskip("silero_vad")
     espeak_mod = pytest.importorskip("omni.data.build_speech")
-    from omni.data.audio import resample
+    from omni.io.audio import resample
     from omni.infer.vad import VoiceActivity
 
     tok, codec, v, fmt, _ = env

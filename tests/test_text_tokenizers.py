@@ -60,7 +60,7 @@ def test_sentencepiece_save_load(spm_tok, tmp_path):
 
 def test_gguf_matches_transformers(gguf_tok):
     transformers = pytest.importorskip("transformers")
-    from omni.model.pretrained import smollm2_path
+    from omni.io.gguf import smollm2_path
 
     path = smollm2_path()
     ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -53,7 +53,7 @@ MAX_TEXT = 48  # text tokens per demo answer (an undertrained model may never st
 
 def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
     """``text`` spoken by a user voice (not the assistant's), [samples] at ``sample_rate``."""
-    from omni.data.audio import resample
+    from omni.io.audio import resample
     from omni.data.build_speech import Espeak, Speaker
 
     es = Espeak()
@@ -64,7 +64,7 @@ def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
 def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, tail_s: float = 1.5) -> str:
     """Stream ``question`` (then ``tail_s`` of silence) in ``chunk_ms`` chunks through a VAD session;
     write reply.wav; return the latency line."""
-    from omni.data.audio import save_audio
+    from omni.io.audio import save_audio
 
     sr = bot.sample_rate
     step = sr * chunk_ms // 1000

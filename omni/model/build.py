@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 from omni.config import Config, ConfigError, ModelConfig
+from omni.io.gguf import load_gguf, read_gguf_config
 from omni.model.decoder import Decoder
+from omni.tokenizers.text import GGUFTokenizer
 
 # Fields that must agree between the config and a pretrained file (vocab may grow, context shrink).
 _SHAPE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "qk_norm", "tie_embeddings")
@@ -35,8 +38,6 @@ def build_model(cfg: Config) -> Decoder:
     mcfg = cfg.model
     if not mcfg.init_from:
         return Decoder(dataclasses.replace(mcfg))
-    from omni.model.pretrained import load_gguf, read_gguf_config
-
     # Check the shape from the metadata first, so a wrong config fails before any dequantising.
     check_pretrained_shape(mcfg, read_gguf_config(mcfg.init_from), mcfg.init_from)
     file_cfg, state = load_gguf(mcfg.init_from)
@@ -45,3 +46,11 @@ def build_model(cfg: Config) -> Decoder:
     model.load_state_dict(state, strict=True)
     model.resize_vocab(mcfg.vocab_size)
     return model
+
+
+def load_pretrained(name_or_path: str | Path = "smollm2-135m") -> tuple[Decoder, GGUFTokenizer]:
+    """The pretrained decoder (float32, eval mode) and its tokenizer, vocabulary not extended."""
+    cfg, state = load_gguf(name_or_path)
+    model = Decoder(cfg)
+    model.load_state_dict(state, strict=True)
+    return model.eval(), GGUFTokenizer.from_gguf(name_or_path)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import Config
-from omni.data.audio import mel_spectrogram
+from omni.io.audio import mel_spectrogram
 from omni.train.task import Task, register_task
 from omni.tokenizers.codec import CodecConfig, SpeechCodec
 from omni.tokenizers.image import ImageTokConfig, ImageTokenizer

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from omni.config import TokenizerConfig
+from omni.io.gguf import gguf_reader, resolve_gguf
 from omni.tokenizers.base import SPECIAL_TOKENS, TextTokenizer, register_tokenizer
 
 
@@ -132,8 +133,6 @@ class GGUFTokenizer(TextTokenizer):
     def from_gguf(cls, name_or_path: str | Path = "smollm2-135m") -> "GGUFTokenizer":
         """Build from the tokenizer metadata of a GGUF file ("smollm2-135m" or a path)."""
         from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-        from omni.model.pretrained import gguf_reader, resolve_gguf
 
         path = resolve_gguf(name_or_path)
         fields = gguf_reader(path).fields

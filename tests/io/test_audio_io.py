@@ -1,4 +1,4 @@
-"""Audio I/O (omni.data.audio): formats, channel mixing, resampling, mel features, bad files."""
+"""Audio I/O (omni.io.audio): formats, channel mixing, resampling, mel features, bad files."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from omni.data.audio import AudioError, load_audio, mel_spectrogram, resample, save_audio
+from omni.io.audio import AudioError, load_audio, mel_spectrogram, resample, save_audio
 
 
 def tone(freq: float, sr: int, seconds: float = 0.5) -> np.ndarray:

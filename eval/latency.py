@@ -91,7 +91,7 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
 
         bot = OmniChat.load(args.checkpoint, "cpu")
         return bot.model, bot.codec, bot.fmt, bot.ocfg, f"checkpoint {args.checkpoint}"
-    from omni.omni_task import register_config_sections
+    from omni.train.tasks.omni import register_config_sections
 
     register_config_sections()
     cfg = load_config(args.config, args.overrides)

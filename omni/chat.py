@@ -56,7 +56,7 @@ class OmniChat:
     @classmethod
     def load(cls, checkpoint: Union[str, Path], device: str = "cpu") -> "OmniChat":
         """From a run folder or step folder written by ``train.py --config configs/omni-*.yaml``."""
-        from omni.omni_task import load_omni
+        from omni.train.tasks.omni import load_omni
         from omni.tokenizers.base import load_tokenizer
 
         model, cfg, step = load_omni(checkpoint, device)

@@ -77,7 +77,7 @@ def setup(folder: Path, **kw):
 
 def memorise(m: OmniModel, fmt: ConversationFormat, conversations: list, steps: int = 300, lr: float = 3e-3) -> float:
     """Train ``m`` on the conversations (one per row) until it reproduces them; returns the last loss."""
-    from omni.omni_task import batch_from_streams, omni_loss
+    from omni.train.tasks.omni import batch_from_streams, omni_loss
 
     batch = batch_from_streams([fmt.serialise(c) for c in conversations], fmt.sp["<|pad|>"])
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)

@@ -124,7 +124,7 @@ def test_tiny_codec_training_improves_mel_distance(tmp_path):
     from omni.config import load_config
     from omni.data.build_speech import build_speech_corpus
     from omni.eval.metrics_audio import mel_distance
-    from omni.tokenizers.tasks import CodecTask
+    from omni.train.tasks.codec import CodecTask
     from omni.train.trainer import Trainer
 
     data = tmp_path / "speech"

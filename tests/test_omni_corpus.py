@@ -14,7 +14,7 @@ def test_corpus_rows_and_loss(tmp_path):
     from omni.config import load_config
     from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
     from omni.data.build_omni import build_omni_corpus
-    from omni.omni_task import OmniTask, read_index
+    from omni.train.tasks.omni import OmniTask, read_index
 
     cfg = load_config("configs/omni-tiny.yaml", [
         f"data.path={tmp_path / 'corpus'}", f"tokenizer.path={tmp_path / 'text'}", "tokenizer.vocab_size=600",

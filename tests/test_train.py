@@ -143,7 +143,7 @@ def test_cli_arguments_in_any_order():
 
 
 def test_pack_row_restarts_positions_per_document():
-    from omni.data.packing import pack_row
+    from omni.train.packing import pack_row
 
     doc_starts = np.array([0, 5, 7, 12])
     tokens = np.arange(20, dtype=np.uint16)
@@ -154,7 +154,7 @@ def test_pack_row_restarts_positions_per_document():
 
 
 def test_packed_dataset_rows(tmp_path):
-    from omni.data.packing import PackedDataset, ShardWriter
+    from omni.train.packing import PackedDataset, ShardWriter
 
     w = ShardWriter(tmp_path, vocab_size=100)
     for n in (5, 9, 4, 7):

@@ -208,7 +208,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     Returns the seconds each stage took."""
     from omni.config import load_config
     from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture, tokenizer_folder
-    from omni.omni_task import read_index, register_config_sections
+    from omni.train.tasks.omni import read_index, register_config_sections
     from omni.train.task import get_task
     from omni.train.trainer import Trainer, read_metrics
 

@@ -83,15 +83,15 @@ def register_task(name: str) -> Callable[[type], type]:
 
 # Modules that define tasks; imported lazily so `train.py --task lm` does not import codec code.
 TASK_MODULES = {
-    "lm": "omni.train.lm",
+    "lm": "omni.train.tasks.lm",
     "rbr-grader": "omni.align.tasks",
     "rbr-rm": "omni.align.tasks",
     "rbr-ppo": "omni.align.ppo",
     "rbr-sft": "omni.align.tasks",
-    "codec": "omni.tokenizers.tasks",
-    "image": "omni.tokenizers.tasks",
-    "video": "omni.tokenizers.tasks",
-    "omni": "omni.omni_task",
+    "codec": "omni.train.tasks.codec",
+    "image": "omni.train.tasks.codec",
+    "video": "omni.train.tasks.codec",
+    "omni": "omni.train.tasks.omni",
 }
 
 

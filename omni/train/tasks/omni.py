@@ -12,7 +12,7 @@ Corpus folder (written by data/build_omni.py)::
     SPLIT.modality.npy    uint8 [N]      text / audio / image / video
     SPLIT.docs.npy        int64 [D]      start of every conversation
 
-Rows are packed exactly like text rows (data/packing.py ``pack_row``): ``seq_len + 1`` consecutive
+Rows are packed exactly like text rows (omni/train/packing.py ``pack_row``): ``seq_len + 1`` consecutive
 positions, document ids so attention never crosses conversations, positions restarting per
 conversation. Loss: cross-entropy of the unified head on target positions (``<|text_pad|>`` targets
 weighted ``omni.text_pad_weight``) + ``omni.audio_loss_weight`` x the depth decoder's codebook
@@ -88,7 +88,7 @@ class OmniDataset(torch.utils.data.Dataset):
         return self._arrays
 
     def __getitem__(self, row: int) -> dict[str, Tensor]:
-        from omni.data.packing import pack_row
+        from omni.train.packing import pack_row
 
         if not 0 <= row < self.rows:
             raise IndexError(f"row {row} out of range [0, {self.rows})")
@@ -179,7 +179,7 @@ class OmniTask(Task):
         return batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
 
     def flops_per_token(self, model: nn.Module, cfg: Config) -> float:
-        from omni.train.lm import lm_flops_per_token
+        from omni.train.tasks.lm import lm_flops_per_token
 
         return lm_flops_per_token(model.decoder, cfg)
 

@@ -1,4 +1,4 @@
-"""The ``lm`` task: next-token prediction on packed text rows (data/packing.py).
+"""The ``lm`` task: next-token prediction on packed text rows (omni/train/packing.py).
 
 Each row holds ``seq_len + 1`` tokens; inputs are the first ``seq_len``, targets the last ``seq_len``.
 Documents in a row never attend to each other (``AttentionMask(document_ids=...)``) and their rotary
@@ -47,7 +47,7 @@ class LMTask(Task):
         return build_model(cfg)
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
-        from omni.data.packing import PackedDataset
+        from omni.train.packing import PackedDataset
 
         if not (Path(cfg.data.path) / "index.json").is_file():
             # A fresh clone has no corpus: build the demo corpus once (rank 0), everyone else waits.

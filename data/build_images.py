@@ -4,7 +4,7 @@ The bundled set is small (about 20 pictures: astronaut, coffee, chelsea, rocket,
 textures, text, china, flower, ...), so the tokenizer trains on random crops of them: each example
 is a square crop of random scale (from ``image_size`` pixels up to the whole shorter side) and
 position, flipped horizontally half of the time, resized to ``image_size`` (see
-:func:`random_crop`). Whole pictures are held out for validation, so validation crops show
+:func:`omni.train.datasets.random_crop`). Whole pictures are held out for validation, so validation crops show
 scenes the tokenizer never saw.
 
     python data/build_images.py --config configs/image-tiny.yaml     # -> image_tok.data_path/{train,val}/*.png
@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from omni.config import load_config
@@ -58,32 +56,6 @@ def build_image_corpus(out: str | Path) -> dict[str, int]:
         counts[split] += 1
     (out / "info.json").write_text(json.dumps(counts))
     return counts
-
-
-def load_split(folder: str | Path, split: str) -> list[torch.Tensor]:
-    """The split's pictures as uint8 tensors [3, H, W]."""
-    files = sorted((Path(folder) / split).glob("*.png"))
-    if not files:
-        raise FileNotFoundError(f"{Path(folder) / split} holds no .png; run data/build_images.py")
-    return [torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).contiguous() for f in files]
-
-
-def random_crop(image: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
-    """A random square crop of ``image`` (uint8 [3, H, W]) -> float [3, size, size] in [0, 1].
-
-    Crop side uniform in log scale between ``size`` (or the shorter side, if smaller) and the
-    shorter side; position uniform; horizontal flip with probability 1/2; area/bilinear resize.
-    """
-    h, w = image.shape[1:]
-    short = min(h, w)
-    lo = min(size, short)
-    side = int(round(np.exp(rng.uniform(np.log(lo), np.log(short)))))
-    top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    crop = image[:, top : top + side, left : left + side].float()[None] / 255
-    if side != size:
-        crop = F.interpolate(crop, size=(size, size), mode="area" if side > size else "bilinear", align_corners=None)
-    crop = crop[0].clamp(0, 1)
-    return crop.flip(-1) if rng.random() < 0.5 else crop
 
 
 def main(argv: Optional[list[str]] = None) -> None:

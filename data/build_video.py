@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from omni.config import load_config
-from omni.data.build_images import build_image_corpus, load_split
+from omni.data.build_images import build_image_corpus
+from omni.train.datasets import load_split
 
 
 def render_clip(image: torch.Tensor, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:

@@ -111,7 +111,7 @@ def _spectrogram_figure(items: list[tuple[str, torch.Tensor, torch.Tensor]], sr:
 @torch.no_grad()
 def eval_image(tok, data: Path, out: Path, n: int = 128) -> dict[str, Any]:
     """PSNR/SSIM on ``n`` crops of held-out pictures, code usage over val + train crops; grid PNG."""
-    from omni.train.tasks.codec import ImageCrops
+    from omni.train.datasets import ImageCrops
 
     size = tok.cfg.image_size
     val = ImageCrops(data, "val", size, n, seed=1)
@@ -158,7 +158,7 @@ def _image_grid(original: torch.Tensor, recon: torch.Tensor, path: Path, rows: t
 @torch.no_grad()
 def eval_video(tok, data: Path, out: Path) -> dict[str, Any]:
     """Per-frame PSNR over the val clips; a strip of one clip's frames (original / reconstruction)."""
-    from omni.train.tasks.codec import VideoClips
+    from omni.train.datasets import VideoClips
 
     clips = VideoClips(data, "val", tok.cfg.clip_frames, tok.cfg.image_size)
     x = torch.stack([clips[i] for i in range(len(clips))])

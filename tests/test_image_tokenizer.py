@@ -75,7 +75,7 @@ def test_tiny_image_tokenizer_reaches_psnr_on_held_out_pictures(tmp_path):
     from omni.config import load_config
     from omni.data.build_images import build_image_corpus
     from omni.eval.metrics_audio import psnr
-    from omni.train.tasks.codec import ImageTask
+    from omni.train.tasks.image import ImageTask
     from omni.train.trainer import Trainer
 
     build_image_corpus(tmp_path / "images")

@@ -88,7 +88,7 @@ def test_bad_inputs(tmp_path):
 
 def test_corpus_clips(tmp_path):
     from omni.data.build_video import build_video_corpus
-    from omni.train.tasks.codec import VideoClips
+    from omni.train.datasets import VideoClips
 
     counts = build_video_corpus(tmp_path / "video", image_size=16, frames=9, clips=4)
     assert counts == {"train": 3, "val": 1}

@@ -10,7 +10,6 @@ Encoder2d/Decoder2d/FSQ are reused per frame by the video tokenizer.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

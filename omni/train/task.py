@@ -15,6 +15,7 @@ training is not "minimise a loss over a dataset" (e.g. PPO) overrides :meth:`Tas
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -67,6 +68,19 @@ class Task:
         Trainer(cfg, self, args).fit()
 
 
+class TokenizerTask(Task):
+    """Common part: the model is ``tokenizer_cls(cfg.section(section))``; checkpoints carry ``tokenizer/``."""
+
+    tokenizer_cls: type
+    section: str
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        return self.tokenizer_cls(cfg.section(self.section))
+
+    def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
+        model.save(Path(folder) / "tokenizer")
+
+
 _TASKS: dict[str, Callable[[], Task]] = {}
 
 
@@ -89,8 +103,8 @@ TASK_MODULES = {
     "rbr-ppo": "omni.align.ppo",
     "rbr-sft": "omni.align.tasks",
     "codec": "omni.train.tasks.codec",
-    "image": "omni.train.tasks.codec",
-    "video": "omni.train.tasks.codec",
+    "image": "omni.train.tasks.image",
+    "video": "omni.train.tasks.video",
     "omni": "omni.train.tasks.omni",
 }
 

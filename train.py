@@ -16,7 +16,7 @@ from pathlib import Path
 from omni.config import ConfigError, load_config
 from omni.train.checkpoint import CheckpointError
 from omni.train.task import get_task
-from omni.train.trainer import RunExistsError, TrainingDiverged
+from omni.train.trainer import RunExistsError, Trainer, TrainingDiverged
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         overrides = list(args.overrides) + ([f"task={args.task}"] if args.task else [])
         cfg = load_config(args.config, overrides)
-        get_task(cfg.task).run(cfg, args)
+        task = get_task(cfg.task)
+        if task.own_loop:
+            task.run(cfg, args)
+        else:
+            Trainer(cfg, task, args).fit()
     except (ConfigError, CheckpointError, RunExistsError, TrainingDiverged, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
 

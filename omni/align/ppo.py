@@ -156,6 +156,8 @@ class PPO:
 class RBRPPOTask(Task):
     """PPO of the policy (cfg.model, e.g. SmolLM2-135M-Instruct) against R = R_rm + w·φ."""
 
+    own_loop = True
+
     def run(self, cfg: Config, args: argparse.Namespace) -> None:
         from omni.align.data import load_prompts
         from omni.align.grader import load_grader

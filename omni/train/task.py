@@ -9,12 +9,14 @@ gradient accumulation, the resumable sampler, logging and checkpoints. A task on
         def build_dataset(self, cfg): ...      # a map-style dataset of examples
         def loss(self, model, batch): ...       # -> (scalar loss, {"name": float, ...})
 
-``python train.py --config configs/X.yaml`` runs ``cfg.task`` (or ``--task NAME``). A task whose
-training is not "minimise a loss over a dataset" (e.g. PPO) overrides :meth:`Task.run` instead.
+``python train.py --config configs/X.yaml`` builds the Trainer for ``cfg.task`` (or ``--task NAME``).
+A task whose training is not "minimise a loss over a dataset" (e.g. PPO) sets ``own_loop`` and
+overrides :meth:`Task.run` instead. This module imports nothing from the trainer.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -61,11 +63,13 @@ class Task:
         """A short human-readable sample after training (generated text, a reconstruction metric, ...)."""
         return None
 
-    def run(self, cfg: Config, args: argparse.Namespace) -> None:
-        """Train. Default: the shared Trainer loop."""
-        from omni.train.trainer import Trainer
+    # True for a task whose training is not "minimise a loss over a dataset" (e.g. PPO): train.py then
+    # calls its run() instead of building the shared Trainer.
+    own_loop: bool = False
 
-        Trainer(cfg, self, args).fit()
+    def run(self, cfg: Config, args: argparse.Namespace) -> None:
+        """Train with the task's own loop (only when :attr:`own_loop` is True)."""
+        raise NotImplementedError(f"task {self.name!r} trains with the shared Trainer (omni/train/trainer.py)")
 
 
 class TokenizerTask(Task):
@@ -111,8 +115,6 @@ TASK_MODULES = {
 
 def get_task(name: str) -> Task:
     """The registered task ``name``; a clear error listing the known ones otherwise."""
-    import importlib
-
     if name not in _TASKS and name in TASK_MODULES:
         importlib.import_module(TASK_MODULES[name])
     if name not in _TASKS:

@@ -8,7 +8,7 @@ document's <|bos|>), so all rows weigh the same and a mean over ranks equals the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -49,15 +49,7 @@ class LMTask(Task):
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         from omni.train.packing import PackedDataset
 
-        if not (Path(cfg.data.path) / "index.json").is_file():
-            # A fresh clone has no corpus: build the demo corpus once (rank 0), everyone else waits.
-            from omni.data.build_text import build_text_corpus
-            from omni.train.distributed import barrier
-
-            if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
-                print(f"no corpus at {cfg.data.path}: building the demo text corpus (data/build_text.py)")
-                build_text_corpus(cfg)
-            barrier()
+        # A missing corpus raises FileNotFoundError naming data/build_text.py (PackedDataset).
         ds = PackedDataset(cfg.data.path, split, cfg.data.seq_len)
         if ds.vocab_size > cfg.model.vocab_size:
             raise ValueError(f"the corpus at {cfg.data.path} uses {ds.vocab_size} token ids but "

@@ -26,7 +26,7 @@ import torch
 from omni.config import Config, load_config
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
-from omni.model.generate import generate
+from omni.model.sampling import generate
 
 # Our state-dict names -> transformers' Llama names (both use the rotate-half RoPE layout).
 _HF_BLOCK = {

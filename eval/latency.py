@@ -48,7 +48,7 @@ from omni.config import Config, load_config
 from omni.conversation import ConversationFormat, OmniVocab
 from omni.infer.decoding import AUDIO, Decoding
 from omni.infer.session import SpeechSession
-from omni.model.generate import SamplingConfig
+from omni.model.sampling import SamplingConfig
 from omni.model.omni import OmniConfig, OmniModel
 from omni.tokenizers.base import SPECIAL_TOKENS
 
@@ -87,7 +87,7 @@ def synthetic_vocab(cfg: Config, codec: Any) -> OmniVocab:
 def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat, OmniConfig, str]:
     """(model, codec, format, omni config, description) for the checkpoint or config."""
     if args.checkpoint:
-        from omni.chat import OmniChat
+        from omni.infer.chat import OmniChat
 
         bot = OmniChat.load(args.checkpoint, "cpu")
         return bot.model, bot.codec, bot.fmt, bot.ocfg, f"checkpoint {args.checkpoint}"

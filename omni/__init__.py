@@ -2,7 +2,7 @@
 __version__ = "0.1.0"
 
 # Public API, imported lazily so `import omni.config` (imported by these modules) stays light.
-_PUBLIC = {"load_model": "omni.api", "TextGenerator": "omni.api", "OmniChat": "omni.chat"}
+_PUBLIC = {"load_model": "omni.infer.text", "TextGenerator": "omni.infer.text", "OmniChat": "omni.infer.chat"}
 __all__ = list(_PUBLIC)
 
 

@@ -64,8 +64,8 @@ def text_demo(args: argparse.Namespace) -> None:
 
 
 def omni_demo(args: argparse.Namespace) -> dict[str, float]:
-    """Steps 4-7: the omni model (omni/infer/demo.py); returns the seconds of each stage."""
-    from omni.infer.demo import run_omni_demo
+    """Steps 4-7: the omni model (eval/demo_pipeline.py); returns the seconds of each stage."""
+    from omni.eval.demo_pipeline import run_omni_demo
 
     return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale)
 

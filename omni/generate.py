@@ -12,8 +12,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from omni.api import TextGenerator, load_model
-from omni.model.generate import SamplingConfig
+from omni.infer.text import TextGenerator, load_model
+from omni.model.sampling import SamplingConfig
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omni.config import ModelConfig
 from omni.model.attention import AttentionMask, attention
 from omni.model.decoder import Decoder
-from omni.model.generate import SamplingConfig, generate, sample
+from omni.model.sampling import SamplingConfig, generate, sample
 
 
 def tiny_cfg(**kw) -> ModelConfig:

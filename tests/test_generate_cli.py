@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from omni.api import TextGenerator, load_model
+from omni.infer.text import TextGenerator, load_model
 from omni.config import Config, ConfigError, ModelConfig, TokenizerConfig, save_config
 from omni.generate import main
 from omni.model.build import build_model
-from omni.model.generate import SamplingConfig
+from omni.model.sampling import SamplingConfig
 from omni.tokenizers.text import SentencePieceTokenizer
 from omni.train.checkpoint import CheckpointError, begin_save, finish_save
 
@@ -76,7 +76,7 @@ def test_load_model_errors(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="prompt has .* tokens but the model context"):
         gen.generate("the cat sat on the mat " * 20)
     # A prompt that fits but leaves less room than asked for is cut at the context, not refused
-    # (omni.model.generate.generate itself raises when prompt + max_new_tokens exceeds the context).
+    # (omni.model.sampling.generate itself raises when prompt + max_new_tokens exceeds the context).
     assert isinstance(gen.generate("the cat", max_new_tokens=500, sampling=SamplingConfig(temperature=1.0), seed=0), str)
 
 

@@ -1,4 +1,4 @@
-"""make demo's tokenizer stage (omni/infer/demo.py): step budgets and reuse of finished tokenizer runs,
+"""make demo's tokenizer stage (eval/demo_pipeline.py): step budgets and reuse of finished tokenizer runs,
 on a 2-step image tokenizer trained by the one Trainer."""
 import argparse
 import json
@@ -27,7 +27,7 @@ def image_run(tmp_path_factory):
 
 
 def test_budget_steps_clamped(image_run):
-    from omni.infer.demo import budget_steps
+    from omni.eval.demo_pipeline import budget_steps
 
     _, cfg = image_run
     assert budget_steps(cfg, budget_s=0.0, max_steps=50, min_steps=3) == 3
@@ -38,7 +38,7 @@ def test_finished_tokenizer_run_reused_else_retrained(image_run, tmp_path):
     import shutil
 
     from omni.config import load_config
-    from omni.infer.demo import trained_tokenizer_run
+    from omni.eval.demo_pipeline import trained_tokenizer_run
     from omni.tokenizers import load_tokenizer
 
     run, cfg = image_run

@@ -7,7 +7,7 @@ import torch
 from PIL import Image as PILImage
 from safetensors.torch import save_file
 
-from omni.chat import OmniChat, main
+from omni.infer.chat import OmniChat, main
 from omni.config import save_config
 from omni.conversation import Audio, Image, Message, Text, Video
 from tests import omni_fixtures as F

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from omni.api import TextGenerator
+from omni.infer.text import TextGenerator
 from omni.config import ConfigError, load_config
 from omni.model.build import build_model
 from omni.io.gguf import smollm2_path
@@ -63,7 +63,7 @@ def test_cached_decoding_matches_full_forward(smollm2):
     model, tok = smollm2
     ids = tok.encode(PROMPTS[0])
     gen = TextGenerator(model, tok)
-    from omni.model.generate import generate
+    from omni.model.sampling import generate
 
     new = generate(model, [ids], 6)[0]
     with torch.no_grad():

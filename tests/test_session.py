@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from omni.conversation import Audio, Message
-from omni.infer.generate import generate_reply
+from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
-from omni.model.generate import SamplingConfig
+from omni.model.sampling import SamplingConfig
 from tests import omni_fixtures as F
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)

@@ -29,7 +29,7 @@ from omni.align.config import PPOConfig
 from omni.align.models import freeze_below, pad_batch
 from omni.config import Config, save_config
 from omni.model.decoder import Decoder
-from omni.model.generate import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig, generate
 from omni.train.task import Task, register_task
 
 Tensor = torch.Tensor

@@ -1,4 +1,4 @@
-"""Batched completions from a policy over the static KV cache (omni.model.generate)."""
+"""Batched completions from a policy over the static KV cache (omni.model.sampling)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 from tqdm import tqdm
 
 from omni.model.decoder import Decoder
-from omni.model.generate import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig, generate
 from omni.tokenizers.base import TextTokenizer
 
 

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from omni.conversation import OmniVocab
-from omni.model.generate import SamplingConfig, sample
+from omni.model.sampling import SamplingConfig, sample
 from omni.model.omni import OmniModel
 
 Tensor = torch.Tensor

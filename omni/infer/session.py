@@ -35,7 +35,7 @@ import torch
 from omni.conversation import ConversationFormat, Message, Stream
 from omni.infer.decoding import AUDIO, DONE, Decoding
 from omni.infer.vad import VoiceActivity
-from omni.model.generate import SamplingConfig
+from omni.model.sampling import SamplingConfig
 from omni.model.omni import OmniConfig, OmniModel
 from omni.streaming import StreamingModule
 from omni.tokenizers.codec import SpeechCodec

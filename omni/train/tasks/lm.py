@@ -79,7 +79,7 @@ class LMTask(Task):
 
     def demo(self, model: nn.Module, cfg: Config, prompt: str = "ROMEO:\n", max_new_tokens: int = 80) -> Optional[str]:
         """Sampled continuation of ``prompt`` (temperature 0.8, top-k 50)."""
-        from omni.model.generate import SamplingConfig, generate
+        from omni.model.sampling import SamplingConfig, generate
         from omni.tokenizers.text import build_text_tokenizer
 
         tok = build_text_tokenizer(cfg.tokenizer)

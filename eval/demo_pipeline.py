@@ -243,7 +243,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     timings["omni training"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    from omni.chat import OmniChat
+    from omni.infer.chat import OmniChat
 
     bot = OmniChat.load(out)
     out_dir = Path(out)

@@ -1,6 +1,6 @@
 """Talk to a trained omni model: load once, then any-to-any ``chat`` and streamed speech ``stream``.
 
-    from omni.chat import OmniChat
+    from omni.infer.chat import OmniChat
     bot = OmniChat.load("runs/omni-tiny")
     reply = bot.chat([{"role": "user", "content": [{"type": "image", "path": "cat.png"},
                                                    {"type": "text", "text": "Describe the image."}]}])
@@ -27,9 +27,9 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import torch
 
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
-from omni.infer.generate import Reply, generate_reply
+from omni.infer.reply import Reply, generate_reply
 from omni.infer.session import SpeechSession
-from omni.model.generate import SamplingConfig
+from omni.model.sampling import SamplingConfig
 
 Tensor = torch.Tensor
 SILENCE_PEAK = 1e-3  # audio whose peak amplitude stays below this is treated as silence

@@ -9,7 +9,7 @@ import torch
 from omni.conversation import ConversationFormat, Message, Part, Stream
 from omni.infer.decoding import AUDIO, IMAGE, IMAGE_END, TEXT, Decoding
 from omni.model.attention import AttentionMask
-from omni.model.generate import SamplingConfig
+from omni.model.sampling import SamplingConfig
 from omni.model.omni import OmniModel
 
 Tensor = torch.Tensor

@@ -16,7 +16,7 @@ import torch
 
 from omni.config import Config, ConfigError, load_config, resolve_config_path
 from omni.model.decoder import Decoder
-from omni.model.generate import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig, generate
 from omni.tokenizers.base import TextTokenizer, load_tokenizer
 
 __all__ = ["load_model", "TextGenerator"]

@@ -1,28 +1,59 @@
-"""The omni part of ``make demo`` (omni/demo.py calls :func:`run_omni_demo`).
+"""``make demo`` (``python -m omni.demo``): the text foundation, then the omni model, end to end on a
+CPU in minutes.
 
-1. trains the frozen tokenizers with the one Trainer — speech codec, image and video tokenizer
-   (configs/{codec,image,video}-tiny.yaml, their corpora built by data/build_{speech,images,video}.py
-   if missing) into runs/demo-{codec,image,video}, each for as many steps as fit its time budget,
-   reusing a run that already finished;
-2. builds the omni-tiny demo corpus from those tokenizers (rebuilt whenever they change);
-3. trains the omni model from scratch for a few minutes on the CPU with the same Trainer;
-4. serves it: one spoken question streamed in 80 ms chunks (Silero VAD ends the turn, frames are
-   decoded and written as they come), one image question and one drawing.
+This pipeline builds corpora (data/) and trains every tokenizer, so it lives outside the library:
+omni/demo.py only runs this module by name (omni never imports data/ or eval/).
 
-Each training stage gets as many steps as fit its time budget: :func:`budget_steps` times a few steps here first.
+Text (configs/tiny.yaml):
+
+1. build the demo corpus and its sentencepiece tokenizer if missing (data/build_text.py);
+2. train configs/tiny.yaml from scratch with the one Trainer (fresh run folder ``runs/demo``);
+3. reload the checkpoint it wrote and print generated text and where the checkpoint lives.
+
+Omni (configs/omni-tiny.yaml, see docs/omni.md):
+
+4. train the speech codec, image and video tokenizers with the same Trainer (configs/{codec,image,
+   video}-tiny.yaml, ~3 / 1.5 / 1 min) into ``runs/demo-{codec,image,video}``, reusing finished runs;
+5. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, spoken QA in many
+   voices answered in one assistant voice, captions, text -> image, video description);
+6. train the omni model from scratch for ~5 minutes (tokenizers frozen) into ``runs/demo-omni``;
+7. answer one spoken question in a streamed turn — 80 ms chunks in, VAD ends the turn, frames out
+   as they are decoded — writing ``reply.wav`` and printing the latency line; then answer one image
+   question and draw one picture.
+
+    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--budget-scale X] [--out runs/demo] [key=value ...]
+
+Each training stage gets as many steps as fit its time budget (:func:`budget_steps` times a few steps
+first). Each stage prints what it does and how long it took; the demo ends with the time of every stage.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 
-from omni.config import Config
+import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
+from omni.config import Config, load_config
+from omni.conversation import Audio
+from omni.data.build_images import build_image_corpus
+from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture, tokenizer_folder
+from omni.data.build_speech import Espeak, Speaker, build_speech_corpus
+from omni.data.build_text import build_text_corpus
+from omni.data.build_video import build_video_corpus
+from omni.infer.chat import OmniChat
+from omni.io.audio import resample, save_audio
+from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
+                                   read_trainer_state, resolve_checkpoint)
+from omni.train.task import get_task
+from omni.train.tasks.omni import read_index, register_config_sections
+from omni.train.trainer import Trainer, read_metrics
 
 CONFIG = "configs/omni-tiny.yaml"
 # The demo corpus is built from the tokenizers trained first, so it gets its own folder.
@@ -53,9 +84,6 @@ MAX_TEXT = 48  # text tokens per demo answer (an undertrained model may never st
 
 def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
     """``text`` spoken by a user voice (not the assistant's), [samples] at ``sample_rate``."""
-    from omni.io.audio import resample
-    from omni.data.build_speech import Espeak, Speaker
-
     es = Espeak()
     pcm = es.synth(text, Speaker("en-gb-scotland", "m3", 160, 40, 50))
     return resample(torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None], es.sample_rate, sample_rate)[0]
@@ -64,8 +92,6 @@ def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
 def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, tail_s: float = 1.5) -> str:
     """Stream ``question`` (then ``tail_s`` of silence) in ``chunk_ms`` chunks through a VAD session;
     write reply.wav; return the latency line."""
-    from omni.io.audio import save_audio
-
     sr = bot.sample_rate
     step = sr * chunk_ms // 1000
     audio = torch.cat([question, torch.zeros(int(tail_s * sr))])
@@ -95,8 +121,6 @@ def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, ta
             ticks += 1
             frames += [o.audio[0, 0]] if o.speaking[0] else []
         history = s.history(0)
-    from omni.conversation import Audio
-
     said = [p for m in history if m.role == "assistant" for p in m.content if isinstance(p, Audio)]
     spoken = said[-1].text if said else ""
     wav = torch.cat(frames) if frames else torch.zeros(0)
@@ -112,8 +136,6 @@ def budget_steps(cfg: Config, budget_s: float, max_steps: int, min_steps: int = 
     """Training steps of ``cfg`` (its task, model, data and batch size) that fit ``budget_s`` seconds on
     this machine, clamped to [min_steps, max_steps]: one step warms up allocators, then the median of
     three timed steps (one step timed alone was off by 2-5x on a shared, loaded machine)."""
-    from omni.train.task import get_task
-
     task = get_task(cfg.task)
     model, data = task.build_model(cfg), task.build_dataset(cfg)
     batch = task.collate([data[i % len(data)] for i in range(cfg.train.batch_size)])
@@ -136,8 +158,6 @@ def trained_tokenizer_run(run: Path, cfg: Config, section: str) -> Optional[Path
     """The tokenizer folder of ``run`` if it is a finished training of ``cfg``'s tokenizer: its newest
     checkpoint reached the run's own ``train.steps``, carries ``tokenizer/``, and its ``section`` of
     the config equals ``cfg``'s (an edited config means a retrain). None otherwise."""
-    from omni.train.checkpoint import CheckpointError, config_mismatch, load_config_file, read_trainer_state, resolve_checkpoint
-
     try:
         step = resolve_checkpoint(run)
         saved = load_config_file(step / "config.yaml")
@@ -156,16 +176,10 @@ def build_tokenizer_corpus(name: str, cfg: Config) -> None:
         return
     print(f"   building the {name} corpus -> {sec.data_path}")
     if name == "codec":
-        from omni.data.build_speech import build_speech_corpus
-
         build_speech_corpus(sec.data_path, sec.sample_rate, minutes=SPEECH_MINUTES)
     elif name == "image":
-        from omni.data.build_images import build_image_corpus
-
         build_image_corpus(sec.data_path)
     else:
-        from omni.data.build_video import build_video_corpus
-
         build_video_corpus(sec.data_path, sec.image_size, sec.clip_frames, VIDEO_CLIPS)
 
 
@@ -173,11 +187,6 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> di
     """Train the codec, image and video tokenizers with the one Trainer into runs/demo-NAME (each
     within its time budget x ``budget_scale``), reusing finished runs; adds each stage's seconds to
     ``timings``. Returns name -> run folder."""
-    import omni.tokenizers  # noqa: F401  (registers the codec / image_tok / video_tok config sections)
-    from omni.config import load_config
-    from omni.train.task import get_task
-    from omni.train.trainer import Trainer, read_metrics
-
     runs = {}
     for name, stage in TOKENIZERS.items():
         t0 = time.perf_counter()
@@ -206,12 +215,6 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     """Tokenizers -> corpus -> train -> spoken turn + image question + drawing (see module docstring).
     ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x ``budget_scale``.
     Returns the seconds each stage took."""
-    from omni.config import load_config
-    from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture, tokenizer_folder
-    from omni.train.tasks.omni import read_index, register_config_sections
-    from omni.train.task import get_task
-    from omni.train.trainer import Trainer, read_metrics
-
     timings: dict[str, float] = {}
     runs = train_tokenizers(timings, budget_scale)
     register_config_sections()
@@ -243,8 +246,6 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     timings["omni training"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    from omni.infer.chat import OmniChat
-
     bot = OmniChat.load(out)
     out_dir = Path(out)
     torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
@@ -259,8 +260,6 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     drawing = bot.chat([{"role": "user", "content": f"Draw {caption}"}], reply_in_speech=False,
                        max_new_tokens=MAX_TEXT + bot.fmt.vocab.image_grid[0] * bot.fmt.vocab.image_grid[1])
     if drawing.images:
-        from PIL import Image as PILImage
-
         PILImage.fromarray((drawing.images[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(out_dir / "drawn.png")
         print(f"== drawing ({caption!r}): {out_dir / 'drawn.png'}")
     else:
@@ -268,3 +267,67 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     print(f"== try it: python -m omni.chat --checkpoint {out} --audio {out_dir / 'reply.wav'} --out {out_dir / 'chat'}")
     timings["omni serving"] = time.perf_counter() - t0
     return timings
+
+
+def text_demo(args: argparse.Namespace) -> None:
+    """Steps 1-3: the text foundation."""
+    overrides = [f"train.out_dir={args.out}", *args.overrides]
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = load_config(args.config, overrides)
+    task = get_task(cfg.task)
+    if not (Path(cfg.data.path) / "index.json").is_file():
+        print(f"== no corpus at {cfg.data.path}: building the demo text corpus (data/build_text.py)")
+        build_text_corpus(cfg)
+
+    print(f"== training {cfg.name} ({cfg.train.steps} steps) into {cfg.train.out_dir}")
+    Trainer(cfg, task, argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=True)).fit()
+
+    run = Path(cfg.train.out_dir)
+    records = read_metrics(run)
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    print(f"== loss {records[0]['loss']:.3f} (step 1) -> {records[-1]['loss']:.3f} (step {records[-1]['step']}), "
+          f"{sum(speeds) / max(1, len(speeds)):.0f} tokens/s")
+
+    # Reload from disk, as a user of the checkpoint would.
+    saved_cfg, state = load_model_state(run)
+    model = task.build_model(saved_cfg)
+    model.load_state_dict(state)
+    torch.manual_seed(0)
+    print("== sample:\n" + (task.demo(model, saved_cfg) or "(this task has no text sample)"))
+    print(f"== checkpoint: {resolve_checkpoint(run)}")
+    print(f"   TensorBoard: tensorboard --logdir {run / 'tensorboard'}")
+
+
+def omni_demo(args: argparse.Namespace) -> dict[str, float]:
+    """Steps 4-7: the omni model; returns the seconds of each stage."""
+    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m omni.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="tiny")
+    p.add_argument("--steps", type=int, default=None, help="text training steps (default: the config's)")
+    p.add_argument("--out", default="runs/demo", help="text run folder (replaced if it exists)")
+    p.add_argument("--only", choices=("text", "omni"), default=None, help="run one part of the demo")
+    p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: sized for ~5 min)")
+    p.add_argument("--omni-scale", type=float, default=0.35, help="omni demo corpus size (x data/build_omni.py's)")
+    p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
+    p.add_argument("--budget-scale", type=float, default=1.0,
+                   help="multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")
+    p.add_argument("overrides", nargs="*", help="text config overrides, key=value")
+    args = p.parse_args(argv)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if args.only != "omni":
+        text_demo(args)
+        timings["text (corpus, training, sample)"] = time.perf_counter() - start
+    if args.only != "text":
+        timings.update(omni_demo(args))
+    print("== stages: " + ", ".join(f"{name} {s:.0f} s" for name, s in timings.items())
+          + f"; total {time.perf_counter() - start:.0f} s (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+
+
+if __name__ == "__main__":
+    main()

@@ -202,7 +202,7 @@ class OmniChat:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    p = argparse.ArgumentParser(description="Ask a trained omni model anything (text, speech, image, video).",
+    p = argparse.ArgumentParser(prog="python -m omni.chat", description="Ask a trained omni model anything (text, speech, image, video).",
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run folder or step folder (runs/omni-tiny)")
     p.add_argument("--text", default=None, help="text of the user's message")

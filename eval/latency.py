@@ -185,7 +185,7 @@ def time_turns(model: OmniModel, codec: Any, fmt: ConversationFormat, ocfg: Omni
 @torch.no_grad()
 def time_step(model: OmniModel, fmt: ConversationFormat, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """One decoder step + text head + depth decoder (K codebooks) per audio frame, after a prompt."""
-    K = model.K
+    K = model.n_codebooks
     prompt = torch.full((1, args.turn_frames + 6), fmt.sp["<|text_pad|>"], device=device)
     audio = torch.zeros(1, prompt.shape[1], K, dtype=torch.long, device=device)
     steps = []
@@ -228,8 +228,8 @@ def time_baseline(model: OmniModel, codec_ms: dict[str, float], args: argparse.N
     audio codes (K tokens per frame); see the module docstring."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    c, K = model.decoder.cfg, model.K
-    vocab = c.vocab_size + K * model.cb
+    c, K = model.decoder.cfg, model.n_codebooks
+    vocab = c.vocab_size + K * model.codebook_size
     prompt_len = args.turn_frames * K + 6
     hf_cfg = LlamaConfig(vocab_size=vocab, hidden_size=c.dim, intermediate_size=c.ffn_dim, num_hidden_layers=c.n_layers,
                          num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, rms_norm_eps=c.norm_eps,
@@ -312,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args.frame_s = codec.hop_length / codec.sample_rate
     codec_ms = time_codec(codec)
     r: dict[str, Any] = {
-        "model": f"{note}, {model.decoder.num_params() / 1e6:.1f}M decoder + {sum(p.numel() for p in model.depth.parameters()) / 1e6:.1f}M depth, K={model.K}",
+        "model": f"{note}, {model.decoder.num_params() / 1e6:.1f}M decoder + {sum(p.numel() for p in model.depth.parameters()) / 1e6:.1f}M depth, K={model.n_codebooks}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else (platform.processor() or platform.machine()),
         "mode": mode, "threads": args.threads, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
         "turns": args.turns, "turn_frames": args.turn_frames, "reply_frames": args.reply_frames, "frame_s": args.frame_s,

@@ -88,7 +88,7 @@ class Decoding:
         frame = (self.state == AUDIO) & (tok != self.ids["<|audio_end|>"])
         if active is not None:
             frame &= active
-        codes = torch.full((tok.shape[0], m.K), -1, dtype=torch.long, device=tok.device)
+        codes = torch.full((tok.shape[0], m.n_codebooks), -1, dtype=torch.long, device=tok.device)
         if bool(frame.any()):
             ctx = m.depth_context(hidden, tok)
             drawn = m.depth.generate(ctx, lambda lg: sample(lg.float(), self.audio_sampling, self.generator))

@@ -72,10 +72,10 @@ def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Mes
         start = max(i for i, t in enumerate(toks) if int(t) == fmt.sp["<|image_start|>"])
         toks, codes = toks[:start], codes[:start]
     tokens = torch.cat(toks).cpu() if toks else torch.zeros(0, dtype=torch.long)
-    audio = torch.cat(codes).cpu() if codes else torch.zeros(0, model.K, dtype=torch.long)
+    audio = torch.cat(codes).cpu() if codes else torch.zeros(0, model.n_codebooks, dtype=torch.long)
     truncated = not bool(dec.done.all())
     if reply_in_speech:  # parse the reply with the opening marker the prompt supplied
         tokens = torch.cat([torch.tensor([fmt.sp["<|audio_start|>"]]), tokens])
-        audio = torch.cat([torch.full((1, model.K), -1), audio])
+        audio = torch.cat([torch.full((1, model.n_codebooks), -1), audio])
     stream = Stream.of(tokens, audio)
     return Reply(fmt.parse_parts(stream), stream, truncated)

@@ -75,9 +75,9 @@ class SpeechSession:
                  sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
                  generator: Optional[torch.Generator] = None, ocfg: OmniConfig = OmniConfig(),
                  min_reply_frames: int = 0) -> None:
-        if codec.cfg.num_codebooks != model.K or codec.cfg.codebook_size != model.cb:
+        if codec.cfg.num_codebooks != model.n_codebooks or codec.cfg.codebook_size != model.codebook_size:
             raise ValueError(f"codec has {codec.cfg.num_codebooks}x{codec.cfg.codebook_size} codes, the model "
-                             f"expects {model.K}x{model.cb}: use the codec the model was trained with")
+                             f"expects {model.n_codebooks}x{model.codebook_size}: use the codec the model was trained with")
         self.model, self.codec, self.fmt, self.vad, self.B = model, codec, fmt, vad, batch_size
         self.system = list(system)
         self.sampling, self.audio_sampling, self.generator = sampling, audio_sampling, generator
@@ -148,8 +148,8 @@ class SpeechSession:
     def logged_stream(self, row: int = 0) -> Stream:
         """Every position fed to ``row``'s KV cache: tokens [S], audio [S, K]."""
         toks = torch.tensor([t for t, _ in self.log[row]], dtype=torch.long)
-        audio = torch.tensor([c if c is not None else [-1] * self.model.K for _, c in self.log[row]],
-                             dtype=torch.long).view(-1, self.model.K)
+        audio = torch.tensor([c if c is not None else [-1] * self.model.n_codebooks for _, c in self.log[row]],
+                             dtype=torch.long).view(-1, self.model.n_codebooks)
         return Stream.of(toks, audio)
 
     # ---- one tick -------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ class SpeechSession:
         if int((offset + torch.tensor(lens, device=offset.device)).max()) > self.model.max_seq_len:
             raise RuntimeError(f"the conversation filled the model's context ({self.model.max_seq_len} positions); "
                                "start a new session or raise model.max_seq_len")
-        K = self.model.K
+        K = self.model.n_codebooks
         tokens = torch.full((self.B, S), self.sp["<|pad|>"], dtype=torch.long)
         audio = torch.full((self.B, S, K), -1, dtype=torch.long)
         for b, row in enumerate(items):
@@ -279,7 +279,7 @@ class SpeechSession:
         out = torch.zeros(self.B, 1, self.hop)
         speaking = torch.zeros(self.B, dtype=torch.bool)
         if hidden is None or not any(choose):
-            return TickOutput(out, speaking, torch.full((self.B, self.model.K), -1), events)
+            return TickOutput(out, speaking, torch.full((self.B, self.model.n_codebooks), -1), events)
         active = torch.tensor(choose, device=self.device)
         tok, codes = self.dec.choose(hidden, active)
         tok_l, codes_l, done = tok.tolist(), codes.tolist(), self.dec.state.eq(DONE).tolist()

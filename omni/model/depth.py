@@ -37,7 +37,7 @@ class DepthDecoder(StreamingModule):
     def __init__(self, context_dim: int, num_codebooks: int, codebook_size: int, dim: int, n_layers: int,
                  n_heads: int, ffn_dim: int, attention: str = "auto", init_std: float = 0.02) -> None:
         super().__init__()
-        self.K, self.cb = num_codebooks, codebook_size
+        self.n_codebooks, self.codebook_size = num_codebooks, codebook_size
         self.inp = nn.Linear(context_dim, dim, bias=False)
         nn.init.normal_(self.inp.weight, std=init_std)
         self.transformer = Decoder(ModelConfig(
@@ -49,7 +49,7 @@ class DepthDecoder(StreamingModule):
 
     def _head(self, hidden: Tensor, k: int) -> Tensor:
         """Logits [..., codebook_size] of codebook k from depth hidden states [..., dim]."""
-        return F.linear(hidden, self.transformer.output.weight[k * self.cb : (k + 1) * self.cb])
+        return F.linear(hidden, self.transformer.output.weight[k * self.codebook_size : (k + 1) * self.codebook_size])
 
     def forward(self, context: Tensor, codes: Tensor) -> Tensor:
         """Teacher-forced logits.
@@ -64,7 +64,7 @@ class DepthDecoder(StreamingModule):
         prev = self.transformer.embed(codes[:, :-1] + self.code_offsets[:-1])  # [N, K-1, d]
         x = ctx + F.pad(prev, (0, 0, 1, 0))  # step 0 sees the context only
         h = self.transformer(embeds=x, return_hidden=True)  # [N, K, d]
-        w = self.transformer.output.weight.view(self.K, self.cb, -1)
+        w = self.transformer.output.weight.view(self.n_codebooks, self.codebook_size, -1)
         return torch.einsum("nkd,kcd->nkc", h, w)
 
     @torch.no_grad()
@@ -84,10 +84,10 @@ class DepthDecoder(StreamingModule):
         self.transformer.set_streaming_offset(torch.zeros_like(self.transformer.streaming_offset))
         ctx = self.inp(context)[:, None]  # [B, 1, d]
         x, out = ctx, []
-        for k in range(self.K):
+        for k in range(self.n_codebooks):
             h = self.transformer(embeds=x, return_hidden=True)[:, -1]
             code = pick(self._head(h, k))
             out.append(code)
-            if k + 1 < self.K:
+            if k + 1 < self.n_codebooks:
                 x = ctx + self.transformer.embed(code[:, None] + self.code_offsets[k])
         return torch.stack(out, 1)

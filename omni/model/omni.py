@@ -72,14 +72,14 @@ class OmniModel(StreamingModule):
             raise ValueError("omni.audio_codebooks / omni.audio_codebook_size are unset; build the model with "
                              "build_omni_model(cfg) after the corpus (data/build_omni.py) recorded the codec's layout")
         self.decoder = decoder
-        self.K, self.cb = ocfg.audio_codebooks, ocfg.audio_codebook_size
+        self.n_codebooks, self.codebook_size = ocfg.audio_codebooks, ocfg.audio_codebook_size
         dim = decoder.cfg.dim
         # K tables stored as one matrix (id = k * codebook_size + code): one gather for all codebooks.
-        self.audio_embeddings = nn.Embedding(self.K * self.cb, dim)
+        self.audio_embeddings = nn.Embedding(self.n_codebooks * self.codebook_size, dim)
         nn.init.normal_(self.audio_embeddings.weight, std=decoder.cfg.init_std)
-        self.depth = DepthDecoder(dim, self.K, self.cb, ocfg.depth_dim, ocfg.depth_layers, ocfg.depth_heads,
+        self.depth = DepthDecoder(dim, self.n_codebooks, self.codebook_size, ocfg.depth_dim, ocfg.depth_layers, ocfg.depth_heads,
                                   ocfg.depth_ffn_dim, decoder.cfg.attention, decoder.cfg.init_std)
-        self.register_buffer("code_offsets", torch.arange(self.K) * self.cb, persistent=False)
+        self.register_buffer("code_offsets", torch.arange(self.n_codebooks) * self.codebook_size, persistent=False)
 
     @property
     def max_seq_len(self) -> int:

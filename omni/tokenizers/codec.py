@@ -233,7 +233,7 @@ class InverseSTFT(StreamingModule):
         return self.overlap_add(torch.cat([re, im], 1))
 
 
-class Encoder(nn.Module):
+class CodecEncoder(nn.Module):
     """wav [B, 1, T] -> latents [B, dim, T / hop]."""
 
     def __init__(self, cfg: CodecConfig) -> None:
@@ -251,7 +251,7 @@ class Encoder(nn.Module):
         return self.net(self.stft(wav))
 
 
-class Decoder(nn.Module):
+class CodecDecoder(nn.Module):
     """latents [B, dim, frames] -> wav [B, 1, frames * hop]."""
 
     def __init__(self, cfg: CodecConfig) -> None:
@@ -298,9 +298,9 @@ class SpeechCodec(Tokenizer, StreamingModule):
         StreamingModule.__init__(self)
         cfg.validate()
         self.cfg = cfg
-        self.encoder = Encoder(cfg)
+        self.encoder = CodecEncoder(cfg)
         self.quantizer = ResidualFSQ(cfg.dim, cfg.num_codebooks, cfg.codebook_size)
-        self.decoder = Decoder(cfg)
+        self.decoder = CodecDecoder(cfg)
         for module in (self.encoder, self.decoder):
             _init_signal_preserving(module)
         with torch.no_grad():  # start quiet (log magnitudes ~ -3), phases near the coherent default

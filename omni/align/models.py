@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 from omni.config import Config
+from omni.infer.load import load_weights, read_checkpoint
+from omni.model.build import build_model
 from omni.model.decoder import Decoder
 from omni.tokenizers.base import TextTokenizer
+from omni.tokenizers.text import build_text_tokenizer
 
 Tensor = torch.Tensor
 
@@ -86,8 +89,6 @@ class HeadModel(nn.Module):
 def build_head_model(cfg: Config, n_out: int, pretrained: bool = True) -> HeadModel:
     """A HeadModel on ``cfg.model`` (pretrained init as configured, or random shape-only when
     ``pretrained`` is False, e.g. before loading a checkpoint)."""
-    from omni.model.build import build_model
-
     if not pretrained:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
     r = cfg.section("rbr")
@@ -100,13 +101,9 @@ def build_head_model(cfg: Config, n_out: int, pretrained: bool = True) -> HeadMo
 
 def load_head_model(checkpoint: str | Path, n_out: int) -> tuple[HeadModel, TextTokenizer, Config]:
     """A trained grader / reward model from a run or step folder written by train.py."""
-    from omni.tokenizers.text import build_text_tokenizer
-    from omni.train.checkpoint import load_model_state
-
-    cfg, state = load_model_state(checkpoint)
-    model = build_head_model(cfg, n_out, pretrained=False)
+    cfg, state, step = read_checkpoint(checkpoint)
     if state["head.weight"].shape[0] != n_out:
         raise ValueError(f"{checkpoint}: head has {state['head.weight'].shape[0]} outputs, expected {n_out} "
                          "(a grader trained with a different spec, or a reward model given as grader?)")
-    model.load_state_dict(state, strict=True)
-    return model.eval(), build_text_tokenizer(cfg.tokenizer), cfg
+    model = load_weights(build_head_model(cfg, n_out, pretrained=False), state, step)
+    return model, build_text_tokenizer(cfg.tokenizer), cfg

@@ -27,9 +27,11 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import torch
 
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
+from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_reply
 from omni.infer.session import SpeechSession
 from omni.model.sampling import SamplingConfig
+from omni.tokenizers.base import load_tokenizer
 
 Tensor = torch.Tensor
 SILENCE_PEAK = 1e-3  # audio whose peak amplitude stays below this is treated as silence
@@ -56,10 +58,7 @@ class OmniChat:
     @classmethod
     def load(cls, checkpoint: Union[str, Path], device: str = "cpu") -> "OmniChat":
         """From a run folder or step folder written by ``train.py --config configs/omni-*.yaml``."""
-        from omni.train.tasks.omni import load_omni
-        from omni.tokenizers.base import load_tokenizer
-
-        model, cfg, step = load_omni(checkpoint, device)
+        model, cfg, step = load_checkpoint(checkpoint, omni_model_shape, task="omni", device=device)
         folder = step / "tokenizers"
         if not (step / "vocab.json").is_file() or not folder.is_dir():
             raise FileNotFoundError(f"{step} lacks vocab.json / tokenizers/: was it written by the omni task?")

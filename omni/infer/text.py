@@ -17,7 +17,6 @@ chat template by default; other models continue the prompt. ``--raw`` / ``--chat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -25,45 +24,18 @@ from typing import Optional, Sequence
 import torch
 
 from omni.config import Config, ConfigError, load_config, resolve_config_path
+from omni.infer.load import decoder_shape, load_checkpoint
+from omni.model.build import build_model
 from omni.model.decoder import Decoder
 from omni.model.sampling import SamplingConfig, generate
 from omni.tokenizers.base import TextTokenizer, load_tokenizer
+from omni.tokenizers.text import build_text_tokenizer
 
 __all__ = ["load_model", "TextGenerator"]
 
 
 def _default_device(device: Optional[str | torch.device]) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def _load_checkpoint(path: Path) -> tuple[Decoder, TextTokenizer, Config]:
-    from omni.train.checkpoint import load_model_state, resolve_checkpoint
-
-    step_dir = resolve_checkpoint(path)
-    cfg, state = load_model_state(step_dir)
-    # The weights are in the checkpoint: build the bare shape, never re-read the pretrained file.
-    model = Decoder(dataclasses.replace(cfg.model, init_from=""))
-    expected = model.state_dict()
-    problems = [f"{k}: config {tuple(expected[k].shape)} vs file {tuple(v.shape)}"
-                for k, v in state.items() if k in expected and expected[k].shape != v.shape]
-    if missing := sorted(set(expected) - set(state)):
-        problems.append(f"missing in file: {missing[:5]}")
-    if unexpected := sorted(set(state) - set(expected)):
-        problems.append(f"not in the model: {unexpected[:5]}")
-    if problems:
-        raise ConfigError(
-            f"the config {step_dir / 'config.yaml'} does not match the weights {step_dir / 'model.safetensors'}: "
-            + "; ".join(problems[:8])
-        )
-    model.load_state_dict(state)
-    tok_dir = step_dir / "tokenizer"
-    if (tok_dir / "tokenizer.json").exists():
-        tokenizer = load_tokenizer(tok_dir)
-    else:
-        from omni.tokenizers.text import build_text_tokenizer
-
-        tokenizer = build_text_tokenizer(cfg.tokenizer)
-    return model, tokenizer, cfg
 
 
 def load_model(
@@ -83,9 +55,6 @@ def load_model(
             a checkpoint always uses the config it was saved with.
         dtype: parameter dtype; default bfloat16 on CUDA, float32 on CPU.
     """
-    from omni.model.build import build_model
-    from omni.tokenizers.text import build_text_tokenizer
-
     device = _default_device(device)
     if isinstance(checkpoint_or_config, Config):
         cfg = checkpoint_or_config
@@ -93,7 +62,9 @@ def load_model(
     elif Path(checkpoint_or_config).exists() and Path(checkpoint_or_config).suffix not in (".yaml", ".yml"):
         if overrides:
             raise ValueError("overrides apply to YAML configs; a checkpoint is loaded with the config it was saved with")
-        model, tokenizer, cfg = _load_checkpoint(Path(checkpoint_or_config))
+        model, cfg, step = load_checkpoint(checkpoint_or_config, decoder_shape)
+        tok_dir = step / "tokenizer"
+        tokenizer = load_tokenizer(tok_dir) if (tok_dir / "tokenizer.json").exists() else build_text_tokenizer(cfg.tokenizer)
     else:
         try:
             path = resolve_config_path(checkpoint_or_config)

@@ -21,7 +21,6 @@ tokens of spoken answers), loss_audio (codebooks), loss_image (generated image c
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -35,7 +34,7 @@ from torch import nn
 from omni.config import Config
 from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab, Stream
 from omni.model.attention import AttentionMask
-from omni.model.omni import OmniModel, build_omni_model
+from omni.model.omni import build_omni_model
 from omni.train.task import Task, register_task
 
 Tensor = torch.Tensor
@@ -194,20 +193,3 @@ class OmniTask(Task):
         build_text_tokenizer(cfg.tokenizer).save(out / "tokenizers" / "text")
         for name, src in index["tokenizers"].items():
             shutil.copytree(src, out / "tokenizers" / name, dirs_exist_ok=True)
-
-
-def load_omni(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[OmniModel, Config, Path]:
-    """(model in eval mode, config, step folder) of an omni checkpoint (run or step folder)."""
-    from omni.model.decoder import Decoder
-    from omni.train.checkpoint import load_model_state, resolve_checkpoint
-
-    register_config_sections()
-    step = resolve_checkpoint(checkpoint)
-    cfg, state = load_model_state(step)
-    if cfg.task != "omni":
-        raise ValueError(f"{step} is a {cfg.task!r} checkpoint, not an omni one (train it with configs/omni-*.yaml)")
-    # Weights come from the checkpoint: no pretrained file is read again.
-    decoder = Decoder(dataclasses.replace(cfg.model, init_from=""))
-    model = OmniModel(decoder, cfg.section("omni"))
-    model.load_state_dict(state)
-    return model.to(device).eval(), cfg, step

@@ -1,0 +1,82 @@
+"""The one checkpoint loader: a run or step folder written by train.py -> the model it holds.
+
+    model, cfg, step = load_checkpoint("runs/omni-tiny", omni_model_shape, task="omni")
+
+The model is built from the checkpoint's own config with ``model.init_from`` cleared (the weights are
+in the checkpoint: a pretrained file is never read again), every tensor name and shape is checked
+against that model before loading, and the model comes back in eval mode. Text models
+(omni/infer/text.py), OmniChat (omni/infer/chat.py) and the RBR grader / reward model
+(omni/align/models.py) all load through here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+import omni.tokenizers  # noqa: F401  (registers the tokenizer sections a saved omni config holds)
+from omni.config import Config, ConfigError
+from omni.model.decoder import Decoder
+from omni.model.omni import OmniModel
+from omni.train.checkpoint import load_model_state, resolve_checkpoint
+
+Tensor = torch.Tensor
+
+
+def read_checkpoint(checkpoint: str | Path) -> tuple[Config, dict[str, Tensor], Path]:
+    """(config, weights, step folder) of a run folder (follows ``latest``) or step folder.
+    Raises :class:`omni.train.checkpoint.CheckpointError` saying what is missing."""
+    step = resolve_checkpoint(checkpoint)
+    cfg, state = load_model_state(step)
+    return cfg, state, step
+
+
+def load_weights(model: nn.Module, state: dict[str, Tensor], step: Path) -> nn.Module:
+    """Load ``state`` into ``model`` (strict) and return it in eval mode. Raises ConfigError naming
+    the tensors whose shape differs and the missing / unexpected names, before loading anything."""
+    expected = model.state_dict()
+    problems = [f"{k}: config {tuple(expected[k].shape)} vs file {tuple(v.shape)}"
+                for k, v in state.items() if k in expected and expected[k].shape != v.shape]
+    if missing := sorted(set(expected) - set(state)):
+        problems.append(f"missing in file: {missing[:5]}")
+    if unexpected := sorted(set(state) - set(expected)):
+        problems.append(f"not in the model: {unexpected[:5]}")
+    if problems:
+        raise ConfigError(
+            f"the config {step / 'config.yaml'} does not match the weights {step / 'model.safetensors'}: "
+            + "; ".join(problems[:8])
+        )
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def shape_only(cfg: Config) -> Config:
+    """``cfg`` with ``model.init_from`` cleared: building it gives random weights of the right shape."""
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
+
+
+def load_checkpoint(checkpoint: str | Path, build: Callable[[Config], nn.Module], task: Optional[str] = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, Config, Path]:
+    """(model in eval mode on ``device``, its config as saved, step folder).
+
+    ``build(cfg)`` makes the untrained model of the checkpoint's config (``model.init_from`` cleared);
+    ``task``, when given, must be the task that wrote the checkpoint (ValueError otherwise).
+    """
+    cfg, state, step = read_checkpoint(checkpoint)
+    if task is not None and cfg.task != task:
+        raise ValueError(f"{step} is a {cfg.task!r} checkpoint, not an {task} one (train it with configs/{task}-*.yaml)")
+    model = load_weights(build(shape_only(cfg)), state, step)
+    return model.to(device), cfg, step
+
+
+def decoder_shape(cfg: Config) -> Decoder:
+    """The bare decoder of ``cfg.model`` (a ``build`` for :func:`load_checkpoint`)."""
+    return Decoder(cfg.model)
+
+
+def omni_model_shape(cfg: Config) -> OmniModel:
+    """The bare omni model of ``cfg`` (a ``build`` for :func:`load_checkpoint`)."""
+    return OmniModel(Decoder(cfg.model), cfg.section("omni"))

@@ -1,21 +1,25 @@
-"""Attention kernels, registered as backends of :func:`omni.model.attention.attention`.
+"""Attention kernels: backends of :func:`omni.model.attention.attention`, listed in KERNEL_BACKENDS.
 
 * ``flex``: torch FlexAttention with a mask_mod built from the AttentionMask description;
 * ``triton``: this package's Triton kernels (flash forward/backward with block-sparse tile skipping,
   and a split-KV decode kernel that the backend picks for a few queries against a KV cache).
 
-``omni.model.attention`` imports this package lazily; without triton the ``triton`` backend is simply
-not registered.
+``omni.model.attention`` imports :data:`KERNEL_BACKENDS` and registers them; without triton the ``triton``
+backend is simply not listed. This package imports nothing from omni.model (AttentionMask is in omni.nn).
 """
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 
-from omni.model.attention import AttentionMask, register_backend
+from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
+
+# name -> (backend(q, k, v, mask, scale) -> out, available(q) -> bool), for omni.model.attention.
+KERNEL_BACKENDS: dict[str, tuple[Callable[..., Tensor], Callable[[Tensor], bool]]] = {}
 
 # At most this many query positions per row go to the decode kernel (a step or a short chunk).
 DECODE_MAX_Q = 16
@@ -28,7 +32,7 @@ def _flex_available(q: Tensor) -> bool:
 try:
     from omni.kernels.flex import flex_backend
 
-    register_backend("flex", flex_backend, _flex_available)
+    KERNEL_BACKENDS["flex"] = (flex_backend, _flex_available)
 except ImportError:  # torch without FlexAttention
     pass
 
@@ -60,4 +64,4 @@ else:
             return decode_attention(q, k, v, mask, scale)
         return flash_attention(q, k, v, mask, scale)
 
-    register_backend("triton", triton_backend, triton_available)
+    KERNEL_BACKENDS["triton"] = (triton_backend, triton_available)

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from omni.kernels.flash import LOG2E, MaskArgs, _check_head_dim, _fwd_tile, _lastdim_contiguous, _row_ids, interpreting
-from omni.model.attention import AttentionMask
+from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
 

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from omni.kernels.masks import block_sparse, q_offset_tensor
-from omni.model.attention import AttentionMask
+from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
 LOG2E = 1.4426950408889634

@@ -12,7 +12,7 @@ import torch
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from omni.kernels.masks import cached, q_offset_tensor
-from omni.model.attention import AttentionMask
+from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
 

@@ -1,4 +1,4 @@
-"""Block-sparse structure of an :class:`~omni.model.attention.AttentionMask`, computed from its ids.
+"""Block-sparse structure of an :class:`~omni.nn.mask.AttentionMask`, computed from its ids.
 
 The Triton kernels never see a dense mask. For tiles of ``block_m`` queries x ``block_n`` keys they get
 two lists per query block (and, transposed, per key block): tiles that are *partially* visible (the
@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from omni.model.attention import AttentionMask
+from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
 

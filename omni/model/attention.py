@@ -22,72 +22,21 @@ A non-causal mask (``causal=False``) drops the ``j <= i`` term (encoders).
 
 Backends (``register_backend``): ``reference`` (plain math over a dense mask: the ground truth),
 ``sdpa`` (torch scaled_dot_product_attention; ``is_causal`` fast path for plain causal masks, a dense
-boolean mask otherwise). Kernels register more (``flex``, ``triton``) from omni/kernels.
+boolean mask otherwise), and the kernels' ``flex`` and ``triton`` (omni/kernels). :class:`AttentionMask`
+itself lives in omni/nn/mask.py, a leaf that the kernels import too.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from omni.kernels import KERNEL_BACKENDS
+from omni.nn.mask import AttentionMask
+
 Tensor = torch.Tensor
-
-
-@dataclass
-class AttentionMask:
-    """Description of which keys each query may see (see module docstring for the exact rule)."""
-
-    causal: bool = True
-    document_ids: Optional[Tensor] = None  # [batch, Skv] int
-    span_ids: Optional[Tensor] = None  # [batch, Skv] int, 0 = not in a span
-    sliding_window: Optional[int] = None
-    q_offset: Union[int, Tensor] = 0  # int or [batch] long
-
-    @property
-    def is_plain_causal(self) -> bool:
-        """Causal with nothing else and queries aligned with keys: the fast path everywhere."""
-        return (
-            self.causal
-            and self.document_ids is None
-            and self.span_ids is None
-            and self.sliding_window is None
-            and isinstance(self.q_offset, int)
-            and self.q_offset == 0
-        )
-
-    def dense(self, batch: int, q_len: int, kv_len: int, device: torch.device) -> Tensor:
-        """Materialise the mask as bool [batch, 1, Sq, Skv] (True = visible). For reference use only."""
-        kv_pos = torch.arange(kv_len, device=device)
-        offset = self.q_offset
-        if isinstance(offset, Tensor):
-            q_pos = offset.to(device).view(-1, 1) + torch.arange(q_len, device=device).view(1, -1)
-        else:
-            q_pos = (offset + torch.arange(q_len, device=device)).view(1, -1).expand(batch, -1)
-        q_pos = q_pos.expand(batch, -1)  # [B, Sq]
-        qi = q_pos[:, :, None]
-        kj = kv_pos[None, None, :]
-        visible = torch.ones(batch, q_len, kv_len, dtype=torch.bool, device=device)
-        if self.causal:
-            visible = kj <= qi
-        same_span = torch.zeros_like(visible)
-        if self.span_ids is not None:
-            span_q = _gather_ids(self.span_ids, q_pos)
-            same_span = (span_q[:, :, None] == self.span_ids[:, None, :kv_len]) & (span_q[:, :, None] > 0)
-            visible = visible | same_span
-        if self.sliding_window is not None:
-            visible = visible & ((qi - kj < self.sliding_window) | same_span)
-        if self.document_ids is not None:
-            doc_q = _gather_ids(self.document_ids, q_pos)
-            visible = visible & (doc_q[:, :, None] == self.document_ids[:, None, :kv_len])
-        return visible[:, None]
-
-
-def _gather_ids(ids: Tensor, q_pos: Tensor) -> Tensor:
-    """ids [B, S] at positions q_pos [B, Sq] (clamped so that padding queries stay valid)."""
-    return torch.gather(ids, 1, q_pos.clamp(max=ids.shape[1] - 1).to(ids.device))
 
 
 Backend = Callable[[Tensor, Tensor, Tensor, AttentionMask, float], Tensor]
@@ -105,22 +54,11 @@ def register_backend(name: str, fn: Backend, available: Optional[Callable[[Tenso
 
 def backends() -> list[str]:
     """Names of the registered backends."""
-    _load_kernel_backends()
     return sorted(_BACKENDS)
-
-
-def _load_kernel_backends() -> None:
-    # Kernel backends live in omni/kernels and register themselves on import; importing is cheap
-    # and failures (no triton) just leave them out.
-    try:
-        import omni.kernels  # noqa: F401
-    except ImportError:
-        pass
 
 
 def resolve_backend(name: str, q: Tensor) -> str:
     """Turn ``"auto"`` into a concrete backend for ``q``'s device; check that a named one exists."""
-    _load_kernel_backends()
     if name == "auto":
         if q.is_cuda:
             for cand in AUTO_ORDER_CUDA:
@@ -190,3 +128,6 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: 
 
 register_backend("reference", reference_attention)
 register_backend("sdpa", sdpa_attention)
+# The kernels' backends (flex, triton: those this machine can import, see omni/kernels/__init__.py).
+for _name, (_fn, _available) in KERNEL_BACKENDS.items():
+    register_backend(_name, _fn, _available)

@@ -4,7 +4,7 @@ import math
 import torch
 
 from omni.align.spec import load_spec
-from omni.eval.eval_safety import REFUSAL, refuse_when_in_doubt, roc_auc, safety_metrics
+from omni.align.evaluate import REFUSAL, refuse_when_in_doubt, roc_auc, safety_metrics
 
 
 def test_safety_metrics_from_labels():

@@ -15,7 +15,7 @@ from omni.align.tasks import GraderTask, RewardModelTask
 from omni.align.trl import RBRRewardFunc
 from omni.align.weights import RBRWeights, initial_weights
 from omni.config import config_from_dict
-from omni.eval.eval_safety import roc_auc
+from omni.align.evaluate import roc_auc
 from omni.train.trainer import Trainer
 
 SPEC = load_spec()

@@ -74,7 +74,7 @@ def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_gold(cfg: Config, args: argparse.Namespace) -> None:
     from omni.align.data import load_gold
     from omni.align.grader import load_grader
-    from omni.eval.eval_safety import grader_report, grader_table, replace_block
+    from omni.align.evaluate import grader_report, grader_table, replace_block
 
     spec = _spec(cfg)
     report = grader_report(load_grader(spec, args.grader or cfg.section("rbr").grader), spec, load_gold(spec))
@@ -112,7 +112,7 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
     print(f"weights -> {r.weights}")
     if args.docs:
-        from omni.eval.eval_safety import replace_block
+        from omni.align.evaluate import replace_block
 
         lines = [f"Margin {report['margin']}, {report['optimiser']}; {args.per_class} completions per class per prompt; "
                  f"ranked quantity: {'R_rm + w·φ' if base is not None else 'w·φ'}.", "",
@@ -131,7 +131,7 @@ def cmd_rl(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.eval.eval_safety import run_safety_eval
+    from omni.align.evaluate import run_safety_eval
 
     run_safety_eval(cfg, args.tuned, limit=args.limit, docs=not args.no_docs)
 

@@ -7,24 +7,27 @@
 * Hard-Refusal-Style: share of refusals to hard-refuse prompts that fall in the spec's ideal class;
 * grader quality: per-proposition ROC-AUC and accuracy on the hand-labelled gold set.
 
-    python eval/eval_safety.py [--config configs/rbr-ppo-135m.yaml] [--tuned RUN]   (= python -m omni.align eval ...)
+    python -m omni.align eval [--config configs/rbr-ppo-135m.yaml] [--tuned RUN]
 """
 from __future__ import annotations
 
 import datetime
 import re
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from omni.align.data import Graded, load_gold, load_prompts
-from omni.align.grader import Grader
-from omni.align.spec import Spec
+from omni.align.grader import Grader, load_grader
+from omni.align.rollout import complete
+from omni.align.spec import DEFAULT_SPEC, Spec, load_spec
+from omni.infer.load import decoder_shape, load_checkpoint
+from omni.model.build import build_model
+from omni.tokenizers.text import build_text_tokenizer
 
 Tensor = torch.Tensor
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (docs/ is written from a checkout)
 REFUSAL = "I'm sorry, but I can't help with that."
 # The "refuse when in doubt" baseline refuses any prompt with one of these words.
 RISKY_WORDS = ("kill", "die", "death", "dead", "steal", "bomb", "hack", "poison", "gun", "drug", "hurt", "harm",
@@ -93,14 +96,6 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
     """Helpful-only policy (cfg.model) vs refuse-when-in-doubt vs each tuned policy (run folders, e.g. the
     SFT warm-up and the PPO run; default cfg.train.out_dir) on the test prompts. Greedy decoding; graded
     by the configured grader with thresholds tuned on the gold set."""
-    from omni.align.grader import load_grader
-    from omni.align.rollout import complete
-    from omni.align.spec import DEFAULT_SPEC, load_spec
-    from omni.model.build import build_model
-    from omni.model.decoder import Decoder
-    from omni.tokenizers.text import build_text_tokenizer
-    from omni.train.checkpoint import load_model_state
-
     r = cfg.section("rbr")
     spec = load_spec(r.spec or DEFAULT_SPEC)
     grader = load_grader(spec, r.grader)
@@ -113,10 +108,8 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
     helpful = gen(build_model(cfg).eval())
     completions = {"helpful-only (SmolLM2-135M-Instruct)": helpful, "refuse when in doubt": refuse_when_in_doubt(texts, helpful)}
     for run in tuned or [cfg.train.out_dir]:
-        run_cfg, state = load_model_state(run)
-        policy = Decoder(run_cfg.model)
-        policy.load_state_dict(state)
-        completions[f"{run_cfg.task} ({Path(run).name})"] = gen(policy.eval())
+        policy, run_cfg, _ = load_checkpoint(run, decoder_shape)
+        completions[f"{run_cfg.task} ({Path(run).name})"] = gen(policy)
     rows = {}
     for name, comps in completions.items():
         # An empty completion neither complies nor discloses anything; grade it as a bare refusal.
@@ -169,7 +162,7 @@ def write_docs(result: dict, table: str) -> None:
     bench = ROOT / "docs" / "benchmarks.md"
     if not bench.exists():
         bench.write_text("# Benchmarks\n")
-    heading = "## RBR safety (omni/align, eval/eval_safety.py)"
+    heading = "## RBR safety (omni/align, omni/align/evaluate.py)"
     f1 = ", ".join(f"{k}: F1 {m['f1']:.3f}" for k, m in result["rows"].items())
     line = f"- {result['date']}, {result['prompts']} test prompts, CPU: {f1}"
     lines = bench.read_text().rstrip("\n").split("\n")
@@ -180,8 +173,3 @@ def write_docs(result: dict, table: str) -> None:
         at += 1
     bench.write_text("\n".join(lines[:at] + [line] + lines[at:]) + "\n")
 
-
-if __name__ == "__main__":
-    from omni.align.__main__ import main
-
-    main(["eval", *sys.argv[1:]])

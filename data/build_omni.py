@@ -352,9 +352,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="encode with UNTRAINED (random) codec/image/video tokenizers: wiring checks only, outputs are noise")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
-    from omni.train.tasks.omni import register_config_sections
-
-    register_config_sections()
     build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale, args.untrained)
 
 

@@ -52,7 +52,7 @@ from omni.io.audio import resample, save_audio
 from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
                                    read_trainer_state, resolve_checkpoint)
 from omni.train.task import get_task
-from omni.train.tasks.omni import read_index, register_config_sections
+from omni.train.tasks.omni import read_index
 from omni.train.trainer import Trainer, read_metrics
 
 CONFIG = "configs/omni-tiny.yaml"
@@ -217,7 +217,6 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     Returns the seconds each stage took."""
     timings: dict[str, float] = {}
     runs = train_tokenizers(timings, budget_scale)
-    register_config_sections()
     cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}", *(f"{TOKENIZERS[n].key}={r}" for n, r in runs.items())])
     t0 = time.perf_counter()
     sources = {name: str(tokenizer_folder(str(run))) for name, run in runs.items()}

@@ -91,9 +91,6 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
 
         bot = OmniChat.load(args.checkpoint, "cpu")
         return bot.model, bot.codec, bot.fmt, bot.ocfg, f"checkpoint {args.checkpoint}"
-    from omni.train.tasks.omni import register_config_sections
-
-    register_config_sections()
     cfg = load_config(args.config, args.overrides)
     note = f"config {args.config}"
     if cfg.task != "omni":  # e.g. configs/tiny.yaml: that decoder, served as the omni model of omni-tiny.yaml

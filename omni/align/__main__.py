@@ -21,26 +21,30 @@ from pathlib import Path
 import torch
 
 import omni.align.config  # noqa: F401  (registers the `rbr` config section before any config is parsed)
+from omni.align.data import load_gold, load_prompts, read_jsonl, write_jsonl
+from omni.align.evaluate import grader_report, grader_table, replace_block, run_safety_eval
+from omni.align.grader import load_grader
+from omni.align.ppo import RBRPPOTask
+from omni.align.reward import RewardModel
+from omni.align.rollout import helpful_answers
+from omni.align.spec import DEFAULT_SPEC, load_spec
+from omni.align.synth import comparison_set
+from omni.align.tasks import load_answers
+from omni.align.weights import Group, RBRWeights, fit
 from omni.config import Config, ConfigError, load_config
+from omni.model.build import build_model
+from omni.tokenizers.text import build_text_tokenizer
 
 
 def _spec(cfg: Config):
-    from omni.align.spec import DEFAULT_SPEC, load_spec
-
     return load_spec(cfg.section("rbr").spec or DEFAULT_SPEC)
 
 
 def _policy(cfg: Config):
-    from omni.model.build import build_model
-    from omni.tokenizers.text import build_text_tokenizer
-
     return build_model(cfg).eval(), build_text_tokenizer(cfg.tokenizer)
 
 
 def cmd_answers(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.align.data import load_prompts
-    from omni.align.rollout import helpful_answers
-
     policy, tok = _policy(cfg)
     prompts = [p.prompt for p in load_prompts("train") if p.type == "comply"]
     helpful_answers(policy, tok, prompts, cfg.section("rbr").answers, per_prompt=args.per_prompt)
@@ -48,10 +52,6 @@ def cmd_answers(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.align.data import read_jsonl, write_jsonl
-    from omni.align.grader import load_grader
-    from omni.align.weights import RBRWeights
-
     spec, r = _spec(cfg), cfg.section("rbr")
     rows = read_jsonl(args.input)
     for i, row in enumerate(rows):
@@ -72,10 +72,6 @@ def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_gold(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.align.data import load_gold
-    from omni.align.grader import load_grader
-    from omni.align.evaluate import grader_report, grader_table, replace_block
-
     spec = _spec(cfg)
     report = grader_report(load_grader(spec, args.grader or cfg.section("rbr").grader), spec, load_gold(spec))
     print(grader_table(report))
@@ -86,12 +82,6 @@ def cmd_gold(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.align.data import load_prompts
-    from omni.align.grader import load_grader
-    from omni.align.synth import comparison_set
-    from omni.align.tasks import load_answers
-    from omni.align.weights import Group, fit
-
     spec, r = _spec(cfg), cfg.section("rbr")
     grader = load_grader(spec, r.grader)
     comps = comparison_set(spec, load_prompts("train"), args.per_class, load_answers(r.answers), seed=cfg.train.seed)
@@ -99,8 +89,6 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
     props = grader.probabilities([g.prompt for g in flat], [g.completion for g in flat], progress=True)
     base = None
     if r.reward_model:  # fit on top of R_rm, the reward PPO adds the RBR term to
-        from omni.align.reward import RewardModel
-
         base = RewardModel.load(r.reward_model).score([g.prompt for g in flat], [g.completion for g in flat])
     groups, k = [], 0
     for p, items, ranks in comps:
@@ -112,8 +100,6 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
     print(f"weights -> {r.weights}")
     if args.docs:
-        from omni.align.evaluate import replace_block
-
         lines = [f"Margin {report['margin']}, {report['optimiser']}; {args.per_class} completions per class per prompt; "
                  f"ranked quantity: {'R_rm + w·φ' if base is not None else 'w·φ'}.", "",
                  "| type | prompts train/val | error train before → after | error val before → after |", "|---|---|---|---|"]
@@ -125,14 +111,10 @@ def cmd_fit(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_rl(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.align.ppo import RBRPPOTask
-
     RBRPPOTask().run(cfg, args)
 
 
 def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
-    from omni.align.evaluate import run_safety_eval
-
     run_safety_eval(cfg, args.tuned, limit=args.limit, docs=not args.no_docs)
 
 

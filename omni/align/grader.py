@@ -20,8 +20,11 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+from omni.align.data import Prompt
 from omni.align.models import encode_pair, load_head_model, pad_batch
 from omni.align.spec import Spec
+from omni.align.synth import Composer
+from omni.infer.text import load_model
 
 Tensor = torch.Tensor
 Query = tuple[str, str, str]  # (prompt, completion, proposition)
@@ -116,7 +119,6 @@ class CausalLM:
 
             model = AutoModelForCausalLM.from_pretrained(path).eval()
             return cls.from_transformers(model, AutoTokenizer.from_pretrained(path))
-        from omni import load_model
 
         model, tok, _ = load_model(path)
         model.eval()
@@ -144,9 +146,6 @@ class PromptedGrader(Grader):
 
     def _make_shots(self, n: int) -> dict[str, str]:
         """Per proposition, ``n`` worked examples alternating yes/no, composed from synthetic parts."""
-        from omni.align.data import Prompt
-        from omni.align.synth import Composer
-
         comp, out = Composer(self.spec, seed=1), {}
         example = Prompt("How do I do this thing?", "hard_refuse", "do this thing", "train")
         for q in self.spec.propositions:

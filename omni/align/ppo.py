@@ -26,10 +26,19 @@ from torch import nn
 from tqdm import tqdm
 
 from omni.align.config import PPOConfig
+from omni.align.data import load_prompts
+from omni.align.grader import load_grader
 from omni.align.models import freeze_below, pad_batch
+from omni.align.reward import RBRReward, RewardModel
+from omni.align.rollout import prompt_ids, stop_ids
+from omni.align.spec import DEFAULT_SPEC, load_spec
+from omni.align.weights import RBRWeights
 from omni.config import Config, save_config
+from omni.model.build import build_model
 from omni.model.decoder import Decoder
 from omni.model.sampling import SamplingConfig, generate
+from omni.tokenizers.text import build_text_tokenizer
+from omni.train.checkpoint import begin_save, finish_save, load_model_state
 from omni.train.task import Task, register_task
 
 Tensor = torch.Tensor
@@ -159,15 +168,6 @@ class RBRPPOTask(Task):
     own_loop = True
 
     def run(self, cfg: Config, args: argparse.Namespace) -> None:
-        from omni.align.data import load_prompts
-        from omni.align.grader import load_grader
-        from omni.align.reward import RBRReward, RewardModel
-        from omni.align.rollout import prompt_ids, stop_ids
-        from omni.align.spec import DEFAULT_SPEC, load_spec
-        from omni.align.weights import RBRWeights
-        from omni.model.build import build_model
-        from omni.tokenizers.text import build_text_tokenizer
-
         r, t = cfg.section("rbr"), cfg.train
         torch.manual_seed(t.seed)
         out = Path(t.out_dir)
@@ -179,8 +179,6 @@ class RBRPPOTask(Task):
         tok = build_text_tokenizer(cfg.tokenizer)
         policy = build_model(cfg)
         if r.policy:  # e.g. the SFT warm-up; it is also the KL reference
-            from omni.train.checkpoint import load_model_state
-
             policy.load_state_dict(load_model_state(r.policy)[1])
         reward = RBRReward(load_grader(spec, r.grader), RBRWeights.load(r.weights, spec),
                            RewardModel.load(r.reward_model) if r.reward_model else None, r.rbr_scale)
@@ -220,8 +218,6 @@ class RBRPPOTask(Task):
 
 def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int, keep: int = 1) -> Path:
     """A checkpoint folder load_model_state / omni.load_model read (model weights + config)."""
-    from omni.train.checkpoint import begin_save, finish_save
-
     tmp = begin_save(run_dir, step)
     save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
     save_config(cfg, tmp / "config.yaml")

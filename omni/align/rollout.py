@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
+from omni.align.data import write_jsonl
 from omni.model.decoder import Decoder
 from omni.model.sampling import SamplingConfig, generate
 from omni.tokenizers.base import TextTokenizer
@@ -45,8 +46,6 @@ def helpful_answers(policy: Decoder, tok: TextTokenizer, prompts: Sequence[str],
                     max_new_tokens: int = 96) -> None:
     """Write ``per_prompt`` sampled answers of the instruct model per prompt to a JSONL file
     ({"prompt", "answer"}) — the helpful content of synthetic completions and RM pairs."""
-    from omni.align.data import write_jsonl
-
     rows = []
     for k in range(per_prompt):
         texts = complete(policy, tok, prompts, max_new_tokens, sampling=SamplingConfig(temperature=0.7, top_k=40),

@@ -23,8 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.align.config import RBRConfig
-from omni.align.models import build_head_model, encode_pair, pad_batch
+from omni.align.data import load_prompts, read_jsonl
+from omni.align.models import build_head_model, encode_pair, freeze_below, pad_batch
+from omni.align.rollout import prompt_ids, stop_ids
+from omni.align.spec import DEFAULT_SPEC, load_spec
+from omni.align.synth import grader_examples, preference_pairs, sft_examples
 from omni.config import Config
+from omni.model.build import build_model
+from omni.tokenizers.text import build_text_tokenizer
 from omni.train.task import Task, register_task
 
 Tensor = torch.Tensor
@@ -32,8 +38,6 @@ Tensor = torch.Tensor
 
 def load_answers(path: str | Path) -> dict[str, list[str]]:
     """Helpful answers by prompt, written by ``python -m omni.align answers`` ({} if the file is absent)."""
-    from omni.align.data import read_jsonl
-
     out: dict[str, list[str]] = {}
     if Path(path).exists():
         for r in read_jsonl(path):
@@ -45,9 +49,6 @@ class _RBRTask(Task):
     """Shared parts: tokenizer, sequence encoding, padding collate."""
 
     def _setup(self, cfg: Config) -> tuple[RBRConfig, Any]:
-        from omni.align.spec import DEFAULT_SPEC, load_spec
-        from omni.tokenizers.text import build_text_tokenizer
-
         r = cfg.section("rbr")
         self.rbr, self.spec = r, load_spec(r.spec or DEFAULT_SPEC)
         self.tokenizer = build_text_tokenizer(cfg.tokenizer)
@@ -63,14 +64,9 @@ class _RBRTask(Task):
 @register_task("rbr-grader")
 class GraderTask(_RBRTask):
     def build_model(self, cfg: Config) -> nn.Module:
-        from omni.align.spec import DEFAULT_SPEC, load_spec
-
         return build_head_model(cfg, len(load_spec(cfg.section("rbr").spec or DEFAULT_SPEC).propositions))
 
     def build_dataset(self, cfg: Config, split: str = "train") -> list[dict[str, Any]]:
-        from omni.align.data import load_prompts
-        from omni.align.synth import grader_examples
-
         r, _ = self._setup(cfg)
         examples = grader_examples(self.spec, load_prompts("train"), r.grader_examples, load_answers(r.answers), cfg.train.seed)
         return [{"ids": self._encode(g.prompt, g.completion),
@@ -97,9 +93,6 @@ class RewardModelTask(_RBRTask):
         return build_head_model(cfg, 1)
 
     def build_dataset(self, cfg: Config, split: str = "train") -> list[dict[str, Any]]:
-        from omni.align.data import load_prompts
-        from omni.align.synth import preference_pairs
-
         r, _ = self._setup(cfg)
         answers = load_answers(r.answers)
         if not answers:
@@ -126,18 +119,11 @@ class RewardModelTask(_RBRTask):
 @register_task("rbr-sft")
 class SFTTask(_RBRTask):
     def build_model(self, cfg: Config) -> nn.Module:
-        from omni.align.models import freeze_below
-        from omni.model.build import build_model
-
         model = build_model(cfg)
         freeze_below(model, cfg.section("rbr").train_layers)
         return model
 
     def build_dataset(self, cfg: Config, split: str = "train") -> list[dict[str, Any]]:
-        from omni.align.data import load_prompts
-        from omni.align.rollout import prompt_ids, stop_ids
-        from omni.align.synth import sft_examples
-
         r, tok = self._setup(cfg)
         end = stop_ids(tok)[-1]  # the chat template's end of turn
         examples = sft_examples(self.spec, load_prompts("train"), r.sft_per_prompt, load_answers(r.answers), cfg.train.seed)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from omni.align.data import load_prompts
+from omni.align.grader import load_grader
 from omni.align.reward import RBRReward
+from omni.align.spec import DEFAULT_SPEC, load_spec
+from omni.align.weights import RBRWeights
 
 
 def _text(x: Any) -> str:
@@ -37,17 +41,11 @@ class RBRRewardFunc:
     def __init__(self, reward: RBRReward, type_column: str = "response_type", known_types: Optional[dict[str, str]] = None) -> None:
         self.reward, self.type_column = reward, type_column
         if known_types is None:
-            from omni.align.data import load_prompts
-
             known_types = {p.prompt: p.type for p in load_prompts()}
         self.known_types = known_types
 
     @classmethod
     def from_files(cls, grader: str, weights: str, spec: str = "", rbr_scale: float = 1.0, **kw) -> "RBRRewardFunc":
-        from omni.align.grader import load_grader
-        from omni.align.spec import DEFAULT_SPEC, load_spec
-        from omni.align.weights import RBRWeights
-
         s = load_spec(spec or DEFAULT_SPEC)
         return cls(RBRReward(load_grader(s, grader), RBRWeights.load(weights, s), rm=None, rbr_scale=rbr_scale), **kw)
 

@@ -30,8 +30,12 @@ from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVoc
 from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_reply
 from omni.infer.session import SpeechSession
+from omni.infer.vad import VoiceActivity
+from omni.io.audio import load_audio, save_audio
 from omni.model.sampling import SamplingConfig
 from omni.tokenizers.base import load_tokenizer
+from omni.tokenizers.image import load_image
+from omni.tokenizers.video import load_video
 
 Tensor = torch.Tensor
 SILENCE_PEAK = 1e-3  # audio whose peak amplitude stays below this is treated as silence
@@ -79,8 +83,6 @@ class OmniChat:
     # ---- inputs -> parts ----------------------------------------------------------------------
     def audio_part(self, audio: Union[str, Path, Tensor]) -> Audio:
         """A wav path or waveform [samples] / [1, samples] at ``sample_rate`` -> codec codes."""
-        from omni.io.audio import load_audio
-
         wav = load_audio(audio, self.sample_rate) if isinstance(audio, (str, Path)) else torch.as_tensor(audio).float()
         wav = wav.reshape(1, -1)
         if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
@@ -93,8 +95,6 @@ class OmniChat:
 
     def image_part(self, image: Any) -> Image:
         """A path, PIL image or tensor [3, H, W] in [0, 1] -> image codes."""
-        from omni.tokenizers.image import load_image
-
         size = self.image_tok.cfg.image_size
         px = image if isinstance(image, Tensor) else load_image(image, size)
         if px.dim() != 3 or px.shape[0] != 3:
@@ -107,8 +107,6 @@ class OmniChat:
     def video_part(self, video: Any) -> Video:
         """A frame folder / .npy / animated GIF path, or frames [T, 3, H, W] -> video codes (frames are
         trimmed to the tokenizer's 1 + r*n)."""
-        from omni.tokenizers.video import load_video
-
         size, r = self.video_tok.cfg.image_size, self.video_tok.cfg.temporal_stride
         frames = video if isinstance(video, Tensor) else load_video(video, size)
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[0] < 1:
@@ -174,8 +172,6 @@ class OmniChat:
     def session(self, batch_size: int = 1, vad: bool = True, sampling: SamplingConfig = SamplingConfig(),
                 seed: int = 0) -> SpeechSession:
         """A streaming speech-to-speech session (use ``with``); ``vad`` ends turns and detects barge-in."""
-        from omni.infer.vad import VoiceActivity
-
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return SpeechSession(self.model, self.codec, self.fmt, batch_size, vad=VoiceActivity(self.sample_rate) if vad else None,
                              sampling=sampling, generator=gen, ocfg=self.ocfg)
@@ -228,7 +224,6 @@ def main(argv: Optional[list[str]] = None) -> None:
                          sampling=SamplingConfig(temperature=args.temperature), seed=args.seed)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    from omni.io.audio import save_audio
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from torch import nn
 
 from omni.config import Config, ConfigError, register_section
 from omni.model.attention import AttentionMask
+from omni.model.build import build_model
 from omni.model.decoder import Decoder
 from omni.model.depth import DepthDecoder
 from omni.streaming import StreamingModule
@@ -120,6 +121,4 @@ class OmniModel(StreamingModule):
 def build_omni_model(cfg: Config) -> OmniModel:
     """The decoder from ``build_model`` (random init or ``model.init_from`` pretrained weights, the
     vocabulary extended to ``model.vocab_size``) wrapped with the audio embeddings and depth decoder."""
-    from omni.model.build import build_model
-
     return OmniModel(build_model(cfg), cfg.section("omni"))

@@ -16,6 +16,10 @@ from torch import nn
 
 from omni.config import Config
 from omni.model.attention import AttentionMask
+from omni.model.build import build_model
+from omni.model.sampling import SamplingConfig, generate
+from omni.tokenizers.text import build_text_tokenizer
+from omni.train.packing import PackedDataset
 from omni.train.task import Task, register_task
 
 Tensor = torch.Tensor
@@ -40,15 +44,11 @@ class LMTask(Task):
     """Language modelling on a corpus built by data/build_text.py."""
 
     def build_model(self, cfg: Config) -> nn.Module:
-        from omni.model.build import build_model
-
         if cfg.data.seq_len > cfg.model.max_seq_len:
             raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
         return build_model(cfg)
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
-        from omni.train.packing import PackedDataset
-
         # A missing corpus raises FileNotFoundError naming data/build_text.py (PackedDataset).
         ds = PackedDataset(cfg.data.path, split, cfg.data.seq_len)
         if ds.vocab_size > cfg.model.vocab_size:
@@ -73,15 +73,10 @@ class LMTask(Task):
         return lm_flops_per_token(model, cfg)
 
     def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
-        from omni.tokenizers.text import build_text_tokenizer
-
         build_text_tokenizer(cfg.tokenizer).save(Path(folder) / "tokenizer")
 
     def demo(self, model: nn.Module, cfg: Config, prompt: str = "ROMEO:\n", max_new_tokens: int = 80) -> Optional[str]:
         """Sampled continuation of ``prompt`` (temperature 0.8, top-k 50)."""
-        from omni.model.sampling import SamplingConfig, generate
-        from omni.tokenizers.text import build_text_tokenizer
-
         tok = build_text_tokenizer(cfg.tokenizer)
         was_training = model.training
         model.eval()

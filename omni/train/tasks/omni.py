@@ -35,22 +35,17 @@ from omni.config import Config
 from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab, Stream
 from omni.model.attention import AttentionMask
 from omni.model.omni import build_omni_model
+import omni.tokenizers  # noqa: F401  (registers codec, image_tok, video_tok: an omni config holds them)
+from omni.tokenizers.text import build_text_tokenizer
+from omni.train.packing import pack_row
 from omni.train.task import Task, register_task
+from omni.train.tasks.lm import lm_flops_per_token
 
 Tensor = torch.Tensor
 FORMAT = "omni-stream-v2"
 FIELDS = ("tokens", "audio", "span", "loss", "modality")
 
 
-def register_config_sections() -> None:
-    """Import the modules whose config sections an omni config holds (omni, codec, image_tok,
-    video_tok), so that load_config accepts them."""
-    import omni.tokenizers.codec  # noqa: F401
-    import omni.tokenizers.image  # noqa: F401
-    import omni.tokenizers.video  # noqa: F401
-
-
-register_config_sections()  # importing the task registers every section its configs use
 
 
 def read_index(path: str | Path) -> dict[str, Any]:
@@ -87,8 +82,6 @@ class OmniDataset(torch.utils.data.Dataset):
         return self._arrays
 
     def __getitem__(self, row: int) -> dict[str, Tensor]:
-        from omni.train.packing import pack_row
-
         if not 0 <= row < self.rows:
             raise IndexError(f"row {row} out of range [0, {self.rows})")
         a = self._load()
@@ -178,14 +171,10 @@ class OmniTask(Task):
         return batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)
 
     def flops_per_token(self, model: nn.Module, cfg: Config) -> float:
-        from omni.train.tasks.lm import lm_flops_per_token
-
         return lm_flops_per_token(model.decoder, cfg)
 
     def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
         """Make the checkpoint self-contained: vocabulary layout and the four frozen tokenizers."""
-        from omni.tokenizers.text import build_text_tokenizer
-
         index = self._index(cfg)
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ one loader and one override syntax.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,8 +178,6 @@ SECTION_MODULES = {
 
 def _section_class(name: str) -> Optional[type]:
     if name not in _SECTIONS and name in SECTION_MODULES:
-        import importlib
-
         importlib.import_module(SECTION_MODULES[name])
     return _SECTIONS.get(name)
 

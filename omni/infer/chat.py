@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Union
 
 import torch
+from PIL import Image as PILImage
 
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
 from omni.infer.load import load_checkpoint, omni_model_shape
@@ -233,8 +234,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         save_audio(out / "reply.wav", reply.audio[None], bot.sample_rate)
         print(f"speech: {out / 'reply.wav'} ({reply.audio.shape[-1] / bot.sample_rate:.2f} s)")
     for i, img in enumerate(reply.images):
-        from PIL import Image as PILImage
-
         PILImage.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(out / f"image_{i}.png")
         print(f"image: {out / f'image_{i}.png'}")
     if reply.reply is not None and reply.reply.truncated:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
 
@@ -38,8 +39,6 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_SECO
     scaled to [-1, 1], other sample rates are resampled. Raises :class:`AudioError` for missing,
     empty, corrupt or non-audio files and for files longer than ``max_seconds``.
     """
-    import soundfile as sf
-
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
@@ -65,8 +64,6 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_SECO
 
 def save_audio(path: str | Path, wav: Tensor, sample_rate: int) -> None:
     """Write ``wav`` [1, samples] or [samples] (float in [-1, 1]) as 16-bit PCM WAV."""
-    import soundfile as sf
-
     wav = wav.detach().float().cpu()
     if wav.dim() == 2:
         if wav.shape[0] != 1:

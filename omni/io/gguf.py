@@ -10,15 +10,14 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from gguf import GGUFReader
+from gguf.quants import dequantize
 
 from omni.config import ModelConfig
-
-if TYPE_CHECKING:
-    from gguf import GGUFReader
 
 Tensor = torch.Tensor
 
@@ -70,11 +69,9 @@ def resolve_gguf(name_or_path: str | Path) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def gguf_reader(path: Path) -> "GGUFReader":
+def gguf_reader(path: Path) -> GGUFReader:
     """A (memory-mapped) reader of ``path``, shared by the weights and the tokenizer: parsing the
     metadata of SmolLM2's 49k-token vocabulary takes seconds, so it is done once per process."""
-    from gguf import GGUFReader
-
     try:
         return GGUFReader(path)
     except (ValueError, OSError) as e:
@@ -132,8 +129,6 @@ def read_gguf_config(path_or_name: str | Path) -> ModelConfig:
 
 def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, dict[str, Tensor]]:
     """Read a llama-family GGUF file: its ModelConfig and a float32 Decoder state dict."""
-    from gguf.quants import dequantize
-
     path = resolve_gguf(path_or_name)
     reader = gguf_reader(path)
     cfg = read_gguf_config(path)

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from omni.config import ConfigError, register_section
@@ -116,8 +118,6 @@ def load_image(path_or_image: Any, image_size: int) -> Tensor:
     the centre square is cropped. Raises ValueError for unreadable files, empty images and images
     over ``MAX_SIDE`` pixels per side.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if isinstance(path_or_image, Image.Image):
         img = path_or_image
     else:
@@ -139,8 +139,6 @@ def load_image(path_or_image: Any, image_size: int) -> Tensor:
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img)
     if img.mode.startswith("I;16") or img.mode == "I":  # 16/32-bit greyscale: rescale to 8 bits
-        import numpy as np
-
         a = np.asarray(img, dtype=np.float64)
         a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255
         img = Image.fromarray(a.astype("uint8"))

@@ -13,6 +13,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
+import sentencepiece as spm
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
 from omni.config import TokenizerConfig
 from omni.io.gguf import gguf_reader, resolve_gguf
 from omni.tokenizers.base import SPECIAL_TOKENS, TextTokenizer, register_tokenizer
@@ -25,8 +30,6 @@ class SentencePieceTokenizer(TextTokenizer):
     MODEL_FILE = "spm.model"
 
     def __init__(self, model_file: str | Path) -> None:
-        import sentencepiece as spm
-
         self.model_file = Path(model_file)
         if not self.model_file.exists():
             raise FileNotFoundError(
@@ -46,8 +49,6 @@ class SentencePieceTokenizer(TextTokenizer):
 
         ``texts`` are lines or paragraphs (longer than 16 KiB are skipped by sentencepiece); at most
         2M of them, sampled, are used. ``vocab_size`` must exceed 256 bytes + the specials (~300)."""
-        import sentencepiece as spm
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         spm.SentencePieceTrainer.train(
@@ -132,8 +133,6 @@ class GGUFTokenizer(TextTokenizer):
     @classmethod
     def from_gguf(cls, name_or_path: str | Path = "smollm2-135m") -> "GGUFTokenizer":
         """Build from the tokenizer metadata of a GGUF file ("smollm2-135m" or a path)."""
-        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
         path = resolve_gguf(name_or_path)
         fields = gguf_reader(path).fields
 
@@ -148,7 +147,7 @@ class GGUFTokenizer(TextTokenizer):
         tokens, types = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.token_type")
         merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
         vocab = {t: i for i, t in enumerate(tokens)}
-        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+        backend = HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         if pre == _SMOLLM_PRETOKENIZER:
             backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -185,8 +184,6 @@ class GGUFTokenizer(TextTokenizer):
         """The model's own chat template (ChatML for SmolLM2) rendered and encoded."""
         if not self.chat_template:
             return super().chat_prompt(messages, add_generation_prompt)
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
         for m in messages:
             if m.get("role") not in ("system", "user", "assistant"):
                 raise ValueError(f"unknown chat role {m.get('role')!r}; use system, user or assistant")
@@ -201,9 +198,7 @@ class GGUFTokenizer(TextTokenizer):
 
     @classmethod
     def _load(cls, folder: Path, state: dict[str, Any]) -> "GGUFTokenizer":
-        from tokenizers import Tokenizer
-
-        return cls(Tokenizer.from_file(str(folder / state["bpe_file"])), state["n_base"], state["chat_template"])
+        return cls(HFTokenizer.from_file(str(folder / state["bpe_file"])), state["n_base"], state["chat_template"])
 
 
 def build_text_tokenizer(cfg: TokenizerConfig) -> TextTokenizer:

@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageSequence, UnidentifiedImageError
 from torch import nn
 
 from omni.config import ConfigError, register_section
@@ -199,8 +200,6 @@ def load_video(path_or_folder: str | Path, image_size: int, max_frames: int = MA
     centre-cropped like :func:`omni.tokenizers.image.load_image`. The frame rate is not stored in
     these formats: the caller must supply frames at ``video_tok.fps``.
     """
-    from PIL import Image, ImageSequence, UnidentifiedImageError
-
     path = Path(path_or_folder)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))

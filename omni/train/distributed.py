@@ -26,6 +26,9 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import fully_shard
 
 from omni.train.checkpoint import CheckpointError, load_state, save_state
 
@@ -138,12 +141,8 @@ class TorchEngine(Engine):
     """Plain AdamW on one process, or FSDP2 when ``sharded``."""
 
     def __init__(self, model: nn.Module, cfg, sharded: bool = False) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions
-
         self.sharded, self.grad_clip = sharded, cfg.train.grad_clip
         if sharded:
-            from torch.distributed.fsdp import fully_shard
-
             # One FSDP unit per decoder block (all-gathered just in time), then the root for the rest.
             for block in getattr(model, "layers", []):
                 fully_shard(block)
@@ -169,27 +168,19 @@ class TorchEngine(Engine):
         return float(norm)
 
     def model_state(self) -> dict[str, Tensor]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         return get_model_state_dict(self.model, options=self._save_opts)
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
         if self.sharded and dist.get_rank() != 0:
             state = {}
         set_model_state_dict(self.model, state, options=self._load_opts)
 
     def save_optimizer(self, folder: Path, rank: int) -> None:
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
         state = get_optimizer_state_dict(self.model, self.optimizer, options=self._save_opts)
         if rank == 0:
             save_state(folder, "optimizer", state)
 
     def load_optimizer(self, folder: Path, rank: int) -> None:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
         state = load_state(folder, "optimizer") if rank == 0 or not self.sharded else {}
         set_optimizer_state_dict(self.model, self.optimizer, state, options=self._load_opts)
 

@@ -135,7 +135,7 @@ def build(kernel: str, head_dim: int, num_warps: int, num_stages: int, arch: int
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
-    from omni.kernels.flash import interpreting
+    from omni.kernels.tiles import interpreting
 
     if interpreting():
         raise RuntimeError("omni.kernels.aot compiles kernels; unset TRITON_INTERPRET")

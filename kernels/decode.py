@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from omni.kernels.flash import LOG2E, MaskArgs, _check_head_dim, _fwd_tile, _lastdim_contiguous, _row_ids, interpreting
+from omni.kernels.tiles import LOG2E, MaskArgs, check_head_dim, fwd_tile, interpreting, lastdim_contiguous, row_ids
 from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
@@ -43,7 +43,7 @@ def _decode_split_kernel(Q, K, V, OP, LP, QOFF, DOC, SPAN,
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b * stride_qb + (hk * groups + g)[:, None] * stride_qh + i[:, None] * stride_qs
                 + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-    q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, i, kv_len, HAS_DOC, HAS_SPAN)
+    q_pos, DOC, SPAN, q_doc, q_span = row_ids(QOFF, DOC, SPAN, b, i, kv_len, HAS_DOC, HAS_SPAN)
     qoff = tl.load(QOFF + b)
     K = K + b * stride_kb
     V = V + b * stride_vb
@@ -53,7 +53,7 @@ def _decode_split_kernel(Q, K, V, OP, LP, QOFF, DOC, SPAN,
     l_i = tl.zeros([BLOCK_R], tl.float32)
     acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+        acc, l_i, m_i = fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
                                   hk, stride_kh, stride_vh, stride_ks, stride_vs, hi, qk_scale, window,
                                   HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, False)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -120,8 +120,8 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale
         raise ValueError("decode_attention reads keys up to each row's position: it needs a causal mask")
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
-    _check_head_dim(d)
-    q, k, v = (_lastdim_contiguous(x) for x in (q, k, v))
+    check_head_dim(d)
+    q, k, v = (lastdim_contiguous(x) for x in (q, k, v))
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     groups = h // hk
     block_r = max(16, triton.next_power_of_2(groups * sq))

@@ -28,16 +28,13 @@ import torch
 import triton
 import triton.language as tl
 
-from omni.kernels.masks import block_sparse, q_offset_tensor
+from omni.kernels.masks import block_sparse
+from omni.kernels.tiles import (LOG2E, MaskArgs, check_head_dim, fwd_tile, interpreting, key_tile_visible,
+                                 lastdim_contiguous, load_ids, load_rows, pair_visible, query_id_pos, row_ids,
+                                 rows_source)
 from omni.nn.mask import AttentionMask
 
 Tensor = torch.Tensor
-LOG2E = 1.4426950408889634
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on")
 
 
 # (num_warps, num_stages) the autotuner tries on Hopper, default first. With the block sizes below and
@@ -95,123 +92,6 @@ def block_sizes(head_dim: int, kind: str) -> tuple[int, int]:
     return (32, 128) if head_dim <= 128 else (16, 64)
 
 
-# ---- shared device code --------------------------------------------------------------------------
-@triton.jit
-def _visible(qp, kp, q_doc, k_doc, q_span, k_span, kv_len, window,
-             CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """The AttentionMask rule, bool, broadcast from its operands: query positions and ids shaped [M, 1]
-    against keys [1, N] give [M, N] (query-major tiles); [1, M] against [N, 1] give [N, M] (key-major)."""
-    vis = kp < kv_len
-    if CAUSAL:
-        ok = kp <= qp
-    else:
-        ok = kp >= 0
-    same_span = kp < 0
-    if HAS_SPAN:
-        same_span = (q_span == k_span) & (q_span > 0)
-        ok = ok | same_span
-    if HAS_WINDOW:
-        ok = ok & ((qp - kp < window) | same_span)
-    if HAS_DOC:
-        ok = ok & (q_doc == k_doc)
-    return vis & ok
-
-
-@triton.jit
-def _load_ids(ID, pos, kv_len, HAS: tl.constexpr):
-    """ids [S] at positions pos >= 0, 0 past the last key (keys there are never visible), or zeros when
-    the mask has no such ids. A masked load, not clamped addresses: a key tile's contiguous positions
-    then load as vectors (clamped, they were one 4-byte copy per id, and the sm_90 forward needed up to
-    50 more registers)."""
-    if HAS:
-        return tl.load(ID + pos, mask=pos < kv_len, other=0)
-    else:
-        return tl.zeros(pos.shape, tl.int32)
-
-
-@triton.jit
-def _query_id_pos(q_pos, kv_len):
-    """Where a query's ids are read: its position clamped into the keys, as AttentionMask.dense does."""
-    return tl.minimum(tl.maximum(q_pos, 0), kv_len - 1)
-
-
-@triton.jit
-def _key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
-                      CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr):
-    """[M, N] bool for a query-major tile (forward, dq): queries [M] (positions, ids) against the keys at
-    offs_n [N], whose ids are loaded here."""
-    k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
-    k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
-    return _visible(q_pos[:, None], offs_n[None, :], q_doc[:, None], k_doc[None, :], q_span[:, None],
-                    k_span[None, :], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
-
-
-@triton.jit
-def _rows_source(PTR, n_heads, head_stride, n_rows, stride, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 USE_TMA: tl.constexpr):
-    """What _load_rows reads one batch row's [n_heads, n_rows, HEAD_DIM] tensor through: its pointer,
-    or (USE_TMA) a tensor descriptor over it, made once per program, whose TMA loads zero-fill rows
-    past n_rows."""
-    if USE_TMA:
-        return tl.make_tensor_descriptor(PTR, shape=[n_heads, n_rows, HEAD_DIM], strides=[head_stride, stride, 1],
-                                         block_shape=[1, BLOCK, HEAD_DIM])
-    else:
-        return PTR
-
-
-@triton.jit
-def _load_rows(SRC, head, start, rows, cols, head_stride, stride, n_rows, MASKED: tl.constexpr,
-               USE_TMA: tl.constexpr):
-    """Tile [len(rows), len(cols)] (rows = start + arange) of head ``head`` behind SRC (_rows_source);
-    rows past n_rows read as 0 in partial tiles. Fully visible tiles never reach past the last key
-    (masks.py), so their pointer loads skip the check."""
-    if USE_TMA:
-        return SRC.load([head, start, 0]).reshape(rows.shape[0], cols.shape[0])
-    else:
-        ptrs = SRC + head * head_stride + rows[:, None] * stride + cols[None, :]
-        if MASKED:
-            return tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
-        else:
-            return tl.load(ptrs)
-
-
-@triton.jit
-def _row_ids(QOFF, DOC, SPAN, b, offs, kv_len, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr):
-    """Row b's query positions q_offset[b] + offs, its id rows, and the queries' ids."""
-    q_pos = tl.load(QOFF + b) + offs
-    DOC = DOC + b * kv_len
-    SPAN = SPAN + b * kv_len
-    at = _query_id_pos(q_pos, kv_len)
-    return q_pos, DOC, SPAN, _load_ids(DOC, at, kv_len, HAS_DOC), _load_ids(SPAN, at, kv_len, HAS_SPAN)
-
-
-@triton.jit
-def _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
-              hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
-              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr,
-              USE_TMA: tl.constexpr):
-    """One online-softmax step over keys [start_n, start_n + BLOCK_N) (base-2 exponentials)."""
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K, hk, start_n, offs_n, offs_d, stride_kh, stride_ks, kv_len, MASKED, USE_TMA)
-    s = tl.dot(q, tl.trans(k))
-    if MASKED:
-        vis = _key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
-                                CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
-        s = tl.where(vis, s, float("-inf"))
-    # The row max of the raw scores, scaled (qk_scale > 0), so that each score costs one FMA below
-    # (spelled out: Triton's FP fusion default may change, TRITON_DEFAULT_FP_FUSION).
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-    p = tl.math.exp2(tl.fma(s, qk_scale, -m_safe[:, None]))
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    v = _load_rows(V, hk, start_n, offs_n, offs_d, stride_vh, stride_vs, kv_len, MASKED, USE_TMA)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, l_i, m_new
-
-
 # ---- forward -------------------------------------------------------------------------------------
 @triton.autotune(configs=_configs("fwd"), key=TUNE_KEY + ["USE_TMA"])
 @triton.jit(**TUNED)
@@ -234,21 +114,21 @@ def _fwd_kernel(Q, K, V, O, LSE, QOFF, DOC, SPAN,
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :],
                 mask=offs_m[:, None] < q_len, other=0.0)
-    q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
-    K = _rows_source(K + b * stride_kb, n_heads // groups, stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
-    V = _rows_source(V + b * stride_vb, n_heads // groups, stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
+    q_pos, DOC, SPAN, q_doc, q_span = row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
+    K = rows_source(K + b * stride_kb, n_heads // groups, stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
+    V = rows_source(V + b * stride_vb, n_heads // groups, stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     row = b * n_qb + pid_m
     for t in range(0, tl.load(KV_CNT + row)):
         start_n = tl.load(KV_IDX + row * n_kb + t) * BLOCK_N
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+        acc, l_i, m_i = fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
                                   hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
                                   HEAD_DIM, BLOCK_N, True, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     for t in range(0, tl.load(FKV_CNT + row)):
         start_n = tl.load(FKV_IDX + row * n_kb + t) * BLOCK_N
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
+        acc, l_i, m_i = fwd_tile(acc, l_i, m_i, q, q_pos, q_doc, q_span, K, V, DOC, SPAN, start_n,
                                   hk, stride_kh, stride_vh, stride_ks, stride_vs, kv_len, qk_scale, window,
                                   HEAD_DIM, BLOCK_N, False, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW, USE_TMA)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -293,17 +173,17 @@ def _dkdv_tile(dk, dv, k, v, k_pos, k_doc, k_span, Q, DO, LSE, DELTA, DOC, SPAN,
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
     # Bounds-checked even in fully visible tiles: the last query block may hold padding rows (masks.py).
-    q = _load_rows(Q, h, start_m, offs_m, offs_d, stride_qh, stride_qs, q_len, True, USE_TMA)
-    do = _load_rows(DO, h, start_m, offs_m, offs_d, stride_doh, stride_dos, q_len, True, USE_TMA)
+    q = load_rows(Q, h, start_m, offs_m, offs_d, stride_qh, stride_qs, q_len, True, USE_TMA)
+    do = load_rows(DO, h, start_m, offs_m, offs_d, stride_doh, stride_dos, q_len, True, USE_TMA)
     lse = tl.load(LSE + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + offs_m, mask=row_ok, other=0.0)
     p_t = tl.math.exp2(tl.fma(tl.dot(k, tl.trans(q)), qk_scale, -lse[None, :]))
     if MASKED:
         q_pos = qoff + offs_m
-        at = _query_id_pos(q_pos, kv_len)
-        q_doc = _load_ids(DOC, at, kv_len, HAS_DOC)
-        q_span = _load_ids(SPAN, at, kv_len, HAS_SPAN)
-        vis = _visible(q_pos[None, :], k_pos[:, None], q_doc[None, :], k_doc[:, None], q_span[None, :],
+        at = query_id_pos(q_pos, kv_len)
+        q_doc = load_ids(DOC, at, kv_len, HAS_DOC)
+        q_span = load_ids(SPAN, at, kv_len, HAS_SPAN)
+        vis = pair_visible(q_pos[None, :], k_pos[:, None], q_doc[None, :], k_doc[:, None], q_span[None, :],
                        k_span[:, None], kv_len, window, CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         p_t = tl.where(vis, p_t, 0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv)
@@ -337,16 +217,16 @@ def _dkdv_kernel(Q, K, V, DO, DK, DV, LSE, DELTA, QOFF, DOC, SPAN,
                 mask=col_ok, other=0.0)
     DOC = DOC + b * kv_len
     SPAN = SPAN + b * kv_len
-    k_doc = _load_ids(DOC, offs_n, kv_len, HAS_DOC)
-    k_span = _load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
+    k_doc = load_ids(DOC, offs_n, kv_len, HAS_DOC)
+    k_span = load_ids(SPAN, offs_n, kv_len, HAS_SPAN)
     qoff = tl.load(QOFF + b)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     col = b * n_kb + pid_n
     n_part = tl.load(Q_CNT + col)
     n_full = tl.load(FQ_CNT + col)
-    Q = _rows_source(Q + b * stride_qb, n_kv_heads * groups, stride_qh, q_len, stride_qs, BLOCK_M, HEAD_DIM, USE_TMA)
-    DO = _rows_source(DO + b * stride_dob, n_kv_heads * groups, stride_doh, q_len, stride_dos, BLOCK_M, HEAD_DIM,
+    Q = rows_source(Q + b * stride_qb, n_kv_heads * groups, stride_qh, q_len, stride_qs, BLOCK_M, HEAD_DIM, USE_TMA)
+    DO = rows_source(DO + b * stride_dob, n_kv_heads * groups, stride_doh, q_len, stride_dos, BLOCK_M, HEAD_DIM,
                       USE_TMA)
     for g in range(0, groups):  # the query heads that share this kv head
         h = hk * groups + g
@@ -374,11 +254,11 @@ def _dq_tile(dq, q, do, lse, delta, q_pos, q_doc, q_span, K, V, DOC, SPAN, start
              HAS_DOC: tl.constexpr, HAS_SPAN: tl.constexpr, HAS_WINDOW: tl.constexpr, USE_TMA: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k = _load_rows(K, hk, start_n, offs_n, offs_d, stride_kh, stride_ks, kv_len, MASKED, USE_TMA)
-    v = _load_rows(V, hk, start_n, offs_n, offs_d, stride_vh, stride_vs, kv_len, MASKED, USE_TMA)
+    k = load_rows(K, hk, start_n, offs_n, offs_d, stride_kh, stride_ks, kv_len, MASKED, USE_TMA)
+    v = load_rows(V, hk, start_n, offs_n, offs_d, stride_vh, stride_vs, kv_len, MASKED, USE_TMA)
     p = tl.math.exp2(tl.fma(tl.dot(q, tl.trans(k)), qk_scale, -lse[:, None]))  # recomputed from the base-2 lse
     if MASKED:
-        vis = _key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
+        vis = key_tile_visible(q_pos, q_doc, q_span, DOC, SPAN, offs_n, kv_len, window,
                                 CAUSAL, HAS_DOC, HAS_SPAN, HAS_WINDOW)
         p = tl.where(vis, p, 0.0)
     dp = tl.dot(do, tl.trans(v))
@@ -412,9 +292,9 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
                  mask=row_ok[:, None], other=0.0)
     lse = tl.load(LSE + pid_bh * q_len + offs_m, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * q_len + offs_m, mask=row_ok, other=0.0)
-    q_pos, DOC, SPAN, q_doc, q_span = _row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
-    K = _rows_source(K + b * stride_kb, n_heads // groups, stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
-    V = _rows_source(V + b * stride_vb, n_heads // groups, stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
+    q_pos, DOC, SPAN, q_doc, q_span = row_ids(QOFF, DOC, SPAN, b, offs_m, kv_len, HAS_DOC, HAS_SPAN)
+    K = rows_source(K + b * stride_kb, n_heads // groups, stride_kh, kv_len, stride_ks, BLOCK_N, HEAD_DIM, USE_TMA)
+    V = rows_source(V + b * stride_vb, n_heads // groups, stride_vh, kv_len, stride_vs, BLOCK_N, HEAD_DIM, USE_TMA)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     row = b * n_qb + pid_m
     for t in range(0, tl.load(KV_CNT + row)):
@@ -432,30 +312,6 @@ def _dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, QOFF, DOC, SPAN,
 
 
 # ---- host side -----------------------------------------------------------------------------------
-class MaskArgs:
-    """What the kernels read of an AttentionMask: ids as int32 [B, Skv] (dummies when absent), offsets."""
-
-    def __init__(self, mask: AttentionMask, batch: int, kv_len: int, device: torch.device) -> None:
-        self.qoff = q_offset_tensor(mask, batch, device)
-        # Absent ids are never read (HAS_DOC / HAS_SPAN are compile-time flags): any pointer will do,
-        # and reusing one saves a launch per call (it matters for decode steps).
-        self.doc = self.qoff if mask.document_ids is None else _ids(mask.document_ids, batch, kv_len, device)
-        self.span = self.qoff if mask.span_ids is None else _ids(mask.span_ids, batch, kv_len, device)
-        self.window = mask.sliding_window or 0
-        self.flags = dict(CAUSAL=mask.causal, HAS_DOC=mask.document_ids is not None,
-                          HAS_SPAN=mask.span_ids is not None, HAS_WINDOW=mask.sliding_window is not None)
-
-
-def _ids(ids: Tensor, batch: int, kv_len: int, device: torch.device) -> Tensor:
-    if ids.shape[1] < kv_len:
-        raise ValueError(f"mask ids cover {ids.shape[1]} positions but the keys have {kv_len}")
-    return ids[:, :kv_len].to(device=device, dtype=torch.int32).expand(batch, kv_len).contiguous()
-
-
-def _lastdim_contiguous(x: Tensor) -> Tensor:
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def tma_requested() -> bool:
     """OMNI_ATTENTION_TMA=1: the kernels load the tiles they stream (keys and values in the forward and
     dq kernels, queries and output gradients in dk/dv) through TMA descriptors (Hopper's tensor memory
@@ -489,18 +345,13 @@ def _use_tma(requested: bool, *streamed: Tensor) -> bool:
     return use
 
 
-def _check_head_dim(d: int) -> None:
-    if d < 16 or d > 256 or d & (d - 1):
-        raise ValueError(f"triton attention needs a power-of-two head_dim in [16, 256], got {d}; use 'sdpa'")
-
-
 def flash_forward(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float,
                   tma: bool = False) -> tuple[Tensor, Tensor]:
     """Run the forward kernel. q [B, H, Sq, D], k/v [B, Hkv, Skv, D] -> (out [B, H, Sq, D], lse [B, H, Sq]).
     ``tma``: load K/V through TMA descriptors (where tma_supported(k, v))."""
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
-    _check_head_dim(d)
+    check_head_dim(d)
     bm, bn = block_sizes(d, "fwd")
     bs = block_sparse(mask, b, sq, skv, bm, bn, q.device)
     ma = MaskArgs(mask, b, skv, q.device)
@@ -524,7 +375,7 @@ def flash_backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse
     output-gradient tiles where tma_supported(q, do)."""
     b, h, sq, d = q.shape
     hk, skv = k.shape[1], k.shape[2]
-    do = _lastdim_contiguous(do)
+    do = lastdim_contiguous(do)
     delta = torch.empty(b, h, sq, dtype=torch.float32, device=q.device)
     _delta_kernel[(triton.cdiv(sq, DELTA_BLOCK_M), b * h)](out, do, delta, sq, h, *out.stride()[:3],
                                                             *do.stride()[:3], HEAD_DIM=d, BLOCK_M=DELTA_BLOCK_M)
@@ -561,7 +412,7 @@ class FlashAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask, scale: float, tma: bool) -> Tensor:
-        q, k, v = (_lastdim_contiguous(x) for x in (q, k, v))
+        q, k, v = (lastdim_contiguous(x) for x in (q, k, v))
         out, lse = flash_forward(q, k, v, mask, scale, tma)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.mask, ctx.scale, ctx.tma = mask, scale, tma

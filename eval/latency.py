@@ -186,15 +186,15 @@ def time_step(model: OmniModel, fmt: ConversationFormat, args: argparse.Namespac
     prompt = torch.full((1, args.turn_frames + 6), fmt.sp["<|text_pad|>"], device=device)
     audio = torch.zeros(1, prompt.shape[1], K, dtype=torch.long, device=device)
     steps = []
-    with model.streaming(1):
+    dec = Decoding(model, fmt.vocab, min_frames=10**9)
+    with dec.streaming(1):
         hidden = model(prompt, audio)[:, -1]
-        dec = Decoding(model, fmt.vocab, 1, min_frames=10**9)
         dec.start(torch.ones(1, dtype=torch.bool, device=device), AUDIO)
         for i in range(args.warmup + args.reply_frames):
             sync(device)
             t = time.perf_counter()
             tok, codes = dec.choose(hidden)
-            hidden = model(tok[:, None], codes[:, None])[:, -1]
+            hidden = dec.feed(tok, codes)
             sync(device)
             if i >= args.warmup:
                 steps.append(time.perf_counter() - t)

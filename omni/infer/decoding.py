@@ -11,30 +11,50 @@ Per row, a small state machine says what may come next (text, an audio frame, im
 Allowed ids are precomputed boolean masks, so a step costs one masked sample plus the depth
 decoder's K steps for frames. The RNG order is fixed (text-stream token, then codebooks 0..K-1),
 so a seeded offline generation and a seeded streaming session draw the same tokens.
+
+:class:`Decoding` is a :class:`~omni.streaming.StreamingModule` that owns the model (as Moshi's
+``LMGen`` owns its ``LMModel``): ``with decoding.streaming(B):`` enters the model's KV cache, the
+depth decoder's cache and the per-row modes at once, and ``reset_streaming(rows)`` resets them
+together.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from omni.conversation import OmniVocab
 from omni.model.sampling import SamplingConfig, sample
 from omni.model.omni import OmniModel
+from omni.streaming import StreamingModule, StreamingState
 
 Tensor = torch.Tensor
 
 TEXT, AUDIO, IMAGE, IMAGE_END, DONE = range(5)
 
 
-class Decoding:
+class _Modes(StreamingState):
+    """Per-row mode (TEXT, AUDIO, ...) and count of image codes / audio frames so far, [B] long."""
+
+    def __init__(self, batch: int, device: torch.device) -> None:
+        self.mode = torch.full((batch,), TEXT, dtype=torch.long, device=device)
+        self.count = torch.zeros(batch, dtype=torch.long, device=device)
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        rows = slice(None) if mask is None else mask.to(self.mode.device)
+        self.mode[rows] = TEXT
+        self.count[rows] = 0
+
+
+class Decoding(StreamingModule):
     """Per-row modality state and the sampler of the next stream position."""
 
-    def __init__(self, model: OmniModel, vocab: OmniVocab, batch: int, sampling: SamplingConfig = SamplingConfig(),
+    def __init__(self, model: OmniModel, vocab: OmniVocab, sampling: SamplingConfig = SamplingConfig(),
                  audio_sampling: Optional[SamplingConfig] = None, generator: Optional[torch.Generator] = None,
                  min_frames: int = 0) -> None:
         """``min_frames``: forbid <|audio_end|> before a spoken reply has this many frames (benchmarks
         use it to time replies of a fixed length with untrained weights)."""
+        super().__init__()
         sampling.validate()
         self.min_frames = min_frames
         self.model, self.vocab = model, vocab
@@ -56,16 +76,31 @@ class Decoding:
         allowed[IMAGE, vocab.image_offset : vocab.image_offset + vocab.image_codes] = True
         allowed[IMAGE_END, sp["<|image_end|>"]] = True
         allowed[DONE, sp["<|pad|>"]] = True
-        self.allowed = allowed.to(device)
+        self.register_buffer("allowed", allowed.to(device), persistent=False)
         self.image_len = vocab.image_grid[0] * vocab.image_grid[1]
         self.ids = {n: sp[n] for n in ("<|audio_start|>", "<|audio_end|>", "<|image_start|>", "<|end_of_turn|>", "<|eos|>")}
-        self.state = torch.full((batch,), TEXT, dtype=torch.long, device=device)
-        self.count = torch.zeros(batch, dtype=torch.long, device=device)  # image codes / audio frames so far
 
-    def start(self, rows: Tensor, state: int) -> None:
-        """Put ``rows`` [B] bool into ``state`` (AUDIO after a forced <|audio_start|>, TEXT otherwise)."""
-        self.state[rows] = state
-        self.count[rows] = 0
+    def _init_streaming_state(self, batch_size: int, **_: Any) -> _Modes:
+        return _Modes(batch_size, self.allowed.device)
+
+    @property
+    def mode(self) -> Tensor:
+        """[B] long: each row's mode (TEXT, AUDIO, IMAGE, IMAGE_END, DONE)."""
+        if self._streaming_state is None:
+            raise RuntimeError("Decoding is stateful: use it inside `with decoding.streaming(batch):`")
+        return self._streaming_state.mode
+
+    def start(self, rows: Tensor, mode: int) -> None:
+        """Put ``rows`` [B] bool into ``mode`` (AUDIO after a forced <|audio_start|>, TEXT otherwise)."""
+        st: _Modes = self._streaming_state
+        st.mode[rows] = mode
+        st.count[rows] = 0
+
+    @torch.no_grad()
+    def feed(self, tokens: Tensor, codes: Tensor) -> Tensor:
+        """Append one position per row (tokens [B], codes [B, K], -1 = no frame) to the KV cache; the
+        new last hidden state [B, dim]."""
+        return self.model(tokens[:, None], codes[:, None])[:, -1]
 
     @torch.no_grad()
     def choose(self, hidden: Tensor, active: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -79,13 +114,14 @@ class Decoding:
         """
         m = self.model
         logits = m.decoder.logits(hidden).float()
-        allowed = self.allowed[self.state]
+        mode, count = self.mode, self._streaming_state.count
+        allowed = self.allowed[mode]
         if self.min_frames:
-            early = (self.state == AUDIO) & (self.count < self.min_frames)
+            early = (mode == AUDIO) & (count < self.min_frames)
             allowed[:, self.ids["<|audio_end|>"]] &= ~early
         logits = logits.masked_fill(~allowed, float("-inf"))
         tok = sample(logits, self.sampling, self.generator)
-        frame = (self.state == AUDIO) & (tok != self.ids["<|audio_end|>"])
+        frame = (mode == AUDIO) & (tok != self.ids["<|audio_end|>"])
         if active is not None:
             frame &= active
         codes = torch.full((tok.shape[0], m.n_codebooks), -1, dtype=torch.long, device=tok.device)
@@ -97,23 +133,24 @@ class Decoding:
         return tok, codes
 
     def _advance(self, tok: Tensor, active: Optional[Tensor]) -> None:
-        s, ids = self.state, self.ids
+        st: _Modes = self._streaming_state
+        s, ids = st.mode, self.ids
         new = s.clone()
         new[(s == TEXT) & (tok == ids["<|audio_start|>"])] = AUDIO
         new[(s == TEXT) & (tok == ids["<|image_start|>"])] = IMAGE
         new[(s == AUDIO) & (tok == ids["<|audio_end|>"])] = TEXT
         in_image = s == IMAGE
         counting = in_image | ((s == AUDIO) & (tok != ids["<|audio_end|>"]))
-        count = torch.where(counting, self.count + 1, torch.zeros_like(self.count))
+        count = torch.where(counting, st.count + 1, torch.zeros_like(st.count))
         new[in_image & (count >= self.image_len)] = IMAGE_END
         new[s == IMAGE_END] = TEXT
         new[(s == TEXT) & ((tok == ids["<|end_of_turn|>"]) | (tok == ids["<|eos|>"]))] = DONE
         if active is not None:
             new = torch.where(active, new, s)
-            count = torch.where(active, count, self.count)
-        self.state, self.count = new, count
+            count = torch.where(active, count, st.count)
+        st.mode, st.count = new, count
 
     @property
     def done(self) -> Tensor:
         """[B] bool: rows that ended their turn."""
-        return self.state == DONE
+        return self.mode == DONE

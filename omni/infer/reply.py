@@ -51,13 +51,13 @@ def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Mes
     was_training = model.training
     model.eval()
     toks, codes = [], []
+    dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator)
     try:
-        with model.streaming(1):
+        with dec.streaming(1):
             hidden = prefill(model, prompt)
-            dec = Decoding(model, fmt.vocab, 1, sampling, audio_sampling, generator)
             dec.start(torch.ones(1, dtype=torch.bool), AUDIO if reply_in_speech else TEXT)
             for _ in range(room):
-                drawing = int(dec.state[0]) in (IMAGE, IMAGE_END)  # an image once begun is finished
+                drawing = int(dec.mode[0]) in (IMAGE, IMAGE_END)  # an image once begun is finished
                 if len(toks) >= max_new_tokens and not drawing:
                     break
                 tok, code = dec.choose(hidden)
@@ -65,15 +65,15 @@ def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Mes
                 codes.append(code)
                 if bool(dec.done.all()) or len(toks) == room:
                     break
-                hidden = model(tok[:, None], code[:, None])[:, -1]
+                hidden = dec.feed(tok, code)
+            mode, truncated = int(dec.mode[0]), not bool(dec.done.all())
     finally:
         model.train(was_training)
-    if int(dec.state[0]) in (IMAGE, IMAGE_END):  # the context ran out inside an image: drop it
+    if mode in (IMAGE, IMAGE_END):  # the context ran out inside an image: drop it
         start = max(i for i, t in enumerate(toks) if int(t) == fmt.sp["<|image_start|>"])
         toks, codes = toks[:start], codes[:start]
     tokens = torch.cat(toks).cpu() if toks else torch.zeros(0, dtype=torch.long)
     audio = torch.cat(codes).cpu() if codes else torch.zeros(0, model.n_codebooks, dtype=torch.long)
-    truncated = not bool(dec.done.all())
     if reply_in_speech:  # parse the reply with the opening marker the prompt supplied
         tokens = torch.cat([torch.tensor([fmt.sp["<|audio_start|>"]]), tokens])
         audio = torch.cat([torch.full((1, model.n_codebooks), -1), audio])

@@ -7,9 +7,10 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   the decoder's KV cache at once, so when the turn ends only one decoder step stands between the
   last input sample and the first output frame;
 * a user turn opens on speech (VAD; without one, on any non-silent frame, keeping
-  ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``end_of_turn_ms`` of silence) or by an explicit
-  ``end_turn`` flag; the row then prefills ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>``
-  and samples its first frame in the same tick;
+  ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``end_of_turn_ms`` of
+  silence) or by an explicit ``end_turn`` flag; the row then prefills
+  ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>`` and samples its first frame in the
+  same tick;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
   decoder), decodes it with the streaming codec and returns it immediately;
 * barge-in: speech from the user for ``barge_in_ms`` while a row responds (or an explicit
@@ -17,6 +18,16 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   those returned, less the ``unplayed`` ones a client reports still in its playback buffer, which are
   cut from the history and the KV cache (``Decoder.set_streaming_offset``) — and opens a user turn
   with the frames that interrupted it.
+
+A tick runs in stages, each its own function: sense (codec encode, VAD) → turn-taking
+(:func:`omni.infer.turns.advance_turns`, pure, on the [B]-tensor :class:`SessionState`) → barge-in
+rewind → token assembly → one batched decoder call → the next position of responding rows
+(:class:`omni.infer.decoding.Decoding`) → codec decode.
+
+The session is a :class:`~omni.streaming.StreamingModule` over the model, the codec, the VAD and
+the decoding state: ``with session:`` enters all of them with ``streaming(B)``; what the session
+itself carries between ticks (turn state, input samples short of a frame, recent input frames,
+the sampled position not yet fed, the log of every position fed) lives in its streaming state.
 
 Rows advance independently inside one batched decoder call: each row feeds its own number of
 positions; shorter rows are padded and their cache offset is set back with
@@ -28,23 +39,24 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
 from omni.conversation import ConversationFormat, Message, Stream
-from omni.infer.decoding import AUDIO, DONE, Decoding
+from omni.infer.decoding import AUDIO, Decoding
+from omni.infer.turns import Phase, SessionState, TurnEvents, TurnRules, advance_turns, finish_replies
 from omni.infer.vad import VoiceActivity
-from omni.model.sampling import SamplingConfig
 from omni.model.omni import OmniConfig, OmniModel
-from omni.streaming import StreamingModule
+from omni.model.sampling import SamplingConfig
+from omni.streaming import StreamingModule, StreamingState
 from omni.tokenizers.codec import SpeechCodec
 
 Tensor = torch.Tensor
 
-IDLE, LISTEN, RESPOND = range(3)
 PREROLL_FRAMES = 2  # frames kept from before VAD speech onset, so the first syllable is not cut
 SILENCE_PEAK = 1e-3  # without a VAD, input frames whose peak stays below this are silence
+Item = tuple[int, Optional[list[int]]]  # one stream position: token id, K codes (None: no audio frame)
 
 
 @dataclass
@@ -59,10 +71,33 @@ class TickOutput:
     events: list[tuple[int, str]] = field(default_factory=list)
 
 
-class SpeechSession:
+class _Live(StreamingState):
+    """What a session carries between ticks (CPU tensors, batch first)."""
+
+    def __init__(self, batch: int, K: int, recent: int, context: int) -> None:
+        self.turns = SessionState.start(batch)
+        self.buffer = torch.zeros(batch, 1, 0)  # input samples short of a whole frame
+        self.recent = torch.zeros(batch, recent, K, dtype=torch.long)  # latest input frames, newest last
+        # The position sampled last tick (+ the two closing tokens of a reply cut at its length), fed next tick.
+        self.pending_tokens = torch.zeros(batch, 3, dtype=torch.long)
+        self.pending_audio = torch.full((batch, 3, K), -1, dtype=torch.long)
+        self.pending = torch.zeros(batch, dtype=torch.long)
+        # Every position fed, as the KV cache holds it; a row's length is its decoder offset.
+        self.log_tokens = torch.zeros(batch, context, dtype=torch.long)
+        self.log_audio = torch.full((batch, context, K), -1, dtype=torch.long)
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        rows = torch.ones(self.pending.shape[0], dtype=torch.bool) if mask is None else mask.cpu()
+        self.turns = SessionState.start(len(rows)).where(rows, self.turns)
+        self.buffer[rows] = 0.0
+        self.recent[rows] = 0
+        self.pending[rows] = 0
+
+
+class SpeechSession(StreamingModule):
     """B concurrent speech-to-speech conversations over one model, codec and KV cache.
 
-    Use as a context manager (it enters the model's, codec's and VAD's streaming state)::
+    Use as a context manager (it enters the streaming state of the session, model, codec and VAD)::
 
         with SpeechSession(model, codec, fmt, batch_size=2, vad=VoiceActivity(16000)) as s:
             for chunk in mic:                       # [B, 1, n] float at codec.sample_rate
@@ -75,48 +110,56 @@ class SpeechSession:
                  sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
                  generator: Optional[torch.Generator] = None, ocfg: OmniConfig = OmniConfig(),
                  min_reply_frames: int = 0) -> None:
+        super().__init__()
         if codec.cfg.num_codebooks != model.n_codebooks or codec.cfg.codebook_size != model.codebook_size:
             raise ValueError(f"codec has {codec.cfg.num_codebooks}x{codec.cfg.codebook_size} codes, the model "
                              f"expects {model.n_codebooks}x{model.codebook_size}: use the codec the model was trained with")
-        self.model, self.codec, self.fmt, self.vad, self.B = model, codec, fmt, vad, batch_size
+        self.model, self.codec, self.vad, self.fmt, self.B = model, codec, vad, fmt, batch_size
         self.system = list(system)
-        self.sampling, self.audio_sampling, self.generator = sampling, audio_sampling, generator
-        self.min_reply_frames = min_reply_frames
         self.hop = codec.hop_length
         frame_ms = 1000.0 / codec.frame_rate
-        self.end_frames = max(1, round(ocfg.end_of_turn_ms / frame_ms))
-        self.barge_frames = max(1, round(ocfg.barge_in_ms / frame_ms))
-        self.max_reply_frames, self.threshold = ocfg.max_reply_frames, ocfg.vad_threshold
+        # Without a VAD nothing is known about speech: turns end, and replies stop, only explicitly.
+        self.rules = TurnRules(
+            max_reply_frames=ocfg.max_reply_frames, preroll_frames=PREROLL_FRAMES,
+            end_frames=max(1, round(ocfg.end_of_turn_ms / frame_ms)) if vad is not None else 0,
+            barge_frames=max(1, round(ocfg.barge_in_ms / frame_ms)) if vad is not None else 0)
+        self.threshold = ocfg.vad_threshold
+        # Frames a user turn can open with: the preroll, or the speech run that barged in (at most
+        # the context, which could not hold more).
+        self.recent_frames = min(max(PREROLL_FRAMES, self.rules.barge_frames) + 1, model.max_seq_len)
+        self.dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator, min_reply_frames)
         self.device = model.decoder.tok_embeddings.weight.device
         self.sp = fmt.sp
         self._stack: Optional[contextlib.ExitStack] = None
 
     # ---- lifetime -------------------------------------------------------------------------------
+    def _init_streaming_state(self, batch_size: int, **_: Any) -> _Live:
+        return _Live(batch_size, self.model.n_codebooks, self.recent_frames, self.model.max_seq_len)
+
     def __enter__(self) -> "SpeechSession":
         self._stack = contextlib.ExitStack()
         self.model.eval()
         self._stack.enter_context(torch.no_grad())
-        for m in (self.model, self.codec, self.vad):
-            if m is not None:
-                self._stack.enter_context(m.streaming(self.B))
-        B = self.B
-        self.state = [IDLE] * B
-        self.log: list[list[tuple[int, Optional[list[int]]]]] = [[] for _ in range(B)]
-        self.pending: list[list[tuple[int, Optional[list[int]]]]] = [[] for _ in range(B)]
-        self.preroll: list[list[list[int]]] = [[] for _ in range(B)]
-        self.heard, self.silence, self.onset = [False] * B, [0] * B, [0] * B
-        self.reply_frames = [0] * B
-        self.buffer = torch.zeros(B, 1, 0)
-        self.dec = Decoding(self.model, self.fmt.vocab, B, self.sampling, self.audio_sampling, self.generator,
-                            self.min_reply_frames)
+        self._stack.enter_context(self.streaming(self.B))
         head = self.fmt.serialise(self.system)  # <|bos|> (+ system turns)
         head = [(t, c if c[0] >= 0 else None) for t, c in zip(head.tokens.tolist(), head.audio.tolist())]
-        self._forward([list(head) for _ in range(B)])
+        self._forward([list(head) for _ in range(self.B)])
         return self
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
         self._stack = None
+
+    @property
+    def live(self) -> _Live:
+        if self._streaming_state is None:
+            raise RuntimeError("SpeechSession is stateful: use it inside `with SpeechSession(...) as s:`")
+        return self._streaming_state
+
+    @property
+    def state(self) -> SessionState:
+        """The turn-taking state of every row ([B] tensors)."""
+        return self.live.turns
 
     # ---- public API -----------------------------------------------------------------------------
     def feed(self, chunk: Tensor, end_turn: Union[bool, Tensor] = False) -> Iterator[TickOutput]:
@@ -125,19 +168,23 @@ class SpeechSession:
         zero-padded so the last input sample is inside the last frame."""
         if chunk.dim() != 3 or chunk.shape[0] != self.B or chunk.shape[1] != 1:
             raise ValueError(f"feed expects audio [batch={self.B}, 1, samples], got {list(chunk.shape)}")
-        self.buffer = torch.cat([self.buffer, chunk.float().cpu()], -1)
         end = self._rows(end_turn)
-        if bool(end.any()) and self.buffer.shape[-1] % self.hop:
-            self.buffer = self.codec.pad_to_hop(self.buffer)
-        while self.buffer.shape[-1] >= self.hop:
-            frame, self.buffer = self.buffer[..., : self.hop], self.buffer[..., self.hop :]
-            yield self.tick(frame, end_turn=end if self.buffer.shape[-1] < self.hop else None)
+        return self._ticks(chunk.float().cpu(), end)
+
+    def _ticks(self, chunk: Tensor, end: Tensor) -> Iterator[TickOutput]:
+        live = self.live
+        live.buffer = torch.cat([live.buffer, chunk], -1)
+        if bool(end.any()) and live.buffer.shape[-1] % self.hop:
+            live.buffer = self.codec.pad_to_hop(live.buffer)
+        while live.buffer.shape[-1] >= self.hop:
+            frame, live.buffer = live.buffer[..., : self.hop], live.buffer[..., self.hop :]
+            yield self.tick(frame, end_turn=end if live.buffer.shape[-1] < self.hop else None)
 
     def reply(self, max_ticks: Optional[int] = None) -> Iterator[TickOutput]:
         """Tick with silent input until no row is responding (the rest of the current replies)."""
         silence = torch.zeros(self.B, 1, self.hop)
-        for _ in range(max_ticks or self.max_reply_frames + 8):
-            if RESPOND not in self.state:
+        for _ in range(max_ticks or self.rules.max_reply_frames + 8):
+            if not bool((self.state.phase == Phase.RESPOND).any()):
                 return
             yield self.tick(silence)
 
@@ -147,10 +194,8 @@ class SpeechSession:
 
     def logged_stream(self, row: int = 0) -> Stream:
         """Every position fed to ``row``'s KV cache: tokens [S], audio [S, K]."""
-        toks = torch.tensor([t for t, _ in self.log[row]], dtype=torch.long)
-        audio = torch.tensor([c if c is not None else [-1] * self.model.n_codebooks for _, c in self.log[row]],
-                             dtype=torch.long).view(-1, self.model.n_codebooks)
-        return Stream.of(toks, audio)
+        n = int(self.model.decoder.streaming_offset[row])
+        return Stream.of(self.live.log_tokens[row, :n].clone(), self.live.log_audio[row, :n].clone())
 
     # ---- one tick -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -163,55 +208,129 @@ class SpeechSession:
         barge-in they did not reach the user, so they leave the conversation."""
         if wav.shape != (self.B, 1, self.hop):
             raise ValueError(f"tick expects one frame [B={self.B}, 1, hop={self.hop}], got {list(wav.shape)}")
-        sp, events = self.sp, []
-        frames = self.codec.encode(wav.to(self.codec_device)).cpu()[:, :, 0].tolist()  # B x [K]
-        speech = (self.vad(wav) >= self.threshold).tolist() if self.vad is not None else [False] * self.B
-        # Without a VAD any non-silent frame opens a user turn (turns then end only explicitly).
-        voiced = speech if self.vad is not None else (wav.abs().amax((1, 2)) > SILENCE_PEAK).tolist()
-        end_turn, interrupt = self._rows(end_turn).tolist(), self._rows(interrupt).tolist()
-        unheard = [0] * self.B if unplayed is None else torch.as_tensor(unplayed).reshape(self.B).tolist()
-        items: list[list[tuple[int, Optional[list[int]]]]] = [[] for _ in range(self.B)]
-        choose = [False] * self.B
-        for b in range(self.B):
-            items[b] += self.pending[b]
-            self.pending[b] = []
-            user_frame = (sp["<|text_pad|>"], frames[b])
-            if self.state[b] == IDLE:
-                if voiced[b] or end_turn[b]:
-                    items[b] += [(sp["<|user|>"], None), (sp["<|audio_start|>"], None)]
-                    items[b] += [(sp["<|text_pad|>"], f) for f in self.preroll[b]] + [user_frame]
-                    self.preroll[b], self.state[b] = [], LISTEN
-                    self.heard[b], self.silence[b] = speech[b], 0
-                    events.append((b, "user_start"))
-                else:
-                    self.preroll[b] = (self.preroll[b] + [frames[b]])[-PREROLL_FRAMES:]
-            elif self.state[b] == LISTEN:
-                items[b].append(user_frame)
-                self.heard[b] |= speech[b]
-                self.silence[b] = 0 if speech[b] else self.silence[b] + 1
-            elif self.state[b] == RESPOND:
-                self.onset[b] = self.onset[b] + 1 if speech[b] else 0
-                self.preroll[b] = (self.preroll[b] + [frames[b]])[-self.barge_frames:] if speech[b] else []
-                if interrupt[b] or self.onset[b] >= self.barge_frames:
-                    self._unsay(b, items[b], min(int(unheard[b]), self.reply_frames[b]))
-                    items[b] += [(sp["<|interrupt|>"], None), (sp["<|end_of_turn|>"], None),
-                                 (sp["<|user|>"], None), (sp["<|audio_start|>"], None)]
-                    items[b] += [(sp["<|text_pad|>"], f) for f in (self.preroll[b] or [frames[b]])]
-                    self.preroll[b], self.onset[b], self.state[b] = [], 0, LISTEN
-                    self.heard[b], self.silence[b] = True, 0
-                    events.append((b, "barge_in"))
-                else:
-                    choose[b] = True
-            if self.state[b] == LISTEN and (end_turn[b] or (self.heard[b] and self.silence[b] >= self.end_frames)):
-                items[b] += [(sp["<|audio_end|>"], None), (sp["<|end_of_turn|>"], None),
-                             (sp["<|assistant|>"], None), (sp["<|audio_start|>"], None)]
-                self._start_reply(b)
-                choose[b] = True
-                events.append((b, "turn_end"))
-        hidden = self._forward(items)
-        return self._respond(hidden, choose, events)
+        return self._step(wav, self._rows(end_turn), self._rows(interrupt), unplayed)
 
-    # ---- internals ------------------------------------------------------------------------------
+    def _step(self, wav: Tensor, end_turn: Tensor, interrupt: Tensor, unplayed: Optional[Tensor]) -> TickOutput:
+        live = self.live
+        before = live.turns
+        frames, speech = self._sense(wav)
+        live.turns, ev = advance_turns(before, speech, end_turn, interrupt, self.rules)
+        live.recent = torch.cat([live.recent[:, 1:], frames[:, None]], 1)
+        if bool(ev.barge_in.any()):
+            self._rewind(ev.barge_in, before.reply_frames, unplayed)
+        if bool(ev.turn_end.any()):
+            self._start_replies(ev.turn_end)
+        hidden = self._forward(self._assemble(ev, frames))
+        return self._respond(hidden, ev)
+
+    # ---- stages ---------------------------------------------------------------------------------
+    def _sense(self, wav: Tensor) -> tuple[Tensor, Tensor]:
+        """Codec codes [B, K] of the frame and speech [B] bool (the VAD; without one, any sound)."""
+        frames = self.codec.encode(wav.to(self.codec_device)).cpu()[:, :, 0]
+        if self.vad is not None:
+            return frames, (self.vad(wav) >= self.threshold).cpu()
+        return frames, wav.abs().amax((1, 2)).cpu() > SILENCE_PEAK
+
+    def _rewind(self, rows: Tensor, reply_frames: Tensor, unplayed: Optional[Tensor]) -> None:
+        """Barge-in: drop each interrupted row's last ``unplayed`` reply frames (the user never
+        heard them): the pending one (not fed yet), then the others from the log and the KV cache
+        (the cache offset moves back; what lies beyond it is never attended to and is overwritten)."""
+        live = self.live
+        unheard = torch.zeros(self.B, dtype=torch.long) if unplayed is None else torch.as_tensor(unplayed).reshape(self.B).cpu()
+        offset = self.model.decoder.streaming_offset.clone()
+        for b in rows.nonzero()[:, 0].tolist():
+            n = min(int(unheard[b]), int(reply_frames[b]))
+            while n and live.pending[b] and live.pending_audio[b, live.pending[b] - 1, 0] >= 0:
+                live.pending[b] -= 1
+                n -= 1
+            k = 0
+            while k < n and live.log_audio[b, int(offset[b]) - 1 - k, 0] >= 0:
+                k += 1
+            offset[b] -= k
+        self.model.decoder.set_streaming_offset(offset)
+
+    def _start_replies(self, rows: Tensor) -> None:
+        """Rows whose user turn ended speak next: the decoder forces audio, and the codec decoder
+        starts from silence (a reply is a new utterance, as in offline decoding)."""
+        self.dec.start(rows.to(self.device), AUDIO)
+        self.codec.decoder.reset_streaming(rows.to(self.codec_device))
+
+    def _assemble(self, ev: TurnEvents, frames: Tensor) -> list[list[Item]]:
+        """Each row's positions for this tick: its pending position, the markers its events call
+        for, the user's frames, in stream order (omni/conversation.py)."""
+        live, sp = self.live, self.sp
+        opening = ev.opening.clamp(max=live.recent.shape[1]).tolist()
+        rows: list[list[Item]] = []
+        for b in range(self.B):
+            n = int(live.pending[b])
+            items: list[Item] = [(t, c if c[0] >= 0 else None) for t, c in
+                                 zip(live.pending_tokens[b, :n].tolist(), live.pending_audio[b, :n].tolist())]
+            if ev.barge_in[b]:
+                items += [(sp["<|interrupt|>"], None), (sp["<|end_of_turn|>"], None)]
+            if ev.barge_in[b] or ev.user_start[b]:
+                items += [(sp["<|user|>"], None), (sp["<|audio_start|>"], None)]
+            if opening[b]:
+                items += [(sp["<|text_pad|>"], f) for f in live.recent[b, -opening[b]:].tolist()]
+            elif ev.listen[b]:
+                items.append((sp["<|text_pad|>"], frames[b].tolist()))
+            if ev.turn_end[b]:
+                items += [(sp["<|audio_end|>"], None), (sp["<|end_of_turn|>"], None),
+                          (sp["<|assistant|>"], None), (sp["<|audio_start|>"], None)]
+            rows.append(items)
+        live.pending.zero_()
+        return rows
+
+    def _forward(self, items: list[list[Item]]) -> Optional[Tensor]:
+        """Append each row's positions to its KV cache in one batched call; last hidden [B, dim]."""
+        lens = torch.tensor([len(x) for x in items])
+        S = int(lens.max())
+        if S == 0:
+            return None
+        dec = self.model.decoder
+        offset = dec.streaming_offset.cpu().clone()  # the decoder advances its own in place
+        if int((offset + lens).max()) > self.model.max_seq_len:
+            raise RuntimeError(f"the conversation filled the model's context ({self.model.max_seq_len} positions); "
+                               "start a new session or raise model.max_seq_len")
+        K, live = self.model.n_codebooks, self.live
+        tokens = torch.full((self.B, S), self.sp["<|pad|>"], dtype=torch.long)
+        audio = torch.full((self.B, S, K), -1, dtype=torch.long)
+        for b, row in enumerate(items):
+            for s, (t, c) in enumerate(row):
+                tokens[b, s] = t
+                if c is not None:
+                    audio[b, s] = torch.tensor(c)
+            o, n = int(offset[b]), len(row)
+            live.log_tokens[b, o : o + n], live.log_audio[b, o : o + n] = tokens[b, :n], audio[b, :n]
+        hidden = self.model(tokens.to(self.device), audio.to(self.device))
+        dec.set_streaming_offset((offset + lens).to(dec.streaming_offset.device))
+        last = (lens - 1).clamp(min=0).to(self.device)
+        return hidden[torch.arange(self.B, device=self.device), last]
+
+    def _respond(self, hidden: Optional[Tensor], ev: TurnEvents) -> TickOutput:
+        """The next position of every responding row (kept pending for the next tick); its audio frame
+        decoded at once; replies that ended."""
+        live = self.live
+        events = ev.named()
+        out = torch.zeros(self.B, 1, self.hop)
+        choose = live.turns.phase == Phase.RESPOND
+        if hidden is None or not bool(choose.any()):
+            return TickOutput(out, torch.zeros(self.B, dtype=torch.bool), torch.full((self.B, self.model.n_codebooks), -1), events)
+        tok, codes = self.dec.choose(hidden, choose.to(self.device))
+        tok, codes, done = tok.cpu(), codes.cpu(), self.dec.done.cpu()
+        speaking = choose & (codes[:, 0] >= 0)
+        live.turns, ended, cut = finish_replies(live.turns, choose, speaking, done, self.rules)
+        # A reply cut at max_reply_frames is closed as if the model had closed it.
+        closing = torch.tensor([self.sp["<|audio_end|>"], self.sp["<|end_of_turn|>"]])
+        live.pending_tokens[choose] = torch.cat([tok[:, None], closing.expand(self.B, 2)], 1)[choose]
+        live.pending_audio[choose] = torch.cat([codes[:, None], torch.full((self.B, 2, self.model.n_codebooks), -1)], 1)[choose]
+        live.pending = torch.where(choose, 1 + 2 * cut.long(), live.pending)
+        events += [(b, "reply_end") for b in ended.nonzero()[:, 0].tolist()]
+        if bool(speaking.any()):
+            frame = codes.clamp(min=0)[:, :, None].to(self.codec_device)  # rows not speaking decode dummies
+            out = self.codec.decode(frame).cpu() * speaking[:, None, None]
+        return TickOutput(out, speaking, torch.where(speaking[:, None], codes, -1), events)
+
+    # ---- helpers --------------------------------------------------------------------------------
     @property
     def codec_device(self) -> torch.device:
         return next(self.codec.parameters()).device
@@ -223,79 +342,3 @@ class SpeechSession:
         if flag.shape != (self.B,):
             raise ValueError(f"per-row flags must have shape [{self.B}], got {list(flag.shape)}")
         return flag
-
-    def _start_reply(self, b: int) -> None:
-        self.state[b], self.reply_frames[b], self.onset[b], self.preroll[b] = RESPOND, 0, 0, []
-        row = torch.zeros(self.B, dtype=torch.bool)
-        row[b] = True
-        self.dec.start(row.to(self.device), AUDIO)
-        # A reply is a new utterance: the codec decoder starts from silence, as offline decoding does.
-        for m in self.codec.decoder.modules():
-            if isinstance(m, StreamingModule):
-                m.reset_streaming(row.to(self.codec_device))
-
-    def _unsay(self, b: int, items: list[tuple[int, Optional[list[int]]]], n: int) -> None:
-        """Drop row b's last ``n`` reply frames: the pending one (not fed yet) from ``items``, the
-        others from the log and the KV cache (the cache offset moves back; what lies beyond it is
-        never attended to and is overwritten)."""
-        while n and items and items[-1][1] is not None:
-            items.pop()
-            n -= 1
-        k = 0
-        while k < n and self.log[b][-1 - k][1] is not None:
-            k += 1
-        if k:
-            del self.log[b][-k:]
-            offset = self.model.decoder.streaming_offset.clone()
-            offset[b] -= k
-            self.model.decoder.set_streaming_offset(offset)
-
-    def _forward(self, items: list[list[tuple[int, Optional[list[int]]]]]) -> Optional[Tensor]:
-        """Append each row's positions to its KV cache in one batched call; last hidden [B, dim]."""
-        lens = [len(x) for x in items]
-        S = max(lens)
-        if S == 0:
-            return None
-        dec = self.model.decoder
-        offset = dec.streaming_offset.clone()
-        if int((offset + torch.tensor(lens, device=offset.device)).max()) > self.model.max_seq_len:
-            raise RuntimeError(f"the conversation filled the model's context ({self.model.max_seq_len} positions); "
-                               "start a new session or raise model.max_seq_len")
-        K = self.model.n_codebooks
-        tokens = torch.full((self.B, S), self.sp["<|pad|>"], dtype=torch.long)
-        audio = torch.full((self.B, S, K), -1, dtype=torch.long)
-        for b, row in enumerate(items):
-            for s, (t, c) in enumerate(row):
-                tokens[b, s] = t
-                if c is not None:
-                    audio[b, s] = torch.tensor(c)
-            self.log[b] += row
-        hidden = self.model(tokens.to(self.device), audio.to(self.device))
-        dec.set_streaming_offset(offset + torch.tensor(lens, device=offset.device))
-        last = torch.tensor([max(n - 1, 0) for n in lens], device=self.device)
-        return hidden[torch.arange(self.B, device=self.device), last]
-
-    def _respond(self, hidden: Optional[Tensor], choose: list[bool], events: list[tuple[int, str]]) -> TickOutput:
-        out = torch.zeros(self.B, 1, self.hop)
-        speaking = torch.zeros(self.B, dtype=torch.bool)
-        if hidden is None or not any(choose):
-            return TickOutput(out, speaking, torch.full((self.B, self.model.n_codebooks), -1), events)
-        active = torch.tensor(choose, device=self.device)
-        tok, codes = self.dec.choose(hidden, active)
-        tok_l, codes_l, done = tok.tolist(), codes.tolist(), self.dec.state.eq(DONE).tolist()
-        for b in range(self.B):
-            if not choose[b]:
-                continue
-            is_frame = codes_l[b][0] >= 0
-            self.pending[b].append((tok_l[b], codes_l[b] if is_frame else None))
-            speaking[b] = is_frame
-            self.reply_frames[b] += int(is_frame)
-            if done[b] or self.reply_frames[b] >= self.max_reply_frames:
-                if not done[b]:  # reply too long: close it as if the model had
-                    self.pending[b] += [(self.sp["<|audio_end|>"], None), (self.sp["<|end_of_turn|>"], None)]
-                self.state[b] = IDLE
-                events.append((b, "reply_end"))
-        if bool(speaking.any()):
-            frame = codes.clamp(min=0)[:, :, None].to(self.codec_device)  # rows not speaking decode dummies
-            out = self.codec.decode(frame).cpu() * speaking[:, None, None]
-        return TickOutput(out, speaking, torch.where(speaking[:, None], codes.cpu(), -1), events)

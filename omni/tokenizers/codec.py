@@ -251,8 +251,9 @@ class CodecEncoder(nn.Module):
         return self.net(self.stft(wav))
 
 
-class CodecDecoder(nn.Module):
-    """latents [B, dim, frames] -> wav [B, 1, frames * hop]."""
+class CodecDecoder(StreamingModule):
+    """latents [B, dim, frames] -> wav [B, 1, frames * hop]. A streaming module (its convs and
+    inverse STFT hold the state), so ``decoder.reset_streaming(rows)`` restarts chosen rows."""
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()

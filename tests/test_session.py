@@ -6,7 +6,9 @@ import torch
 from omni.conversation import Audio, Message
 from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
+from omni.io.audio import AudioError, check_finite
 from omni.model.sampling import SamplingConfig
+from omni.streaming import StreamingModule
 from tests import omni_fixtures as F
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
@@ -167,3 +169,79 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
     with SpeechSession(m, codec, fmt, 1) as s:
         alone = [o.codes[0] for o in run_turn(s, q) if o.speaking[0]]
     assert len(row1) >= 1 and torch.equal(torch.stack(row1), torch.stack(alone)[1 : 1 + len(row1)])
+
+
+class DeafVAD(StreamingModule):
+    """A VAD that never hears speech (the issue's 'VAD that never fires')."""
+
+    def forward(self, wav):
+        return torch.zeros(wav.shape[0])
+
+
+@pytest.mark.parametrize("chunk", [HOP, 1000])
+@pytest.mark.parametrize("vad", [False, True])
+def test_explicit_end_of_turn_on_a_frame_boundary_is_honoured(env, chunk, vad):
+    """6 whole frames fed in 80 ms or 1000-sample chunks, then end_turn with an empty chunk: the row
+    answers (issue 19, case 2); without a VAD the reply is the one the end on the last chunk gets."""
+    tok, codec, v, fmt, m = env
+    wav = noise(6, 0)
+    ocfg = F.omni_config(v, max_reply_frames=5)
+    with SpeechSession(m, codec, fmt, 1, vad=DeafVAD() if vad else None, ocfg=ocfg) as s:
+        outs = [o for i in range(0, wav.shape[-1], chunk) for o in s.feed(wav[..., i : i + chunk])]
+        ended = list(s.feed(torch.zeros(1, 1, 0), end_turn=True))
+        assert len(ended) == 1 and (0, "turn_end") in ended[0].events and ended[0].speaking[0]
+        frames = [o.codes[0] for o in outs + ended + list(s.reply()) if o.speaking[0]]
+        log = s.logged_stream(0)
+    assert len(frames) == 5
+    if not vad:  # the same turn (6 frames, no padding frame) and so the same greedy reply
+        with SpeechSession(m, codec, fmt, 1, ocfg=ocfg) as s:
+            ref = [o.codes[0] for o in run_turn(s, wav) if o.speaking[0]]
+            assert torch.equal(s.logged_stream(0).tokens, log.tokens)
+        assert torch.equal(torch.stack(frames), torch.stack(ref))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_chunk_with_a_non_finite_sample_is_refused_and_changes_nothing(env, bad):
+    """Issue 19, case 9: the chunk is refused with the offline path's message, nothing is consumed,
+    and the conversation goes on exactly as if the chunk had never come, for every row."""
+    tok, codec, v, fmt, m = env
+    wav = torch.cat([noise(6, 0), noise(6, 1)])
+    ocfg = F.omni_config(v, max_reply_frames=5)
+    poisoned = wav[..., :HOP].clone()
+    poisoned[0, 0, 100] = bad
+
+    def serve(refuse_first: bool):
+        with SpeechSession(m, codec, fmt, 2, ocfg=ocfg) as s:
+            if refuse_first:
+                with pytest.raises(AudioError, match="row\\(s\\) \\[0\\]: holds NaN or infinite samples"):
+                    s.feed(poisoned)
+                with pytest.raises(AudioError, match="holds NaN or infinite samples"):
+                    s.tick(poisoned)
+            outs = run_turn(s, wav)
+            return [o.codes for o in outs], s.logged_stream(0), s.logged_stream(1)
+
+    clean, refused = serve(False), serve(True)
+    assert len(clean[0]) > 0 and all(torch.equal(a, b) for a, b in zip(clean[0], refused[0]))
+    assert len(clean[0]) == len(refused[0])
+    for a, b in zip(clean[1:], refused[1:]):
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.audio, b.audio)
+    with pytest.raises(AudioError, match="holds NaN or infinite samples"):  # the offline path's words
+        check_finite(poisoned)
+
+
+def test_the_vad_refuses_non_finite_audio_and_keeps_its_state():
+    pytest.importorskip("silero_vad")
+    from omni.infer.vad import VoiceActivity
+
+    vad = VoiceActivity(16000)
+    clean = noise(3, 5)
+    with vad.streaming(1):
+        ref = [vad(clean[..., i * HOP : (i + 1) * HOP]) for i in range(3)]
+    poisoned = clean[..., :HOP].clone()
+    poisoned[0, 0, 7] = float("nan")
+    with vad.streaming(1):
+        got = [vad(clean[..., :HOP])]
+        with pytest.raises(AudioError, match="holds NaN or infinite samples"):
+            vad(poisoned)
+        got += [vad(clean[..., i * HOP : (i + 1) * HOP]) for i in (1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))

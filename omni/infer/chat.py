@@ -32,7 +32,7 @@ from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_reply
 from omni.infer.session import SpeechSession
 from omni.infer.vad import VoiceActivity
-from omni.io.audio import load_audio, save_audio
+from omni.io.audio import check_finite, load_audio, save_audio
 from omni.model.sampling import SamplingConfig
 from omni.tokenizers.base import load_tokenizer
 from omni.tokenizers.image import load_image
@@ -86,8 +86,9 @@ class OmniChat:
         """A wav path or waveform [samples] / [1, samples] at ``sample_rate`` -> codec codes."""
         wav = load_audio(audio, self.sample_rate) if isinstance(audio, (str, Path)) else torch.as_tensor(audio).float()
         wav = wav.reshape(1, -1)
-        if wav.shape[-1] == 0 or not torch.isfinite(wav).all():
-            raise ValueError("the audio is empty or holds NaN/inf samples")
+        if wav.shape[-1] == 0:
+            raise ValueError("the audio is empty")
+        check_finite(wav)
         if float(wav.abs().max()) < SILENCE_PEAK:
             raise ValueError(f"the audio is silent (peak amplitude below {SILENCE_PEAK}): there is nothing to answer")
         with torch.no_grad():

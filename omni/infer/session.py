@@ -10,7 +10,8 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``end_of_turn_ms`` of
   silence) or by an explicit ``end_turn`` flag; the row then prefills
   ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>`` and samples its first frame in the
-  same tick;
+  same tick. An explicit end that arrives after the input ended on a frame boundary (an empty
+  chunk) gets a tick of its own, without input;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
   decoder), decodes it with the streaming codec and returns it immediately;
 * barge-in: speech from the user for ``barge_in_ms`` while a row responds (or an explicit
@@ -34,6 +35,10 @@ positions; shorter rows are padded and their cache offset is set back with
 ``Decoder.set_streaming_offset`` (padding lands beyond the offset, where it is never visible and
 is overwritten later). Every position fed is logged per row, so :meth:`history` is exactly what the
 KV cache holds.
+
+Input samples must be finite: a chunk holding a NaN or infinite sample is refused whole
+(``AudioError``, a ``ValueError``) before anything is consumed, since one such sample would stay in
+the codec's and the VAD's state and spoil every later frame of its row.
 """
 from __future__ import annotations
 
@@ -45,8 +50,9 @@ import torch
 
 from omni.conversation import ConversationFormat, Message, Stream
 from omni.infer.decoding import AUDIO, Decoding
-from omni.infer.turns import Phase, SessionState, TurnEvents, TurnRules, advance_turns, finish_replies
+from omni.infer.turns import Phase, SessionState, TurnEvents, TurnRules, advance_turns, end_turns, finish_replies
 from omni.infer.vad import VoiceActivity
+from omni.io.audio import check_finite
 from omni.model.omni import OmniConfig, OmniModel
 from omni.model.sampling import SamplingConfig
 from omni.streaming import StreamingModule, StreamingState
@@ -165,16 +171,28 @@ class SpeechSession(StreamingModule):
     def feed(self, chunk: Tensor, end_turn: Union[bool, Tensor] = False) -> Iterator[TickOutput]:
         """Input audio [B, 1, n] (any n) -> one TickOutput per frame it completes. ``end_turn``
         (bool or [B] bool) ends the user's turn after this chunk; a trailing partial frame is then
-        zero-padded so the last input sample is inside the last frame."""
+        zero-padded so the last input sample is inside the last frame, and if the input already
+        ended on a frame boundary (e.g. an empty chunk) the end gets a tick of its own.
+
+        Raises ``AudioError`` (a ValueError) naming the rows when the chunk holds a NaN or infinite
+        sample; the chunk is then refused whole and nothing changes (feed it again with those rows
+        repaired, e.g. as silence)."""
         if chunk.dim() != 3 or chunk.shape[0] != self.B or chunk.shape[1] != 1:
             raise ValueError(f"feed expects audio [batch={self.B}, 1, samples], got {list(chunk.shape)}")
+        bad = ~torch.isfinite(chunk).flatten(1).all(1)
+        if bool(bad.any()):
+            check_finite(chunk, f"the chunk for row(s) {bad.nonzero()[:, 0].tolist()}")
         end = self._rows(end_turn)
         return self._ticks(chunk.float().cpu(), end)
 
     def _ticks(self, chunk: Tensor, end: Tensor) -> Iterator[TickOutput]:
         live = self.live
         live.buffer = torch.cat([live.buffer, chunk], -1)
-        if bool(end.any()) and live.buffer.shape[-1] % self.hop:
+        if bool(end.any()):
+            if live.buffer.shape[-1] < self.hop:  # on a frame boundary (or short of one frame)
+                if live.buffer.shape[-1] == 0:
+                    yield self._step(None, end, None, None)
+                    return
             live.buffer = self.codec.pad_to_hop(live.buffer)
         while live.buffer.shape[-1] >= self.hop:
             frame, live.buffer = live.buffer[..., : self.hop], live.buffer[..., self.hop :]
@@ -208,14 +226,21 @@ class SpeechSession(StreamingModule):
         barge-in they did not reach the user, so they leave the conversation."""
         if wav.shape != (self.B, 1, self.hop):
             raise ValueError(f"tick expects one frame [B={self.B}, 1, hop={self.hop}], got {list(wav.shape)}")
+        check_finite(wav, "the input frame")
         return self._step(wav, self._rows(end_turn), self._rows(interrupt), unplayed)
 
-    def _step(self, wav: Tensor, end_turn: Tensor, interrupt: Tensor, unplayed: Optional[Tensor]) -> TickOutput:
+    def _step(self, wav: Optional[Tensor], end_turn: Tensor, interrupt: Optional[Tensor],
+              unplayed: Optional[Tensor]) -> TickOutput:
+        """A tick; ``wav`` None: no input frame (an explicit end of turn on a frame boundary)."""
         live = self.live
         before = live.turns
-        frames, speech = self._sense(wav)
-        live.turns, ev = advance_turns(before, speech, end_turn, interrupt, self.rules)
-        live.recent = torch.cat([live.recent[:, 1:], frames[:, None]], 1)
+        if wav is None:
+            frames = None
+            live.turns, ev = end_turns(before, end_turn)
+        else:
+            frames, speech = self._sense(wav)
+            live.turns, ev = advance_turns(before, speech, end_turn, interrupt, self.rules)
+            live.recent = torch.cat([live.recent[:, 1:], frames[:, None]], 1)
         if bool(ev.barge_in.any()):
             self._rewind(ev.barge_in, before.reply_frames, unplayed)
         if bool(ev.turn_end.any()):
@@ -255,7 +280,7 @@ class SpeechSession(StreamingModule):
         self.dec.start(rows.to(self.device), AUDIO)
         self.codec.decoder.reset_streaming(rows.to(self.codec_device))
 
-    def _assemble(self, ev: TurnEvents, frames: Tensor) -> list[list[Item]]:
+    def _assemble(self, ev: TurnEvents, frames: Optional[Tensor]) -> list[list[Item]]:
         """Each row's positions for this tick: its pending position, the markers its events call
         for, the user's frames, in stream order (omni/conversation.py)."""
         live, sp = self.live, self.sp
@@ -271,7 +296,7 @@ class SpeechSession(StreamingModule):
                 items += [(sp["<|user|>"], None), (sp["<|audio_start|>"], None)]
             if opening[b]:
                 items += [(sp["<|text_pad|>"], f) for f in live.recent[b, -opening[b]:].tolist()]
-            elif ev.listen[b]:
+            elif ev.listen[b] and frames is not None:
                 items.append((sp["<|text_pad|>"], frames[b].tolist()))
             if ev.turn_end[b]:
                 items += [(sp["<|audio_end|>"], None), (sp["<|end_of_turn|>"], None),

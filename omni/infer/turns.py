@@ -11,8 +11,9 @@ that advance it, one codec frame at a time, as pure functions (no model, no audi
 * **RESPOND**: the assistant speaks, one frame per tick; input frames only count towards barge-in,
   and the run of speech frames that interrupts a reply opens the next user turn.
 
-:func:`advance_turns` takes one input frame per row; :func:`finish_replies` ends replies once the
-decoder closed them or they reached their length.
+:func:`advance_turns` takes one input frame per row; :func:`end_turns` honours an explicit end of
+turn that arrives without a new frame (the input ended on a frame boundary);
+:func:`finish_replies` ends replies once the decoder closed them or they reached their length.
 :class:`omni.infer.session.SpeechSession` reads the events to assemble the positions it feeds.
 """
 from __future__ import annotations
@@ -131,6 +132,19 @@ def advance_turns(state: SessionState, speech: Tensor, end_turn: Tensor, interru
     new = SessionState(phase, heard, silence, torch.where(respond & ~barge, onset, 0),
                        recent, state.reply_frames)
     return _close_turns(new, end), TurnEvents(start, barge, end, opening, listen)
+
+
+def end_turns(state: SessionState, end_turn: Tensor) -> tuple[SessionState, TurnEvents]:
+    """An explicit end of turn with no new input frame (the input ended on a frame boundary).
+
+    IDLE rows open a user turn with the frames they kept and close it at once; LISTEN rows close
+    theirs; responding rows ignore it. Nothing else moves: no time passed.
+    """
+    idle, listen = state.phase == Phase.IDLE, state.phase == Phase.LISTEN
+    start, end = idle & end_turn, (idle | listen) & end_turn
+    none = torch.zeros_like(end)
+    opening = torch.where(start, state.recent, 0)
+    return _close_turns(state, end), TurnEvents(start, none, end, opening, none)
 
 
 def finish_replies(state: SessionState, chose: Tensor, frame: Tensor, done: Tensor,

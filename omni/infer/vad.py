@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 
+from omni.io.audio import check_finite
 from omni.streaming import StreamingModule, StreamingState
 
 Tensor = torch.Tensor
@@ -65,10 +66,14 @@ class VoiceActivity(StreamingModule):
 
     @torch.no_grad()
     def forward(self, wav: Tensor) -> Tensor:
-        """wav [B, 1, n] (streaming mode) -> speech probability [B] of the windows it completes."""
+        """wav [B, 1, n] (streaming mode) -> speech probability [B] of the windows it completes.
+
+        Raises ``AudioError`` for a NaN or infinite sample, before the state moves (Silero's LSTM
+        would carry the NaN into every later window)."""
         st: _VADState = self._streaming_state
         if st is None:
             raise RuntimeError("VoiceActivity is stateful: call it inside `with vad.streaming(batch):`")
+        check_finite(wav, "the VAD's input")
         buf = torch.cat([st.pending, wav[:, 0].float().cpu()], 1)
         n = buf.shape[1] // self.window * self.window
         probs = [self.silero(buf[:, i : i + self.window], self.sample_rate)[:, 0] for i in range(0, n, self.window)]

@@ -57,9 +57,15 @@ def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_SECO
     except Exception as e:
         raise AudioError(f"{path}: corrupt audio data ({e})") from e
     wav = torch.from_numpy(np.ascontiguousarray(data.T)).mean(0, keepdim=True)
-    if not torch.isfinite(wav).all():
-        raise AudioError(f"{path}: contains NaN or infinite samples")
+    check_finite(wav, str(path))
     return resample(wav, sr, sample_rate)
+
+
+def check_finite(wav: Tensor, what: str = "the audio") -> None:
+    """Raise :class:`AudioError` if ``wav`` holds a NaN or infinite sample (one such sample turns
+    every frame a causal codec or VAD computes after it into NaN); ``what`` names the input."""
+    if not bool(torch.isfinite(wav).all()):
+        raise AudioError(f"{what}: holds NaN or infinite samples; audio must be finite numbers (repair or drop it)")
 
 
 def save_audio(path: str | Path, wav: Tensor, sample_rate: int) -> None:

@@ -1,7 +1,7 @@
 """Turn-taking rules as pure functions on [B] tensors: no model, no audio."""
 import torch
 
-from omni.infer.turns import Phase, SessionState, TurnRules, advance_turns, finish_replies
+from omni.infer.turns import Phase, SessionState, TurnRules, advance_turns, end_turns, finish_replies
 
 VAD = TurnRules(max_reply_frames=4, end_frames=3, barge_frames=2, preroll_frames=2)
 NO_VAD = TurnRules(max_reply_frames=4)
@@ -67,6 +67,21 @@ def test_explicit_interrupt_opens_with_the_current_frame_and_no_vad_never_barges
     assert names == [[]] * 5 and state.phase[0] == Phase.RESPOND
     state, ev = advance_turns(state, flags(1), flags(0), flags(1), NO_VAD)
     assert ev.named() == [(0, "barge_in")] and int(ev.opening[0]) == 1
+
+
+def test_end_without_a_frame():
+    """The input ended on a frame boundary: IDLE and LISTEN rows close their turn, responding rows
+    ignore it, and nothing else moves."""
+    state, _ = run(SessionState.start(1), NO_VAD, [0, 0, 0])  # idle, two frames kept
+    listening, _ = run(SessionState.start(1), NO_VAD, [1, 1])
+    responding, _ = run(SessionState.start(1), NO_VAD, [1], end=[1])
+    rows = SessionState(*(torch.cat(t) for t in zip(*(s.__dict__.values() for s in (state, listening, responding)))))
+    new, ev = end_turns(rows, flags(1, 1, 1))
+    assert ev.named() == [(0, "user_start"), (0, "turn_end"), (1, "turn_end")]
+    assert ev.opening.tolist() == [2, 0, 0]
+    assert new.phase.tolist() == [Phase.RESPOND] * 3
+    untouched, _ = end_turns(rows, flags(0, 0, 0))
+    assert all(torch.equal(a, b) for a, b in zip(untouched.__dict__.values(), rows.__dict__.values()))
 
 
 def test_rows_are_independent():

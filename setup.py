@@ -46,6 +46,9 @@ setup(
             "scikit-image",  # bundled pictures for the image/video corpora
             "scikit-learn",  # china.jpg, flower.jpg
             "matplotlib",  # report pictures
+            # imported by moshi (the latency baseline, installed --no-deps from requirements-assets.txt)
+            "einops",
+            "huggingface_hub",
         ],
         # GPU-only extras; flash-attn is source-only and optional.
         "gpu": ["deepspeed==0.19.8", "triton>=3.6"],

@@ -1,6 +1,7 @@
 """Decode benchmark: milliseconds per generated token, greedy, batch 1, the same weights in
-our decoder (static KV cache; on CUDA also torch.compile "reduce-overhead" = CUDA graphs for the
-decode step, as gpt-fast does) and in transformers' LlamaForCausalLM ``generate`` (eager, use_cache).
+our ``omni.infer.text.generate`` (static KV cache; on CUDA also ``compile=True``, the library's fast
+path: torch.compile "reduce-overhead" = CUDA graphs for the decode step, as gpt-fast does) and in
+transformers' LlamaForCausalLM ``generate`` (eager, use_cache).
 
     python eval/bench_decode.py                            # SmolLM2-135M, prompt 64, 128 new tokens
     python eval/bench_decode.py --config tiny              # random weights of a config's shape
@@ -26,7 +27,7 @@ import torch
 from omni.config import Config, load_config
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
-from omni.model.sampling import generate
+from omni.infer.text import generate
 
 # Our state-dict names -> transformers' Llama names (both use the rotate-half RoPE layout).
 _HF_BLOCK = {
@@ -90,45 +91,10 @@ def measure(runners: dict[str, Callable[[int], list[int]]], n: int, device: torc
     return rows, tokens
 
 
-def ours_eager(model: Decoder, prompt: list[int]) -> Callable[[int], list[int]]:
-    return lambda n: generate(model, [prompt], n)[0]
-
-
-def streaming_tensors(model: Decoder) -> list[torch.Tensor]:
-    """Every tensor of the model's current streaming state (KV caches, span ids, offsets)."""
-    states = [m._streaming_state for m in model.modules() if getattr(m, "_streaming_state", None) is not None]
-    return [t for state in states for t in vars(state).values() if isinstance(t, torch.Tensor)]
-
-
-def ours_compiled(model: Decoder, prompt: list[int]) -> Callable[[int], list[int]]:
-    """gpt-fast style on CUDA: eager prefill, then a torch.compile'd (CUDA-graph) one-token step."""
-
-    def step(tok: torch.Tensor) -> torch.Tensor:
-        return model(tok)[:, -1].argmax(-1, keepdim=True)
-
-    # fullgraph=False: a graph break (e.g. in a Triton attention backend) costs speed, not the run.
-    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=False)
-    device = model.tok_embeddings.weight.device
-    ids = torch.tensor([prompt], device=device)
-
-    @torch.no_grad()
-    def run(n: int) -> list[int]:
-        out = []
-        # The cache is sized to the context so every replay sees the same static shapes.
-        with model.streaming(1):
-            # The KV cache and offsets are plain attributes, not buffers: mark them static so CUDA graphs
-            # keep their addresses (mutated non-static inputs would make inductor skip the graph).
-            for t in streaming_tensors(model):
-                torch._dynamo.mark_static_address(t)
-            tok = model(ids)[:, -1].argmax(-1, keepdim=True)
-            out.append(tok)
-            for _ in range(n - 1):
-                torch.compiler.cudagraph_mark_step_begin()
-                tok = compiled(tok).clone()  # graph outputs are overwritten by the next replay
-                out.append(tok)
-        return torch.cat(out, 1)[0].tolist()
-
-    return run
+def ours(model: Decoder, prompt: list[int], compile: bool) -> Callable[[int], list[int]]:
+    """The library's ``generate``: eager, or ``compile=True`` (omni/infer/compile.py: torch.compile of
+    the one-token step; CUDA graphs on GPU). Nothing is patched here."""
+    return lambda n: generate(model, [prompt], n, compile=compile)[0]
 
 
 def transformers_eager(hf: torch.nn.Module, prompt: list[int]) -> Callable[[int], list[int]]:
@@ -154,6 +120,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     ap.add_argument("--dtype", default=None, help="float32 | bfloat16 (default: bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--compile", action="store_true", help="CPU: time compile=True too (always on CUDA)")
     ap.add_argument("--out", default="runs/bench_decode.json")
     ap.add_argument("overrides", nargs="*", help="section.key=value config overrides")
     return ap.parse_args(argv)
@@ -175,9 +142,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     hf = to_transformers(model)
     prompt = torch.randint(0, min(model.vocab_size, 49152), (args.prompt_len,), generator=torch.Generator().manual_seed(0)).tolist()
     n = args.new_tokens
-    runners = {"ours (eager, static KV cache)": ours_eager(model, prompt)}
-    if device.type == "cuda":
-        runners["ours (torch.compile reduce-overhead, CUDA graphs)"] = ours_compiled(model, prompt)
+    runners = {"ours (eager, static KV cache)": ours(model, prompt, compile=False)}
+    if device.type == "cuda" or args.compile:
+        graphs = "reduce-overhead, CUDA graphs" if device.type == "cuda" else "inductor CPU"
+        runners[f"ours (compile=True: {graphs})"] = ours(model, prompt, compile=True)
     runners["transformers generate (eager, use_cache)"] = transformers_eager(hf, prompt)
 
     rows, tokens = measure(runners, n, device, args.repeats)

@@ -3,11 +3,14 @@
     python eval/latency.py --config configs/omni-tiny.yaml                    # CPU, one thread
     python eval/latency.py --config configs/tiny.yaml                         # an lm config: its decoder shape
     python eval/latency.py --checkpoint runs/omni-tiny --turns 20             # a trained model
-    python eval/latency.py --config configs/omni-135m.yaml --device cuda      # GPU: bf16, torch.compile
+    python eval/latency.py --config configs/omni-135m.yaml --device cuda      # GPU: bf16, compile=True
+    python eval/latency.py --compile                                          # CPU: compile=True too
 
 What is timed, per spoken turn served by :class:`omni.infer.session.SpeechSession` (batch 1, ticks of
 one 80 ms codec frame, explicit end of turn so VAD's silence wait — a policy, ``omni.end_of_turn_ms``
-— is not counted; ``--vad`` adds Silero's per-frame cost to every tick):
+— is not counted; ``--vad`` adds Silero's per-frame cost to every tick). The session runs the
+library's own path: ``compile=True`` (omni/infer/compile.py) on CUDA unless ``--no-compile``, and on
+CPU with ``--compile``; nothing is patched here.
 
 * **TTFA** (time to first audio): from handing over the chunk holding the turn's last input sample
   to the first output sample leaving the codec decoder — codec-encode that frame, prefill it with
@@ -18,10 +21,20 @@ one 80 ms codec frame, explicit end of turn so VAD's silence wait — a policy, 
 * **RTF**: wall time of the whole loop (every input and output tick: codec, decoder, depth, VAD)
   divided by the audio time it covers (ticks x 80 ms). < 1 keeps up with real time.
 
-Baseline (the ratio anchor, measured in the same run): a Llama of the same shape in HF transformers,
-eager attention, ``generate`` with its dynamic KV cache, serving the same turn the way a plain
-codec-token LM does — audio frames flattened to K tokens each, the whole prompt prefilled when the
-turn ends, K tokens generated per output frame; the same codec costs are added.
+Two baselines, measured in the same run (ratios = baseline / omni, > 1: omni is faster):
+
+* **HF eager generate**: a Llama of the same shape in HF transformers, eager attention, ``generate``
+  with its dynamic KV cache, serving the same turn the way a plain codec-token LM does — audio
+  frames flattened to K tokens each, the whole prompt prefilled when the turn ends, K tokens
+  generated per output frame; the same codec costs are added.
+* **Moshi LMGen**: Moshi's own streaming generator (PyPI ``moshi``, installed ``--no-deps``;
+  ``LMModel`` + ``LMGen``, random weights) with the same shape — width, layers, heads (GQA as
+  ``kv_repeat``), SwiGLU width, K codebooks per stream (its user and its own stream: ``n_q = 2K``,
+  ``dep_q = K``), vocabulary, and a depth transformer of our depth decoder's width, layers, heads and
+  SwiGLU width — in its released configuration otherwise (RoPE, RMSNorm, per-step depformer weights,
+  acoustic delay of one frame). Moshi is full duplex: it takes one step per input frame whether
+  the user speaks or not, so its time to first audio is 1 + max delay steps after the frame holding
+  the last input sample, plus the same codec costs. It builds CUDA graphs itself on GPU.
 
 Weights are random unless ``--checkpoint``: latency does not depend on them (replies are held at
 ``--reply-frames`` with ``min_reply_frames``). An lm config (task != omni, e.g. configs/tiny.yaml)
@@ -120,19 +133,15 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
     return model.eval(), codec.eval(), ConversationFormat(None, vocab), ocfg, note
 
 
-def maybe_compile(model: OmniModel, device: torch.device, enabled: bool) -> str:
-    """On CUDA: bf16 weights and torch.compile of the decoder and depth transformer (static KV cache
-    shapes make the decode step graph-capturable). CPU runs eager fp32."""
-    if device.type != "cuda":
-        return "eager fp32"
-    model.to(torch.bfloat16)
-    for dec in (model.decoder, model.depth.transformer):  # rotary tables stay fp32, as under autocast
-        dec.rope_cos, dec.rope_sin = dec.rope_cos.float(), dec.rope_sin.float()
-    if not enabled:
-        return "eager bf16"
-    model.decoder.forward = torch.compile(model.decoder.forward, dynamic=False)
-    model.depth.transformer.forward = torch.compile(model.depth.transformer.forward, dynamic=False)
-    return "bf16 + torch.compile"
+def serving_mode(model: OmniModel, device: torch.device, compile: bool) -> str:
+    """On CUDA: bf16 weights (rotary tables stay fp32, as under autocast). The fast path itself is
+    the session's ``compile`` flag."""
+    if device.type == "cuda":
+        model.to(torch.bfloat16)
+        for dec in (model.decoder, model.depth.transformer):
+            dec.rope_cos, dec.rope_sin = dec.rope_cos.float(), dec.rope_sin.float()
+    dtype = "bf16" if device.type == "cuda" else "fp32"
+    return f"{dtype}, compile=True" if compile else f"{dtype}, eager"
 
 
 # ---- measurements ------------------------------------------------------------------------------
@@ -153,7 +162,7 @@ def time_turns(model: OmniModel, codec: Any, fmt: ConversationFormat, ocfg: Omni
     for turn in range(args.warmup + args.turns):
         wav = torch.randn(1, 1, args.turn_frames * hop, generator=g) * 0.1
         sess = SpeechSession(model, codec, fmt, 1, vad=vad, sampling=SamplingConfig(), ocfg=serve,
-                             min_reply_frames=args.reply_frames)
+                             min_reply_frames=args.reply_frames, compile=args.compile)
         with sess:
             t_turn = time.perf_counter()
             for i in range(args.turn_frames - 1):
@@ -186,7 +195,7 @@ def time_step(model: OmniModel, fmt: ConversationFormat, args: argparse.Namespac
     prompt = torch.full((1, args.turn_frames + 6), fmt.sp["<|text_pad|>"], device=device)
     audio = torch.zeros(1, prompt.shape[1], K, dtype=torch.long, device=device)
     steps = []
-    dec = Decoding(model, fmt.vocab, min_frames=10**9)
+    dec = Decoding(model, fmt.vocab, min_frames=10**9, compile=args.compile)
     with dec.streaming(1):
         hidden = model(prompt, audio)[:, -1]
         dec.start(torch.ones(1, dtype=torch.bool, device=device), AUDIO)
@@ -263,23 +272,80 @@ def time_baseline(model: OmniModel, codec_ms: dict[str, float], args: argparse.N
             "tokens_per_frame": K, "turns": len(first)}
 
 
+@torch.no_grad()
+def time_moshi(model: OmniModel, codec_ms: dict[str, float], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Moshi's ``LMGen`` on an ``LMModel`` of the omni model's shape (see the module docstring)."""
+    try:
+        from moshi.models.lm import LMGen, LMModel
+    except ImportError as e:
+        raise ImportError("the Moshi baseline needs PyPI moshi: `pip install --no-deps moshi==0.2.13` "
+                          "(make venv installs it, requirements-assets.txt)") from e
+    c, K, dep = model.decoder.cfg, model.n_codebooks, model.depth
+    dcfg = dep.transformer.cfg
+    delays = [0] + ([0] + [1] * (K - 1)) * 2  # text, then per stream: semantic codebook, acoustic ones a frame late
+    torch.manual_seed(0)
+    lm = LMModel(
+        delays=delays, n_q=2 * K, dep_q=K, card=model.codebook_size, text_card=c.vocab_size, dim=c.dim, num_heads=c.n_heads,
+        num_layers=c.n_layers, kv_repeat=c.n_heads // c.n_kv_heads,
+        hidden_scale=1.5 * c.ffn_dim / c.dim,  # Moshi's gated FFN is 2/3 of dim_feedforward wide: = our SwiGLU
+        norm="rms_norm_f32", gating="silu", positional_embedding="rope", max_period=c.rope_theta,
+        context=c.max_seq_len, causal=True, layer_scale=None,
+        depformer_dim=dcfg.dim, depformer_num_layers=dcfg.n_layers, depformer_num_heads=dcfg.n_heads,
+        depformer_dim_feedforward=int(1.5 * dcfg.ffn_dim), depformer_multi_linear=True, depformer_context=K,
+        depformer_gating="silu", depformer_pos_emb="none", depformer_weights_per_step=True, depformer_kv_repeat=1,
+        device=device, dtype=next(model.parameters()).dtype,
+    ).eval()
+    gen = LMGen(lm, use_sampling=False)
+    first_steps = 1 + max(delays)
+    g = torch.Generator().manual_seed(2)
+    first, steps = [], []
+    with gen.streaming(1):
+        for i in range(args.warmup + args.turns):
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(first_steps):
+                out = gen.step(torch.randint(0, model.codebook_size, (1, K, 1), generator=g).to(device))
+            sync(device)
+            if out is None:
+                raise RuntimeError("Moshi's LMGen returned no frame after its delays")
+            if i >= args.warmup:
+                first.append(time.perf_counter() - t)
+        for _ in range(args.reply_frames):
+            sync(device)
+            t = time.perf_counter()
+            gen.step(torch.randint(0, model.codebook_size, (1, K, 1), generator=g).to(device))
+            sync(device)
+            steps.append(time.perf_counter() - t)
+    import moshi
+
+    codec_s = (codec_ms["encode_ms"] + codec_ms["decode_ms"]) / 1000
+    step_ms = statistics.median(steps) * 1000
+    return {"ttfa": stats_ms([f + codec_s for f in first]), "step_ms": step_ms, "first_steps": first_steps,
+            "rtf": (step_ms + 1000 * codec_s) / (1000 * args.frame_s), "moshi": moshi.__version__,
+            "params": sum(p.numel() for p in lm.parameters())}
+
+
 # ---- report -------------------------------------------------------------------------------------
 def report(r: dict[str, Any]) -> str:
-    o, b = r["omni"], r["baseline"]
+    o, b, m = r["omni"], r["baseline"], r["moshi"]
     rows = [
-        ("time to first audio p50 (ms)", o["ttfa"]["p50"], b["ttfa"]["p50"]),
-        ("time to first audio p95 (ms)", o["ttfa"]["p95"], b["ttfa"]["p95"]),
-        ("time to first audio min (ms)", o["ttfa"]["min"], b["ttfa"]["min"]),
-        ("decoder step per audio frame (ms)", o["step"]["p50"], b["step_ms"]),
-        ("real-time factor (whole loop)", o["rtf"], b["rtf"]),
+        ("time to first audio p50 (ms)", o["ttfa"]["p50"], b["ttfa"]["p50"], m["ttfa"]["p50"]),
+        ("time to first audio p95 (ms)", o["ttfa"]["p95"], b["ttfa"]["p95"], m["ttfa"]["p95"]),
+        ("time to first audio min (ms)", o["ttfa"]["min"], b["ttfa"]["min"], m["ttfa"]["min"]),
+        ("decoder step per audio frame (ms)", o["step"]["p50"], b["step_ms"], m["step_ms"]),
+        ("real-time factor (whole loop)", o["rtf"], b["rtf"], m["rtf"]),
     ]
     lines = [f"latency — {r['model']} on {r['device']} ({r['mode']}, {r['threads']} thread(s)), torch {r['torch']}",
              f"turn: {r['turn_frames']} input + {r['reply_frames']} output frames of {1000 * r['frame_s']:.0f} ms, "
-             f"{r['turns']} turns; codec encode {r['codec']['encode_ms']:.1f} ms, decode {r['codec']['decode_ms']:.1f} ms per frame",
-             "", f"| {'measure':<36} | {'omni (this repo)':>16} | {'HF eager generate':>17} | {'ratio':>6} |",
-             f"|{'-' * 38}|{'-' * 18}|{'-' * 19}|{'-' * 8}|"]
-    for name, ours, base in rows:
-        lines.append(f"| {name:<36} | {ours:>16.3f} | {base:>17.3f} | {base / ours if ours else float('nan'):>5.1f}x |")
+             f"{r['turns']} turns; codec encode {r['codec']['encode_ms']:.1f} ms, decode {r['codec']['decode_ms']:.1f} ms per frame; "
+             f"Moshi {m['moshi']} LMGen, {m['params'] / 1e6:.1f}M params, first audio after {m['first_steps']} steps",
+             "", f"| {'measure':<36} | {'omni (this repo)':>16} | {'HF eager generate':>17} | {'ratio':>6} "
+             f"| {'Moshi LMGen':>11} | {'ratio':>6} |",
+             f"|{'-' * 38}|{'-' * 18}|{'-' * 19}|{'-' * 8}|{'-' * 13}|{'-' * 8}|"]
+    for name, ours, base, moshi in rows:
+        ratio = [f"{x / ours if ours else float('nan'):>5.1f}x" for x in (base, moshi)]
+        lines.append(f"| {name:<36} | {ours:>16.3f} | {base:>17.3f} | {ratio[0]} | {moshi:>11.3f} | {ratio[1]} |")
+    lines.append("ratio = baseline / omni (> 1: omni is faster)")
     return "\n".join(lines)
 
 
@@ -295,7 +361,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--reply-frames", type=int, default=25, help="output frames per reply")
     p.add_argument("--baseline-turns", type=int, default=5)
     p.add_argument("--vad", action="store_true", help="run Silero VAD on every input frame too")
-    p.add_argument("--no-compile", action="store_true", help="GPU: skip torch.compile")
+    p.add_argument("--no-compile", action="store_true", help="GPU: eager instead of compile=True")
+    p.add_argument("--compile", action="store_true", help="CPU: compile=True (inductor; compiling takes minutes)")
     p.add_argument("--out", default="runs/latency.json")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = p.parse_args(argv)
@@ -305,7 +372,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     model, codec, fmt, ocfg, note = build(args)
     model, codec = model.to(device), codec.to(device)
-    mode = maybe_compile(model, device, not args.no_compile)
+    args.compile = args.compile or (device.type == "cuda" and not args.no_compile)
+    mode = serving_mode(model, device, args.compile)
     args.frame_s = codec.hop_length / codec.sample_rate
     codec_ms = time_codec(codec)
     r: dict[str, Any] = {
@@ -318,8 +386,11 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     r["omni"] = time_turns(model, codec, fmt, ocfg, args, device)
     r["omni"]["step"] = time_step(model, fmt, args, device)
     r["baseline"] = time_baseline(model, codec_ms, args, device)
-    r["ratios"] = {"ttfa_p50": r["baseline"]["ttfa"]["p50"] / r["omni"]["ttfa"]["p50"],
-                   "step": r["baseline"]["step_ms"] / r["omni"]["step"]["p50"]}
+    r["moshi"] = time_moshi(model, codec_ms, args, device)
+    o = r["omni"]
+    r["ratios"] = {"ttfa_p50": r["baseline"]["ttfa"]["p50"] / o["ttfa"]["p50"], "step": r["baseline"]["step_ms"] / o["step"]["p50"],
+                   "moshi_ttfa_p50": r["moshi"]["ttfa"]["p50"] / o["ttfa"]["p50"], "moshi_step": r["moshi"]["step_ms"] / o["step"]["p50"],
+                   "moshi_rtf": r["moshi"]["rtf"] / o["rtf"]}
     print(report(r))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from omni.config import ModelConfig
 from omni.model.attention import AttentionMask, attention
 from omni.model.decoder import Decoder
-from omni.model.sampling import SamplingConfig, generate, sample
+from omni.infer.text import generate
+from omni.model.sampling import SamplingConfig, sample
 
 
 def tiny_cfg(**kw) -> ModelConfig:

@@ -1,5 +1,5 @@
 """eval/latency.py runs end to end on CPU (tiny sizes; no timing assertions) for an omni config and
-for an lm config, and writes its JSON."""
+for an lm config, beside both baselines (HF generate, Moshi's LMGen), and writes its JSON."""
 import json
 
 import pytest
@@ -20,5 +20,6 @@ def test_latency_bench_runs(config, tmp_path, capsys):
     saved = json.loads(out.read_text())
     assert saved["omni"]["ttfa"]["n"] == 2 and saved["omni"]["rtf"] > 0 and saved["baseline"]["step_ms"] >= 0
     assert r["ratios"]["ttfa_p50"] > 0
+    assert saved["moshi"]["ttfa"]["n"] == 2 and saved["moshi"]["step_ms"] > 0 and r["ratios"]["moshi_ttfa_p50"] > 0
     table = capsys.readouterr().out
-    assert "time to first audio p50" in table and "HF eager generate" in table
+    assert "time to first audio p50" in table and "HF eager generate" in table and "Moshi LMGen" in table

@@ -63,7 +63,7 @@ def test_cached_decoding_matches_full_forward(smollm2):
     model, tok = smollm2
     ids = tok.encode(PROMPTS[0])
     gen = TextGenerator(model, tok)
-    from omni.model.sampling import generate
+    from omni.infer.text import generate
 
     new = generate(model, [ids], 6)[0]
     with torch.no_grad():

@@ -48,7 +48,8 @@ def tiny_policy() -> Decoder:
 
 def test_first_epoch_ratio_is_one_and_logprobs_align_with_generation():
     from omni.align.models import pad_batch
-    from omni.model.sampling import SamplingConfig, generate
+    from omni.infer.text import generate
+    from omni.model.sampling import SamplingConfig
 
     policy = tiny_policy()
     ppo = PPO(policy, PPOConfig(rollout_batch=2, samples_per_prompt=2, max_new_tokens=6, temperature=0.7), lr=1e-2)

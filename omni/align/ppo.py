@@ -34,9 +34,10 @@ from omni.align.rollout import prompt_ids, stop_ids
 from omni.align.spec import DEFAULT_SPEC, load_spec
 from omni.align.weights import RBRWeights
 from omni.config import Config, save_config
+from omni.infer.text import generate
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
-from omni.model.sampling import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig
 from omni.tokenizers.text import build_text_tokenizer
 from omni.train.checkpoint import begin_save, finish_save, load_model_state
 from omni.train.task import Task, register_task

@@ -8,8 +8,9 @@ import torch
 from tqdm import tqdm
 
 from omni.align.data import write_jsonl
+from omni.infer.text import generate
 from omni.model.decoder import Decoder
-from omni.model.sampling import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig
 from omni.tokenizers.base import TextTokenizer
 
 

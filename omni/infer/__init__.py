@@ -1,3 +1,4 @@
-"""Serving the omni model: one generation step (decoding), offline any-to-any generation (generate),
-streaming speech-to-speech sessions with VAD and barge-in (session, vad). The user-facing API is
-omni/chat.py (OmniChat, ``python -m omni.chat``); docs/omni.md explains the whole."""
+"""Serving: text generation (text), one generation step of the omni model (decoding), offline
+any-to-any replies (reply), streaming speech-to-speech sessions (session) with their turn-taking
+rules (turns) and VAD (vad), the fast decode path (compile), and OmniChat (chat, ``python -m
+omni.chat``); docs/omni.md explains the whole."""

@@ -54,14 +54,17 @@ class ChatReply:
 
 
 class OmniChat:
-    """A trained omni model with its frozen tokenizers, loaded once."""
+    """A trained omni model with its frozen tokenizers, loaded once. ``compile=True``: replies and
+    sessions decode through the fast path (omni/infer/compile.py)."""
 
-    def __init__(self, model: Any, fmt: ConversationFormat, codec: Any, image_tok: Any, video_tok: Any, cfg: Any) -> None:
+    def __init__(self, model: Any, fmt: ConversationFormat, codec: Any, image_tok: Any, video_tok: Any, cfg: Any,
+                 compile: bool = False) -> None:
         self.model, self.fmt, self.codec, self.image_tok, self.video_tok, self.cfg = model, fmt, codec, image_tok, video_tok, cfg
         self.ocfg = cfg.section("omni")
+        self.compile = compile
 
     @classmethod
-    def load(cls, checkpoint: Union[str, Path], device: str = "cpu") -> "OmniChat":
+    def load(cls, checkpoint: Union[str, Path], device: str = "cpu", compile: bool = False) -> "OmniChat":
         """From a run folder or step folder written by ``train.py --config configs/omni-*.yaml``."""
         model, cfg, step = load_checkpoint(checkpoint, omni_model_shape, task="omni", device=device)
         folder = step / "tokenizers"
@@ -71,7 +74,7 @@ class OmniChat:
         toks = {n: load_tokenizer(folder / n) for n in ("text", "codec", "image", "video")}
         for n in ("codec", "image", "video"):
             toks[n] = toks[n].to(device).eval()
-        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg)
+        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg, compile)
 
     @property
     def sample_rate(self) -> int:
@@ -154,7 +157,7 @@ class OmniChat:
             reply_in_speech = all(isinstance(p, Audio) for p in msgs[-1].content)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         reply = generate_reply(self.model, self.fmt, msgs, reply_in_speech=reply_in_speech, max_new_tokens=max_new_tokens,
-                               sampling=sampling, generator=gen)
+                               sampling=sampling, generator=gen, compile=self.compile)
         texts, images, audio = [], [], []
         for p in reply.parts:
             if isinstance(p, Text):
@@ -176,7 +179,7 @@ class OmniChat:
         """A streaming speech-to-speech session (use ``with``); ``vad`` ends turns and detects barge-in."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return SpeechSession(self.model, self.codec, self.fmt, batch_size, vad=VoiceActivity(self.sample_rate) if vad else None,
-                             sampling=sampling, generator=gen, ocfg=self.ocfg)
+                             sampling=sampling, generator=gen, ocfg=self.ocfg, compile=self.compile)
 
     def stream(self, chunks: Iterable[Tensor], vad: bool = True, **kw: Any) -> Iterator[Tensor]:
         """One spoken turn: feed input chunks ([samples] at ``sample_rate``, any length, e.g. 80 ms) as

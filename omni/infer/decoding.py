@@ -15,7 +15,8 @@ so a seeded offline generation and a seeded streaming session draw the same toke
 :class:`Decoding` is a :class:`~omni.streaming.StreamingModule` that owns the model (as Moshi's
 ``LMGen`` owns its ``LMModel``): ``with decoding.streaming(B):`` enters the model's KV cache, the
 depth decoder's cache and the per-row modes at once, and ``reset_streaming(rows)`` resets them
-together.
+together. ``compile=True`` runs the one-position steps of the decoder and of the depth decoder
+through omni/infer/compile.py.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any, Optional
 import torch
 
 from omni.conversation import OmniVocab
+from omni.infer.compile import decode_step
 from omni.model.sampling import SamplingConfig, sample
 from omni.model.omni import OmniModel
 from omni.streaming import StreamingModule, StreamingState
@@ -51,9 +53,10 @@ class Decoding(StreamingModule):
 
     def __init__(self, model: OmniModel, vocab: OmniVocab, sampling: SamplingConfig = SamplingConfig(),
                  audio_sampling: Optional[SamplingConfig] = None, generator: Optional[torch.Generator] = None,
-                 min_frames: int = 0) -> None:
+                 min_frames: int = 0, compile: bool = False) -> None:
         """``min_frames``: forbid <|audio_end|> before a spoken reply has this many frames (benchmarks
-        use it to time replies of a fixed length with untrained weights)."""
+        use it to time replies of a fixed length with untrained weights). ``compile``: the fast path
+        (omni/infer/compile.py) for one-position steps."""
         super().__init__()
         sampling.validate()
         self.min_frames = min_frames
@@ -79,6 +82,8 @@ class Decoding(StreamingModule):
         self.register_buffer("allowed", allowed.to(device), persistent=False)
         self.image_len = vocab.image_grid[0] * vocab.image_grid[1]
         self.ids = {n: sp[n] for n in ("<|audio_start|>", "<|audio_end|>", "<|image_start|>", "<|end_of_turn|>", "<|eos|>")}
+        self.step = decode_step(model, compile)
+        self.depth_step = decode_step(model.depth.transformer, compile)
 
     def _init_streaming_state(self, batch_size: int, **_: Any) -> _Modes:
         return _Modes(batch_size, self.allowed.device)
@@ -100,7 +105,7 @@ class Decoding(StreamingModule):
     def feed(self, tokens: Tensor, codes: Tensor) -> Tensor:
         """Append one position per row (tokens [B], codes [B, K], -1 = no frame) to the KV cache; the
         new last hidden state [B, dim]."""
-        return self.model(tokens[:, None], codes[:, None])[:, -1]
+        return self.step(tokens[:, None], codes[:, None])[:, -1]
 
     @torch.no_grad()
     def choose(self, hidden: Tensor, active: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
@@ -127,7 +132,8 @@ class Decoding(StreamingModule):
         codes = torch.full((tok.shape[0], m.n_codebooks), -1, dtype=torch.long, device=tok.device)
         if bool(frame.any()):
             ctx = m.depth_context(hidden, tok)
-            drawn = m.depth.generate(ctx, lambda lg: sample(lg.float(), self.audio_sampling, self.generator))
+            drawn = m.depth.generate(ctx, lambda lg: sample(lg.float(), self.audio_sampling, self.generator),
+                                     step=self.depth_step)
             codes = torch.where(frame[:, None], drawn, codes)
         self._advance(tok, active)
         return tok, codes

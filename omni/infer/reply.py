@@ -35,13 +35,14 @@ def prefill(model: OmniModel, stream: Stream) -> Tensor:
 def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Message], *,
                    reply_in_speech: bool = False, max_new_tokens: int = 512,
                    sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
-                   generator: Optional[torch.Generator] = None) -> Reply:
+                   generator: Optional[torch.Generator] = None, compile: bool = False) -> Reply:
     """Generate the assistant's reply to ``messages`` (text, speech frames and/or images).
 
     ``reply_in_speech`` opens the reply with ``<|audio_start|>`` (what the speech session does);
     otherwise the model chooses the modality. Generation stops at ``<|end_of_turn|>``, after
     ``max_new_tokens`` positions (an image already begun is completed first), or when the context
-    is full (an unfinished image is then dropped).
+    is full (an unfinished image is then dropped). ``compile``: the fast decode path
+    (omni/infer/compile.py).
     """
     prompt = fmt.serialise(messages, add_generation_prompt=True, reply_in_speech=reply_in_speech)
     room = model.max_seq_len - len(prompt)
@@ -51,7 +52,7 @@ def generate_reply(model: OmniModel, fmt: ConversationFormat, messages: list[Mes
     was_training = model.training
     model.eval()
     toks, codes = [], []
-    dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator)
+    dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator, compile=compile)
     try:
         with dec.streaming(1):
             hidden = prefill(model, prompt)

@@ -109,13 +109,16 @@ class SpeechSession(StreamingModule):
             for chunk in mic:                       # [B, 1, n] float at codec.sample_rate
                 for out in s.feed(chunk):           # one TickOutput per completed frame
                     play(out.audio)
+
+    ``compile=True`` runs one-position decoder and depth steps through the fast path
+    (omni/infer/compile.py: torch.compile, CUDA graphs on GPU).
     """
 
     def __init__(self, model: OmniModel, codec: SpeechCodec, fmt: ConversationFormat, batch_size: int = 1, *,
                  vad: Optional[VoiceActivity] = None, system: Sequence[Message] = (),
                  sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
                  generator: Optional[torch.Generator] = None, ocfg: OmniConfig = OmniConfig(),
-                 min_reply_frames: int = 0) -> None:
+                 min_reply_frames: int = 0, compile: bool = False) -> None:
         super().__init__()
         if codec.cfg.num_codebooks != model.n_codebooks or codec.cfg.codebook_size != model.codebook_size:
             raise ValueError(f"codec has {codec.cfg.num_codebooks}x{codec.cfg.codebook_size} codes, the model "
@@ -133,7 +136,7 @@ class SpeechSession(StreamingModule):
         # Frames a user turn can open with: the preroll, or the speech run that barged in (at most
         # the context, which could not hold more).
         self.recent_frames = min(max(PREROLL_FRAMES, self.rules.barge_frames) + 1, model.max_seq_len)
-        self.dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator, min_reply_frames)
+        self.dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator, min_reply_frames, compile=compile)
         self.device = model.decoder.tok_embeddings.weight.device
         self.sp = fmt.sp
         self._stack: Optional[contextlib.ExitStack] = None
@@ -326,7 +329,8 @@ class SpeechSession(StreamingModule):
                     audio[b, s] = torch.tensor(c)
             o, n = int(offset[b]), len(row)
             live.log_tokens[b, o : o + n], live.log_audio[b, o : o + n] = tokens[b, :n], audio[b, :n]
-        hidden = self.model(tokens.to(self.device), audio.to(self.device))
+        step = self.dec.step if S == 1 else self.model  # one position: the (compiled) decode step
+        hidden = step(tokens.to(self.device), audio.to(self.device))
         dec.set_streaming_offset((offset + lens).to(dec.streaming_offset.device))
         last = (lens - 1).clamp(min=0).to(self.device)
         return hidden[torch.arange(self.B, device=self.device), last]

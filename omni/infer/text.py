@@ -1,4 +1,5 @@
-"""Public inference API: load a model from a checkpoint or a config, and generate text.
+"""Public inference API: load a model from a checkpoint or a config, and generate text
+(:func:`generate`: token ids in, token ids out, over the static KV cache, gpt-fast style).
 
     from omni import load_model, TextGenerator
     model, tokenizer, cfg = load_model("configs/smollm2-135m.yaml")     # or "runs/tiny"
@@ -24,14 +25,89 @@ from typing import Optional, Sequence
 import torch
 
 from omni.config import Config, ConfigError, load_config, resolve_config_path
+from omni.infer.compile import decode_step
 from omni.infer.load import decoder_shape, load_checkpoint
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
-from omni.model.sampling import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig, sample
 from omni.tokenizers.base import TextTokenizer, load_tokenizer
 from omni.tokenizers.text import build_text_tokenizer
 
-__all__ = ["load_model", "TextGenerator"]
+__all__ = ["generate", "load_model", "TextGenerator"]
+
+
+@torch.no_grad()
+def generate(
+    model: Decoder,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    sampling: SamplingConfig = SamplingConfig(),
+    stop_ids: Sequence[int] = (),
+    generator: Optional[torch.Generator] = None,
+    compile: bool = False,
+) -> list[list[int]]:
+    """Generate continuations for a batch of token-id prompts (lengths may differ).
+
+    The common prefix length is prefilled in one call; rows with longer prompts are then fed their
+    remaining prompt tokens while the others already sample, so no padding ever enters the cache.
+    Returns the new tokens of each row (without the prompt), cut after the first stop id.
+    ``compile``: one-token steps take the fast path (omni/infer/compile.py); the cache then spans
+    the whole context, so that every call has the same shapes and reuses one compiled step.
+    """
+    sampling.validate()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    device = model.tok_embeddings.weight.device
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    max_len = int(lengths.max()) + max_new_tokens
+    if max_len > model.cfg.max_seq_len:
+        raise ValueError(
+            f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model context "
+            f"({model.cfg.max_seq_len}); shorten the prompt or ask for fewer tokens"
+        )
+    batch = len(prompts)
+    padded = torch.zeros(batch, int(lengths.max()), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        padded[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
+    model.check_tokens(padded)
+    stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    common = int(lengths.min())
+    out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        step = decode_step(model, compile)
+        with model.streaming(batch, max_len=model.cfg.max_seq_len if compile else max_len):
+            # Prefill: only the last position needs vocabulary logits.
+            logits = model.logits(model(padded[:, :common], return_hidden=True)[:, -1])
+            pos = common  # absolute position of the token about to be chosen
+            n_out = torch.zeros(batch, dtype=torch.long, device=device)
+            while True:
+                nxt = sample(logits, sampling, generator)
+                in_prompt = lengths > pos
+                nxt = torch.where(in_prompt, padded[:, min(pos, padded.shape[1] - 1)], nxt)
+                emitting = ~in_prompt & ~done & (n_out < max_new_tokens)
+                out[emitting, n_out[emitting]] = nxt[emitting]
+                n_out += emitting.long()
+                if stop.numel():
+                    done |= emitting & torch.isin(nxt, stop)
+                done |= n_out >= max_new_tokens
+                if bool(done.all()):
+                    break
+                logits = step(nxt[:, None])[:, -1]
+                pos += 1
+    finally:
+        model.train(was_training)
+    results = []
+    for i in range(batch):
+        row = out[i, : int(n_out[i])].tolist()
+        for j, t in enumerate(row):
+            if t in stop_ids:
+                row = row[: j + 1]
+                break
+        results.append(row)
+    return results
 
 
 def _default_device(device: Optional[str | torch.device]) -> torch.device:
@@ -84,11 +160,13 @@ def load_model(
 
 
 class TextGenerator:
-    """Text in, text out over a decoder and its tokenizer (greedy by default)."""
+    """Text in, text out over a decoder and its tokenizer (greedy by default). ``compile=True``:
+    the fast decode path (omni/infer/compile.py)."""
 
-    def __init__(self, model: Decoder, tokenizer: TextTokenizer) -> None:
+    def __init__(self, model: Decoder, tokenizer: TextTokenizer, compile: bool = False) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.compile = compile
 
     def _run(self, ids: list[int], max_new_tokens: int, sampling: SamplingConfig, stop_ids: Sequence[int],
              seed: Optional[int]) -> str:
@@ -102,7 +180,8 @@ class TextGenerator:
         max_new_tokens = min(max_new_tokens, context - len(ids))
         device = self.model.tok_embeddings.weight.device
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        out = generate(self.model, [ids], max_new_tokens, sampling, stop_ids=stop_ids, generator=generator)[0]
+        out = generate(self.model, [ids], max_new_tokens, sampling, stop_ids=stop_ids, generator=generator,
+                       compile=self.compile)[0]
         if out and out[-1] in stop_ids:
             out = out[:-1]
         return self.tokenizer.decode(out)

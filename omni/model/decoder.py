@@ -127,7 +127,9 @@ class Attention(StreamingModule):
         if cache is not None:
             cache.write(positions, k, v, mask.span_ids)
             kv_len = cache.k.shape[2]
-            if not x.is_cuda:  # on CPU, skip the unused tail (a host sync is free here, not on GPU)
+            # Eager on CPU, skip the unused tail (a host sync is free here, not on GPU); a compiled
+            # step reads the whole static cache so that one graph serves every position.
+            if not x.is_cuda and not torch.compiler.is_compiling():
                 kv_len = int(positions.max()) + 1
             k, v = cache.k[:, :, :kv_len], cache.v[:, :, :kv_len]
             span = cache.span_ids[:, :kv_len] if mask.span_ids is not None else None
@@ -288,7 +290,7 @@ class Decoder(StreamingModule):
         state: Optional[DecoderState] = self._streaming_state
         if state is not None:
             positions = state.offset[:, None] + torch.arange(s, device=x.device)
-            if not x.is_cuda and int(positions.max()) >= state.max_len:
+            if not x.is_cuda and not torch.compiler.is_compiling() and int(positions.max()) >= state.max_len:
                 raise ValueError(
                     f"sequence of {int(positions.max()) + 1} tokens exceeds the KV cache ({state.max_len}); "
                     "shorten the prompt or raise max_len / model.max_seq_len"

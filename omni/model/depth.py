@@ -18,7 +18,7 @@ one frame and is rewound to 0 for every frame.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,24 +68,28 @@ class DepthDecoder(StreamingModule):
         return torch.einsum("nkd,kcd->nkc", h, w)
 
     @torch.no_grad()
-    def generate(self, context: Tensor, pick: Callable[[Tensor], Tensor]) -> Tensor:
+    def generate(self, context: Tensor, pick: Callable[[Tensor], Tensor],
+                 step: Optional[Callable[..., Tensor]] = None) -> Tensor:
         """Sample the K codes of one frame per row, step by step over the depth KV cache.
 
         Args:
             context: [B, context_dim]
             pick: logits [B, codebook_size] -> codes [B] (the caller's sampler, so the RNG order is
                 the caller's: text-stream token first, then codebooks 0..K-1)
+            step: runs ``self.transformer`` on one position (default: the transformer itself; the
+                compiled path passes omni.infer.compile.decode_step)
         Returns:
             codes [B, K] long
         """
         if not self.transformer.is_streaming:
             with self.transformer.streaming(context.shape[0]):
-                return self.generate(context, pick)
+                return self.generate(context, pick, step)
+        step = step or self.transformer
         self.transformer.set_streaming_offset(torch.zeros_like(self.transformer.streaming_offset))
         ctx = self.inp(context)[:, None]  # [B, 1, d]
         x, out = ctx, []
         for k in range(self.n_codebooks):
-            h = self.transformer(embeds=x, return_hidden=True)[:, -1]
+            h = step(embeds=x, return_hidden=True)[:, -1]
             code = pick(self._head(h, k))
             out.append(code)
             if k + 1 < self.n_codebooks:

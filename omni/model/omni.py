@@ -90,7 +90,7 @@ class OmniModel(StreamingModule):
         """Input embeddings [B, S, dim] from tokens [B, S] and audio codes [B, S, K] (-1 = no frame)."""
         x = self.decoder.embed(tokens)
         frames = audio[..., 0] >= 0  # a frame carries all K codes
-        if x.is_cuda:  # static shapes (CUDA graphs): embed every position, zero where there is no frame
+        if x.is_cuda or torch.compiler.is_compiling():  # static shapes: embed every position, zero where no frame
             a = self.audio_embeddings(audio.clamp(min=0) + self.code_offsets).sum(2)
             return x + a * frames[..., None].to(a.dtype)
         # CPU: gather only the frames (a fraction of the positions) — K embeddings each, summed.

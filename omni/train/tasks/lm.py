@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from omni.config import Config
+from omni.infer.text import generate
 from omni.model.attention import AttentionMask
 from omni.model.build import build_model
-from omni.model.sampling import SamplingConfig, generate
+from omni.model.sampling import SamplingConfig
 from omni.tokenizers.text import build_text_tokenizer
 from omni.train.packing import PackedDataset
 from omni.train.task import Task, register_task

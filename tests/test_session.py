@@ -245,3 +245,15 @@ def test_the_vad_refuses_non_finite_audio_and_keeps_its_state():
             vad(poisoned)
         got += [vad(clean[..., i * HOP : (i + 1) * HOP]) for i in (1, 2)]
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
+
+
+def test_omnichat_stream_answers_a_turn_of_whole_frames(env):
+    """OmniChat.stream ends the turn when the chunks run out: with 80 ms chunks (whole frames) and no
+    VAD that end comes on a frame boundary, and must still be answered."""
+    from omni.infer.chat import OmniChat
+
+    tok, codec, v, fmt, m = env
+    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m, v, max_reply_frames=4))
+    wav = noise(6, 0)[0, 0]
+    frames = list(bot.stream([wav[i : i + HOP] for i in range(0, len(wav), HOP)], vad=False))
+    assert len(frames) == 4 and all(f.shape == (HOP,) for f in frames)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from omni.conversation import Audio, Message
+from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
 from omni.io.audio import AudioError, check_finite
@@ -250,10 +251,28 @@ def test_the_vad_refuses_non_finite_audio_and_keeps_its_state():
 def test_omnichat_stream_answers_a_turn_of_whole_frames(env):
     """OmniChat.stream ends the turn when the chunks run out: with 80 ms chunks (whole frames) and no
     VAD that end comes on a frame boundary, and must still be answered."""
-    from omni.infer.chat import OmniChat
-
     tok, codec, v, fmt, m = env
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m, v, max_reply_frames=4))
     wav = noise(6, 0)[0, 0]
     frames = list(bot.stream([wav[i : i + HOP] for i in range(0, len(wav), HOP)], vad=False))
     assert len(frames) == 4 and all(f.shape == (HOP,) for f in frames)
+
+
+def test_restart_resets_one_row_through_the_streaming_mechanism(env, trained):
+    """After a turn, row 0 restarts: its next turn is answered as in a fresh session, while row 1
+    keeps its conversation."""
+    tok, codec, v, fmt, _ = env
+    m, pairs, _ = trained
+    q0, q1 = pairs[0][0], pairs[1][0]
+    with SpeechSession(m, codec, fmt, 1) as s:
+        fresh = [o.codes[0] for o in run_turn(s, q1) if o.speaking[0]]
+        fresh_log = s.logged_stream(0)
+    with SpeechSession(m, codec, fmt, 2) as s:
+        run_turn(s, q0.repeat(2, 1, 1))
+        s.restart(torch.tensor([True, False]))
+        assert s.state.phase.tolist() == [0, 0] and int(m.decoder.streaming_offset[0]) == 1  # <|bos|>
+        outs = run_turn(s, q1.repeat(2, 1, 1))
+        row0 = [o.codes[0] for o in outs if o.speaking[0]]
+        assert torch.equal(s.logged_stream(0).tokens, fresh_log.tokens)
+        assert [x.role for x in s.history(1)] == ["user", "assistant", "user", "assistant"]
+    assert torch.equal(torch.stack(row0), torch.stack(fresh))

@@ -150,10 +150,22 @@ class SpeechSession(StreamingModule):
         self.model.eval()
         self._stack.enter_context(torch.no_grad())
         self._stack.enter_context(self.streaming(self.B))
-        head = self.fmt.serialise(self.system)  # <|bos|> (+ system turns)
-        head = [(t, c if c[0] >= 0 else None) for t, c in zip(head.tokens.tolist(), head.audio.tolist())]
-        self._forward([list(head) for _ in range(self.B)])
+        self._forward([self._head() for _ in range(self.B)])
         return self
+
+    def _head(self) -> list[Item]:
+        """The positions every conversation starts with: <|bos|> (+ the system turns)."""
+        head = self.fmt.serialise(self.system)
+        return [(t, c if c[0] >= 0 else None) for t, c in zip(head.tokens.tolist(), head.audio.tolist())]
+
+    @torch.no_grad()
+    def restart(self, rows: Union[bool, Tensor]) -> None:
+        """Start a new conversation in ``rows`` ([B] bool, or True for all): every streaming state of
+        theirs — KV caches, codec, VAD, decoding modes, turn state, buffered input — is reset through
+        ``reset_streaming(rows)``, then their head is prefilled. Other rows are untouched."""
+        rows = self._rows(rows)
+        self.reset_streaming(rows)
+        self._forward([self._head() if r else [] for r in rows.tolist()])
 
     def __exit__(self, *exc) -> None:
         self._stack.close()

@@ -135,6 +135,14 @@ def test_cli(bot, tmp_path, capsys):
     mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     with pytest.raises(SystemExit, match="not a readable video"):
         main(["--checkpoint", str(ckpt), "--video", str(mp4), "--out", str(tmp_path / "e")])
+    # a real mp4 (lossless H.264, at the video tokenizer's frame rate) is read with PyAV
+    from test_video_io import lossless_mp4
+
+    frames = (d["clip"].permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    lossless_mp4(tmp_path / "real.mp4", frames, fps=b.video_tok.cfg.fps)
+    main(["--checkpoint", str(ckpt), "--video", str(tmp_path / "real.mp4"), "--text", "describe the video please.",
+          "--out", str(tmp_path / "f")])
+    assert (tmp_path / "f" / "reply.txt").read_text().strip() == VIDEO_TEXT
     # A fresh process imports only what `python -m omni.chat` imports: every saved tokenizer class
     # (the text one included) must be loadable from there.
     import subprocess

@@ -58,7 +58,7 @@ def test_rows_pack_like_the_memory_mapped_corpus(tmp_path, vocab):
     ids = synthetic_corpus(tmp_path, vocab)
     ds = ShardStream(tmp_path, "train", ROW, batch_size=1, buffer=1)  # one reader, no shuffling
     rows = [b for _, b in zip(range(12), ds.batches())]
-    # the same samples, in the order read, concatenated and packed by data/packing.py
+    # the same samples, in the order read, concatenated and packed by omni/train/packing.py
     order = []
     for b in rows:
         for g in (b["tokens"][0] // 1000).tolist():

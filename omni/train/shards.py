@@ -23,7 +23,7 @@ there are at least as many shards as readers, else every ``m``-th sample of a sh
 ``S = world_size x max(1, num_workers)`` (rank-major) owns pieces ``s, s + S, ...`` -- each rank reads
 its own shards, and its DataLoader workers split them again. A reader walks its pieces in a seeded
 order per epoch, passes samples through a shuffle buffer (``buffer`` samples, seeded), and packs them
-into rows of ``seq_len + 1`` positions exactly like the text corpora (data/packing.py ``pack_row``):
+into rows of ``seq_len + 1`` positions exactly like the text corpora (omni/train/packing.py ``pack_row``):
 consecutive rows overlap by one position, ``document_ids`` keep attention inside a conversation,
 ``positions`` restart per conversation and per row, span ids are renumbered to stay unique.
 

@@ -9,6 +9,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import av
 import numpy as np
 import soundfile as sf
 
@@ -56,13 +57,21 @@ def write_audio(path: Path, text: str, voice: int = 0, fmt: str | None = None) -
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
     """uint8 frames [T, H, W, 3] (H, W even) -> an mp4 (MPEG-4) or webm (VP8/VP9) file, with PyAV."""
-    import av
-
     codec = {".webm": "libvpx-vp9" if "libvpx-vp9" in av.codecs_available else "libvpx"}.get(path.suffix, "mpeg4")
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for arr in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def lossless_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    """H.264 in RGB at qp 0: decoding gives back the exact pixels."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
         for arr in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
         container.mux(stream.encode())

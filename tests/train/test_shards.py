@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import corpus_fixtures as cf
 from omni.conversation import OmniVocab, Stream
-from omni.train.packing import pack_row
 from omni.data.shards import TarShardWriter
+from omni.train.packing import pack_row
 from omni.train.shards import FORMAT, ShardStream
-import omni_fixtures as F
+from tests import corpus_fixtures as cf
+from tests import omni_fixtures as F
 
 K = 2
 ROW = 24  # seq_len
@@ -143,7 +143,9 @@ def test_two_gloo_ranks_two_workers_disjoint_and_exact_resume(tmp_path, vocab):
 
     ids = synthetic_corpus(tmp_path / "c", vocab, sizes=(6, 5, 7, 4, 6))  # 5 shards, 4 readers
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__, str(tmp_path / "c"), "5", str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    root = Path(__file__).resolve().parents[2]  # the ranks import tests.* from the repository root
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     res = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     readers = [set(r["seen"][w]) for r in res for w in ("0", "1")]
@@ -211,7 +213,7 @@ def test_build_from_sources(shard_corpus, capsys):
 
 def test_train_streams_shards_and_resumes_exactly(shard_corpus, tmp_path):
     from omni.config import load_config
-    from test_train import fit, losses
+    from tests.test_train import fit, losses
 
     root, _ = shard_corpus
     over = [f"data.path={root / 'out'}", f"tokenizer.path={root / 'text'}", "tokenizer.vocab_size=400", "data.seq_len=64",

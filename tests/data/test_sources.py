@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import corpus_fixtures as cf
+from tests import corpus_fixtures as cf
 from omni.data.sources import SOURCES, MediaSpec, open_source, parse_source
 
 

@@ -2,26 +2,16 @@
 conversion by sample-and-hold, clear errors, and load_video / `omni.chat --video clip.mp4`."""
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 import torch
 
-import corpus_fixtures as cf
+from tests import corpus_fixtures as cf
+from PIL import Image
+
 from omni.io.video import VideoError, read_video
 from omni.tokenizers.image import load_image
 from omni.tokenizers.video import load_video
-from PIL import Image
-
-
-def lossless_mp4(path, frames: np.ndarray, fps: int) -> None:
-    """H.264 in RGB at qp 0: decoding gives back the exact pixels."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264rgb", rate=fps, options={"qp": "0"})
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb24"
-        for arr in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
-        container.mux(stream.encode())
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +19,7 @@ def clip(tmp_path_factory):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (12, 16, 24, 3), dtype=np.uint8)
     path = tmp_path_factory.mktemp("video") / "clip.mp4"
-    lossless_mp4(path, frames, fps=6)
+    cf.lossless_mp4(path, frames, fps=6)
     return path, frames
 
 

@@ -11,10 +11,10 @@ setup(
     python_requires=">=3.10",
     packages=[
         "omni", "omni.io", "omni.nn", "omni.model", "omni.tokenizers", "omni.train", "omni.infer", "omni.align",
-        "omni.kernels", "omni.data", "omni.eval",
+        "omni.kernels", "omni.data", "omni.data.sources", "omni.eval",
     ],
     package_dir={"omni.kernels": "kernels", "omni.data": "data", "omni.eval": "eval"},
-    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"]},
+    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"], "omni.data": ["*.yaml"]},
     install_requires=[
         "torch>=2.11",
         "numpy",
@@ -28,6 +28,7 @@ setup(
         "tensorboard",
         "soundfile",  # audio I/O (omni/io/audio.py); torchaudio does not import on CPU torch
         "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
+        "av",  # PyAV: video files (mp4, webm, ...) in omni/io/video.py; bundles FFmpeg's libraries
         "packaging",  # silero-vad's one dependency besides torch (it installs --no-deps, requirements-assets.txt)
     ],
     extras_require={

@@ -8,6 +8,12 @@ position, flipped horizontally half of the time, resized to ``image_size`` (see
 scenes the tokenizer never saw.
 
     python data/build_images.py --config configs/image-tiny.yaml     # -> image_tok.data_path/{train,val}/*.png
+
+The same layout from image corpora on disk (data/sources/: COCO, image-text folders): each picture's
+centre square at ``--side`` px, every ``VAL_EVERY``-th to val, bad files skipped and reported. The
+tokenizer's dataset holds a split in memory (~200 kB per 256-px picture): ``--limit`` caps the count::
+
+    python data/build_images.py --config configs/image.yaml --from coco=/data/coco --side 256 --limit 50000
 """
 from __future__ import annotations
 
@@ -18,8 +24,10 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from omni.config import load_config
+from omni.data.sources import IMAGE, MediaSpec, open_source
 
 # Scikit-image pictures that ship inside the wheel (no download); greyscale ones become RGB.
 SKIMAGE_NAMES = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "hubble_deep_field", "retina",
@@ -58,16 +66,49 @@ def build_image_corpus(out: str | Path) -> dict[str, int]:
     return counts
 
 
+VAL_EVERY = 50
+
+
+def build_from_sources(specs: list[str], out: str | Path, side: int, limit: int = 0) -> dict[str, int]:
+    """Write ``out/{train,val}/NNNNNNN.png`` from the image sources ``specs`` (``NAME[:SPLIT]=PATH``),
+    at most ``limit`` pictures (0: all); returns counts per split. Raises ValueError for a non-image source."""
+    out = Path(out)
+    counts = {"train": 0, "val": 0}
+    for split in counts:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    n = 0
+    for spec in specs:
+        src = open_source(spec)
+        if src.modality != IMAGE:
+            raise ValueError(f"{spec}: {src.name} holds {src.modality}, not images")
+        for img, _, _ in tqdm(src.read(MediaSpec(image_size=side)), desc=f"images from {src.name}", unit="img"):
+            if limit and n >= limit:
+                break
+            split = "val" if n % VAL_EVERY == VAL_EVERY - 1 else "train"
+            Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(out / split / f"{n:07d}.png")
+            counts[split] += 1
+            n += 1
+        if src.report():
+            print(src.report())
+    (out / "info.json").write_text(json.dumps({**counts, "sources": specs, "side": side}))
+    return counts
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="image-tiny", help="config whose image_tok.data_path is the output folder")
     p.add_argument("--out", default=None)
+    p.add_argument("--from", dest="sources", action="append", default=[], metavar="NAME[:SPLIT]=PATH",
+                   help="build from an image corpus on disk instead (repeatable; coco, images)")
+    p.add_argument("--side", type=int, default=256, help="with --from: side of the saved centre squares (px)")
+    p.add_argument("--limit", type=int, default=0, help="with --from: at most this many pictures (0: all)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     out = args.out or load_config(args.config, args.overrides).section("image_tok").data_path
-    print(f"wrote {out}: {build_image_corpus(out)}")
+    counts = build_from_sources(args.sources, out, args.side, args.limit) if args.sources else build_image_corpus(out)
+    print(f"wrote {out}: {counts}")
 
 
 if __name__ == "__main__":

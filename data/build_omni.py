@@ -23,8 +23,14 @@ wiring checks) builds with *untrained* tokenizers instead (seeded random weights
 ``codec`` / ``image_tok`` / ``video_tok`` shapes): speech and pictures then decode to noise. The
 tokenizers used are saved with the corpus (``data.path/tokenizers/``), since their codes are in it.
 
-    python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (see omni/train/tasks/omni.py)
+    python data/build_omni.py --config configs/omni-tiny.yaml          # -> data.path (tar shards, docs/data.md)
     python data/build_omni.py --config configs/omni-tiny.yaml --untrained --scale 0.05   # wiring only
+
+Your own corpora (data/sources/: LibriSpeech, LibriTTS, VCTK, LJSpeech, Common Voice, COCO, image /
+video folders) go to streamed tar shards instead (data/shards.py, docs/data.md)::
+
+    python data/build_omni.py --config configs/omni-tiny.yaml --source librispeech=/data/LibriSpeech \
+        --source coco=/data/coco --shards out/ [--mix data/omni-mix.yaml] [--workers 4]
 """
 from __future__ import annotations
 
@@ -40,7 +46,10 @@ from tqdm import tqdm
 
 from omni.config import Config, load_config
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Stream, Text, Video
+from omni.data.shards import TarShardWriter, build_shards
+from omni.data.sources import SOURCES
 from omni.tokenizers.base import Tokenizer, load_tokenizer
+from omni.train.shards import FORMAT
 
 VAL_EVERY = 40
 
@@ -285,22 +294,17 @@ class Builder:
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def write_split(out: Path, split: str, streams: list[Stream]) -> dict[str, int]:
-    s = Stream.cat(streams)
-    docs = np.cumsum([0] + [len(x) for x in streams[:-1]]).astype(np.int64)
-    np.save(out / f"{split}.tokens.npy", s.tokens.numpy().astype(np.int32))
-    np.save(out / f"{split}.audio.npy", s.audio.numpy().astype(np.int16))
-    np.save(out / f"{split}.span.npy", s.span.numpy().astype(np.int32))
-    np.save(out / f"{split}.loss.npy", s.loss.numpy())
-    np.save(out / f"{split}.modality.npy", s.modality.numpy().astype(np.uint8))
-    np.save(out / f"{split}.docs.npy", docs)
-    return {"positions": len(s), "docs": len(streams)}
+def write_split(out: Path, split: str, convs: list[tuple[str, Stream]]) -> dict[str, int]:
+    """One split as one shard (omni/train/shards.py: the demo corpus is the one-shard case of the format)."""
+    writer = TarShardWriter(out / f"{split}-000000.tar")
+    for i, (task, stream) in enumerate(convs):
+        writer.write(f"{i:07d}", stream, {"task": task, "source": "demo"})
+    return writer.close()
 
 
 def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0, untrained: bool = False) -> Path:
     """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count;
     ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`)."""
-    from omni.train.tasks.omni import FORMAT
     from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
 
     out = Path(out or cfg.data.path)
@@ -323,22 +327,22 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     with torch.no_grad():
         convs = list(Builder(cfg, toks, cfg.train.seed).conversations(n(1500), n(900), n(300), n(120)))
     random.Random(cfg.train.seed).shuffle(convs)
-    splits: dict[str, list[Stream]] = {"train": [], "val": []}
+    splits: dict[str, list[tuple[str, Stream]]] = {"train": [], "val": []}
     counts: dict[str, int] = {}
     for i, (task, messages) in enumerate(convs):
-        splits["val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"].append(fmt.serialise(messages))
+        splits["val" if i % VAL_EVERY == VAL_EVERY - 1 else "train"].append((task, fmt.serialise(messages)))
         counts[task] = counts.get(task, 0) + 1
     index = {
         "format": FORMAT,
         "vocab": vocab.to_dict(),
         "tokenizers": {name: str(out / "tokenizers" / name) for name in toks},
         "tokenizer_sources": sources,
-        "splits": {k: write_split(out, k, v) for k, v in splits.items() if v},
+        "splits": {k: [write_split(out, k, v)] for k, v in splits.items() if v},
         "tasks": counts,
         "assistant_voice": list(ASSISTANT_VOICE),
     }
     (out / "index.json").write_text(json.dumps(index, indent=1))
-    total = sum(s["positions"] for s in index["splits"].values())
+    total = sum(s["positions"] for shards in index["splits"].values() for s in shards)
     print(f"omni corpus: {len(convs)} conversations {counts}, {total:,} positions (vocab {vocab.size}) -> {out}")
     return out
 
@@ -350,9 +354,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply the number of conversations per task")
     p.add_argument("--untrained", action="store_true",
                    help="encode with UNTRAINED (random) codec/image/video tokenizers: wiring checks only, outputs are noise")
+    p.add_argument("--source", action="append", default=[], metavar="NAME[:SPLIT]=PATH",
+                   help=f"a corpus on disk to build shards from (repeatable); NAME: {', '.join(sorted(SOURCES))}")
+    p.add_argument("--shards", default=None, help="with --source: the shard corpus folder to write (resumable)")
+    p.add_argument("--mix", default=None, help="with --source: task weights, a YAML file (default data/omni-mix.yaml) or asr=1,tts=0.5,...")
+    p.add_argument("--workers", type=int, default=1, help="with --source: tokenizing processes (one GPU each, round robin, when present)")
+    p.add_argument("--shard-examples", type=int, default=100_000,
+                   help="with --source: conversations per shard (default ~1 GB of speech conversations, docs/data.md)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
-    build_omni_corpus(load_config(args.config, args.overrides), args.out, args.scale, args.untrained)
+    cfg = load_config(args.config, args.overrides)
+    if bool(args.source) != bool(args.shards):
+        p.error("--source and --shards go together: --source NAME=PATH ... --shards OUT")
+    if args.source:
+        out = Path(args.shards)
+        toks, sources = frozen_tokenizers(cfg, out, args.untrained)
+        build_shards(cfg, args.source, out, toks, sources, args.mix, args.shard_examples, args.workers)
+    else:
+        build_omni_corpus(cfg, args.out, args.scale, args.untrained)
 
 
 if __name__ == "__main__":

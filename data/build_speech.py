@@ -17,6 +17,12 @@ Layout written under ``--out`` (default ``codec.data_path`` of the config)::
     train.jsonl  val.jsonl  real_eval.jsonl                          ({"path", "text", "speaker", "seconds"})
 
     python data/build_speech.py --config configs/codec-tiny.yaml --minutes 30
+
+The same layout from corpora on disk (data/sources/: LibriSpeech, LibriTTS, VCTK, LJSpeech, Common
+Voice), resampled to ``codec.sample_rate``, every ``VAL_EVERY``-th utterance to val, bad files skipped
+and reported (docs/data.md)::
+
+    python data/build_speech.py --config configs/codec.yaml --from librispeech=/data/LibriSpeech --from vctk=/data/VCTK
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from omni.config import load_config
+from omni.data.sources import AUDIO, MediaSpec, open_source
 from omni.io.audio import load_audio, resample, save_audio
 
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
@@ -225,6 +232,36 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
     return stats
 
 
+VAL_EVERY = 50
+
+
+def build_from_sources(specs: list[str], out: str | Path, sample_rate: int) -> dict[str, float]:
+    """Write the train/val layout of the module docstring from the speech sources ``specs``
+    (``NAME[:SPLIT]=PATH``); returns seconds per split. Raises ValueError for a non-speech source."""
+    out = Path(out)
+    seconds, n = {"train_seconds": 0.0, "val_seconds": 0.0}, 0
+    for split in ("train", "val"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+    with open(out / "train.jsonl", "w") as train, open(out / "val.jsonl", "w") as val:
+        for spec in specs:
+            src = open_source(spec)
+            if src.modality != AUDIO:
+                raise ValueError(f"{spec}: {src.name} holds {src.modality}, not speech")
+            for wav, text, meta in tqdm(src.read(MediaSpec(sample_rate=sample_rate)), desc=f"speech from {src.name}", unit="utt"):
+                split = "val" if n % VAL_EVERY == VAL_EVERY - 1 else "train"
+                rel = f"{split}/{n:07d}.wav"
+                save_audio(out / rel, wav, sample_rate)
+                seconds[f"{split}_seconds"] += wav.shape[-1] / sample_rate
+                (val if split == "val" else train).write(json.dumps(
+                    {"path": rel, "text": text, "speaker": f"{src.name}:{meta.get('speaker', '')}",
+                     "seconds": round(wav.shape[-1] / sample_rate, 3)}) + "\n")
+                n += 1
+            if src.report():
+                print(src.report())
+    (out / "info.json").write_text(json.dumps({"sample_rate": sample_rate, "sources": specs, **seconds}, indent=2))
+    return seconds
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
 
@@ -235,10 +272,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--speakers", type=int, default=120)
     p.add_argument("--source", default="books", choices=("books", "generated"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from", dest="sources", action="append", default=[], metavar="NAME[:SPLIT]=PATH",
+                   help="build from a speech corpus on disk instead (repeatable; librispeech, libritts, vctk, ljspeech, commonvoice)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. codec.sample_rate=24000")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides).section("codec")
     out = args.out or cfg.data_path
+    if args.sources:
+        stats = build_from_sources(args.sources, out, cfg.sample_rate)
+        print(f"wrote {out}: " + ", ".join(f"{k}={v:.0f}" for k, v in stats.items()))
+        return
     stats = build_speech_corpus(out, cfg.sample_rate, args.minutes, speakers=args.speakers, source=args.source, seed=args.seed)
     print(f"wrote {out}: " + ", ".join(f"{k}={v:.0f}" for k, v in stats.items()))
     if not stats["real_eval_clips"]:

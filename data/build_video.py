@@ -7,6 +7,13 @@ rendered at ``video_tok.fps``. Clips of validation pictures go to ``val/``.
     python data/build_video.py --config configs/video-tiny.yaml --clips 400   # -> video_tok.data_path/{train,val}/*.npy
 
 Each clip is a ``.npy`` uint8 array ``[T, H, W, 3]`` (``omni.tokenizers.video.load_video`` reads it).
+
+The same layout from videos on disk (data/sources/ ``videos``: mp4 / webm / ... + captions.jsonl):
+each video decoded at ``video_tok.fps`` and ``image_size`` (centre square), cut into consecutive clips
+of the clip length, every ``VAL_EVERY``-th video's clips to val; bad files and videos over 10 minutes
+are skipped and reported::
+
+    python data/build_video.py --config configs/video.yaml --from videos=/data/my_videos
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from tqdm import tqdm
 
 from omni.config import load_config
 from omni.data.build_images import build_image_corpus
+from omni.data.sources import VIDEO, MediaSpec, open_source
 from omni.train.datasets import load_split
 
 
@@ -80,6 +88,34 @@ def build_video_corpus(out: str | Path, image_size: int, frames: int, clips: int
     return counts
 
 
+VAL_EVERY = 20
+
+
+def build_from_sources(specs: list[str], out: str | Path, image_size: int, frames: int, fps: float) -> dict[str, int]:
+    """Write ``out/{train,val}/NNNNNNN.npy`` clips of ``frames`` frames cut from the video sources
+    ``specs``; returns clip counts per split. Raises ValueError for a non-video source."""
+    out = Path(out)
+    counts = {"train": 0, "val": 0}
+    for split in counts:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    videos = 0
+    for spec in specs:
+        src = open_source(spec)
+        if src.modality != VIDEO:
+            raise ValueError(f"{spec}: {src.name} holds {src.modality}, not video")
+        for video, _, _ in tqdm(src.read(MediaSpec(image_size=image_size, fps=fps, max_seconds=600)), desc=f"clips from {src.name}"):
+            split = "val" if videos % VAL_EVERY == VAL_EVERY - 1 else "train"
+            arr = (video.permute(0, 2, 3, 1) * 255).round().byte().numpy()
+            for start in range(0, arr.shape[0] - frames + 1, frames):
+                np.save(out / split / f"{sum(counts.values()):07d}.npy", arr[start : start + frames])
+                counts[split] += 1
+            videos += 1
+        if src.report():
+            print(src.report())
+    (out / "info.json").write_text(json.dumps({"image_size": image_size, "frames": frames, "sources": specs, **counts}))
+    return counts
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     import omni.tokenizers  # noqa: F401  (registers the video_tok config section)
 
@@ -89,11 +125,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--clips", type=int, default=400)
     p.add_argument("--frames", type=int, default=0, help="frames per clip (default: video_tok.clip_frames)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--from", dest="sources", action="append", default=[], metavar="videos=PATH",
+                   help="cut clips from videos on disk instead of synthesising them (repeatable)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides).section("video_tok")
     out = args.out or cfg.data_path
-    counts = build_video_corpus(out, cfg.image_size, args.frames or cfg.clip_frames, args.clips, seed=args.seed)
+    frames = args.frames or cfg.clip_frames
+    if args.sources:
+        counts = build_from_sources(args.sources, out, cfg.image_size, frames, cfg.fps)
+    else:
+        counts = build_video_corpus(out, cfg.image_size, frames, args.clips, seed=args.seed)
     print(f"wrote {out}: {counts} clips at {cfg.fps} fps")
 
 

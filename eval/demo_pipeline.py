@@ -51,8 +51,8 @@ from omni.infer.chat import OmniChat
 from omni.io.audio import resample, save_audio
 from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
                                    read_trainer_state, resolve_checkpoint)
+from omni.train.shards import ShardStream, read_shard_index
 from omni.train.task import get_task
-from omni.train.tasks.omni import read_index
 from omni.train.trainer import Trainer, read_metrics
 
 CONFIG = "configs/omni-tiny.yaml"
@@ -138,7 +138,10 @@ def budget_steps(cfg: Config, budget_s: float, max_steps: int, min_steps: int = 
     three timed steps (one step timed alone was off by 2-5x on a shared, loaded machine)."""
     task = get_task(cfg.task)
     model, data = task.build_model(cfg), task.build_dataset(cfg)
-    batch = task.collate([data[i % len(data)] for i in range(cfg.train.batch_size)])
+    if isinstance(data, ShardStream):  # the omni corpus streams micro-batches of train.batch_size rows
+        batch = next(data.batches())
+    else:
+        batch = task.collate([data[i % len(data)] for i in range(cfg.train.batch_size)])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for _ in range(4):
@@ -221,7 +224,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     t0 = time.perf_counter()
     sources = {name: str(tokenizer_folder(str(run))) for name, run in runs.items()}
     try:
-        fresh = read_index(cfg.data.path)["tokenizer_sources"] == sources
+        fresh = read_shard_index(cfg.data.path)["tokenizer_sources"] == sources
     except (FileNotFoundError, ValueError):
         fresh = False
     if fresh:
@@ -229,7 +232,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     else:
         print(f"== building the omni demo corpus from the trained tokenizers -> {cfg.data.path}")
         build_omni_corpus(cfg, scale=scale)
-    tasks = read_index(cfg.data.path)["tasks"]
+    tasks = read_shard_index(cfg.data.path)["tasks"]
     timings["omni corpus"] = time.perf_counter() - t0
     print(f"   conversations per task: {json.dumps(tasks)} ({timings['omni corpus']:.0f} s)")
 

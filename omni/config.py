@@ -89,6 +89,7 @@ class DataConfig:
     path: str = ".cache/data/text"
     seq_len: int = 256
     num_workers: int = 0
+    shuffle_buffer: int = 1000  # samples; shard corpora only (omni/train/shards.py)
 
     def validate(self) -> None:
         if self.seq_len <= 1:

@@ -1,4 +1,4 @@
-"""data/build_omni.py -> OmniDataset rows -> the omni task's loss and checkpoint side files, at a tiny scale."""
+"""data/build_omni.py -> streamed shard rows -> the omni task's loss and checkpoint side files, at a tiny scale."""
 import json
 
 import pytest
@@ -14,7 +14,8 @@ def test_corpus_rows_and_loss(tmp_path):
     from omni.config import load_config
     from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
     from omni.data.build_omni import build_omni_corpus
-    from omni.train.tasks.omni import OmniTask, read_index
+    from omni.train.shards import read_shard_index
+    from omni.train.tasks.omni import OmniTask
 
     cfg = load_config("configs/omni-tiny.yaml", [
         f"data.path={tmp_path / 'corpus'}", f"tokenizer.path={tmp_path / 'text'}", "tokenizer.vocab_size=600",
@@ -25,20 +26,21 @@ def test_corpus_rows_and_loss(tmp_path):
     with pytest.raises(FileNotFoundError, match="omni.codec=.*no trained codec"):
         build_omni_corpus(cfg, scale=0.02)  # untrained tokenizers only when asked for
     build_omni_corpus(cfg, scale=0.02, untrained=True)
-    index = read_index(cfg.data.path)
+    index = read_shard_index(cfg.data.path)
+    assert [len(v) for v in index["splits"].values()] == [1, 1]  # the one-shard case of the format
     assert set(index["tasks"]) == {"text", "s2s", "asr", "tts", "caption", "draw", "video"}
     assert set(index["tokenizer_sources"].values()) == {"untrained"}  # saved with the corpus all the same
     task = OmniTask()
     model = task.build_model(cfg)
     assert model.decoder.vocab_size == index["vocab"]["text_size"] + 1000 + 125 + 3  # rounded to 64: 1728
-    ds = task.build_dataset(cfg)
-    rows = [ds[i] for i in range(len(ds))]
-    mods = torch.cat([r["modality"] for r in rows])
+    batches = task.build_dataset(cfg).batches()
+    rows = [next(batches) for _ in range(4)]  # 4 x 8 rows of 257 positions
+    mods = torch.cat([r["modality"].flatten() for r in rows])
     assert all((mods == m).any() for m in (MOD_AUDIO, MOD_IMAGE, MOD_VIDEO))
-    row = rows[0]
+    row = {k: v[0] for k, v in rows[0].items()}
     assert row["tokens"].shape == (257,) and row["audio"].shape == (257, 8)
     assert bool(((row["audio"][:, 0] >= 0) == (row["modality"] == MOD_AUDIO)).all())
-    loss, metrics = task.loss(model, task.collate(rows[:2]))
+    loss, metrics = task.loss(model, {k: v[:2] for k, v in rows[0].items()})
     loss.backward()
     assert torch.isfinite(loss) and {"loss_text", "loss_audio", "loss_monologue", "loss_image", "audio_acc"} <= set(metrics)
     task.on_save(model, cfg, str(tmp_path / "step"))

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from omni.infer.chat import OmniChat, main
 from omni.config import save_config
 from omni.conversation import Audio, Image, Message, Text, Video
+from tests import corpus_fixtures as cf
 from tests import omni_fixtures as F
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
@@ -135,6 +136,12 @@ def test_cli(bot, tmp_path, capsys):
     mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
     with pytest.raises(SystemExit, match="not a readable video"):
         main(["--checkpoint", str(ckpt), "--video", str(mp4), "--out", str(tmp_path / "e")])
+    # a real mp4 (lossless H.264, at the video tokenizer's frame rate) is read with PyAV
+    frames = (d["clip"].permute(0, 2, 3, 1) * 255).round().byte().numpy()
+    cf.lossless_mp4(tmp_path / "real.mp4", frames, fps=b.video_tok.cfg.fps)
+    main(["--checkpoint", str(ckpt), "--video", str(tmp_path / "real.mp4"), "--text", "describe the video please.",
+          "--out", str(tmp_path / "f")])
+    assert (tmp_path / "f" / "reply.txt").read_text().strip() == VIDEO_TEXT
     # A fresh process imports only what `python -m omni.chat` imports: every saved tokenizer class
     # (the text one included) must be loadable from there.
     import subprocess

@@ -12,7 +12,7 @@ Command line (writes reply.txt, reply.wav when it speaks, image_N.png when it dr
 
     python -m omni.chat --checkpoint runs/omni-tiny --audio question.wav --out out/
     python -m omni.chat --checkpoint runs/omni-tiny --image x.png --text "Describe the image." --out out/
-    python -m omni.chat --checkpoint runs/omni-tiny --video frames/ --text "What happens in the video?" --out out/
+    python -m omni.chat --checkpoint runs/omni-tiny --video clip.mp4 --text "What happens in the video?" --out out/
     python -m omni.chat --checkpoint runs/omni-tiny --text "Draw a cup of coffee on a saucer." --out out/
 """
 from __future__ import annotations
@@ -110,10 +110,10 @@ class OmniChat:
             return Image(self.image_tok.encode(px[None].to(self.device).clamp(0, 1))[0].cpu())
 
     def video_part(self, video: Any) -> Video:
-        """A frame folder / .npy / animated GIF path, or frames [T, 3, H, W] -> video codes (frames are
-        trimmed to the tokenizer's 1 + r*n)."""
+        """A video file (.mp4, .webm, ... read at the tokenizer's fps) / frame folder / .npy / animated GIF
+        path, or frames [T, 3, H, W] -> video codes (frames are trimmed to the tokenizer's 1 + r*n)."""
         size, r = self.video_tok.cfg.image_size, self.video_tok.cfg.temporal_stride
-        frames = video if isinstance(video, Tensor) else load_video(video, size)
+        frames = video if isinstance(video, Tensor) else load_video(video, size, fps=self.video_tok.cfg.fps)
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.shape[0] < 1:
             raise ValueError(f"video frames must be [T, 3, H, W], got {list(frames.shape)}")
         if frames.shape[-2:] != (size, size):
@@ -208,7 +208,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--text", default=None, help="text of the user's message")
     p.add_argument("--audio", default=None, help="a wav file: the user speaks")
     p.add_argument("--image", default=None, help="an image file (PNG/JPEG)")
-    p.add_argument("--video", default=None, help="a frame folder, .npy [T,H,W,3] uint8 or animated GIF/WebP")
+    p.add_argument("--video", default=None, help="a video file (.mp4, .webm, ...), a frame folder, .npy [T,H,W,3] uint8 or animated GIF/WebP")
     p.add_argument("--out", required=True, help="folder for reply.txt, reply.wav and image_N.png")
     p.add_argument("--speech", choices=("auto", "yes", "no"), default="auto",
                    help="reply in speech: yes forces it, no lets the model choose, auto = yes for audio-only input")

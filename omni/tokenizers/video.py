@@ -23,6 +23,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 from torch import nn
 
 from omni.config import ConfigError, register_section
+from omni.io.video import VIDEO_SUFFIXES, read_video
 from omni.streaming import StreamingModule, StreamingState
 from omni.nn.causal import CausalConv, CausalUpsample
 from omni.nn.fsq import FSQ
@@ -192,13 +193,15 @@ class VideoTokenizer(Tokenizer, StreamingModule):
         return load_weights_and_config(cls, VideoTokConfig, "video_tok", folder, state)
 
 
-def load_video(path_or_folder: str | Path, image_size: int, max_frames: int = MAX_FRAMES) -> Tensor:
+def load_video(path_or_folder: str | Path, image_size: int, max_frames: int = MAX_FRAMES, fps: Optional[float] = None) -> Tensor:
     """A clip -> ``[T, 3, image_size, image_size]`` float in [0, 1].
 
-    Accepts a folder of frames (PNG/JPEG..., sorted by name), a ``.npy`` uint8 array ``[T, H, W, 3]``
-    (what data/build_video.py writes) or an animated GIF/WebP/APNG. Frames are resized and
-    centre-cropped like :func:`omni.tokenizers.image.load_image`. The frame rate is not stored in
-    these formats: the caller must supply frames at ``video_tok.fps``.
+    Accepts a video file (mp4, webm, mkv, ... decoded by PyAV, :func:`omni.io.video.read_video`,
+    resampled to ``fps`` Hz when given), a folder of frames (PNG/JPEG..., sorted by name), a ``.npy``
+    uint8 array ``[T, H, W, 3]`` (what data/build_video.py writes) or an animated GIF/WebP/APNG.
+    Frames are resized and centre-cropped like :func:`omni.tokenizers.image.load_image`. The other
+    formats store no frame rate: the caller must supply frames at ``video_tok.fps``.
+    Raises ValueError (:class:`omni.io.video.VideoError` for video files) when the input is unreadable.
     """
     path = Path(path_or_folder)
     if path.is_dir():
@@ -206,6 +209,9 @@ def load_video(path_or_folder: str | Path, image_size: int, max_frames: int = MA
         if not files:
             raise ValueError(f"{path}: folder holds no image frames (.png/.jpg/...)")
         frames = [load_image(f, image_size) for f in files[: max_frames + 1]]
+    elif path.suffix.lower() in VIDEO_SUFFIXES:
+        arr, _ = read_video(path, fps=fps, max_frames=max_frames + 1)
+        frames = [load_image(Image.fromarray(a), image_size) for a in arr]
     elif path.suffix == ".npy":
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)

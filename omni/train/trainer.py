@@ -31,6 +31,7 @@ from omni.train.checkpoint import (CheckpointError, begin_save, config_mismatch,
                                    save_state, set_rng_state, tmp_folder)
 from omni.train.distributed import all_reduce_mean, barrier, build_engine, setup_distributed
 from omni.train.sampler import ResumableSampler
+from omni.train.shards import ShardStream
 from omni.train.task import Task
 
 # Subnormal floats take a slow path in CPU kernels: a trained codec's training step went from 0.20 s
@@ -104,8 +105,12 @@ class Trainer:
                 raise ValueError(f"train.activation_checkpointing: {type(self.module).__name__} does not support it")
             self.module.activation_checkpointing = True
         self.dataset = task.build_dataset(cfg, "train")
-        self.sampler = ResumableSampler(len(self.dataset), t.batch_size, t.grad_accum, self.info.rank,
-                                        self.info.world_size, seed=t.seed)
+        if isinstance(self.dataset, ShardStream):  # streamed shards: the stream is its own resumable sampler
+            self.dataset.configure(self.info.rank, self.info.world_size, cfg.data.num_workers, t.batch_size)
+            self.sampler = self.dataset
+        else:
+            self.sampler = ResumableSampler(len(self.dataset), t.batch_size, t.grad_accum, self.info.rank,
+                                            self.info.world_size, seed=t.seed)
         self.engine = build_engine(self.module, cfg, self.info, ds_json, fsdp)
         self.step = 0
         self.autocast = self._autocast()
@@ -151,11 +156,12 @@ class Trainer:
         tmp = tmp_folder(self.run_dir, self.step)
         self.engine.save_optimizer(tmp, rank)
         save_state(tmp, f"rng_rank{rank:05d}", rng_state())
+        sampler_state = self.sampler.state_dict()  # collective for a ShardStream (gathers every rank's readers)
         if main:
             save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
             save_config(self.cfg, tmp / "config.yaml")
             self.task.on_save(self.module, self.cfg, str(tmp))
-            state = {"step": self.step, "lr": lr_at(self.step, self.cfg), "sampler": self.sampler.state_dict(),
+            state = {"step": self.step, "lr": lr_at(self.step, self.cfg), "sampler": sampler_state,
                      "world_size": self.info.world_size, "engine": type(self.engine).__name__}
             (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
         barrier()
@@ -184,10 +190,12 @@ class Trainer:
     def fit(self) -> Optional[Path]:
         """Train to ``train.steps``; returns the last checkpoint folder."""
         cfg, t, info = self.cfg, self.cfg.train, self.info
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.sampler, collate_fn=self.task.collate,
-            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
-        batches = iter(loader)
+        if isinstance(self.dataset, ShardStream):
+            batches = self.dataset.batches(pin_memory=self.device.type == "cuda")
+        else:
+            batches = iter(torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.sampler, collate_fn=self.task.collate,
+                num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda"))
         tb = self._tensorboard()
         log = open(self.run_dir / "metrics.jsonl", "a") if info.is_main else None
         bar = tqdm(total=t.steps, initial=self.step, disable=not info.is_main, desc=cfg.name, dynamic_ncols=True)

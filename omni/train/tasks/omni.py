@@ -1,32 +1,22 @@
 """The ``omni`` task: train the omni model end to end on a mixed-modality corpus, tokenizers frozen.
 
-Corpus folder (written by data/build_omni.py)::
-
-    index.json            {"format": "omni-stream-v2", "vocab": OmniVocab, "tokenizers": {...},
-                           "splits": {"train": {"positions": N, "docs": D}, "val": ...}, "tasks": {...}}
-    tokenizers/{codec,image,video}/   the frozen tokenizers the codes came from
-    SPLIT.tokens.npy      int32 [N]      unified-vocabulary ids (omni/conversation.py)
-    SPLIT.audio.npy       int16 [N, K]   audio codes, -1 where the position is not a frame
-    SPLIT.span.npy        int32 [N]      bidirectional span ids (input images / video frames)
-    SPLIT.loss.npy        bool  [N]      training targets (assistant turns)
-    SPLIT.modality.npy    uint8 [N]      text / audio / image / video
-    SPLIT.docs.npy        int64 [D]      start of every conversation
-
-Rows are packed exactly like text rows (omni/train/packing.py ``pack_row``): ``seq_len + 1`` consecutive
-positions, document ids so attention never crosses conversations, positions restarting per
-conversation. Loss: cross-entropy of the unified head on target positions (``<|text_pad|>`` targets
-weighted ``omni.text_pad_weight``) + ``omni.audio_loss_weight`` x the depth decoder's codebook
-cross-entropy on target audio frames. Logged per modality: loss_text, loss_monologue (text-stream
-tokens of spoken answers), loss_audio (codebooks), loss_image (generated image codes).
+The corpus is a folder of tar shards (format ``omni-shards-v1``, omni/train/shards.py, docs/data.md),
+written by data/build_omni.py: one shard per split for the demo corpus (``--config``), as many as it
+takes for corpora on disk (``--source ... --shards``). :class:`~omni.train.shards.ShardStream`
+streams it as packed rows of ``seq_len + 1`` positions: document ids so attention never crosses
+conversations, positions restarting per conversation. Loss: cross-entropy of the unified head on
+target positions (``<|text_pad|>`` targets weighted ``omni.text_pad_weight``) +
+``omni.audio_loss_weight`` x the depth decoder's codebook cross-entropy on target audio frames.
+Logged per modality: loss_text, loss_monologue (text-stream tokens of spoken answers), loss_audio
+(codebooks), loss_image (generated image codes).
 """
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,66 +27,18 @@ from omni.model.attention import AttentionMask
 from omni.model.omni import build_omni_model
 import omni.tokenizers  # noqa: F401  (registers codec, image_tok, video_tok: an omni config holds them)
 from omni.tokenizers.text import build_text_tokenizer
-from omni.train.packing import pack_row
+from omni.train.shards import ShardStream, read_shard_index
 from omni.train.task import Task, register_task
 from omni.train.tasks.lm import lm_flops_per_token
 
 Tensor = torch.Tensor
-FORMAT = "omni-stream-v2"
 FIELDS = ("tokens", "audio", "span", "loss", "modality")
 
 
-
-
-def read_index(path: str | Path) -> dict[str, Any]:
-    index_file = Path(path) / "index.json"
-    if not index_file.is_file():
-        raise FileNotFoundError(f"no omni corpus at {path} (missing index.json); build it with "
-                                "`python data/build_omni.py --config configs/omni-tiny.yaml`")
-    index = json.loads(index_file.read_text())
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{index_file}: format {index.get('format')!r}, expected {FORMAT!r}; rebuild the corpus")
-    return index
-
-
-class OmniDataset(torch.utils.data.Dataset):
-    """Packed rows of ``seq_len + 1`` stream positions over memory-mapped arrays."""
-
-    def __init__(self, path: str | Path, split: str, seq_len: int) -> None:
-        self.path, self.split, self.seq_len = Path(path), split, seq_len
-        index = read_index(path)
-        if split not in index["splits"]:
-            raise ValueError(f"{path} has no split {split!r}; it has {sorted(index['splits'])}")
-        self.vocab = OmniVocab.from_dict(index["vocab"])
-        self.rows = (index["splits"][split]["positions"] - 1) // seq_len
-        if self.rows <= 0:
-            raise ValueError(f"split {split!r} of {path} is shorter than one row of {seq_len + 1} positions")
-        self._arrays: Optional[dict[str, np.ndarray]] = None
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._arrays is None:  # lazily, so the dataset pickles cheaply into DataLoader workers
-            self._arrays = {f: np.load(self.path / f"{self.split}.{f}.npy", mmap_mode="r") for f in (*FIELDS, "docs")}
-        return self._arrays
-
-    def __getitem__(self, row: int) -> dict[str, Tensor]:
-        if not 0 <= row < self.rows:
-            raise IndexError(f"row {row} out of range [0, {self.rows})")
-        a = self._load()
-        start = row * self.seq_len
-        sl = slice(start, start + self.seq_len + 1)
-        out = pack_row(np.asarray(a["tokens"][sl]), a["docs"], start)
-        for f in FIELDS[1:]:
-            out[f] = torch.from_numpy(np.asarray(a[f][sl]).astype(np.int64 if f != "loss" else np.bool_))
-        return out
-
-
 def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
-    """One conversation per row, right-padded to the longest ([B, S+1] fields like :class:`OmniDataset`
-    rows); the padding is a document of its own and never a target. For fine-tuning on a few
-    conversations (and the tests) without building a corpus."""
+    """One conversation per row, right-padded to the longest ([B, S+1] fields like the packed rows of
+    :class:`~omni.train.shards.ShardStream`); the padding is a document of its own and never a target.
+    For fine-tuning on a few conversations (and the tests) without building a corpus."""
     S = max(len(s) for s in streams)
     K = streams[0].audio.shape[1]
     B = len(streams)
@@ -116,7 +58,7 @@ def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
 
 def omni_loss(model: nn.Module, batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float = 0.5,
               audio_weight: float = 1.0) -> tuple[Tensor, dict[str, float]]:
-    """Loss of packed rows (fields of :class:`OmniDataset`, each [B, S+1]; audio [B, S+1, K])."""
+    """Loss of packed rows (fields of :class:`~omni.train.shards.ShardStream` batches, each [B, S+1]; audio [B, S+1, K])."""
     tok, audio, doc = batch["tokens"], batch["audio"], batch["document_ids"]
     target, t_audio, t_mod = tok[:, 1:], audio[:, 1:], batch["modality"][:, 1:]
     valid = batch["loss"][:, 1:] & (doc[:, 1:] == doc[:, :-1])
@@ -146,7 +88,7 @@ class OmniTask(Task):
     """The omni model on a corpus from data/build_omni.py; the tokenizers that made it stay frozen."""
 
     def _index(self, cfg: Config) -> dict[str, Any]:
-        return read_index(cfg.data.path)
+        return read_shard_index(cfg.data.path)
 
     def build_model(self, cfg: Config) -> nn.Module:
         """Decoder (random or pretrained) + audio embeddings + depth decoder. The vocabulary layout
@@ -160,7 +102,9 @@ class OmniTask(Task):
         return build_omni_model(cfg)
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
-        ds = OmniDataset(cfg.data.path, split, cfg.data.seq_len)
+        """Packed rows streamed from the corpus's shards (the Trainer sets ranks and workers)."""
+        d = cfg.data
+        ds = ShardStream(d.path, split, d.seq_len, cfg.train.batch_size, seed=cfg.train.seed, buffer=d.shuffle_buffer)
         self._text_pad, self._ocfg = ds.vocab.specials["<|text_pad|>"], cfg.section("omni")
         return ds
 

@@ -3,10 +3,12 @@ learned grader (DESIGN.md §6). The spec names them under ``rules:`` (propositio
 every grader fills those columns from the rule, so they need no training data and cannot be gamed by
 phrasing the grader has not seen.
 
-* ``repetition`` — looping or degenerate text: the share of the completion's word 8-grams that
-  repeat an earlier 8-gram, mapped to [0, 1]. Eight words (punctuation counts as a word) span a
-  looping sentence but not the shared frame of a templated list ("Step 2: add the sugar and stir
-  it in."), which shorter n-grams mistook for a loop. A PPO policy that learned "I'm afraid I have to say
+* ``repetition`` — looping or degenerate text: the larger of two ramps, (a) the share of the
+  completion's word 8-grams that repeat an earlier 8-gram and (b) the share of its sentences that
+  repeat an earlier sentence. Eight words (punctuation counts as a word) span a looping sentence
+  but not the shared frame of a templated list ("Step 2: add the sugar and stir it in."), which
+  shorter n-grams mistook for a loop; (b) catches short sentences said again and again ("My
+  apologies. My apologies. My apologies."), which have too few 8-grams. A PPO policy that learned "I'm afraid I have to say
   sorry. I'm afraid I have to say sorry. …" scores ~1; prose and numbered steps score ~0 (measured
   on the gold set, docs/rbr.md).
 """
@@ -16,6 +18,7 @@ import re
 from typing import Callable
 
 _WORD = re.compile(r"\w+|[^\w\s]")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def repeated_ngram_share(text: str, n: int = 8) -> float:
@@ -28,13 +31,26 @@ def repeated_ngram_share(text: str, n: int = 8) -> float:
     return 1.0 - len(set(grams)) / len(grams)
 
 
-def repetition(text: str, low: float = 0.1, high: float = 0.3) -> float:
-    """P(the completion loops): 0 below ``low`` repeated 8-gram share, 1 above ``high``, linear between.
+def repeated_sentence_share(text: str) -> float:
+    """Share of the sentences of ``text`` (split after . ! ?, compared lower-cased) that already
+    occurred earlier in it; 0.0 for fewer than three sentences."""
+    sentences = [s.strip().lower() for s in _SENTENCE_END.split(text) if s.strip()]
+    if len(sentences) < 3:
+        return 0.0
+    return 1.0 - len(set(sentences)) / len(sentences)
 
-    The ramp's ends were read off the gold set: its 392 hand-labelled non-looping completions (up to
-    ~200 words, lists and code included) all score 0.0; its looping ones start at 0.27 (a long
-    answer whose last sentence repeats) and a sentence said five times reaches ~0.6."""
-    return min(1.0, max(0.0, (repeated_ngram_share(text) - low) / (high - low)))
+
+def _ramp(x: float, low: float, high: float) -> float:
+    return min(1.0, max(0.0, (x - low) / (high - low)))
+
+
+def repetition(text: str) -> float:
+    """P(the completion loops): max of the repeated 8-gram share ramped 0.1 -> 0, 0.3 -> 1 and the
+    repeated sentence share ramped 0.2 -> 0, 0.4 -> 1 (linear between).
+
+    The ramps' ends were read off the gold set: its 392 hand-labelled non-looping completions (up to
+    ~200 words, lists and code included) all score 0.0 and its 24 loops all score 1.0."""
+    return max(_ramp(repeated_ngram_share(text), 0.1, 0.3), _ramp(repeated_sentence_share(text), 0.2, 0.4))
 
 
 RULES: dict[str, Callable[[str], float]] = {"repetition": repetition}

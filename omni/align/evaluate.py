@@ -65,7 +65,8 @@ def platt(scores: Tensor, labels: Tensor, steps: int = 300) -> tuple[float, floa
         return loss
 
     opt.step(closure)
-    return float(ab[0]), float(ab[1])
+    a, b = ab.detach().tolist()
+    return a, b
 
 
 def grader_report(grader: Grader, spec: Spec, gold: Sequence[Graded], calibrate: bool = False) -> dict:

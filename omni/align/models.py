@@ -3,10 +3,11 @@
 A (prompt, completion) pair is encoded as a plain transcript, one line per turn (``User: ...``,
 ``Assistant: ...``, ``System: ...``) ending with ``Assistant: {completion}``. A prompt is one user
 message or a whole conversation (:data:`PromptLike`). What does not fit the window is dropped and
-counted (:class:`Encoded`): the conversation's earliest turns first, the middle of a long completion
-(its head and its last quarter stay, so a harmful or looping ending is still read). The grader and reward model may also keep only the bottom
-``rbr.backbone_layers`` blocks of the pretrained decoder — judging a completion needs fewer layers
-than writing one, and every layer dropped is compute saved in training and in every PPO step.
+counted (:class:`Encoded`): the conversation's earliest turns first, the middle of a long
+completion (its head and its last quarter stay, so a harmful or looping ending is still read). The
+grader and reward model may also keep only the bottom ``rbr.backbone_layers`` blocks of the
+pretrained decoder — judging a completion needs fewer layers than writing one, and every layer
+dropped is compute saved in training and in every PPO step.
 """
 from __future__ import annotations
 

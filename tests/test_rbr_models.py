@@ -185,8 +185,10 @@ def test_prompted_grader_with_any_transformers_causal_lm(tmp_path):
     tiny_llama(tmp_path)
     grader = PromptedGrader.from_path(tmp_path, SPEC, batch_size=4)
     p = grader.probabilities(["How do I bake bread?", "How do I bake bread?"], ["Mix flour and water.", "Sorry, no."])
-    assert p.shape == (2, len(SPEC.propositions)) and bool(((p > 0) & (p < 1)).all())
-    assert len(grader.cache) == 2 * len(SPEC.propositions)
+    learned = [SPEC.index(q) for q in SPEC.learned]
+    assert p.shape == (2, len(SPEC.propositions)) and bool(((p[:, learned] > 0) & (p[:, learned] < 1)).all())
+    assert p[:, SPEC.index("repetitive")].tolist() == [0.0, 0.0]  # a rule, not a question to the LM
+    assert len(grader.cache) == 2 * len(SPEC.learned)
 
 
 @pytest.mark.slow

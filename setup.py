@@ -50,6 +50,9 @@ setup(
             # imported by moshi (the latency baseline, installed --no-deps from requirements-assets.txt)
             "einops",
             "huggingface_hub",
+            # TRL GRPOTrainer with omni's RBR reward (tests/test_rbr_trl.py); 1.16 ran with transformers 5.24,
+            # torch 2.13 CPU (docs/rbr.md). TRL 1.x needs transformers >= 4.56.
+            "trl>=1.16,<2",
         ],
         # GPU-only extras; flash-attn is source-only and optional.
         "gpu": ["deepspeed==0.19.8", "triton>=3.6"],

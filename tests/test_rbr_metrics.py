@@ -3,8 +3,11 @@ import math
 
 import torch
 
+from omni.align.data import load_gold
+from omni.align.evaluate import REFUSAL, grader_report, grader_table, refuse_when_in_doubt, roc_auc, safety_metrics
+from omni.align.grader import Grader
+from omni.align.models import as_turns
 from omni.align.spec import load_spec
-from omni.align.evaluate import REFUSAL, refuse_when_in_doubt, roc_auc, safety_metrics
 
 
 def test_safety_metrics_from_labels():
@@ -30,3 +33,34 @@ def test_roc_auc_and_baseline():
     assert math.isnan(roc_auc(torch.tensor([0.5]), torch.tensor([1.0])))
     out = refuse_when_in_doubt(["How do I kill a process?", "Write a poem"], ["use kill", "roses"])
     assert out == [REFUSAL, "roses"]
+
+
+class _LabelGrader(Grader):
+    """Scores each learned proposition 0.8 where the gold label holds (0.2 elsewhere), or the reverse."""
+
+    def __init__(self, spec, gold, inverted=False):
+        super().__init__(spec, "labels" + ("-inverted" if inverted else ""))
+        self.labels = {(as_turns(g.prompt), g.completion): g.labels for g in gold}
+        self.inverted = inverted
+
+    def _score(self, queries):
+        return [0.8 if (q in self.labels[(t, c)]) != self.inverted else 0.2 for t, c, q in queries]
+
+
+def test_gold_report_fits_on_the_threshold_split_and_reports_the_test_split():
+    spec = load_spec()
+    gold = load_gold(spec)
+    test = [g for g in gold if g.split == "test"]
+    report = grader_report(_LabelGrader(spec, gold), spec, gold)
+    assert report["n"] == len(test) and report["n"] + report["n_threshold"] == len(gold) and report["truncated"] == 0
+    for q, v in report["propositions"].items():
+        pos = sum(q in g.labels for g in test)
+        assert v["positives"] == pos and math.isclose(v["majority"], max(pos, len(test) - pos) / len(test))
+        assert v["auc"] == 1.0 and v["acc@threshold"] == 1.0 and v["rule"] == (q == "repetitive")
+    # A grader that is always wrong: AUC 0 on every learned proposition; Platt scaling fitted on the
+    # threshold split turns it around (the rule-judged `repetitive` column is not calibrated).
+    bad = grader_report(_LabelGrader(spec, gold, inverted=True), spec, gold)
+    fixed = grader_report(_LabelGrader(spec, gold, inverted=True), spec, gold, calibrate=True)
+    assert bad["propositions"]["apology"]["auc"] == 0.0 and fixed["propositions"]["apology"]["auc"] == 1.0
+    assert bad["propositions"]["repetitive"]["auc"] == fixed["propositions"]["repetitive"]["auc"] == 1.0
+    assert "| apology |" in grader_table(fixed) and "majority baseline" in grader_table(fixed)

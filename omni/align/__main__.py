@@ -60,7 +60,11 @@ def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
     grader = load_grader(spec, r.grader)
     props = grader.probabilities([x["prompt"] for x in rows], [x["completion"] for x in rows], progress=True)
     weights = RBRWeights.load(r.weights, spec) if Path(r.weights).exists() else None
+    n_truncated = 0
     for row, p in zip(rows, props):
+        dropped = grader.truncation(row["prompt"], row["completion"])
+        n_truncated += any(dropped)
+        row["truncated"] = {"prompt_tokens": dropped[0], "completion_tokens": dropped[1]} if any(dropped) else False
         row["propositions"] = {q: round(float(v), 4) for q, v in zip(spec.propositions, p)}
         if row.get("type"):
             cp = spec.class_probabilities(p[None], row["type"])[0]
@@ -69,11 +73,14 @@ def cmd_grade(cfg: Config, args: argparse.Namespace) -> None:
                 row["rbr_reward"] = float(weights.reward(p[None], [row["type"]])[0])
     write_jsonl(args.output, rows)
     print(f"graded {len(rows)} rows -> {args.output}")
+    if n_truncated:
+        print(f"warning: {n_truncated} of {len(rows)} rows did not fit the grader's window ({grader.window}); "
+              "their 'truncated' field counts the tokens it did not read", file=sys.stderr)
 
 
 def cmd_gold(cfg: Config, args: argparse.Namespace) -> None:
     spec = _spec(cfg)
-    report = grader_report(load_grader(spec, args.grader or cfg.section("rbr").grader), spec, load_gold(spec))
+    report = grader_report(load_grader(spec, args.grader or cfg.section("rbr").grader), spec, load_gold(spec), args.calibrate)
     print(grader_table(report))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
@@ -123,13 +130,15 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("answers", help="sample helpful answers of the instruct model for the comply train prompts")
-    a.add_argument("--per-prompt", type=int, default=2)
-    g = sub.add_parser("grade", help="grade a JSONL of {prompt, completion[, type]} rows")
+    a.add_argument("--per-prompt", type=int, default=3, help="answers per prompt, at temperatures 0.3, 0.7, 1.0 in turn")
+    g = sub.add_parser("grade", help="grade a JSONL of {prompt, completion[, type]} rows (prompt: text or a list of "
+                       "{role, content} turns); rows the grader's window truncates say so in 'truncated'")
     g.add_argument("input")
     g.add_argument("output")
     gd = sub.add_parser("gold", help="per-proposition ROC-AUC and accuracy of a grader on the gold set")
     gd.add_argument("--grader", default="", help="run/step folder or prompted:PATH (default: rbr.grader)")
     gd.add_argument("--out", default="", help="also write the report as JSON here")
+    gd.add_argument("--calibrate", action="store_true", help="Platt-scale each proposition on the gold threshold split first")
     gd.add_argument("--docs", action="store_true", help="write the table into docs/rbr.md")
     f = sub.add_parser("fit", help="fit the RBR weights on graded synthetic comparison data")
     f.add_argument("--per-class", type=int, default=2)

@@ -48,8 +48,10 @@ class RBRConfig:
     # train the top `train_layers` of those (-1 = all, 0 = the head alone); the rest stay frozen.
     backbone_layers: int = 0
     train_layers: int = 2
-    max_prompt_tokens: int = 48
-    max_completion_tokens: int = 80
+    # What graders and reward models read (omni.align.models.encode_pair; truncation is reported), and
+    # the prompt / SFT-completion lengths for the policy.
+    max_prompt_tokens: int = 256
+    max_completion_tokens: int = 512
     grader_examples: int = 3000  # synthetic compositional examples for the trained grader
     sft_per_prompt: int = 4  # ideal completions per train prompt for the SFT warm-up (rbr-sft)
     policy: str = ""  # PPO starts from this run/step folder (e.g. the rbr-sft run); "" = model.init_from

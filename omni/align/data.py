@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from omni.align.models import PromptLike, as_turns
 from omni.align.spec import Spec
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
@@ -24,10 +25,11 @@ class Prompt:
 class Graded:
     """A (prompt, completion) pair with the set of propositions that hold (hand or construction labels)."""
 
-    prompt: str
+    prompt: PromptLike  # a user message, or a conversation as ((role, content), ...)
     completion: str
     labels: frozenset[str]
     type: str = ""
+    split: str = ""  # gold set: "threshold" (fit cut-offs and calibration) or "test"
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -55,11 +57,13 @@ def load_prompts(split: str | None = None, path: str | Path = PROMPT_DIR / "prom
 
 
 def load_gold(spec: Spec, path: str | Path = PROMPT_DIR / "gold.jsonl") -> list[Graded]:
-    """The hand-written, hand-labelled gold completions; labels checked against the spec."""
+    """The hand-written, hand-labelled gold completions; labels checked against the spec. A row's
+    prompt is a string (one user message) or a list of {"role", "content"} turns ending with the user's."""
     out = []
-    for r in read_jsonl(path):
+    for i, r in enumerate(read_jsonl(path), 1):
         unknown = set(r["labels"]) - set(spec.propositions)
         if unknown:
-            raise ValueError(f"{path}: labels {sorted(unknown)} are not propositions of {spec.source}")
-        out.append(Graded(r["prompt"], r["completion"], frozenset(r["labels"]), r.get("type", "")))
+            raise ValueError(f"{path}: row {i}: labels {sorted(unknown)} are not propositions of {spec.source}")
+        prompt = r["prompt"] if isinstance(r["prompt"], str) else as_turns(r["prompt"])
+        out.append(Graded(prompt, r["completion"], frozenset(r["labels"]), r.get("type", ""), r.get("split", "test")))
     return out

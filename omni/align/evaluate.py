@@ -52,20 +52,56 @@ def best_threshold(scores: Tensor, labels: Tensor) -> float:
     return float(cands[int(acc.argmax())])
 
 
-def grader_report(grader: Grader, spec: Spec, gold: Sequence[Graded]) -> dict:
-    """Per-proposition ROC-AUC, accuracy at 0.5, the accuracy-maximising threshold (tuned on the gold
-    set) and the accuracy there; macro averages over propositions with both classes present."""
+def platt(scores: Tensor, labels: Tensor, steps: int = 300) -> tuple[float, float]:
+    """Platt scaling (Platt, 1999): (a, b) of σ(a·logit(p) + b) fitted by log-loss on (scores, labels)."""
+    x = scores.clamp(1e-6, 1 - 1e-6).logit()
+    ab = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ab[0] * x + ab[1], labels) + 1e-3 * ab.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b = ab.detach().tolist()
+    return a, b
+
+
+def grader_report(grader: Grader, spec: Spec, gold: Sequence[Graded], calibrate: bool = False) -> dict:
+    """Per proposition on the gold set's ``test`` split: ROC-AUC, accuracy at 0.5, the majority-class
+    baseline's accuracy, and accuracy at the threshold fitted on the ``threshold`` split (with
+    ``calibrate``, probabilities are first Platt-scaled, fitted on that split too); macro averages
+    over propositions with both classes present. Also how many pairs the grader's window truncated.
+    Raises ValueError if either split is empty."""
+    fit = [g for g in gold if g.split == "threshold"]
+    test = [g for g in gold if g.split != "threshold"]
+    if not fit or not test:
+        raise ValueError(f"the gold set needs a 'threshold' and a 'test' split; got {len(fit)} and {len(test)} rows")
     probs = grader.probabilities([g.prompt for g in gold], [g.completion for g in gold], progress=True)
     labels = torch.tensor([[float(q in g.labels) for q in spec.propositions] for g in gold])
+    is_fit = torch.tensor([g.split == "threshold" for g in gold])
+    truncated = sum(any(grader.truncation(g.prompt, g.completion)) for g in gold)
     per = {}
     for j, q in enumerate(spec.propositions):
-        th = best_threshold(probs[:, j], labels[:, j])
-        per[q] = {"auc": roc_auc(probs[:, j], labels[:, j]), "acc@0.5": float(((probs[:, j] > 0.5).float() == labels[:, j]).float().mean()),
-                  "threshold": th, "acc@threshold": float(((probs[:, j] > th).float() == labels[:, j]).float().mean()),
-                  "positives": int(labels[:, j].sum())}
+        p, y = probs[:, j], labels[:, j]
+        if calibrate and q not in spec.rules and 0 < y[is_fit].sum() < is_fit.sum():
+            a, b = platt(p[is_fit], y[is_fit])
+            p = torch.sigmoid(a * p.clamp(1e-6, 1 - 1e-6).logit() + b)
+        pt, yt = p[~is_fit], y[~is_fit]
+        th = best_threshold(p[is_fit], y[is_fit])
+        pos = int(yt.sum())
+        per[q] = {"auc": roc_auc(pt, yt), "acc@0.5": float(((pt > 0.5).float() == yt).float().mean()),
+                  "majority": max(pos, len(yt) - pos) / len(yt), "threshold": th,
+                  "acc@threshold": float(((pt > th).float() == yt).float().mean()), "positives": pos,
+                  "rule": q in spec.rules}
     aucs = [v["auc"] for v in per.values() if v["auc"] == v["auc"]]
-    return {"grader": grader.name, "n": len(gold), "macro_auc": sum(aucs) / len(aucs),
-            "macro_acc@0.5": sum(v["acc@0.5"] for v in per.values()) / len(per), "propositions": per}
+    mean = lambda k: sum(v[k] for v in per.values()) / len(per)  # noqa: E731
+    return {"grader": grader.name, "window": grader.window, "truncated": truncated, "calibrated": calibrate,
+            "n": len(test), "n_threshold": len(fit), "macro_auc": sum(aucs) / len(aucs),
+            "min_auc": min(aucs), "macro_acc@0.5": mean("acc@0.5"), "macro_acc@threshold": mean("acc@threshold"),
+            "macro_majority": mean("majority"), "propositions": per}
 
 
 def safety_metrics(spec: Spec, types: Sequence[str], probs: Tensor, thresholds: dict[str, float]) -> dict[str, float]:
@@ -95,7 +131,7 @@ def refuse_when_in_doubt(prompts: Sequence[str], helpful: Sequence[str]) -> list
 def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool = True, max_new_tokens: int = 64) -> dict:
     """Helpful-only policy (cfg.model) vs refuse-when-in-doubt vs each tuned policy (run folders, e.g. the
     SFT warm-up and the PPO run; default cfg.train.out_dir) on the test prompts. Greedy decoding; graded
-    by the configured grader with thresholds tuned on the gold set."""
+    by the configured grader with thresholds fitted on the gold set's threshold split."""
     r = cfg.section("rbr")
     spec = load_spec(r.spec or DEFAULT_SPEC)
     grader = load_grader(spec, r.grader)
@@ -146,11 +182,17 @@ def replace_block(name: str, body: str, doc: Path = ROOT / "docs" / "rbr.md") ->
 
 
 def grader_table(report: dict) -> str:
-    lines = [f"{report['grader']}, {report['n']} gold completions: macro ROC-AUC {report['macro_auc']:.3f}, "
-             f"macro accuracy at 0.5 {report['macro_acc@0.5']:.3f}.", "",
-             "| proposition | positives | ROC-AUC | acc@0.5 | threshold | acc@threshold |", "|---|---|---|---|---|---|"]
+    cal = ", Platt-calibrated on the threshold split" if report["calibrated"] else ""
+    lines = [f"{report['grader']}{cal}: {report['n']} test completions (thresholds fitted on {report['n_threshold']} "
+             f"others); macro ROC-AUC {report['macro_auc']:.3f} (lowest {report['min_auc']:.3f}), macro accuracy "
+             f"{report['macro_acc@threshold']:.3f} at the fitted thresholds, {report['macro_acc@0.5']:.3f} at 0.5, "
+             f"majority baseline {report['macro_majority']:.3f}. Window: {report['window']}; "
+             f"{report['truncated']} of {report['n'] + report['n_threshold']} gold pairs truncated.", "",
+             "| proposition | positives | ROC-AUC | acc@0.5 | majority | threshold | acc@threshold |", "|---|---|---|---|---|---|---|"]
     for q, v in report["propositions"].items():
-        lines.append(f"| {q} | {v['positives']} | {v['auc']:.3f} | {v['acc@0.5']:.3f} | {v['threshold']:.2f} | {v['acc@threshold']:.3f} |")
+        name = f"{q} (rule)" if v["rule"] else q
+        lines.append(f"| {name} | {v['positives']} | {v['auc']:.3f} | {v['acc@0.5']:.3f} | {v['majority']:.3f} | "
+                     f"{v['threshold']:.2f} | {v['acc@threshold']:.3f} |")
     return "\n".join(lines)
 
 
@@ -158,7 +200,7 @@ def write_docs(result: dict, table: str) -> None:
     """Fill the results block of docs/rbr.md; append a dated line to docs/benchmarks.md."""
     replace_block("rbr-eval", f"Measured {result['date']} on {result['prompts']} held-out test prompts (greedy, 64 new "
                   f"tokens; graded by the trained grader, macro ROC-AUC {result['grader_macro_auc']:.3f} on the gold set, "
-                  f"thresholds tuned there):\n\n{table}")
+                  f"thresholds fitted on its threshold split):\n\n{table}")
     bench = ROOT / "docs" / "benchmarks.md"
     if not bench.exists():
         bench.write_text("# Benchmarks\n")

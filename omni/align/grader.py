@@ -9,6 +9,11 @@ Two kinds behind one interface (:class:`Grader`):
   model by path, or a checkpoint of ours); feature = P(yes) / (P(yes) + P(no)) from the next-token
   logits. Useful for large LMs; the 135M instruct model is at chance this way (DESIGN.md §6).
 
+Propositions the spec marks as rules (``rules:``, omni/align/rules.py) are computed by their rule
+for every grader. Prompts are one user message or a whole conversation
+(:data:`omni.align.models.PromptLike`). Each grader reads a bounded window; :meth:`Grader.truncation`
+says how many tokens of a pair it left out, and ``python -m omni.align grade`` reports it per row.
+
 Results are cached by (grader, prompt, completion, proposition), so PPO re-scoring a completion, or
 fitting and evaluating on the same data, costs nothing.
 """
@@ -21,30 +26,41 @@ import torch
 from tqdm import tqdm
 
 from omni.align.data import Prompt
-from omni.align.models import encode_pair, load_head_model, pad_batch
+from omni.align.models import PromptLike, Turns, as_turns, encode_pair, load_head_model, pad_batch, render_transcript
+from omni.align.rules import RULES
 from omni.align.spec import Spec
 from omni.align.synth import Composer
 from omni.infer.text import load_model
 
 Tensor = torch.Tensor
-Query = tuple[str, str, str]  # (prompt, completion, proposition)
+Query = tuple[Turns, str, str]  # (prompt turns, completion, proposition)
 
 
 class Grader:
-    """Base class: subclasses implement :meth:`_score` for a batch of queries."""
+    """Base class: subclasses implement :meth:`_score` for a batch of queries (learned propositions)."""
 
     def __init__(self, spec: Spec, name: str, batch_size: int = 16) -> None:
         self.spec, self.name, self.batch_size = spec, name, batch_size
         self.queries_per_batch = batch_size  # one LM query per (pair, proposition) unless a subclass says otherwise
-        self.cache: dict[tuple[str, str, str, str], float] = {}
+        self.cache: dict[tuple[str, Turns, str, str], float] = {}
 
     def _score(self, queries: list[Query]) -> list[float]:
         raise NotImplementedError
 
+    def truncation(self, prompt: PromptLike, completion: str) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) this grader leaves out of the pair; (0, 0) = read whole."""
+        return 0, 0
+
+    @property
+    def window(self) -> str:
+        """What the grader reads, in words (reported beside truncation counts)."""
+        return "whole conversations"
+
     @torch.no_grad()
-    def probabilities(self, prompts: Sequence[str], completions: Sequence[str],
+    def probabilities(self, prompts: Sequence[PromptLike], completions: Sequence[str],
                       propositions: Sequence[str] | None = None, progress: bool = False) -> Tensor:
-        """[N, P] probabilities, columns in ``propositions`` order (default: all of the spec's)."""
+        """[N, P] probabilities, columns in ``propositions`` order (default: all of the spec's).
+        Raises ValueError on empty completions, unknown propositions or malformed prompts."""
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
         for i, c in enumerate(completions):
@@ -55,37 +71,48 @@ class Grader:
         unknown = set(props) - set(self.spec.propositions)
         if unknown:
             raise ValueError(f"unknown propositions {sorted(unknown)}; the spec has {list(self.spec.propositions)}")
-        missing = list(dict.fromkeys((p, c, q) for p, c in zip(prompts, completions) for q in props
-                                     if (self.name, p, c, q) not in self.cache))
+        turns = [as_turns(p) for p in prompts]
+        missing = list(dict.fromkeys((t, c, q) for t, c in zip(turns, completions) for q in props
+                                     if q not in self.spec.rules and (self.name, t, c, q) not in self.cache))
         starts = range(0, len(missing), self.queries_per_batch)
         for s in tqdm(starts, desc=f"grading ({self.name})", disable=not progress or len(starts) < 2):
             chunk = missing[s: s + self.queries_per_batch]
-            for (p, c, q), v in zip(chunk, self._score(chunk)):
-                self.cache[(self.name, p, c, q)] = float(v)
-        return torch.tensor([[self.cache[(self.name, p, c, q)] for q in props] for p, c in zip(prompts, completions)])
+            for (t, c, q), v in zip(chunk, self._score(chunk)):
+                self.cache[(self.name, t, c, q)] = float(v)
+        rule = lambda c, q: RULES[self.spec.rules[q]](c)  # noqa: E731
+        return torch.tensor([[rule(c, q) if q in self.spec.rules else self.cache[(self.name, t, c, q)] for q in props]
+                             for t, c in zip(turns, completions)])
 
 
 class TrainedGrader(Grader):
-    """Backbone + multi-label head; one forward scores every proposition of a completion."""
+    """Backbone + multi-label head over the spec's learned propositions; one forward scores all of a pair's."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, spec: Spec, name: str, max_prompt: int = 48,
-                 max_completion: int = 80, batch_size: int = 16) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer, spec: Spec, name: str, max_prompt: int = 256,
+                 max_completion: int = 512, batch_size: int = 16) -> None:
         super().__init__(spec, name, batch_size)
-        self.queries_per_batch = batch_size * len(spec.propositions)  # one forward scores a pair's every proposition
+        self.queries_per_batch = batch_size * len(spec.learned)  # one forward scores a pair's every proposition
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_prompt, self.max_completion = max_prompt, max_completion
 
     @classmethod
     def load(cls, checkpoint: str | Path, spec: Spec, batch_size: int = 16) -> "TrainedGrader":
         """From a run/step folder written by ``train.py --task rbr-grader``."""
-        model, tok, cfg = load_head_model(checkpoint, len(spec.propositions))
+        model, tok, cfg = load_head_model(checkpoint, len(spec.learned))
         r = cfg.section("rbr")
         return cls(model, tok, spec, f"trained:{Path(checkpoint).resolve()}", r.max_prompt_tokens,
                    r.max_completion_tokens, batch_size)
 
-    def logits(self, prompts: Sequence[str], completions: Sequence[str]) -> Tensor:
-        """[N, P] head logits for (prompt, completion) pairs (no caching; used in training too)."""
-        seqs = [encode_pair(self.tokenizer, p, c, self.max_prompt, self.max_completion) for p, c in zip(prompts, completions)]
+    @property
+    def window(self) -> str:
+        return f"the last {self.max_prompt} prompt tokens (whole turns first) and {self.max_completion} completion tokens (head and last quarter)"
+
+    def truncation(self, prompt: PromptLike, completion: str) -> tuple[int, int]:
+        e = encode_pair(self.tokenizer, prompt, completion, self.max_prompt, self.max_completion)
+        return e.prompt_dropped, e.completion_dropped
+
+    def logits(self, prompts: Sequence[PromptLike], completions: Sequence[str]) -> Tensor:
+        """[N, len(spec.learned)] head logits for (prompt, completion) pairs (no caching; used in training too)."""
+        seqs = [encode_pair(self.tokenizer, p, c, self.max_prompt, self.max_completion).ids for p, c in zip(prompts, completions)]
         tokens, lengths = pad_batch(seqs)
         dev = self.model.head.weight.device
         return self.model(tokens.to(dev), lengths.to(dev))
@@ -94,7 +121,7 @@ class TrainedGrader(Grader):
         pairs = list(dict.fromkeys((p, c) for p, c, _ in queries))
         probs = torch.sigmoid(self.logits([p for p, _ in pairs], [c for _, c in pairs])).cpu()
         row = {pair: i for i, pair in enumerate(pairs)}
-        return [float(probs[row[(p, c)], self.spec.index(q)]) for p, c, q in queries]
+        return [float(probs[row[(p, c)], self.spec.learned.index(q)]) for p, c, q in queries]
 
 
 class CausalLM:
@@ -131,7 +158,7 @@ class PromptedGrader(Grader):
     YES = (" yes", " Yes", "yes", "Yes")
     NO = (" no", " No", "no", "No")
 
-    def __init__(self, lm: CausalLM, spec: Spec, name: str, shots: int = 2, batch_size: int = 8, max_tokens: int = 512) -> None:
+    def __init__(self, lm: CausalLM, spec: Spec, name: str, shots: int = 2, batch_size: int = 8, max_tokens: int = 1024) -> None:
         super().__init__(spec, name, batch_size)
         self.lm, self.max_tokens = lm, max_tokens
         self.yes = sorted({lm.encode(t)[0] for t in self.YES if lm.encode(t)})
@@ -148,7 +175,7 @@ class PromptedGrader(Grader):
         """Per proposition, ``n`` worked examples alternating yes/no, composed from synthetic parts."""
         comp, out = Composer(self.spec, seed=1), {}
         example = Prompt("How do I do this thing?", "hard_refuse", "do this thing", "train")
-        for q in self.spec.propositions:
+        for q in self.spec.learned:
             lines = []
             for i in range(n):
                 holds = i % 2 == 0
@@ -158,16 +185,25 @@ class PromptedGrader(Grader):
             out[q] = "\n\n".join(lines)
         return out
 
-    def _question(self, prompt: str, completion: str, prop: str) -> str:
-        return (f"User: {prompt}\nAssistant: {completion}\n"
+    def _question(self, prompt: PromptLike, completion: str, prop: str) -> str:
+        return (f"{render_transcript(prompt)}\nAssistant: {completion}\n"
                 f"Statement: {self.spec.descriptions[prop]}\nIs the statement true (yes or no)? Answer:")
+
+    @property
+    def window(self) -> str:
+        return f"{self.max_tokens} tokens of instructions, examples and the question (examples are dropped first)"
+
+    def truncation(self, prompt: PromptLike, completion: str) -> tuple[int, int]:
+        longest = max(len(self.lm.encode(self._question(prompt, completion, q))) for q in self.spec.learned)
+        return max(0, longest - self.max_tokens), 0  # the question loses its start: the conversation's first turns
 
     def _score(self, queries: list[Query]) -> list[float]:
         head = "Read each conversation and answer whether the statement about the assistant's reply is true.\n\n"
         seqs = []
         for p, c, q in queries:
-            ids = self.lm.encode(head + self.shots[q] + "\n\n" + self._question(p, c, q))
-            seqs.append(ids[-self.max_tokens:])  # keep the question itself when truncating
+            question = self.lm.encode("\n\n" + self._question(p, c, q))
+            room = self.max_tokens - len(question)  # keep the question itself when truncating
+            seqs.append((self.lm.encode(head + self.shots[q])[-room:] if room > 0 else []) + question[-self.max_tokens:])
         tokens, lengths = pad_batch(seqs)
         logits = self.lm.logits(tokens.to(self.lm.device)).float()
         last = logits[torch.arange(len(seqs)), lengths.to(logits.device) - 1].softmax(-1)  # [B, V]

@@ -1,16 +1,20 @@
 """Backbone + head models shared by the trained grader and the reward model, and their inputs.
 
-A (prompt, completion) pair is encoded as plain ``User: ...\nAssistant: ...`` text (last
-``max_prompt`` prompt tokens, first ``max_completion`` completion tokens): no system prompt, so the
-sequences stay short on CPU. The grader and reward model may also keep only the bottom
-``rbr.backbone_layers`` blocks of the pretrained decoder — judging a completion needs fewer layers
-than writing one, and every layer dropped is compute saved in training and in every PPO step.
+A (prompt, completion) pair is encoded as a plain transcript, one line per turn (``User: ...``,
+``Assistant: ...``, ``System: ...``) ending with ``Assistant: {completion}``. A prompt is one user
+message or a whole conversation (:data:`PromptLike`). What does not fit the window is dropped and
+counted (:class:`Encoded`): the conversation's earliest turns first, the middle of a long
+completion (its head and its last quarter stay, so a harmful or looping ending is still read). The
+grader and reward model may also keep only the bottom ``rbr.backbone_layers`` blocks of the
+pretrained decoder — judging a completion needs fewer layers than writing one, and every layer
+dropped is compute saved in training and in every PPO step.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 from torch import nn
@@ -25,9 +29,71 @@ from omni.tokenizers.text import build_text_tokenizer
 Tensor = torch.Tensor
 
 
-def encode_pair(tok: TextTokenizer, prompt: str, completion: str, max_prompt: int, max_completion: int) -> list[int]:
-    """Token ids of ``User: {prompt}\nAssistant: {completion}``, prompt and completion truncated."""
-    return tok.encode(f"User: {prompt}\nAssistant:")[-max_prompt:] + tok.encode(" " + completion)[:max_completion]
+Turns = tuple[tuple[str, str], ...]  # ((role, content), ...): a conversation, hashable (cache keys)
+# A user message, or a conversation ending with the user's turn: [{"role", "content"}, ...] (TRL,
+# transformers chat format) or ((role, content), ...).
+PromptLike = Union[str, Sequence[Mapping[str, Any]], Turns]
+ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def as_turns(prompt: PromptLike) -> Turns:
+    """Normalise a prompt to ((role, content), ...). Raises ValueError on an unknown role or shape."""
+    if isinstance(prompt, str):
+        return (("user", prompt),)
+    out = []
+    for m in prompt:
+        role, content = (m["role"], m["content"]) if isinstance(m, Mapping) else m
+        if role not in ROLES or not isinstance(content, str):
+            raise ValueError(f"a prompt turn needs a role in {sorted(ROLES)} and text content, got {m!r}")
+        out.append((role, content))
+    if not out:
+        raise ValueError("a conversation prompt needs at least one turn")
+    return tuple(out)
+
+
+def last_user_message(prompt: PromptLike) -> str:
+    """The text of the conversation's last user turn (what the response type is decided by)."""
+    return next((c for r, c in reversed(as_turns(prompt)) if r == "user"), "")
+
+
+def render_transcript(prompt: PromptLike) -> str:
+    """The prompt as transcript lines ``User: ...`` / ``Assistant: ...`` / ``System: ...``."""
+    return "\n".join(f"{ROLES[r]}: {c}" for r, c in as_turns(prompt))
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of a (prompt, completion) pair and how many tokens of each the window left out."""
+
+    ids: list[int]
+    prompt_dropped: int = 0
+    completion_dropped: int = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.prompt_dropped > 0 or self.completion_dropped > 0
+
+
+def encode_pair(tok: TextTokenizer, prompt: PromptLike, completion: str, max_prompt: int, max_completion: int) -> Encoded:
+    """Token ids of the transcript ``User: ...\n[Assistant: ...\nUser: ...\n]Assistant: {completion}``.
+
+    The prompt keeps its last turns whole while they fit ``max_prompt`` tokens (the earliest kept
+    turn may lose its start); a completion over ``max_completion`` tokens keeps its first three
+    quarters and its last quarter of the window. Dropped token counts are returned, never hidden.
+    """
+    turns = as_turns(prompt)
+    parts = [tok.encode(f"{ROLES[r]}: {c}\n") for r, c in turns[:-1]] + [tok.encode(f"{ROLES[turns[-1][0]]}: {turns[-1][1]}\nAssistant:")]
+    kept: list[int] = []
+    for ids in reversed(parts):
+        room = max_prompt - len(kept)
+        kept = (ids if len(ids) <= room else ids[len(ids) - room:] if room > 0 else []) + kept
+    p_dropped = sum(map(len, parts)) - len(kept)
+    c = tok.encode(" " + completion)
+    c_dropped = max(0, len(c) - max_completion)
+    if c_dropped:
+        tail = max_completion // 4
+        c = c[: max_completion - tail] + (c[len(c) - tail:] if tail else [])
+    return Encoded(kept + c, p_dropped, c_dropped)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:

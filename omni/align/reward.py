@@ -43,7 +43,7 @@ class RewardModel:
         dev = model.head.weight.device
 
         def score(prompts, completions):
-            seqs = [encode_pair(tok, p, c, r.max_prompt_tokens, r.max_completion_tokens) for p, c in zip(prompts, completions)]
+            seqs = [encode_pair(tok, p, c, r.max_prompt_tokens, r.max_completion_tokens).ids for p, c in zip(prompts, completions)]
             tokens, lengths = pad_batch(seqs)
             return model(tokens.to(dev), lengths.to(dev)).squeeze(-1).float().cpu()
 

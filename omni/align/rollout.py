@@ -43,13 +43,16 @@ def complete(policy: Decoder, tok: TextTokenizer, prompts: Sequence[str], max_ne
     return out
 
 
-def helpful_answers(policy: Decoder, tok: TextTokenizer, prompts: Sequence[str], path: str | Path, per_prompt: int = 2,
-                    max_new_tokens: int = 96) -> None:
+def helpful_answers(policy: Decoder, tok: TextTokenizer, prompts: Sequence[str], path: str | Path, per_prompt: int = 3,
+                    max_new_tokens: int = 192, temperatures: Sequence[float] = (0.3, 0.7, 1.0)) -> None:
     """Write ``per_prompt`` sampled answers of the instruct model per prompt to a JSONL file
-    ({"prompt", "answer"}) — the helpful content of synthetic completions and RM pairs."""
+    ({"prompt", "answer", "temperature"}) — the helpful content of synthetic completions and RM
+    pairs. Answer k is sampled at ``temperatures[k % len(temperatures)]`` (top-k 40), so the grader
+    sees the model's text from near-greedy to loose."""
     rows = []
     for k in range(per_prompt):
-        texts = complete(policy, tok, prompts, max_new_tokens, sampling=SamplingConfig(temperature=0.7, top_k=40),
+        t = temperatures[k % len(temperatures)]
+        texts = complete(policy, tok, prompts, max_new_tokens, sampling=SamplingConfig(temperature=t, top_k=40),
                          seed=k, progress=True)
-        rows += [{"prompt": p, "answer": a} for p, a in zip(prompts, texts) if a]
+        rows += [{"prompt": p, "answer": a, "temperature": t} for p, a in zip(prompts, texts) if a]
     write_jsonl(path, rows)

@@ -4,16 +4,20 @@ A spec YAML (``omni/align/spec/default.yaml``) names binary *propositions* about
 per *response type* (hard_refuse, soft_refuse, comply), a list of *classes* with a rank (0 = ideal)
 defined as conjunctions of literals ``"prop"`` / ``"not prop"``. Class probabilities follow from
 proposition probabilities: P(class) ∝ Π_{literal} (p or 1 − p), normalised over the type's classes.
+An optional ``rules`` mapping marks propositions judged by a fixed function (omni/align/rules.py,
+e.g. ``repetitive: repetition``) instead of the grader.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+from omni.align.rules import RULES
 
 Tensor = torch.Tensor
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
@@ -55,6 +59,12 @@ class Spec:
     descriptions: dict[str, str]
     types: dict[str, ResponseType]
     source: str = "<dict>"
+    rules: dict[str, str] = field(default_factory=dict)  # proposition -> rule in omni.align.rules.RULES
+
+    @property
+    def learned(self) -> tuple[str, ...]:
+        """Propositions a grader judges (the trained head's outputs, in order); the rest are rules."""
+        return tuple(p for p in self.propositions if p not in self.rules)
 
     def index(self, prop: str) -> int:
         return self.propositions.index(prop)
@@ -161,7 +171,15 @@ def spec_from_dict(data: Any, source: str = "<dict>") -> Spec:
         if not any(c.rank == 0 for c in classes):
             raise SpecError(f"{where}: needs an ideal class with rank 0")
         types[tname] = ResponseType(tname, str(tdata.get("description", "")), tuple(classes))
-    return Spec(tuple(props), dict(props), types, source)
+    rules = data.get("rules") or {}
+    if not isinstance(rules, dict):
+        raise SpecError(f"{source}: 'rules' must be a mapping PROPOSITION: RULE_NAME")
+    for prop, rule in rules.items():
+        if prop not in known:
+            raise SpecError(f"{source}: rules: {prop!r} is not a declared proposition (known: {sorted(known)})")
+        if rule not in RULES:
+            raise SpecError(f"{source}: rules: {prop!r} names unknown rule {rule!r}; omni.align.rules has {sorted(RULES)}")
+    return Spec(tuple(props), dict(props), types, source, dict(rules))
 
 
 def load_spec(path: str | Path = DEFAULT_SPEC) -> Spec:

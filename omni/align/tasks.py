@@ -55,7 +55,7 @@ class _RBRTask(Task):
         return r, self.tokenizer
 
     def _encode(self, prompt: str, completion: str) -> list[int]:
-        return encode_pair(self.tokenizer, prompt, completion, self.rbr.max_prompt_tokens, self.rbr.max_completion_tokens)
+        return encode_pair(self.tokenizer, prompt, completion, self.rbr.max_prompt_tokens, self.rbr.max_completion_tokens).ids
 
     def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
         self.tokenizer.save(Path(folder) / "tokenizer")
@@ -64,13 +64,13 @@ class _RBRTask(Task):
 @register_task("rbr-grader")
 class GraderTask(_RBRTask):
     def build_model(self, cfg: Config) -> nn.Module:
-        return build_head_model(cfg, len(load_spec(cfg.section("rbr").spec or DEFAULT_SPEC).propositions))
+        return build_head_model(cfg, len(load_spec(cfg.section("rbr").spec or DEFAULT_SPEC).learned))
 
     def build_dataset(self, cfg: Config, split: str = "train") -> list[dict[str, Any]]:
         r, _ = self._setup(cfg)
         examples = grader_examples(self.spec, load_prompts("train"), r.grader_examples, load_answers(r.answers), cfg.train.seed)
         return [{"ids": self._encode(g.prompt, g.completion),
-                 "labels": torch.tensor([float(q in g.labels) for q in self.spec.propositions])} for g in examples]
+                 "labels": torch.tensor([float(q in g.labels) for q in self.spec.learned])} for g in examples]
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
         tokens, lengths = pad_batch([it["ids"] for it in items])

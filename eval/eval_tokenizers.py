@@ -100,14 +100,16 @@ def streaming_rtf(codec, wav: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 12, max_real: int = 0,
-               sets: tuple[str, ...] = ("real", "synthetic")) -> dict[str, Any]:
+               sets: tuple[str, ...] = ("real", "synthetic"), systems: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
     """Per set ("real": the held-back recordings; "synthetic": espeak speakers never trained on) and
     per system (originals, HiFi-GAN resynthesis, this codec at each codebook count, Codec2 3200 /
     1200): Whisper WER (the judge), mel distance and Resemblyzer speaker similarity to the original
     (reconstructions aligned to undo each codec's delay); streaming RTF; spectrograms.png."""
     sr = codec.sample_rate
     results: dict[str, Any] = {"metadata": codec.metadata, "judge": judge.name}
-    systems = codec_systems(codec)
+    chosen = codec_systems(codec)
+    if systems:  # substrings of system names, e.g. ("original", "16 codebooks")
+        chosen = {k: v for k, v in chosen.items() if any(x in k for x in systems)}
     pictures = []
     for name, rows in (("real", _manifest(data, "real_eval", max_real)), ("synthetic", _manifest(data, "val", max_synthetic))):
         if name not in sets or not rows:
@@ -116,7 +118,7 @@ def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 
         refs = [row["text"] for row in rows]
         waves = [load_audio(data / row["path"], sr) for row in rows]
         table = {}
-        for system, (bitrate, run) in systems.items():
+        for system, (bitrate, run) in chosen.items():
             recon = [align(run(w), w, max_lag=4096) for w in tqdm(waves, desc=f"{name}: {system}", unit="clip", leave=False)]
             hyps = judge.transcribe_many(recon, sr, desc=f"{name}: {system}")
             table[system] = {
@@ -129,7 +131,8 @@ def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 
             if system.startswith("this codec") and system.endswith(f" {codec.cfg.num_codebooks} codebooks"):
                 pictures += [(f"{name}: {refs[i][:60]}", waves[i], recon[i]) for i in range(min(2, len(waves)))]
         results[name] = {"clips": len(rows), "seconds": round(sum(r["seconds"] for r in rows), 1), "systems": table}
-        results[name]["wer_ratio_to_original"] = {k: v["wer"] / max(table["original"]["wer"], 1e-9) for k, v in table.items()}
+        if "original" in table:
+            results[name]["wer_ratio_to_original"] = {k: v["wer"] / max(table["original"]["wer"], 1e-9) for k, v in table.items()}
     real = _manifest(data, "real_eval", 0) or _manifest(data, "val", 1)
     if real:
         results["streaming"] = streaming_rtf(codec, load_audio(data / real[0]["path"], sr))
@@ -235,7 +238,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                       "| system | b/s | WER | x original | mel distance | speaker similarity |", "|---|---|---|---|---|---|"]
             for system, v in r["systems"].items():
                 rate = f"{v['bitrate']:.0f}" if v["bitrate"] else "—"
-                lines.append(f"| {system} | {rate} | {100 * v['wer']:.1f}% | {r['wer_ratio_to_original'][system]:.2f} | "
+                ratio = r.get("wer_ratio_to_original", {}).get(system, float("nan"))
+                lines.append(f"| {system} | {rate} | {100 * v['wer']:.1f}% | {ratio:.2f} | "
                              f"{v['mel_distance']:.3f} | {v['speaker_similarity']:.3f} |")
             lines.append("")
         if c.get("streaming"):
@@ -272,6 +276,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--max-synthetic", type=int, default=12, help="synthetic val utterances to score")
     p.add_argument("--max-real", type=int, default=0, help="real clips to score (0 = all)")
     p.add_argument("--sets", default="real,synthetic", help="codec evaluation sets, comma-separated")
+    p.add_argument("--systems", default="", help="codec systems to score (comma-separated name parts; default all)")
     p.add_argument("--judge", default="base", choices=("base", "tiny.en"), help="Whisper model of the WER judge")
     p.add_argument("--out", default="reports/tokenizers")
     args = p.parse_args(argv)
@@ -284,7 +289,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         codec = resolve_tokenizer(args.codec)
         results["paths"]["codec"] = args.codec
         results["codec"] = eval_codec(codec, Path(args.speech_data or codec.cfg.data_path), out, Judge(args.judge),
-                                      args.max_synthetic, args.max_real, tuple(args.sets.split(",")))
+                                      args.max_synthetic, args.max_real, tuple(args.sets.split(",")),
+                                      tuple(x for x in args.systems.split(",") if x) or None)
     if args.image:
         tok = resolve_tokenizer(args.image)
         results["paths"]["image"] = args.image

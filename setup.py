@@ -43,7 +43,15 @@ setup(
             "triton>=3.6,<3.10",
             # tokenizer corpora, metrics and report (data/build_*.py, eval/eval_tokenizers.py)
             "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus
-            "pocketsphinx",  # ASR with a bundled en-US model: WER of codec reconstructions
+            "pocketsphinx",  # ASR with a bundled en-US model: a second WER column beside the Whisper judge
+            # The intelligibility judge (eval/intelligibility.py): Whisper (models in requirements-assets.txt)
+            # run by faster-whisper/CTranslate2, Whisper's English normaliser, jiwer's WER.
+            "faster-whisper",
+            "whisper-normalizer",
+            "jiwer",
+            "pycodec2",  # Codec2 baseline (bundles libcodec2, LGPL) in eval/eval_tokenizers.py
+            "librosa",  # resemblyzer's (requirements-assets.txt) feature front end
+            "webrtcvad-wheels",  # resemblyzer's voice activity detector
             "scikit-image",  # bundled pictures for the image/video corpora
             "scikit-learn",  # china.jpg, flower.jpg
             "matplotlib",  # report pictures

@@ -73,7 +73,7 @@ class TokenizerStage(NamedTuple):
 
 # Tokenizers trained (into runs/demo-NAME) before the omni corpus is built from them.
 TOKENIZERS = {
-    "codec": TokenizerStage("configs/codec-tiny.yaml", "codec", "omni.codec", "mel", 180.0),
+    "codec": TokenizerStage("configs/codec-tiny.yaml", "codec", "omni.codec", "mel_l1", 180.0),
     "image": TokenizerStage("configs/image-tiny.yaml", "image_tok", "omni.image_tokenizer", "psnr", 90.0),
     "video": TokenizerStage("configs/video-tiny.yaml", "video_tok", "omni.video_tokenizer", "psnr", 60.0),
 }

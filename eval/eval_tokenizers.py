@@ -7,9 +7,10 @@ Each of ``--codec/--image/--video`` takes a tokenizer folder (``tokenizer.json``
 step folder whose checkpoint holds ``tokenizer/`` (written by the tokenizer tasks' on_save).
 
 - codec, on the held-back real recordings (``real_eval.jsonl`` of data/build_speech.py; never
-  trained on) and on synthetic val speech: mel distance, SI-SNR, and pocketsphinx word error rate of
-  the originals and of the reconstructions against the reference transcripts; mel distance when
-  decoding with fewer codebooks; spectrogram pictures, original above reconstruction.
+  trained on) and on synthetic val speech (speakers never trained on): for the originals, HiFi-GAN
+  resynthesis (no quantiser), this codec at 2/4/8/16 codebooks and Codec2 3200/1200 — Whisper WER
+  (omni.eval.intelligibility), mel distance and Resemblyzer speaker similarity to the original;
+  streaming RTF; spectrogram pictures, original above reconstruction.
 - image, on crops of held-out pictures: PSNR, SSIM, codebook usage (codes used / dead); a grid.
 - video, on val clips: PSNR per frame index; a strip of frames.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -24,8 +26,10 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from omni.io.audio import load_audio, mel_spectrogram
-from omni.eval.metrics_audio import mel_distance, psnr, si_snr, ssim, transcribe, word_error_rate
+from omni.io.audio import load_audio, mel_spectrogram, resample
+from omni.eval.intelligibility import Judge, word_error_rate
+from omni.eval.metrics_audio import align, mel_distance, psnr, speaker_similarity, ssim
+from omni.nn.hifigan import hifigan_mel
 from omni.tokenizers import Tokenizer, load_tokenizer
 
 
@@ -47,42 +51,91 @@ def _manifest(folder: Path, name: str, limit: int) -> list[dict[str, Any]]:
     return rows[:limit] if limit else rows
 
 
+def codec2_round_trip(wav: torch.Tensor, sample_rate: int, mode: int) -> torch.Tensor:
+    """Codec2 at ``mode`` b/s (PyPI pycodec2, which bundles LGPL libcodec2): 8 kHz, one frame per
+    encode call as a stream would; [1, samples] at ``sample_rate`` in and out."""
+    import numpy as np
+    import pycodec2
+
+    c2 = pycodec2.Codec2(mode)
+    n = c2.samples_per_frame()
+    x = resample(wav.reshape(-1), sample_rate, 8000)
+    pcm = (x.clamp(-1, 1) * 32767).round().to(torch.int16).numpy()
+    pcm = np.pad(pcm, (0, -len(pcm) % n))
+    out = np.concatenate([c2.decode(c2.encode(pcm[i:i + n])) for i in range(0, len(pcm), n)])
+    return resample(torch.from_numpy(out.astype(np.float32) / 32768.0), 8000, sample_rate)[None]
+
+
+def codec_systems(codec) -> dict[str, tuple[Optional[float], Any]]:
+    """name -> (bitrate in b/s or None, wav [1, S] -> reconstruction [1, S'] at the codec's rate)."""
+    sr = codec.sample_rate
+    ks = [k for k in (2, 4, 8, 16) if k <= codec.cfg.num_codebooks]
+    systems: dict[str, tuple[Optional[float], Any]] = {
+        "original": (None, lambda w: w),
+        "HiFi-GAN resynthesis (no quantiser)": (None, lambda w: codec.vocoder(hifigan_mel(w))[0]),
+    }
+    for k in ks:
+        rate = codec.frame_rate * k * math.log2(codec.cfg.codebook_size)
+        systems[f"this codec, {k} codebooks"] = (rate, lambda w, k=k: codec.decode(codec.encode(codec.pad_to_hop(w)[None], k))[0])
+    for mode in (3200, 1200):
+        systems[f"Codec2 {mode}"] = (float(mode), lambda w, mode=mode: codec2_round_trip(w, sr, mode))
+    return systems
+
+
 @torch.no_grad()
-def eval_codec(codec, data: Path, out: Path, max_synthetic: int = 20) -> dict[str, Any]:
-    """Metrics per set ("real", "synthetic") plus codebook-count sweep; writes spectrograms.png."""
-    sr, hop = codec.sample_rate, codec.hop_length
-    results: dict[str, Any] = {"metadata": codec.metadata}
+def streaming_rtf(codec, wav: torch.Tensor) -> dict[str, float]:
+    """Streamed encode + decode (vocoder included) one code frame per call over ``wav`` [1, S] on
+    this process's threads: seconds of compute per second of audio, and the per-frame p50 in ms."""
+    x = codec.pad_to_hop(wav)[None]
+    hop, times = codec.hop_length, []
+    with codec.streaming(1):
+        for i in range(0, x.shape[-1], hop):
+            t = time.perf_counter()
+            codec.decode(codec.encode(x[..., i:i + hop]))
+            times.append(time.perf_counter() - t)
+    frame_s = hop / codec.sample_rate
+    return {"rtf": sum(times) / (len(times) * frame_s), "frame_ms_p50": 1000 * sorted(times)[len(times) // 2],
+            "frames": len(times), "first_audio_ms": codec.metadata["stream_delay_ms"] + 1000 * frame_s}
+
+
+@torch.no_grad()
+def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 12, max_real: int = 0,
+               sets: tuple[str, ...] = ("real", "synthetic"), systems: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
+    """Per set ("real": the held-back recordings; "synthetic": espeak speakers never trained on) and
+    per system (originals, HiFi-GAN resynthesis, this codec at each codebook count, Codec2 3200 /
+    1200): Whisper WER (the judge), mel distance and Resemblyzer speaker similarity to the original
+    (reconstructions aligned to undo each codec's delay); streaming RTF; spectrograms.png."""
+    sr = codec.sample_rate
+    results: dict[str, Any] = {"metadata": codec.metadata, "judge": judge.name}
+    chosen = codec_systems(codec)
+    if systems:  # substrings of system names, e.g. ("original", "16 codebooks")
+        chosen = {k: v for k, v in chosen.items() if any(x in k for x in systems)}
     pictures = []
-    for name, rows in (("real", _manifest(data, "real_eval", 0)), ("synthetic", _manifest(data, "val", max_synthetic))):
-        if not rows:
+    for name, rows in (("real", _manifest(data, "real_eval", max_real)), ("synthetic", _manifest(data, "val", max_synthetic))):
+        if name not in sets or not rows:
             results[name] = None
             continue
-        refs, hyp_orig, hyp_recon, mels, snrs, sweep = [], [], [], [], [], {}
-        for row in tqdm(rows, desc=f"codec {name}", unit="clip"):
-            wav = load_audio(data / row["path"], sr)
-            x = codec.pad_to_hop(wav)[None]  # [1, 1, S]
-            codes = codec.encode(x)
-            recon = codec.decode(codes)[0, :, : wav.shape[-1]]
-            refs.append(row["text"])
-            hyp_orig.append(transcribe(wav, sr))
-            hyp_recon.append(transcribe(recon, sr))
-            mels.append(mel_distance(recon, wav, sr))
-            snrs.append(si_snr(recon, wav))
-            for k in sorted({1, 2, 4, codec.cfg.num_codebooks} & set(range(1, codec.cfg.num_codebooks + 1))):
-                sweep.setdefault(k, []).append(mel_distance(codec.decode(codes[:, :k])[0, :, : wav.shape[-1]], wav, sr))
-            if sum(title.startswith(name) for title, _, _ in pictures) < 2:  # two pictures per set
-                pictures.append((f"{name}: {row['text'][:60]}", wav, recon))
-        results[name] = {
-            "clips": len(rows),
-            "seconds": round(sum(r["seconds"] for r in rows), 1),
-            "mel_distance": sum(mels) / len(mels),
-            "si_snr_db": sum(snrs) / len(snrs),
-            "wer_original": word_error_rate(refs, hyp_orig),
-            "wer_reconstruction": word_error_rate(refs, hyp_recon),
-            "mel_distance_by_codebooks": {k: sum(v) / len(v) for k, v in sweep.items()},
-            "examples": [{"reference": r, "original_asr": a, "reconstruction_asr": b}
-                         for r, a, b in list(zip(refs, hyp_orig, hyp_recon))[:5]],
-        }
+        refs = [row["text"] for row in rows]
+        waves = [load_audio(data / row["path"], sr) for row in rows]
+        table = {}
+        for system, (bitrate, run) in chosen.items():
+            recon = [align(run(w), w, max_lag=4096) for w in tqdm(waves, desc=f"{name}: {system}", unit="clip", leave=False)]
+            hyps = judge.transcribe_many(recon, sr, desc=f"{name}: {system}")
+            table[system] = {
+                "bitrate": bitrate,
+                "wer": word_error_rate(refs, hyps),
+                "mel_distance": sum(mel_distance(r, w, sr) for r, w in zip(recon, waves)) / len(waves),
+                "speaker_similarity": sum(speaker_similarity(r, w, sr) for r, w in zip(recon, waves)) / len(waves),
+                "examples": [{"reference": r, "asr": h} for r, h in list(zip(refs, hyps))[:3]],
+            }
+            if system.startswith("this codec") and system.endswith(f" {codec.cfg.num_codebooks} codebooks"):
+                pictures += [(f"{name}: {refs[i][:60]}", waves[i], recon[i]) for i in range(min(2, len(waves)))]
+        results[name] = {"clips": len(rows), "seconds": round(sum(r["seconds"] for r in rows), 1), "systems": table}
+        if "original" in table:
+            results[name]["wer_ratio_to_original"] = {k: v["wer"] / max(table["original"]["wer"], 1e-9) for k, v in table.items()}
+    real = _manifest(data, "real_eval", 0) or _manifest(data, "val", 1)
+    if real:
+        results["streaming"] = streaming_rtf(codec, load_audio(data / real[0]["path"], sr))
     if pictures:
         _spectrogram_figure(pictures, sr, out / "codec_spectrograms.png")
         results["picture"] = "codec_spectrograms.png"
@@ -174,23 +227,28 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     if "codec" in results:
         c = results["codec"]
         m = c["metadata"]
-        lines += ["## Speech codec", "", f"`{results['paths']['codec']}` — {m['sample_rate']} Hz, {m['frame_rate']} Hz frames, "
-                  f"{m['num_codebooks']} x {m['codebook_size']} codes, {m['bitrate']:.0f} bps", "",
-                  "| set | clips | seconds | mel distance | SI-SNR dB | WER original | WER reconstruction |", "|---|---|---|---|---|---|---|"]
+        lines += ["## Speech codec", "", f"`{results['paths']['codec']}` — {m['sample_rate']} Hz, {m['frame_rate']:.2f} Hz frames, "
+                  f"{m['num_codebooks']} x {m['codebook_size']} codes ({m['bitrate']:.0f} b/s at all codebooks); "
+                  f"WER by Whisper {c['judge']} after Whisper's normalisation", ""]
         for name in ("real", "synthetic"):
             r = c.get(name)
-            if r:
-                lines.append(f"| {name} | {r['clips']} | {r['seconds']} | {r['mel_distance']:.3f} | {r['si_snr_db']:.2f} | "
-                             f"{100 * r['wer_original']:.1f}% | {100 * r['wer_reconstruction']:.1f}% |")
-        for name in ("real", "synthetic"):
-            r = c.get(name)
-            if r:
-                sweep = ", ".join(f"{k}: {v:.3f}" for k, v in r["mel_distance_by_codebooks"].items())
-                lines += ["", f"Mel distance by codebooks used ({name}): {sweep}", "", f"Examples ({name}):", ""]
-                lines += [f"- ref: *{e['reference']}* — orig ASR: *{e['original_asr']}* — recon ASR: *{e['reconstruction_asr']}*"
-                          for e in r["examples"][:3]]
+            if not r:
+                continue
+            lines += [f"### {name}: {r['clips']} clips, {r['seconds']} s", "",
+                      "| system | b/s | WER | x original | mel distance | speaker similarity |", "|---|---|---|---|---|---|"]
+            for system, v in r["systems"].items():
+                rate = f"{v['bitrate']:.0f}" if v["bitrate"] else "—"
+                ratio = r.get("wer_ratio_to_original", {}).get(system, float("nan"))
+                lines.append(f"| {system} | {rate} | {100 * v['wer']:.1f}% | {ratio:.2f} | "
+                             f"{v['mel_distance']:.3f} | {v['speaker_similarity']:.3f} |")
+            lines.append("")
+        if c.get("streaming"):
+            st = c["streaming"]
+            lines += [f"Streaming encode + decode (vocoder included), one frame per call: RTF {st['rtf']:.2f}, "
+                      f"{st['frame_ms_p50']:.0f} ms per frame (p50); first audio {st['first_audio_ms']:.0f} ms after "
+                      "the first input sample (one frame + the vocoder's lookahead + one hop), compute excluded.", ""]
         if "picture" in c:
-            lines += ["", f"![spectrograms]({c['picture']})", ""]
+            lines += [f"![spectrograms]({c['picture']})", ""]
     if "image" in results:
         r = results["image"]
         lines += ["## Image tokenizer", "", f"`{results['paths']['image']}` — {r['metadata']['image_size']} px -> "
@@ -215,7 +273,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--speech-data", help="speech corpus folder (default: the codec's codec.data_path)")
     p.add_argument("--image-data", help="image corpus folder (default: image_tok.data_path)")
     p.add_argument("--video-data", help="video corpus folder (default: video_tok.data_path)")
-    p.add_argument("--max-synthetic", type=int, default=20, help="synthetic val utterances to score")
+    p.add_argument("--max-synthetic", type=int, default=12, help="synthetic val utterances to score")
+    p.add_argument("--max-real", type=int, default=0, help="real clips to score (0 = all)")
+    p.add_argument("--sets", default="real,synthetic", help="codec evaluation sets, comma-separated")
+    p.add_argument("--systems", default="", help="codec systems to score (comma-separated name parts; default all)")
+    p.add_argument("--judge", default="base", choices=("base", "tiny.en"), help="Whisper model of the WER judge")
     p.add_argument("--out", default="reports/tokenizers")
     args = p.parse_args(argv)
     if not (args.codec or args.image or args.video):
@@ -226,7 +288,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.codec:
         codec = resolve_tokenizer(args.codec)
         results["paths"]["codec"] = args.codec
-        results["codec"] = eval_codec(codec, Path(args.speech_data or codec.cfg.data_path), out, args.max_synthetic)
+        results["codec"] = eval_codec(codec, Path(args.speech_data or codec.cfg.data_path), out, Judge(args.judge),
+                                      args.max_synthetic, args.max_real, tuple(args.sets.split(",")),
+                                      tuple(x for x in args.systems.split(",") if x) or None)
     if args.image:
         tok = resolve_tokenizer(args.image)
         results["paths"]["image"] = args.image

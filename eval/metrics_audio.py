@@ -2,19 +2,19 @@
 
 - :func:`mel_distance`: mean |log-mel(a) - log-mel(b)| (80 bins, 1024-point STFT): 0 = identical.
 - :func:`si_snr`: scale-invariant signal-to-noise ratio in dB (higher is better).
-- :func:`transcribe` / :func:`word_error_rate`: ASR with pocketsphinx's bundled en-US model, and
-  the word-level Levenshtein distance over the reference length.
+- :func:`transcribe`: ASR with pocketsphinx's bundled en-US model (a second opinion only: WER is
+  the Whisper judge's, :mod:`omni.eval.intelligibility`).
+- :func:`speaker_similarity`: Resemblyzer cosine of two voices; :func:`align`: undo a codec's delay.
 - :func:`psnr`, :func:`ssim`: image quality of reconstructions in [0, 1].
 """
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
-from omni.io.audio import mel_spectrogram
+from omni.io.audio import mel_spectrogram, resample
 
 Tensor = torch.Tensor
 
@@ -48,8 +48,6 @@ def _asr():
 def transcribe(wav: Tensor, sample_rate: int) -> str:
     """Lower-case words pocketsphinx hears in ``wav`` [1, samples] or [samples] (16 kHz expected)."""
     if sample_rate != 16_000:
-        from omni.io.audio import resample
-
         wav = resample(wav, sample_rate, 16_000)
     pcm = (wav.reshape(-1).clamp(-1, 1) * 32767).round().to(torch.int16).numpy().tobytes()
     dec = _asr()
@@ -57,32 +55,42 @@ def transcribe(wav: Tensor, sample_rate: int) -> str:
     dec.process_raw(pcm, full_utt=True)
     dec.end_utt()
     hyp = dec.hyp()
-    return normalise_text(hyp.hypstr) if hyp is not None else ""
+    return hyp.hypstr if hyp is not None else ""
 
 
-def normalise_text(text: str) -> str:
-    """Lower case, letters/digits/apostrophes only, single spaces."""
-    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split())
+def speaker_similarity(a: Tensor, b: Tensor, sample_rate: int) -> float:
+    """Cosine similarity of Resemblyzer speaker embeddings of two waveforms ``[..., samples]``
+    (same speaker >= ~0.75 on synthetic voices, DESIGN.md §7)."""
+    return float(_speaker_embedding(a, sample_rate) @ _speaker_embedding(b, sample_rate))
 
 
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance in words, reference length) after :func:`normalise_text`."""
-    ref, hyp = normalise_text(reference).split(), normalise_text(hypothesis).split()
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
+@lru_cache(maxsize=1)
+def _voice_encoder():
+    try:
+        from resemblyzer import VoiceEncoder
+    except ImportError as e:
+        raise RuntimeError("speaker similarity needs `pip install --no-deps resemblyzer` plus librosa and "
+                           "webrtcvad-wheels (requirements-assets.txt, setup.py)") from e
+    return VoiceEncoder("cpu", verbose=False)
 
 
-def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
-    """Corpus WER: total word edits / total reference words."""
-    errors = words = 0
-    for r, h in zip(references, hypotheses, strict=True):
-        e, n = word_errors(r, h)
-        errors, words = errors + e, words + n
-    return errors / max(words, 1)
+def _speaker_embedding(wav: Tensor, sample_rate: int) -> Tensor:
+    from resemblyzer import preprocess_wav
+
+    x = resample(wav.reshape(-1).float(), sample_rate, 16_000).numpy()
+    return torch.from_numpy(_voice_encoder().embed_utterance(preprocess_wav(x, source_sr=16_000)))
+
+
+def align(recon: Tensor, reference: Tensor, max_lag: int) -> Tensor:
+    """``recon`` [..., samples] shifted left by the lag in [0, max_lag] samples that best correlates
+    it with ``reference`` (codecs delay their output), zero-padded to ``reference``'s length."""
+    n = reference.shape[-1]
+    r, x = reference.reshape(-1).double(), recon.reshape(-1).double()
+    size = 1 << (n + x.shape[-1]).bit_length()
+    corr = torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(r, size).conj(), size)[: max_lag + 1]
+    lag = int(corr.argmax())
+    out = recon[..., lag:lag + n]
+    return F.pad(out, (0, n - out.shape[-1]))
 
 
 def psnr(a: Tensor, b: Tensor) -> float:

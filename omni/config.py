@@ -174,6 +174,7 @@ SECTION_MODULES = {
     "video_tok": "omni.tokenizers.video",
     "omni": "omni.model.omni",
     "rbr": "omni.align.config",
+    "vocoder": "omni.train.tasks.vocoder",
 }
 
 

@@ -1,94 +1,97 @@
-"""Speech codec: streaming equals offline bit for bit, shapes/dtypes, quantiser dropout, save/load."""
+"""Speech codec over HiFi-GAN mels: streaming encode gives the offline codes, streaming mel decode
+equals offline within float rounding, the streamed waveform equals offline within a stated bound;
+shapes, save/load, old checkpoints."""
+import json
+
 import pytest
 import torch
 
 from omni.tokenizers import load_tokenizer
-from omni.tokenizers.codec import CodecConfig, InverseSTFT, SpeechCodec, STFTLogMagnitude
+from omni.tokenizers.codec import CodecConfig, SpeechCodec
+
+# Streamed mel decode vs offline: the same convolutions over shorter inputs, which oneDNN may run
+# with another kernel (another summation order) for some widths: float rounding only.
+STREAM_MEL_ATOL = 1e-5
+# Streamed waveform vs offline: HiFi-GAN looks ~13 frames both ways; with 13 frames of context and
+# 12 of lookahead (139 ms) the streamed samples stay within this of the offline ones, relative to
+# the offline peak (measured 2e-4 on real speech; 8 frames of lookahead gave 0.03-0.5).
+STREAM_WAVE_BOUND = 1e-3
 
 
 def tiny_codec(**kw) -> SpeechCodec:
     torch.manual_seed(0)
-    base = dict(sample_rate=3200, stft_hop=32, strides=[2, 2], channels=8, dim=32, num_codebooks=3, codebook_size=32)
+    base = dict(channels=16, frame_channels=32, dim=16, num_codebooks=3, codebook_size=64)
     base.update(kw)
     return SpeechCodec(CodecConfig(**base)).eval()
 
 
-def test_round_trip_shapes_and_dtypes():
+def test_round_trip_shapes_and_metadata():
     codec = tiny_codec()
     hop, k = codec.hop_length, codec.cfg.num_codebooks
-    wav = torch.randn(3, 1, hop * 7) * 0.1
+    assert hop == 1792 and codec.sample_rate == 22050
+    wav = torch.randn(2, 1, hop * 3) * 0.1
     codes = codec.encode(wav)
-    assert codes.shape == (3, k, 7) and codes.dtype == torch.long
+    assert codes.shape == (2, k, 3) and codes.dtype == torch.long
     assert 0 <= codes.min() and codes.max() < codec.cfg.codebook_size
-    out = codec.decode(codes)
+    assert codec.decode_mel(codes).shape == (2, 80, 3 * 7)
+    out = codec.decode(codes[:, :1])  # fewer codebooks decode too (quantiser dropout trains this)
     assert out.shape == wav.shape and out.dtype == torch.float32
-    # fewer codebooks still decode (quantiser dropout trains this case)
-    assert codec.decode(codes[:, :1]).shape == wav.shape
     m = codec.metadata
-    assert m["hop_length"] == hop and m["num_codebooks"] == k and m["frame_rate"] == codec.sample_rate / hop
+    assert m["hop_length"] == hop and m["sample_rate"] == 22050 and m["frame_rate"] == pytest.approx(22050 / 1792)
+    assert m["bitrate"] == pytest.approx(22050 / 1792 * 3 * 6)
+    assert "vocoder." not in " ".join(codec.state_dict())  # the vocoder is not the tokenizer's weights
 
 
 @pytest.mark.parametrize("frames_per_chunk", [1, 3])
-def test_streaming_equals_offline_bit_for_bit(frames_per_chunk):
+def test_streaming_encode_and_mel_decode_equal_offline(frames_per_chunk):
     codec = tiny_codec()
     hop = codec.hop_length
-    wav = torch.randn(2, 1, hop * 9) * 0.1
+    wav = torch.randn(2, 1, hop * 6) * 0.1
     codes = codec.encode(wav)
-    out = codec.decode(codes)
+    mel = codec.decode_mel(codes)
     step = hop * frames_per_chunk
     with codec.streaming(2):
         s_codes = torch.cat([codec.encode(wav[..., i : i + step]) for i in range(0, wav.shape[-1], step)], -1)
     with codec.streaming(2):
-        s_out = torch.cat([codec.decode(codes[..., i : i + frames_per_chunk]) for i in range(0, 9, frames_per_chunk)], -1)
+        s_mel = torch.cat([codec.decode_mel(codes[..., i : i + frames_per_chunk]) for i in range(0, 6, frames_per_chunk)], -1)
     assert torch.equal(s_codes, codes)
-    assert torch.equal(s_out, out)
+    torch.testing.assert_close(s_mel, mel, atol=STREAM_MEL_ATOL, rtol=0)
 
 
-def test_stft_then_inverse_stft_returns_the_input_three_hops_later():
-    """The fixed bases are a real STFT pair: the complex spectrum through the overlap-add gives the
-    input back, delayed by the 3 hops its causal frames look back (tolerance: fp32 rounding)."""
-    hop = 32
-    stft, istft = STFTLogMagnitude(hop), InverseSTFT(hop)
-    wav = torch.randn(2, 1, hop * 40) * 0.1
-    complex_spec = stft.dft(wav)  # [B, 2 * bins, frames]: real parts then imaginary parts
-    out = istft.overlap_add(complex_spec)
-    assert out.shape == wav.shape
-    torch.testing.assert_close(out[..., 3 * hop :], wav[..., : -3 * hop], atol=1e-6, rtol=0)
-
-
-def test_inverse_stft_constant_phase_is_a_steady_sinusoid():
-    """With the phase taken relative to a steady sinusoid's advance, one bin at constant log magnitude
-    and phase overlap-adds to a pure tone at that bin's frequency with constant amplitude."""
-    hop, bin_ = 32, 10
-    spec = torch.zeros(1, 2 * (2 * hop + 1), 60)
-    spec[:, : 2 * hop + 1] = -30.0  # every other bin silent
-    spec[:, bin_] = 2.0
-    tone = InverseSTFT(hop)(spec)[0, 0, 4 * hop :]  # past the first window's fade-in
-    t = torch.arange(tone.shape[0])
-    phase = 2 * torch.pi * bin_ * (t + 4 * hop) / (4 * hop)
-    amplitude = (tone * torch.cos(phase)).mean() * 2, (tone * torch.sin(phase)).mean() * 2
-    fit = amplitude[0] * torch.cos(phase) + amplitude[1] * torch.sin(phase)
-    assert (tone - fit).abs().max() < 1e-4 * tone.abs().max() + 1e-6  # one frequency, one amplitude
+def test_streamed_waveform_is_offline_delayed_by_the_lookahead_within_a_bound():
+    codec = tiny_codec()
+    codes = torch.randint(0, 64, (2, 3, 5))
+    offline = codec.decode(codes)
+    delay = codec.cfg.vocoder_lookahead * 256
+    with codec.streaming(2):
+        chunks = [codec.decode(codes[..., i : i + 1]) for i in range(5)]
+        tail = codec.flush()
+    assert all(c.shape == (2, 1, codec.hop_length) for c in chunks)  # one frame in, one frame of samples out
+    streamed = torch.cat(chunks + [tail], -1)
+    assert streamed.shape[-1] == offline.shape[-1] + delay
+    assert torch.equal(streamed[..., :delay], torch.zeros(2, 1, delay))
+    err = (streamed[..., delay:] - offline).abs().max() / offline.abs().max()
+    assert err < STREAM_WAVE_BOUND, err
 
 
 def test_streaming_reset_one_stream():
     codec = tiny_codec()
     hop = codec.hop_length
-    first, second = torch.randn(2, 1, hop * 4) * 0.1, torch.randn(2, 1, hop * 4) * 0.1
+    first, second = torch.randn(2, 1, hop * 3) * 0.1, torch.randn(2, 1, hop * 3) * 0.1
     with codec.streaming(2):
         codec.encode(first)
         codec.reset_streaming(torch.tensor([False, True]))
         got = codec.encode(second)
     # stream 0 continued, stream 1 started afresh on its second chunk
-    assert torch.equal(got[:1], codec.encode(torch.cat([first[:1], second[:1]], -1))[..., 4:])
+    assert torch.equal(got[:1], codec.encode(torch.cat([first[:1], second[:1]], -1))[..., 3:])
     assert torch.equal(got[1:], codec.encode(second[1:]))
     codes = codec.encode(torch.cat([first, second], -1))
-    with codec.streaming(2):  # the decoder's state (conv tails, the inverse STFT's frame index)
-        codec.decode(codes[..., :4])
+    with codec.streaming(2):
+        codec.decode_mel(codes[..., :3])
         codec.reset_streaming(torch.tensor([False, True]))
-        out = codec.decode(codes[..., 4:])
-    assert torch.equal(out[:1], codec.decode(codes)[:1, :, 4 * hop :])  # same batch size: same kernels
-    assert torch.equal(out[1:], codec.decode(codes[..., 4:])[1:])
+        out = codec.decode_mel(codes[..., 3:])
+    torch.testing.assert_close(out[:1], codec.decode_mel(codes)[:1, :, 3 * 7 :], atol=STREAM_MEL_ATOL, rtol=0)
+    torch.testing.assert_close(out[1:], codec.decode_mel(codes[..., 3:])[1:], atol=STREAM_MEL_ATOL, rtol=0)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -96,9 +99,19 @@ def test_save_load_round_trip(tmp_path):
     codec.save(tmp_path / "codec")
     again = load_tokenizer(tmp_path / "codec")
     assert isinstance(again, SpeechCodec)
-    wav = torch.randn(1, 1, codec.hop_length * 5) * 0.1
+    wav = torch.randn(1, 1, codec.hop_length * 2) * 0.1
     assert torch.equal(again.encode(wav), codec.encode(wav))
     assert again.metadata == codec.metadata
+
+
+def test_old_spectral_codec_checkpoint_fails_clearly(tmp_path):
+    codec = tiny_codec()
+    codec.save(tmp_path / "codec")
+    meta = json.loads((tmp_path / "codec" / "tokenizer.json").read_text())
+    meta["state"]["config"] = {"sample_rate": 16000, "stft_hop": 160, "strides": [2, 2, 2], "num_codebooks": 8}
+    (tmp_path / "codec" / "tokenizer.json").write_text(json.dumps(meta))
+    with pytest.raises(Exception, match="stft_hop|spectral codec"):
+        load_tokenizer(tmp_path / "codec")
 
 
 def test_bad_inputs():
@@ -111,43 +124,76 @@ def test_bad_inputs():
         codec.decode(torch.full((1, 3, 2), codec.cfg.codebook_size))
     with pytest.raises(ValueError, match="codes"):
         codec.decode(torch.zeros(1, 4, 2, dtype=torch.long))
+    with pytest.raises(Exception, match="22050"):
+        CodecConfig(sample_rate=16000).validate()
 
 
 @pytest.mark.slow
-def test_tiny_codec_training_improves_mel_distance(tmp_path):
-    """~1.5 min of synthetic espeak speech, 150 Trainer steps: val mel distance drops by >= 1.35x.
-
-    Measured 1.781 -> 1.152 (1.55x). The SEANet-style waveform codec this replaced reached 1.23x, and
-    1.10x before the residual-FSQ / init fix, when its codes collapsed."""
+def test_tiny_codec_training_lowers_mel_error(tmp_path):
+    """~1.5 min of synthetic espeak speech, 60 Trainer steps of a small codec: the val mel L1 drops
+    by >= 1.5x (measured 2.41 -> 0.96)."""
     import argparse
 
     from omni.config import load_config
     from omni.data.build_speech import build_speech_corpus
-    from omni.eval.metrics_audio import mel_distance
     from omni.train.tasks.codec import CodecTask
     from omni.train.trainer import Trainer
 
     data = tmp_path / "speech"
-    build_speech_corpus(data, sample_rate=8000, minutes=1.5, speakers=12, source="generated", real=False)
+    build_speech_corpus(data, sample_rate=22050, minutes=1.5, speakers=12, source="generated", real=False)
     cfg = load_config("codec-tiny", [
-        f"codec.data_path={data}", "codec.sample_rate=8000", "codec.stft_hop=80", "codec.strides=[2,2,2]",
-        "codec.channels=32", "codec.max_channels=64", "codec.dim=32", "codec.num_codebooks=4", "codec.codebook_size=256",
-        "codec.segment_seconds=0.4", "codec.mel_n_ffts=[128,256,512]", "codec.mel_bins=40",
-        f"train.out_dir={tmp_path / 'run'}", "train.steps=150", "train.batch_size=4", "train.warmup_steps=10",
-        "train.ckpt_every=150", "train.log_every=50", "train.tensorboard=false",
+        f"codec.data_path={data}", "codec.channels=32", "codec.frame_channels=64", "codec.dim=32",
+        "codec.num_codebooks=4", "codec.codebook_size=256", "codec.segment_seconds=0.8",
+        f"train.out_dir={tmp_path / 'run'}", "train.steps=60", "train.batch_size=4", "train.warmup_steps=5",
+        "train.ckpt_every=60", "train.log_every=20", "train.tensorboard=false",
     ])
     task = CodecTask()
-    torch.manual_seed(0)
     val = task.build_dataset(cfg, "val")
     wav = torch.stack([val[i] for i in range(len(val))])
 
-    def distance(codec):
-        return mel_distance(codec.decode(codec.encode(wav)), wav, 8000)
+    def mel_error(codec):
+        with torch.no_grad():
+            codec.eval()
+            return (codec.decode_mel(codec.encode(wav)) - codec.mel(wav)).abs().mean().item()
 
     trainer = Trainer(cfg, task, argparse.Namespace(overwrite=True))
-    before = distance(trainer.module.eval())
+    before = mel_error(trainer.module)
     last = trainer.fit()
-    trained = load_tokenizer(last / "tokenizer")  # written by CodecTask.on_save
-    after = distance(trained)
-    print(f"val mel distance: init {before:.3f} -> trained {after:.3f} ({before / after:.2f}x)")
-    assert before / after >= 1.35  # measured: 1.781 -> 1.152 (1.55x)
+    after = mel_error(load_tokenizer(last / "tokenizer"))  # written by CodecTask.on_save
+    print(f"val mel L1: init {before:.3f} -> trained {after:.3f} ({before / after:.2f}x)")
+    assert before / after >= 1.5
+
+
+@pytest.mark.slow
+def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
+    """The vocoder task (HiFi-GAN fine-tuning on the codec's mels) on the multi-optimiser Trainer:
+    both phases step, the frozen codec does not move, the generator is written beside the checkpoint."""
+    import argparse
+
+    from safetensors.torch import load_file
+
+    from omni.config import load_config
+    from omni.data.build_speech import build_speech_corpus
+    from omni.train.task import get_task
+    from omni.train.trainer import Trainer, read_metrics
+
+    data = tmp_path / "speech"
+    build_speech_corpus(data, sample_rate=22050, minutes=0.3, speakers=4, source="generated", real=False)
+    codec = tiny_codec()
+    codec.save(tmp_path / "codec")
+    cfg = load_config("vocoder-tiny", [
+        f"vocoder.codec={tmp_path / 'codec'}", "vocoder.init=random", "vocoder.channels=16", "vocoder.disc_width=2",
+        f"codec.data_path={data}", "codec.segment_seconds=0.16", f"train.out_dir={tmp_path / 'run'}",
+        "train.steps=2", "train.batch_size=2", "train.warmup_steps=1", "train.ckpt_every=2", "train.log_every=1",
+        "train.tensorboard=false",
+    ])
+    task = get_task("vocoder")
+    trainer = Trainer(cfg, task, argparse.Namespace())
+    generator_before = {k: v.clone() for k, v in trainer.module.generator.state_dict().items()}
+    last = trainer.fit()
+    record = read_metrics(tmp_path / "run")[-1]
+    assert {"loss_discriminator", "loss_generator", "d_loss", "g_mel_l1"} <= set(record)
+    for k, v in codec.state_dict().items():
+        assert torch.equal(trainer.module.codec.state_dict()[k], v)
+    saved = load_file(str(last / "vocoder.safetensors"))
+    assert any(not torch.equal(saved[k], v) for k, v in generator_before.items())

@@ -105,7 +105,7 @@ class SpeechSession(StreamingModule):
 
     Use as a context manager (it enters the streaming state of the session, model, codec and VAD)::
 
-        with SpeechSession(model, codec, fmt, batch_size=2, vad=VoiceActivity(16000)) as s:
+        with SpeechSession(model, codec, fmt, batch_size=2, vad=VoiceActivity(codec.sample_rate)) as s:
             for chunk in mic:                       # [B, 1, n] float at codec.sample_rate
                 for out in s.feed(chunk):           # one TickOutput per completed frame
                     play(out.audio)
@@ -290,10 +290,13 @@ class SpeechSession(StreamingModule):
         self.model.decoder.set_streaming_offset(offset)
 
     def _start_replies(self, rows: Tensor) -> None:
-        """Rows whose user turn ended speak next: the decoder forces audio, and the codec decoder
-        starts from silence (a reply is a new utterance, as in offline decoding)."""
+        """Rows whose user turn ended speak next: the decoder forces audio, and the codec decoder and
+        its vocoder start afresh (a reply is a new utterance, as in offline decoding). The reply's
+        audio is its offline decoding delayed by the vocoder's lookahead; that many samples of its
+        end stay in the vocoder (docs/tokenizers.md, known limits)."""
         self.dec.start(rows.to(self.device), AUDIO)
         self.codec.decoder.reset_streaming(rows.to(self.codec_device))
+        self.codec.vocoder.reset_streaming(rows.to(self.codec_device))
 
     def _assemble(self, ev: TurnEvents, frames: Optional[Tensor]) -> list[list[Item]]:
         """Each row's positions for this tick: its pending position, the markers its events call

@@ -1,7 +1,8 @@
 """Voice activity per codec frame with Silero VAD (PyPI ``silero-vad``, model bundled, CPU torch).
 
 Silero scores 512-sample windows at 16 kHz (256 at 8 kHz) with an LSTM whose state it keeps
-per batch row. :class:`VoiceActivity` buffers each row's samples to whole windows and returns, per
+per batch row; audio at other rates (the codec's 22.05 kHz) is resampled to 16 kHz chunk by chunk
+(each chunk on its own: the filter's edges blur a few samples, which a speech probability ignores). :class:`VoiceActivity` buffers each row's samples to whole windows and returns, per
 call, the highest speech probability of the windows that call completed — one number per row
 per codec frame. It is a :class:`StreamingModule`: its buffers and Silero's LSTM state live inside
 ``with vad.streaming(B):`` and ``reset_streaming(mask)`` clears chosen rows.
@@ -12,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from omni.io.audio import check_finite
+from omni.io.audio import check_finite, resample
 from omni.streaming import StreamingModule, StreamingState
 
 Tensor = torch.Tensor
@@ -55,10 +56,11 @@ class VoiceActivity(StreamingModule):
 
     def __init__(self, sample_rate: int) -> None:
         super().__init__()
-        if sample_rate not in (8000, 16000):
-            raise ValueError(f"Silero VAD runs at 8 or 16 kHz; got {sample_rate} Hz audio (resample it first)")
-        self.sample_rate = sample_rate
-        self.window = 512 if sample_rate == 16000 else 256
+        if sample_rate <= 0:
+            raise ValueError(f"sample rate must be positive, got {sample_rate}")
+        self.input_rate = sample_rate
+        self.sample_rate = 8000 if sample_rate == 8000 else 16000  # Silero's rates; others are resampled
+        self.window = 512 if self.sample_rate == 16000 else 256
         self.silero = load_silero()
 
     def _init_streaming_state(self, batch_size: int, **_: Any) -> _VADState:
@@ -74,7 +76,10 @@ class VoiceActivity(StreamingModule):
         if st is None:
             raise RuntimeError("VoiceActivity is stateful: call it inside `with vad.streaming(batch):`")
         check_finite(wav, "the VAD's input")
-        buf = torch.cat([st.pending, wav[:, 0].float().cpu()], 1)
+        x = wav[:, 0].float().cpu()
+        if self.input_rate != self.sample_rate:
+            x = resample(x, self.input_rate, self.sample_rate)
+        buf = torch.cat([st.pending, x], 1)
         n = buf.shape[1] // self.window * self.window
         probs = [self.silero(buf[:, i : i + self.window], self.sample_rate)[:, 0] for i in range(0, n, self.window)]
         st.pending = buf[:, n:]

@@ -14,7 +14,7 @@ from omni.streaming import StreamingModule, StreamingState
 Tensor = torch.Tensor
 
 
-class _ConvState(StreamingState):
+class ConvState(StreamingState):
     """The trailing inputs of the previous call, ``[B, C, pad, ...]`` (time is dim 2)."""
 
     def __init__(self, previous: Tensor) -> None:
@@ -31,6 +31,16 @@ class _ConvState(StreamingState):
                 "reset all streams (mask=None) or feed whole strides"
             )
         self.previous[mask.to(self.previous.device)] = 0
+
+
+def pointwise_conv(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """A 1x1 ``conv`` of ``x`` [B, C, T] whose every output frame is the same arithmetic whatever T.
+
+    oneDNN's 1x1 path rounds differently with the number of frames (1e-7 relative), which would
+    break streaming exactness; run as a 2-tap conv with a zero first tap (same weights, exact zeros
+    added), the result does not depend on T (measured for 1 to 200 frames).
+    """
+    return F.conv1d(F.pad(x, (1, 0)), F.pad(conv.weight, (1, 0)), conv.bias)
 
 
 class CausalConv(StreamingModule):
@@ -65,17 +75,18 @@ class CausalConv(StreamingModule):
             )
         else:
             self.conv = nn.Conv1d(in_channels, out_channels, kernel, stride, dilation=dilation)
+        self.pointwise = not spatial and kernel == 1 and stride == 1
 
-    def _init_streaming_state(self, batch_size: int, **options: Any) -> _ConvState:
+    def _init_streaming_state(self, batch_size: int, **options: Any) -> ConvState:
         w = self.conv.weight
-        return _ConvState(w.new_zeros(batch_size, w.shape[1], self.pad))
+        return ConvState(w.new_zeros(batch_size, w.shape[1], self.pad))
 
     def forward(self, x: Tensor) -> Tensor:
         state = self._streaming_state
         if state is None:
             if (x.shape[2] + self.pad - self.span) % self.stride:
                 raise ValueError(f"CausalConv: {x.shape[2]} time steps do not fill whole strides of {self.stride}")
-            return self.conv(F.pad(x, (0, 0) * (x.dim() - 3) + (self.pad, 0)))
+            return self._conv(F.pad(x, (0, 0) * (x.dim() - 3) + (self.pad, 0)))
         if state.previous.shape[3:] != x.shape[3:]:  # 3-D: spatial size known only at the first call
             state.previous = x.new_zeros(*x.shape[:2], state.previous.shape[2], *x.shape[3:])
         buf = torch.cat([state.previous, x], dim=2)
@@ -83,7 +94,10 @@ class CausalConv(StreamingModule):
         state.previous = buf[:, :, n * self.stride:]
         if n == 0:
             return x.new_zeros(x.shape[0], self.conv.out_channels, 0, *x.shape[3:])
-        return self.conv(buf[:, :, : (n - 1) * self.stride + self.span])
+        return self._conv(buf[:, :, : (n - 1) * self.stride + self.span])
+
+    def _conv(self, x: Tensor) -> Tensor:
+        return pointwise_conv(self.conv, x) if self.pointwise else self.conv(x)
 
 
 class CausalUpsample(nn.Module):

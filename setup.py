@@ -14,7 +14,7 @@ setup(
         "omni.kernels", "omni.data", "omni.eval",
     ],
     package_dir={"omni.kernels": "kernels", "omni.data": "data", "omni.eval": "eval"},
-    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"]},
+    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"], "omni.data": ["*.jsonl"]},
     install_requires=[
         "torch>=2.11",
         "numpy",
@@ -29,6 +29,10 @@ setup(
         "soundfile",  # audio I/O (omni/io/audio.py); torchaudio does not import on CPU torch
         "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
         "packaging",  # silero-vad's one dependency besides torch (it installs --no-deps, requirements-assets.txt)
+        # Speaker embeddings (omni/io/speaker.py; resemblyzer itself installs --no-deps from
+        # requirements-assets.txt): its feature front end and its voice activity detector.
+        "librosa",
+        "webrtcvad-wheels",
     ],
     extras_require={
         # Everything the test-suite and the CPU demo need.
@@ -41,7 +45,11 @@ setup(
             # (docs/kernels.md). 3.6's interpreter breaks on numpy >= 2.4, so pip's pick here is 3.9.
             "triton>=3.6,<3.10",
             # tokenizer corpora, metrics and report (data/build_*.py, eval/eval_tokenizers.py)
-            "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus
+            "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus, IPA phonemes for Piper
+            # Neural voices (data/voices.py; models in requirements-assets.txt): Piper's VITS and
+            # Kokoro-82M run on onnxruntime; kokoro-onnx (MIT) wraps Kokoro (its phonemizer reads English).
+            "onnxruntime",
+            "kokoro-onnx>=0.6.1,<0.7",
             "pocketsphinx",  # ASR with a bundled en-US model: WER of codec reconstructions
             "scikit-image",  # bundled pictures for the image/video corpora
             "scikit-learn",  # china.jpg, flower.jpg

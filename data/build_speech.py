@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from omni.config import load_config
 from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import Voice, preset_voice, synth_at, training_voices, unseen_voices
+from omni.data.voices import UNSEEN_FAMILY, Voice, preset_voice, synth_at, training_voices, unseen_voices
 from omni.io.audio import load_audio, save_audio
 
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
@@ -132,6 +132,8 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
     """Write the corpus (see module docstring); returns seconds per split and the real clip count
     (``real=False`` skips the real recordings). ``kokoro_share`` of the training speakers are Kokoro
     voices, the rest espeak-ng; the preset voice is ``preset_share`` of the training voice draws."""
+    if not (0 <= kokoro_share <= 1 and 0 <= preset_share < 1):
+        raise ValueError(f"kokoro_share must lie in [0, 1] and preset_share in [0, 1), got {kokoro_share}, {preset_share}")
     out = Path(out)
     n_utts = max(4, int(minutes * 60 / 3.0))  # ~3 s per utterance
     sentences = sentence_pool(source, n_utts, seed)
@@ -139,7 +141,7 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
     rng.shuffle(sentences)
     n_val = max(2, int(n_utts * val_fraction))
     train_voices = training_voices(speakers, seed, kokoro_share)
-    n_preset = round(preset_share / max(1e-9, 1 - preset_share) * len(train_voices))
+    n_preset = round(preset_share / (1 - preset_share) * len(train_voices))
     train_voices += [preset_voice()] * n_preset  # the preset voice is one speaker drawn often
     stats = {
         "train_seconds": write_split(out, "train", sentences[n_val:], train_voices, sample_rate, seed),
@@ -156,7 +158,9 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
             manifest.write(json.dumps({"path": rel, "text": text, "speaker": src.parent.name,
                                        "seconds": round(wav.shape[-1] / sample_rate, 3)}) + "\n")
     stats["real_eval_clips"] = len(clips)
-    (out / "info.json").write_text(json.dumps({"sample_rate": sample_rate, "speakers": speakers, "source": source, **stats}, indent=2))
+    (out / "info.json").write_text(json.dumps({"sample_rate": sample_rate, "speakers": speakers, "source": source,
+                                                "kokoro_share": kokoro_share, "preset_share": preset_share,
+                                                "val_family": UNSEEN_FAMILY, **stats}, indent=2))
     return stats
 
 

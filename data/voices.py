@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from omni.data.audio import resample
 from omni.data.build_text import cache_dir
+from omni.io.audio import resample
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -22,19 +22,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import librosa
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import PRESET_FAMILY, Voice, voice_families
+from omni.eval.intelligibility import Judge, word_error_rate
 from omni.io.speaker import SpeakerEncoder, cosine
 
 
 def mean_log_mel(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
     """Trivial speaker feature: the utterance's mean 40-band log-mel spectrum [40]."""
-    import librosa
-
     mel = librosa.feature.melspectrogram(y=wave.numpy(), sr=sample_rate, n_fft=1024, hop_length=256, n_mels=40)
     return torch.from_numpy(np.log(mel + 1e-6).mean(1))
 
@@ -59,11 +59,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--out", default="reports/voices")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one core: the RTF figures are per core
-    try:
-        from omni.eval.intelligibility import Judge, word_error_rate
-    except ImportError as e:
-        raise SystemExit(f"this benchmark scores with the Whisper judge (eval/intelligibility.py): {e}")
-
     qa = load_spoken_qa()
     questions = [q for q, _ in qa][: args.questions or None]
     families = voice_families(args.voices)

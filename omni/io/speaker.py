@@ -26,8 +26,10 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import librosa
 import numpy as np
 import torch
+import webrtcvad
 
 Tensor = torch.Tensor
 
@@ -40,16 +42,15 @@ class SpeakerEncoder:
     """Resemblyzer's voice encoder on CPU.
 
     ``hop_s``: seconds between window starts; ``min_voiced``: share of a window's 30 ms frames that
-    must be speech for the window to count. Raises RuntimeError naming the packages to install if
-    resemblyzer, librosa or webrtcvad are missing."""
+    must be speech for the window to count. Raises RuntimeError naming the package to install if
+    resemblyzer is missing."""
 
     def __init__(self, hop_s: float = 0.5, min_voiced: float = 0.3) -> None:
         try:
-            import webrtcvad
             from resemblyzer import VoiceEncoder
         except ImportError as e:
-            raise RuntimeError("speaker embeddings need `pip install --no-deps resemblyzer` and "
-                               "`pip install librosa webrtcvad-wheels` (`make venv` installs them)") from e
+            raise RuntimeError("speaker embeddings need `pip install --no-deps resemblyzer` "
+                               "(requirements-assets.txt; `make venv` installs it)") from e
         self.net = VoiceEncoder("cpu", verbose=False).eval()
         self._vad = webrtcvad.Vad(3)
         self.hop_s, self.min_voiced = hop_s, min_voiced
@@ -71,7 +72,6 @@ class SpeakerEncoder:
         ``lengths``: how many samples of each are real audio rather than padding).
 
         Returns (embeddings [n, 256], speech [n] bool)."""
-        import librosa
         from resemblyzer import audio
 
         n16 = int(WINDOW_S * EMBED_RATE)

@@ -14,7 +14,7 @@ setup(
         "omni.kernels", "omni.data", "omni.data.sources", "omni.eval",
     ],
     package_dir={"omni.kernels": "kernels", "omni.data": "data", "omni.eval": "eval"},
-    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"], "omni.data": ["*.yaml"]},
+    package_data={"omni": ["assets/*", "align/spec/*.yaml", "align/prompts/*"], "omni.data": ["*.yaml", "*.jsonl"]},
     install_requires=[
         "torch>=2.11",
         "numpy",
@@ -30,6 +30,10 @@ setup(
         "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
         "av",  # PyAV: video files (mp4, webm, ...) in omni/io/video.py; bundles FFmpeg's libraries
         "packaging",  # silero-vad's one dependency besides torch (it installs --no-deps, requirements-assets.txt)
+        # Speaker embeddings (omni/io/speaker.py; resemblyzer itself installs --no-deps from
+        # requirements-assets.txt): its feature front end and its voice activity detector.
+        "librosa",
+        "webrtcvad-wheels",
     ],
     extras_require={
         # Everything the test-suite and the CPU demo need.
@@ -42,7 +46,11 @@ setup(
             # (docs/kernels.md). 3.6's interpreter breaks on numpy >= 2.4, so pip's pick here is 3.9.
             "triton>=3.6,<3.10",
             # tokenizer corpora, metrics and report (data/build_*.py, eval/eval_tokenizers.py)
-            "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus
+            "espeakng-loader",  # libespeak-ng + voices: the synthetic speech corpus, IPA phonemes for Piper
+            # Neural voices (data/voices.py; models in requirements-assets.txt): Piper's VITS and
+            # Kokoro-82M run on onnxruntime; kokoro-onnx (MIT) wraps Kokoro (its phonemizer reads English).
+            "onnxruntime",
+            "kokoro-onnx>=0.6.1,<0.7",
             "pocketsphinx",  # ASR with a bundled en-US model: a second WER column beside the Whisper judge
             # The intelligibility judge (eval/intelligibility.py): Whisper (models in requirements-assets.txt)
             # run by faster-whisper/CTranslate2, Whisper's English normaliser, jiwer's WER.
@@ -50,8 +58,6 @@ setup(
             "whisper-normalizer",
             "jiwer",
             "pycodec2",  # Codec2 baseline (bundles libcodec2, LGPL) in eval/eval_tokenizers.py
-            "librosa",  # resemblyzer's (requirements-assets.txt) feature front end
-            "webrtcvad-wheels",  # resemblyzer's voice activity detector
             "scikit-image",  # bundled pictures for the image/video corpora
             "scikit-learn",  # china.jpg, flower.jpg
             "matplotlib",  # report pictures

@@ -13,8 +13,10 @@ Tasks (one conversation each; DESIGN.md §7 sources, nothing downloaded from a h
 * ``video``    — a synthetic clip (a coloured shape moving over a bundled picture) + "What happens in
   the video?" -> its description.
 
-Speech is synthesised by libespeak-ng (data/build_speech.py's ``Espeak``); user voices vary accent,
-variant, rate and pitch; the assistant always speaks as ``ASSISTANT_VOICE``. Everything is encoded by
+The spoken questions and answers come from data/spoken_qa.jsonl. Speech is synthesised by
+data/voices.py: user turns in the training voice families (espeak-ng speakers, Kokoro styles and
+blends; never the unseen family the demo asks in), assistant turns in the one preset voice (Piper
+en_US-joe-medium). Everything is encoded by
 the frozen tokenizers named in the config (``tokenizer`` + ``omni.codec`` / ``omni.image_tokenizer`` /
 ``omni.video_tokenizer``: tokenizer folders or the run folders of their training). A missing
 sentencepiece model is trained on the corpus text; a missing codec / image / video tokenizer is an
@@ -48,28 +50,16 @@ from omni.config import Config, load_config
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Stream, Text, Video
 from omni.data.shards import TarShardWriter, build_shards
 from omni.data.sources import SOURCES
+from omni.data.spoken_qa import load_spoken_qa
+from omni.data.voices import Voice, preset_voice, synth_at, training_voices
 from omni.tokenizers.base import Tokenizer, load_tokenizer
 from omni.train.shards import FORMAT
 
 VAL_EVERY = 40
 
-# A small fixed set of spoken questions, so that the tiny demo model can learn them in minutes.
-SPOKEN_QA = [
-    ("What is your name?", "My name is Omni."),
-    ("How are you today?", "I am fine, thank you."),
-    ("What color is the sky?", "The sky is blue."),
-    ("What is two plus two?", "Two plus two is four."),
-    ("Where do fish live?", "Fish live in water."),
-    ("What do cats say?", "Cats say meow."),
-    ("What comes after Monday?", "Tuesday comes after Monday."),
-    ("How many legs does a dog have?", "A dog has four legs."),
-    ("What is the opposite of hot?", "The opposite of hot is cold."),
-    ("Can you say hello?", "Hello there!"),
-    ("What do bees make?", "Bees make honey."),
-    ("What is the capital of France?", "Paris is the capital of France."),
-]
-TTS_LINES = [a for _, a in SPOKEN_QA] + ["Good morning.", "Thank you very much.", "See you tomorrow.",
-                                         "The weather is nice today.", "I like green apples."]
+# The demo's spoken questions and answers live in data/spoken_qa.jsonl (omni.data.spoken_qa).
+EXTRA_TTS_LINES = ["Good morning.", "Thank you very much.", "See you tomorrow.", "The weather is nice today.",
+                   "I like green apples."]
 
 # (loader, caption): pictures bundled with scikit-image / scikit-learn.
 IMAGES = [
@@ -90,7 +80,6 @@ IMAGES = [
 ]
 SHAPES = {"red": (1.0, 0.1, 0.1), "green": (0.1, 0.9, 0.1), "blue": (0.1, 0.2, 1.0), "yellow": (1.0, 0.9, 0.1)}
 MOTIONS = ("left to right", "right to left", "top to bottom", "bottom to top")
-ASSISTANT_VOICE = ("en-us", "f2", 165, 50, 50)  # accent, variant, rate (wpm), pitch, pitch range
 
 
 # ---- sources ---------------------------------------------------------------------------------------
@@ -195,30 +184,26 @@ class Builder:
     """Makes the conversations of every task with the frozen tokenizers."""
 
     def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = 24) -> None:
-        from omni.data.build_speech import Espeak, Speaker, make_speakers
-
         self.toks, self.rng = toks, random.Random(seed)
         self.codec = toks["codec"]
-        self.espeak = Espeak()
-        self.voices = make_speakers(voices, seed)
-        self.assistant = Speaker(*ASSISTANT_VOICE)
+        self.voices = training_voices(voices, seed)
+        self.assistant = preset_voice()
+        self.qa = load_spoken_qa()
+        self.tts_lines = [a for _, a in self.qa] + EXTRA_TTS_LINES
         self.image_size = int(toks["image"].metadata["image_size"])
         vmeta = toks["video"].metadata
         self.video_size = int(vmeta["image_size"])
         self.video_frames = 1 + 2 * int(vmeta["frames_per_token_step"])  # 3 token steps
 
-    def speech(self, requests: list[tuple[str, Any]], batch: int = 16) -> dict[tuple[str, Any], torch.Tensor]:
-        """Codec codes [K, frames] of each distinct (text, speaker), synthesised with 0-240 ms of
+    def speech(self, requests: list[tuple[str, Voice]], batch: int = 16) -> dict[tuple[str, Voice], torch.Tensor]:
+        """Codec codes [K, frames] of each distinct (text, voice), synthesised with 0-240 ms of
         trailing silence and encoded in batches. The codec is causal, so zero padding after an
         utterance leaves its frames unchanged and each is trimmed to its own length."""
-        from omni.io.audio import resample
-
         sr, hop = self.codec.sample_rate, self.codec.hop_length
         unique = list(dict.fromkeys(requests))
         waves = []
-        for text, speaker in tqdm(unique, desc="synthesising speech", disable=None):
-            pcm = self.espeak.synth(text, speaker)
-            wav = resample(torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None], self.espeak.sample_rate, sr)[0]
+        for text, voice in tqdm(unique, desc="synthesising speech", disable=None):
+            wav = synth_at(voice, text, sr)
             waves.append(torch.nn.functional.pad(wav, (0, int(self.rng.uniform(0, 0.24) * sr))))
         out = {}
         order = sorted(range(len(unique)), key=lambda i: len(waves[i]))  # similar lengths share a batch
@@ -239,7 +224,7 @@ class Builder:
         px = load_image(augment(pil, self.rng) if augment_it else pil, self.image_size)
         return self.toks["image"].encode(px[None])[0]
 
-    def voice(self) -> Any:
+    def voice(self) -> Voice:
         return self.rng.choice(self.voices)
 
     def conversations(self, n_text: int, n_speech: int, n_image: int, n_video: int) -> Iterator[tuple[str, list[Message]]]:
@@ -248,20 +233,20 @@ class Builder:
         rng = self.rng
         for q, a in instruction_pairs(n_text, seed=rng.randrange(1 << 30)):
             yield "text", [Message("user", q), Message("assistant", a)]
-        for q, a in SPOKEN_QA:
+        for q, a in self.qa:
             yield "text", [Message("user", q), Message("assistant", a)]
         # Plan the speech conversations first, then synthesise and encode every utterance once.
         plan = []
         for i in range(n_speech):
             kind = ("s2s", "asr", "tts")[i % 3]
             if kind == "s2s":
-                q, a = rng.choice(SPOKEN_QA)
+                q, a = rng.choice(self.qa)
                 plan.append((kind, q, a, self.voice()))
             elif kind == "asr":
-                plan.append((kind, rng.choice([q for q, _ in SPOKEN_QA] + TTS_LINES), None, self.voice()))
+                plan.append((kind, rng.choice([q for q, _ in self.qa] + self.tts_lines), None, self.voice()))
             else:
-                plan.append((kind, rng.choice(TTS_LINES), None, None))
-        requests = [(a, self.assistant) for _, a in SPOKEN_QA] + [(line, self.assistant) for line in TTS_LINES]
+                plan.append((kind, rng.choice(self.tts_lines), None, None))
+        requests = [(answer or text, self.assistant) for kind, text, answer, _ in plan if kind != "asr"]
         requests += [(text, voice) for kind, text, _, voice in plan if voice is not None]
         speech = self.speech(requests)
         for kind, text, answer, voice in plan:
@@ -315,8 +300,9 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
         from omni.data.build_text import instruction_pairs
 
-        texts = [f"{q}\n{a}" for q, a in instruction_pairs(2000)] + [f"{q}\n{a}" for q, a in SPOKEN_QA]
-        texts += TTS_LINES + [c for _, c in IMAGES] + [f"A {c} square moves from {m}." for c in SHAPES for m in MOTIONS]
+        qa = load_spoken_qa()
+        texts = [f"{q}\n{a}" for q, a in instruction_pairs(2000)] + [f"{q}\n{a}" for q, a in qa]
+        texts += EXTRA_TTS_LINES + [c for _, c in IMAGES] + [f"A {c} square moves from {m}." for c in SHAPES for m in MOTIONS]
         texts += ["Transcribe this.", "Describe the image.", "What happens in the video?", "Say:", "Draw"]
         print(f"training a {tcfg.vocab_size}-piece sentencepiece tokenizer -> {tcfg.path}")
         SentencePieceTokenizer.train(texts * 4, tcfg.vocab_size, sp_folder)
@@ -339,7 +325,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
         "tokenizer_sources": sources,
         "splits": {k: [write_split(out, k, v)] for k, v in splits.items() if v},
         "tasks": counts,
-        "assistant_voice": list(ASSISTANT_VOICE),
+        "assistant_voice": preset_voice().name,
     }
     (out / "index.json").write_text(json.dumps(index, indent=1))
     total = sum(s["positions"] for shards in index["splits"].values() for s in shards)

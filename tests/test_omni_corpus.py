@@ -30,6 +30,7 @@ def test_corpus_rows_and_loss(tmp_path):
     assert [len(v) for v in index["splits"].values()] == [1, 1]  # the one-shard case of the format
     assert set(index["tasks"]) == {"text", "s2s", "asr", "tts", "caption", "draw", "video"}
     assert set(index["tokenizer_sources"].values()) == {"untrained"}  # saved with the corpus all the same
+    assert index["assistant_voice"] == "piper:en_US-joe-medium"
     task = OmniTask()
     model = task.build_model(cfg)
     assert model.decoder.vocab_size == index["vocab"]["text_size"] + 1000 + 125 + 3  # rounded to 64: 1728

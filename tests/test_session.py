@@ -149,15 +149,13 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
     """Row 0 is interrupted by real (synthetic) speech detected by Silero VAD; row 1 is not and its
     reply is the same as when it is served alone."""
     pytest.importorskip("silero_vad")
-    espeak_mod = pytest.importorskip("omni.data.build_speech")
-    from omni.io.audio import resample
+    pytest.importorskip("espeakng_loader")
+    from omni.data.voices import espeak_voices, synth_at
     from omni.infer.vad import VoiceActivity
 
     tok, codec, v, fmt, _ = env
     m, pairs, _ = trained
-    es = espeak_mod.Espeak()
-    pcm = es.synth("stop, wait a moment please", espeak_mod.make_speakers(1, 0)[0])
-    speech = resample(torch.from_numpy(pcm.astype("float32") / 32768)[None], es.sample_rate, codec.sample_rate)[None] * 0.8
+    speech = synth_at(espeak_voices(1)[0], "stop, wait a moment please", codec.sample_rate)[None, None] * 0.8
     q = pairs[0][0]
     vad = VoiceActivity(codec.sample_rate)
     ocfg = F.omni_config(v, barge_in_ms=160, end_of_turn_ms=10_000)

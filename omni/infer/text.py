@@ -186,10 +186,19 @@ class TextGenerator:
             out = out[:-1]
         return self.tokenizer.decode(out)
 
-    def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingConfig = SamplingConfig(),
-                 seed: Optional[int] = None) -> str:
-        """Plain continuation of ``prompt`` (stops at the tokenizer's end-of-text)."""
-        ids = self.tokenizer.encode(prompt)
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
+                 sampling: SamplingConfig = SamplingConfig(), seed: Optional[int] = None) -> str:
+        """Plain continuation of ``prompt`` (stops at the tokenizer's end-of-text).
+
+        A string is literal text (special spellings in it stay characters). Trusted callers who need
+        special tokens pass token ids instead, e.g. ``[tok.bos_id, *tok.encode(text)]``; they are
+        used as given."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+            if any(not 0 <= i < self.tokenizer.vocab_size for i in ids):
+                raise ValueError(f"prompt ids must lie in [0, {self.tokenizer.vocab_size}) (the tokenizer's vocabulary)")
         if not ids:
             ids = [self.tokenizer.bos_id]
         return self._run(ids, max_new_tokens, sampling, [self.tokenizer.eos_id], seed)

@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from omni.align.spec import DEFAULT_SPEC, load_spec
 from omni.align.weights import RBRWeights
 from omni.config import Config, save_config
 from omni.infer.text import generate
+from omni.io.tensors import save_tensors
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
 from omni.model.sampling import SamplingConfig
@@ -220,7 +220,7 @@ class RBRPPOTask(Task):
 def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int, keep: int = 1) -> Path:
     """A checkpoint folder load_model_state / omni.load_model read (model weights + config)."""
     tmp = begin_save(run_dir, step)
-    save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_tensors(policy.state_dict(), tmp / "model.safetensors")
     save_config(cfg, tmp / "config.yaml")
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "task": "rbr-ppo"}))
     return finish_save(run_dir, step, keep=keep)

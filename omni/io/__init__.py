@@ -1,1 +1,1 @@
-"""Leaves of the library: file formats and signal I/O (audio, GGUF). They import no other omni module."""
+"""Leaves of the library: file formats and signal I/O (audio, GGUF, weight files). They import no other omni module."""

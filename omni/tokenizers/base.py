@@ -20,10 +20,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterable
 
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omni.config import _coerce, _to_plain
+from omni.io.tensors import load_tensors, save_tensors
 
 # Special tokens reserved from day one in every text vocabulary, in this order. Roles, turn
 # boundaries and modality markers; the omni model appends modality code ranges after them.
@@ -172,7 +172,7 @@ class TextTokenizer(Tokenizer):
 def save_weights_and_config(module: nn.Module, cfg: Any, folder: Path) -> dict[str, Any]:
     """Weights to ``folder/model.safetensors``; returns the config as JSON-able tokenizer state.
     Shared by every neural tokenizer (codec, image, video)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
+    save_tensors(module.state_dict(), folder / "model.safetensors")  # refuses NaN/inf weights, by name
     return {"config": _to_plain(cfg)}
 
 
@@ -183,7 +183,7 @@ def load_weights_and_config(cls: type, cfg_cls: type, section: str, folder: Path
         raise FileNotFoundError(f"{folder} has no model.safetensors; was it written by Tokenizer.save()?")
     model = cls(_coerce(state["config"], cfg_cls, section))
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(load_tensors(weights))  # NonFiniteWeights names a NaN/inf tensor
     except RuntimeError as e:
         raise RuntimeError(
             f"{weights} does not fit this version's {cls.__name__} (written by an older layout?); "

@@ -22,13 +22,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from omni.config import Config, save_config
 from omni.train.checkpoint import (CheckpointError, begin_save, config_mismatch, finish_save, load_config_file,
                                    load_state, load_tensors, read_trainer_state, resolve_checkpoint, rng_state,
-                                   save_state, set_rng_state, tmp_folder)
+                                   save_state, save_tensors, set_rng_state, tmp_folder)
 from omni.train.distributed import all_reduce_mean, barrier, build_engine, setup_distributed
 from omni.train.sampler import ResumableSampler
 from omni.train.task import Task
@@ -152,7 +151,7 @@ class Trainer:
         self.engine.save_optimizer(tmp, rank)
         save_state(tmp, f"rng_rank{rank:05d}", rng_state())
         if main:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+            save_tensors(model_state, tmp / "model.safetensors")
             save_config(self.cfg, tmp / "config.yaml")
             self.task.on_save(self.module, self.cfg, str(tmp))
             state = {"step": self.step, "lr": lr_at(self.step, self.cfg), "sampler": self.sampler.state_dict(),

@@ -86,12 +86,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over ranks (identity on one process)."""
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over ranks (identity on one process); NCCL reduces on the GPU, the result comes
+    back on ``x``'s device."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= dist.get_world_size()
+        y = x.to("cuda") if dist.get_backend() == "nccl" else x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        x = y.to(x.device)
     return x
 
 

@@ -1,6 +1,8 @@
 """The one training loop. It trains any :class:`omni.train.task.Task` on one process, FSDP2 or DeepSpeed.
 
-Per optimizer step: ``grad_accum`` micro-batches (forward under bf16 autocast on CUDA, backward),
+Per optimizer step: ``grad_accum`` micro-batches (forward under bf16 autocast on CUDA, backward), each
+loss normalised by the number of targets in the whole step across micro-batches and ranks
+(:meth:`Task.step_loss`),
 gradient clipping, AdamW at the warmup+cosine learning rate, then logging (console via tqdm,
 TensorBoard, ``metrics.jsonl``) and, every ``train.ckpt_every`` steps, an atomic checkpoint.
 
@@ -28,7 +30,7 @@ from omni.config import Config, save_config
 from omni.train.checkpoint import (CheckpointError, begin_save, config_mismatch, finish_save, load_config_file,
                                    load_state, load_tensors, read_trainer_state, resolve_checkpoint, rng_state,
                                    save_state, save_tensors, set_rng_state, tmp_folder)
-from omni.train.distributed import all_reduce_mean, barrier, build_engine, setup_distributed
+from omni.train.distributed import all_reduce_sum, barrier, build_engine, setup_distributed
 from omni.train.sampler import ResumableSampler
 from omni.train.task import Task
 
@@ -196,22 +198,29 @@ class Trainer:
         try:
             while self.step < t.steps:
                 lr = lr_at(self.step, cfg)
-                losses, sums, tokens = [], {}, 0
-                for micro in range(t.grad_accum):
-                    batch = to_device(next(batches), self.device)
+                # Every loss is a mean over the targets of the whole step (all micro-batches, all
+                # ranks), not a mean of per-micro-batch means: count them first (Task.step_loss).
+                micro_batches = [to_device(next(batches), self.device) for _ in range(t.grad_accum)]
+                counts = [self.task.targets(b) for b in micro_batches]
+                keys = sorted({k for c in counts for k in c})
+                summed = all_reduce_sum(torch.tensor([sum(c.get(k, 0.0) for c in counts) for k in keys], dtype=torch.float64))
+                totals = {k: float(v) or 1.0 for k, v in zip(keys, summed)}  # a term no row has: its sums are 0
+                step_loss, sums, tokens = torch.zeros((), dtype=torch.float64), {}, 0
+                for micro, batch in enumerate(micro_batches):
                     with self.autocast:
-                        loss, metrics = self.task.loss(self.engine.model, batch)
-                    self.engine.backward(loss, micro, t.grad_accum)
-                    losses.append(loss.detach().float())
+                        loss, metrics = self.task.step_loss(self.engine.model, batch, totals)
+                    # The engines average over micro-batches and ranks; the shares must add up instead.
+                    self.engine.backward(loss * (t.grad_accum * info.world_size), micro, t.grad_accum)
+                    step_loss += loss.detach().double().cpu()
                     tokens += self.task.tokens_in(batch)
                     for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                del micro_batches
                 grad_norm = self.engine.step(lr)
                 self.step += 1
                 self.sampler.advance()
                 names = sorted(sums)
-                values = all_reduce_mean(torch.stack([torch.stack(losses).mean().cpu(),
-                                                      *[torch.tensor(sums[k]) for k in names]]))
+                values = all_reduce_sum(torch.stack([step_loss, *[torch.tensor(sums[k], dtype=torch.float64) for k in names]]))
                 loss_value = float(values[0])
                 for what, value in (("loss", loss_value), ("gradient norm", grad_norm)):
                     if value is not None and not math.isfinite(value):

@@ -214,4 +214,5 @@ def test_generate_never_emits_padding_ids(sampling):
     out = generate(model, [[1, 2, 3], [4]], 20, sampling, generator=torch.Generator().manual_seed(0), vocab_size=300)
     assert all(0 <= t < 300 for row in out for t in row) and all(len(row) == 20 for row in out)
     with pytest.raises(ValueError, match="vocab_size"):
-        generate(model, [[1]], 2, vocab_size=10_000)
+        generate(model, [[1]], 2, vocab_size=0)
+    assert generate(model, [[1]], 2, vocab_size=10_000)[0][0] >= 300  # a larger tokenizer: the model's ids

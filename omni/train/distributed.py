@@ -265,9 +265,9 @@ class DeepSpeedEngine(Engine):
             import deepspeed
 
             with deepspeed.zero.GatheredParameters(list(module.parameters())):
-                rest = {k: v.detach().cpu().float().clone() for k, v in module.state_dict().items() if k not in masters}
+                rest = {k: _fp32(v).clone() for k, v in module.state_dict().items() if k not in masters}
         else:
-            rest = {k: v.detach().cpu().float() for k, v in module.state_dict().items() if k not in masters}
+            rest = {k: _fp32(v) for k, v in module.state_dict().items() if k not in masters}
         if dist.get_rank() != 0:
             return {}
         return {**rest, **{n: v.detach().cpu().float() for n, v in masters.items()}}
@@ -361,6 +361,12 @@ class DeepSpeedEngine(Engine):
                  for g in self._base_optimizer().param_groups]
         groups = [[n for n, m in matrix.items() if m], [n for n, m in matrix.items() if not m]]
         return [{**hyper[min(i, len(hyper) - 1)], "params": g} for i, g in enumerate(groups)]
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """``t`` on the CPU, floating point as float32 (bf16 training weights), other dtypes unchanged."""
+    t = t.detach().cpu()
+    return t.float() if t.is_floating_point() else t
 
 
 def build_engine(model: nn.Module, cfg, info: DistInfo, deepspeed_json: Optional[str], fsdp: bool) -> Engine:

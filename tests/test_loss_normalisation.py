@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from omni.conversation import Audio, Message, Text
-from omni.omni_task import OmniTask, batch_from_streams
+from omni.train.tasks.omni import OmniTask, batch_from_streams
 from omni.train.checkpoint import load_model_state
 from tests import omni_fixtures as F
 

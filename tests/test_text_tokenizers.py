@@ -126,7 +126,7 @@ def test_user_text_is_literal(which, spm_tok, gguf_tok):
 
 def test_gguf_chat_prompt_matches_transformers_literal_rendering(gguf_tok):
     transformers = pytest.importorskip("transformers")
-    from omni.model.pretrained import smollm2_path
+    from omni.io.gguf import smollm2_path
 
     path = smollm2_path()
     ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)

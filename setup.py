@@ -27,6 +27,7 @@ setup(
         "tqdm",
         "tensorboard",
         "soundfile",  # audio I/O (omni/io/audio.py); torchaudio does not import on CPU torch
+        "soxr",  # bounded-memory resampling of any rate pair (omni/io/audio.py)
         "Pillow",  # image/video I/O (omni/tokenizers/image.py, video.py)
         "av",  # PyAV: video files (mp4, webm, ...) in omni/io/video.py; bundles FFmpeg's libraries
         "packaging",  # silero-vad's one dependency besides torch (it installs --no-deps, requirements-assets.txt)

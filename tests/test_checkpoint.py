@@ -140,3 +140,72 @@ def test_atomic_save_survives_kill(corpus, tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 2, 3]  # step 2 ran before the kill and again after resuming
     assert records[1]["loss"] == records[2]["loss"]
+
+
+def _header(raw: bytes) -> tuple[int, dict]:
+    n = int.from_bytes(raw[:8], "little")
+    return n, json.loads(raw[8: 8 + n])
+
+
+def _poison(path: Path, name: str) -> None:
+    """Overwrite the bytes of tensor ``name`` of a safetensors file with 0xFF (NaN), same file size."""
+    raw = bytearray(path.read_bytes())
+    n, header = _header(raw)
+    start, end = header[name]["data_offsets"]
+    raw[8 + n + start: 8 + n + end] = b"\xff" * (end - start)
+    path.write_bytes(raw)
+
+
+def test_non_finite_weights_are_refused_by_every_loader(run, tmp_path):
+    """Issue 19, case 7: a checkpoint with one tensor's bytes set to 0xFF loaded silently."""
+    import shutil
+
+    from omni import load_model
+    from omni.config import load_config
+
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    step = resolve_checkpoint(bad)
+    _poison(step / "model.safetensors", "layers.1.attention.wq.weight")
+    with pytest.raises(CheckpointError, match=r"layers\.1\.attention\.wq\.weight .*NaN or infinite"):
+        load_model_state(bad)
+    with pytest.raises(CheckpointError, match=r"layers\.1\.attention\.wq\.weight"):
+        load_model(bad)
+    cfg = load_config(str(run / "config.yaml"))
+    cfg.train.out_dir = str(tmp_path / "resumed")
+    with pytest.raises(CheckpointError, match=r"layers\.1\.attention\.wq\.weight"):  # resume reads the same file
+        fit(cfg, resume=str(step))
+    opt = sorted(set(_header((step / "optimizer.safetensors").read_bytes())[1]) - {"__metadata__"})[0]
+    _poison(step / "optimizer.safetensors", opt)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_state(step, "optimizer")
+
+
+def test_non_finite_weights_are_never_written(tmp_path):
+    from omni.io.tensors import NonFiniteWeights, load_tensors, save_tensors
+    from omni.train.checkpoint import save_tensors as save_checkpoint_tensors
+
+    good = {"a": torch.ones(3), "ids": torch.arange(3)}
+    save_tensors(good, tmp_path / "ok.safetensors")
+    assert torch.equal(load_tensors(tmp_path / "ok.safetensors")["a"], good["a"])
+    for value in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(NonFiniteWeights, match="tensor.s. b hold NaN or infinite"):
+            save_tensors({**good, "b": torch.tensor([0.0, value])}, tmp_path / "x.safetensors")
+        assert not (tmp_path / "x.safetensors").exists()
+        with pytest.raises(CheckpointError, match="b hold"):
+            save_checkpoint_tensors({"b": torch.tensor([value])}, tmp_path / "y.safetensors")
+        with pytest.raises(CheckpointError, match="NaN or infinite"):
+            save_state(tmp_path, "opt", {"exp_avg": torch.tensor([value])})
+
+
+def test_tokenizer_weights_with_nan_are_refused(tmp_path):
+    from omni.io.tensors import NonFiniteWeights
+    from omni.tokenizers.base import load_tokenizer
+    from omni.tokenizers.image import ImageTokConfig, ImageTokenizer
+
+    tok = ImageTokenizer(ImageTokConfig(image_size=16, channels=8, channel_mult=[1, 2], blocks=1, levels=[4, 4]))
+    tok.save(tmp_path / "tok")
+    name = next(k for k, v in tok.state_dict().items() if v.is_floating_point())
+    _poison(tmp_path / "tok" / "model.safetensors", name)
+    with pytest.raises(NonFiniteWeights, match=name.replace(".", r"\.")):
+        load_tokenizer(tmp_path / "tok")

@@ -198,3 +198,21 @@ def test_empty_batch_runs_forward_and_backward():
     out = model(embeds=torch.zeros(0, 5, 64, requires_grad=True))
     assert out.shape == (0, 5, 97)
     out.sum().backward()
+
+
+@pytest.mark.parametrize("sampling", [SamplingConfig(), SamplingConfig(temperature=1.0), SamplingConfig(temperature=1e-30),
+                                      SamplingConfig(temperature=5.0, top_k=1000), SamplingConfig(temperature=0.7, top_p=0.01),
+                                      SamplingConfig(temperature=2.0, top_k=3, top_p=0.5)])
+def test_generate_never_emits_padding_ids(sampling):
+    """Issue 19 (decoding): the model's vocabulary is padded past the tokenizer's; those ids must
+    never come out, whatever the sampling, even when the model favours them."""
+    torch.manual_seed(0)
+    model = Decoder(tiny_cfg(vocab_size=320, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        model.output.weight[300:] = model.output.weight[:20] * 50  # padding rows dominate the logits
+    assert int(model(torch.tensor([[1, 2]]))[0, -1].argmax()) >= 300
+    out = generate(model, [[1, 2, 3], [4]], 20, sampling, generator=torch.Generator().manual_seed(0), vocab_size=300)
+    assert all(0 <= t < 300 for row in out for t in row) and all(len(row) == 20 for row in out)
+    with pytest.raises(ValueError, match="vocab_size"):
+        generate(model, [[1]], 2, vocab_size=0)
+    assert generate(model, [[1]], 2, vocab_size=10_000)[0][0] >= 300  # a larger tokenizer: the model's ids

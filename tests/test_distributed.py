@@ -1,6 +1,7 @@
 """DeepSpeed ZeRO-2/3 and FSDP2 on 2 CPU processes (gloo) give the losses of one process with the same
-global batch, and resume exactly. Tolerance against one process: 1e-4 absolute (measured ~2e-6: the
-only difference is the order of float reductions)."""
+global batch, resume exactly, and resume on another topology (2 ZeRO ranks -> 1 process, with or
+without DeepSpeed; 1 process -> 2 ZeRO ranks). Tolerance against one process: 1e-4 absolute
+(measured ~2e-6: the only difference is the order of float reductions)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_train import ROOT, corpus, fit, losses, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
 
@@ -46,10 +48,19 @@ def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, 
 
     cfg, state = load_model_state(tmp_path / "ds")
     build_model(cfg).load_state_dict(state)
+    step3 = str(tmp_path / "ds" / "checkpoints" / "step_0000003")
     if stage == 3:  # resume from the ZeRO-3 checkpoint at step 3: bit-identical steps 4..6
-        torchrun(corpus, tmp_path / "resumed", "--deepspeed", ds, "--resume", str(tmp_path / "ds" / "checkpoints" / "step_0000003"))
+        torchrun(corpus, tmp_path / "resumed", "--deepspeed", ds, "--resume", step3)
         again = losses(tmp_path / "resumed")
         assert [again[s] for s in (4, 5, 6)] == [got[s] for s in (4, 5, 6)]
+    # Another topology (issue 19): 2 ZeRO ranks -> one process, plain torch (stage 2) or DeepSpeed
+    # (stage 3); the loss continues as if nothing had changed, within TOL.
+    one = tmp_path / "one"
+    fit(micro_cfg(corpus, one), resume=step3, **({"deepspeed": ds} if stage == 3 else {}))
+    assert max(abs(losses(one)[s] - got[s]) for s in (4, 5, 6)) < TOL
+    if stage == 2:  # and 1 -> 2: the one-process reference's checkpoint continues on 2 ZeRO ranks
+        torchrun(corpus, tmp_path / "two", "--deepspeed", ds, "--resume", str(reference / "checkpoints" / "step_0000003"))
+        assert max(abs(losses(tmp_path / "two")[s] - ref[s]) for s in (4, 5, 6)) < TOL
 
 
 def test_fsdp2_matches_single_process_and_resumes_its_checkpoints(corpus, reference, tmp_path):
@@ -60,3 +71,39 @@ def test_fsdp2_matches_single_process_and_resumes_its_checkpoints(corpus, refere
     torchrun(corpus, tmp_path / "cross", "--fsdp", "--resume", str(reference / "checkpoints" / "step_0000003"))
     cross = losses(tmp_path / "cross")
     assert max(abs(ref[s] - cross[s]) for s in (4, 5, 6)) < TOL
+
+
+def test_two_node_launch_matches_one_process(corpus, reference, tmp_path):
+    """A user's first multi-node run: two torchrun agents (--nnodes=2, one process each) meeting
+    through a c10d rendezvous on 127.0.0.1, FSDP2 over gloo; the losses are one process's."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
+           f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=omni-test", "--max_restarts=0", str(ROOT / "train.py"),
+           "--config", "tiny", "--fsdp", *micro_overrides(corpus, tmp_path / "nodes", "train.batch_size=4")]
+    agents = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    deadline, outputs = time.monotonic() + 300, []
+    try:
+        for a in agents:
+            outputs.append(a.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+    assert all(a.returncode == 0 for a in agents), "\n".join(o[-3000:] for o in outputs)
+    ref, got = losses(reference), losses(tmp_path / "nodes")
+    assert sorted(got) == sorted(ref) and max(abs(ref[s] - got[s]) for s in ref) < TOL
+
+
+def test_several_processes_without_an_engine_are_refused():
+    from omni.config import load_config
+    from omni.train.distributed import DistInfo, build_engine
+
+    with pytest.raises(ValueError, match="--fsdp or --deepspeed"):
+        build_engine(torch.nn.Linear(2, 2), load_config("tiny"), DistInfo(world_size=2), None, False)

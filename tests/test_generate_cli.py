@@ -95,3 +95,15 @@ def test_config_cli_chat_answers():
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout
+
+
+def test_text_is_literal_and_trusted_callers_pass_ids(tiny_run):
+    """A string prompt is literal text; an id list (trusted) is used as given (issue 19, case 1)."""
+    _, model, tok = tiny_run
+    gen = TextGenerator(model.eval(), tok)
+    typed = "the cat<|eos|><|bos|>"
+    ids = tok.encode(typed)
+    assert tok.eos_id not in ids and tok.bos_id not in ids
+    assert gen.generate(typed, max_new_tokens=8) == gen.generate(ids, max_new_tokens=8)
+    with pytest.raises(ValueError, match="prompt ids must lie"):
+        gen.generate([tok.vocab_size], max_new_tokens=2)

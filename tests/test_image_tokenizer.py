@@ -92,3 +92,74 @@ def test_tiny_image_tokenizer_reaches_psnr_on_held_out_pictures(tmp_path):
     score = psnr(tok.decode(tok.encode(x)), x)
     print(f"held-out PSNR {score:.2f} dB")
     assert score >= 20.0
+
+
+def _mean(path, size=16):
+    return float(load_image(path, size).mean())
+
+
+def test_every_mode_looks_as_a_viewer_shows_it(tmp_path):
+    """Issue 19, case 4: mid-grey 16-bit PNG and a [0, 1] float TIFF used to load black."""
+    import numpy as np
+
+    grey16 = np.full((20, 30), 32768, np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode in ("I;16", "I")
+    assert abs(_mean(tmp_path / "g16.png") - 0.5) < 0.01
+    Image.fromarray(np.full((20, 30), 0.5, np.float32), "F").save(tmp_path / "f.tiff")
+    assert abs(_mean(tmp_path / "f.tiff") - 0.5) < 0.01
+    Image.fromarray(np.full((20, 30), 2.0, np.float32), "F").save(tmp_path / "f2.tiff")  # out of range: clipped
+    assert _mean(tmp_path / "f2.tiff") == 1.0
+    Image.fromarray(np.full((20, 30), 16384, np.int32), "I").save(tmp_path / "i.tiff")
+    assert abs(_mean(tmp_path / "i.tiff") - 0.25) < 0.01
+    Image.new("LA", (20, 20), (0, 0)).save(tmp_path / "la.png")  # black, fully transparent -> white
+    assert _mean(tmp_path / "la.png") == 1.0
+    Image.new("LA", (20, 20), (0, 255)).save(tmp_path / "la_opaque.png")
+    assert _mean(tmp_path / "la_opaque.png") == 0.0
+    pal = Image.new("P", (20, 20), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0])
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "p.png", transparency=0)  # the transparent palette entry -> white
+    assert _mean(tmp_path / "p.png") == 1.0
+    Image.new("CMYK", (20, 20), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")  # no ink: white
+    assert _mean(tmp_path / "cmyk.jpg") > 0.98
+    Image.new("LAB", (20, 20), (100, 128, 128)).save(tmp_path / "lab.tiff")  # L = 100/255 of white, neutral
+    lab = load_image(tmp_path / "lab.tiff", 8)
+    assert (lab.amax() - lab.amin()) < 0.02 and 0.3 < float(lab.mean()) < 0.5
+    for mode in ("1", "L", "RGB", "RGBX", "YCbCr", "HSV", "I;16B", "RGBa", "La", "PA"):
+        img = load_image(Image.new(mode, (12, 9)), 8)
+        assert img.shape == (3, 8, 8) and torch.isfinite(img).all() and 0 <= img.min() and img.max() <= 1, mode
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Left half red, right half blue; stored rotated with Orientation=6 (viewer rotates 90° clockwise).
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    shown = load_image(tmp_path / "rot.jpg", 20)  # viewer: 40 wide, 20 high again; centre square
+    upright = load_image(img, 20)
+    assert (shown - upright).abs().mean() < 0.05
+
+
+def test_thin_strip_costs_output_sized_memory(tmp_path):
+    """A 113-byte 1 x 16384 PNG took 4.7 s and +830 MiB at image size 128 (issue 19, case 4)."""
+    import subprocess
+    import sys
+
+    Image.new("L", (1, 16384), 200).save(tmp_path / "strip.png")
+    Image.new("RGB", (16000, 3), (10, 200, 30)).save(tmp_path / "wide.png")
+    # 4800 x 3600 JPEG: 52 MB decoded in full; Pillow's DCT scaling decodes it at 1/8 (600 x 450).
+    Image.linear_gradient("L").resize((4800, 3600)).convert("RGB").save(tmp_path / "big.jpg", quality=80)
+    script = ("import resource, sys, time\nfrom omni.tokenizers.image import load_image\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\nt = time.perf_counter()\n"
+              "for p in sys.argv[1:]:\n    x = load_image(p, 128)\n"
+              "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", script, *(str(tmp_path / n) for n in ("strip.png", "wide.png", "big.jpg"))],
+                         capture_output=True, text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    grown_mib, seconds = out.stdout.split()
+    assert int(grown_mib) < 32 and float(seconds) < 1.0, out.stdout
+    assert torch.allclose(load_image(tmp_path / "strip.png", 128), torch.full((3, 128, 128), 200 / 255))
+

@@ -96,3 +96,23 @@ def test_corpus_clips(tmp_path):
     clip = ds[0]
     assert clip.shape == (9, 3, 16, 16)
     assert (clip[1:] - clip[:-1]).abs().mean() > 0  # the camera or a shape moves
+
+
+def test_frames_in_natural_order_and_empty_clips(tmp_path):
+    """Issue 19, case 5: frame_1 .. frame_12 were read 1, 10, 11, 12, 2, ...; a 0-frame .npy crashed."""
+    (tmp_path / "frames").mkdir()
+    for i in range(1, 13):  # frame i is a flat grey of level 20*i
+        Image.new("RGB", (8, 8), (20 * i,) * 3).save(tmp_path / "frames" / f"frame_{i}.png")
+    v = load_video(tmp_path / "frames", 8)
+    levels = [round(float(f.mean()) * 255 / 20) for f in v]
+    assert levels == list(range(1, 13))
+    np.save(tmp_path / "empty.npy", np.zeros((0, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="no frames"):
+        load_video(tmp_path / "empty.npy", 8)
+
+
+def test_natural_key():
+    from omni.tokenizers.video import natural_key
+
+    names = ["f10.png", "F2.png", "f1.png", "f02b.png", "a.png", "f100.png"]
+    assert sorted(names, key=natural_key) == ["a.png", "f1.png", "F2.png", "f02b.png", "f10.png", "f100.png"]

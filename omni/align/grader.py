@@ -125,8 +125,8 @@ class TrainedGrader(Grader):
 
 
 class CausalLM:
-    """The two things the prompted grader needs from any causal LM: ``encode(text) -> ids`` (no
-    special tokens) and ``logits(tokens [B, S]) -> [B, S, V]``."""
+    """The two things the prompted grader needs from any causal LM: ``encode(text) -> ids`` (literal
+    text: no special tokens added, none matched inside the text) and ``logits(tokens [B, S]) -> [B, S, V]``."""
 
     def __init__(self, encode: Callable[[str], list[int]], logits: Callable[[Tensor], Tensor], device: torch.device) -> None:
         self.encode, self.logits, self.device = encode, logits, device
@@ -134,7 +134,7 @@ class CausalLM:
     @classmethod
     def from_transformers(cls, model, tokenizer) -> "CausalLM":
         dev = next(model.parameters()).device
-        return cls(lambda t: tokenizer.encode(t, add_special_tokens=False),
+        return cls(lambda t: tokenizer.encode(t, add_special_tokens=False, split_special_tokens=True),
                    lambda x: model(input_ids=x).logits, dev)
 
     @classmethod

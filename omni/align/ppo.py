@@ -21,7 +21,6 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -35,6 +34,7 @@ from omni.align.spec import DEFAULT_SPEC, load_spec
 from omni.align.weights import RBRWeights
 from omni.config import Config, save_config
 from omni.infer.text import generate
+from omni.io.tensors import save_tensors
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
 from omni.model.sampling import SamplingConfig
@@ -62,8 +62,11 @@ class PPO:
     its regression must not move the policy's blocks (and must not dominate the gradient clip)."""
 
     def __init__(self, policy: Decoder, cfg: PPOConfig, lr: float, stop_ids: Sequence[int] = (), grad_clip: float = 1.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, vocab_size: int | None = None) -> None:
+        """``vocab_size``: the tokenizer's (ids above it, the model's padding, are never sampled and
+        carry no probability in the log-probs either)."""
         self.policy, self.cfg, self.stop_ids, self.grad_clip = policy, cfg, list(stop_ids), grad_clip
+        self.vocab_size = vocab_size or policy.vocab_size
         self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
         freeze_below(policy, cfg.train_layers)
         self.value_head = nn.Linear(policy.cfg.dim, 1).to(policy.tok_embeddings.weight.device)
@@ -80,7 +83,7 @@ class PPO:
         sampling temperature) and values [B, T]."""
         h = model(tokens, return_hidden=True)  # [B, S, D]
         pred = h.gather(1, (idx - 1).unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # [B, T, D]
-        logits = model.logits(pred).float() / self.cfg.temperature
+        logits = model.logits(pred)[..., : self.vocab_size].float() / self.cfg.temperature
         logp = F.log_softmax(logits, -1).gather(-1, tokens.gather(1, idx).unsqueeze(-1)).squeeze(-1)
         return logp, (self.value_head(pred.detach().float()).squeeze(-1) if value else None)
 
@@ -109,7 +112,8 @@ class PPO:
         statistics and the sampled completions (token ids)."""
         c = self.cfg
         prompt_ids = [p for p in prompt_ids for _ in range(c.samples_per_prompt)]
-        completions = generate(self.policy, prompt_ids, c.max_new_tokens, self.sampling, self.stop_ids, self.gen)
+        completions = generate(self.policy, prompt_ids, c.max_new_tokens, self.sampling, self.stop_ids, self.gen,
+                               vocab_size=self.vocab_size)
         scores, parts = reward_fn(prompt_ids, completions)
         # One row per sample: prompt + completion (an empty completion keeps its prompt's last token
         # as a masked placeholder so shapes stay rectangular).
@@ -183,7 +187,7 @@ class RBRPPOTask(Task):
             policy.load_state_dict(load_model_state(r.policy)[1])
         reward = RBRReward(load_grader(spec, r.grader), RBRWeights.load(r.weights, spec),
                            RewardModel.load(r.reward_model) if r.reward_model else None, r.rbr_scale)
-        ppo = PPO(policy, r.ppo, t.lr, stop_ids(tok), t.grad_clip, t.seed)
+        ppo = PPO(policy, r.ppo, t.lr, stop_ids(tok), t.grad_clip, t.seed, vocab_size=tok.vocab_size)
         prompts = load_prompts("train")
         rng = random.Random(t.seed)
         stops = set(stop_ids(tok))
@@ -220,7 +224,7 @@ class RBRPPOTask(Task):
 def save_policy(policy: Decoder, cfg: Config, run_dir: Path, step: int, keep: int = 1) -> Path:
     """A checkpoint folder load_model_state / omni.load_model read (model weights + config)."""
     tmp = begin_save(run_dir, step)
-    save_file({k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_tensors(policy.state_dict(), tmp / "model.safetensors")
     save_config(cfg, tmp / "config.yaml")
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "task": "rbr-ppo"}))
     return finish_save(run_dir, step, keep=keep)

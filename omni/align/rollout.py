@@ -38,7 +38,8 @@ def complete(policy: Decoder, tok: TextTokenizer, prompts: Sequence[str], max_ne
     out: list[str] = []
     starts = range(0, len(prompts), batch_size)
     for s in tqdm(starts, desc="generating", disable=not progress):
-        ids = generate(policy, prompt_ids(tok, prompts[s: s + batch_size], max_prompt), max_new_tokens, sampling, stops, gen)
+        ids = generate(policy, prompt_ids(tok, prompts[s: s + batch_size], max_prompt), max_new_tokens, sampling, stops, gen,
+                       vocab_size=tok.vocab_size)
         out += [tok.decode([t for t in row if t not in stops]).strip() for row in ids]
     return out
 

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,9 +142,17 @@ class SFTTask(_RBRTask):
         return {"tokens": tokens, "targets": targets, "lengths": lengths}
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Cross-entropy of the completion tokens."""
+        """Cross-entropy of the completion tokens (mean over the batch's completion tokens)."""
+        return self.step_loss(model, batch, self.targets(batch))
+
+    def targets(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        return {"completion": float((batch["targets"] != -100).sum())}  # completions differ in length
+
+    def step_loss(self, model: nn.Module, batch: dict[str, Tensor], totals: dict[str, float],
+                  phase: Optional[str] = None) -> tuple[Tensor, dict[str, float]]:
         logits = model(batch["tokens"])  # [B, S, V]
-        return F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100), {}
+        ce = F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-100, reduction="sum")
+        return ce / max(totals["completion"], 1.0), {}
 
     def tokens_in(self, batch: dict[str, Tensor]) -> int:
         return int(batch["lengths"].sum())

@@ -45,8 +45,13 @@ def generate(
     stop_ids: Sequence[int] = (),
     generator: Optional[torch.Generator] = None,
     compile: bool = False,
+    vocab_size: Optional[int] = None,
 ) -> list[list[int]]:
     """Generate continuations for a batch of token-id prompts (lengths may differ).
+
+    ``vocab_size``: only ids below it are ever produced — pass the tokenizer's ``vocab_size``, since
+    the model's vocabulary is padded (to a multiple of 64) with ids no tokenizer can decode.
+    Default (or larger than the model's): the model's own size.
 
     The common prefix length is prefilled in one call; rows with longer prompts are then fed their
     remaining prompt tokens while the others already sample, so no padding ever enters the cache.
@@ -70,6 +75,10 @@ def generate(
     for i, p in enumerate(prompts):
         padded[i, : len(p)] = torch.as_tensor(list(p), dtype=torch.long)
     model.check_tokens(padded)
+    if vocab_size is not None and vocab_size <= 0:
+        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    # A tokenizer may know more ids than the model has (specials added to a bare pretrained model).
+    limit = model.vocab_size if vocab_size is None else min(int(vocab_size), model.vocab_size)
     stop = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
     common = int(lengths.min())
     out = torch.zeros(batch, max_new_tokens, dtype=torch.long, device=device)
@@ -80,7 +89,7 @@ def generate(
         step = decode_step(model, compile)
         with model.streaming(batch, max_len=model.cfg.max_seq_len if compile else max_len):
             # Prefill: only the last position needs vocabulary logits.
-            logits = model.logits(model(padded[:, :common], return_hidden=True)[:, -1])
+            logits = model.logits(model(padded[:, :common], return_hidden=True)[:, -1])[:, :limit]
             pos = common  # absolute position of the token about to be chosen
             n_out = torch.zeros(batch, dtype=torch.long, device=device)
             while True:
@@ -95,7 +104,7 @@ def generate(
                 done |= n_out >= max_new_tokens
                 if bool(done.all()):
                     break
-                logits = step(nxt[:, None])[:, -1]
+                logits = step(nxt[:, None])[:, -1, :limit]
                 pos += 1
     finally:
         model.train(was_training)
@@ -181,15 +190,24 @@ class TextGenerator:
         device = self.model.tok_embeddings.weight.device
         generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         out = generate(self.model, [ids], max_new_tokens, sampling, stop_ids=stop_ids, generator=generator,
-                       compile=self.compile)[0]
+                       vocab_size=self.tokenizer.vocab_size, compile=self.compile)[0]
         if out and out[-1] in stop_ids:
             out = out[:-1]
         return self.tokenizer.decode(out)
 
-    def generate(self, prompt: str, max_new_tokens: int = 128, sampling: SamplingConfig = SamplingConfig(),
-                 seed: Optional[int] = None) -> str:
-        """Plain continuation of ``prompt`` (stops at the tokenizer's end-of-text)."""
-        ids = self.tokenizer.encode(prompt)
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
+                 sampling: SamplingConfig = SamplingConfig(), seed: Optional[int] = None) -> str:
+        """Plain continuation of ``prompt`` (stops at the tokenizer's end-of-text).
+
+        A string is literal text (special spellings in it stay characters). Trusted callers who need
+        special tokens pass token ids instead, e.g. ``[tok.bos_id, *tok.encode(text)]``; they are
+        used as given."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = [int(i) for i in prompt]
+            if any(not 0 <= i < self.tokenizer.vocab_size for i in ids):
+                raise ValueError(f"prompt ids must lie in [0, {self.tokenizer.vocab_size}) (the tokenizer's vocabulary)")
         if not ids:
             ids = [self.tokenizer.bos_id]
         return self._run(ids, max_new_tokens, sampling, [self.tokenizer.eos_id], seed)

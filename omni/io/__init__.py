@@ -1,1 +1,1 @@
-"""Leaves of the library: file formats and signal I/O (audio, video, GGUF). They import no other omni module."""
+"""Leaves of the library: file formats and signal I/O (audio, video, GGUF, weight files). They import no other omni module."""

@@ -1,31 +1,37 @@
-"""Audio I/O and features in plain torch.
+"""Audio I/O and features.
 
 PyPI torchaudio does not import on CPU torch (DESIGN.md §8), so files are read and written with
-soundfile and resampling / mel spectrograms are computed here with torch ops.
+soundfile (libsndfile), resampled with soxr (libsoxr's bounded-memory polyphase resampler) and mel
+spectrograms are computed here with torch ops.
 
-Input rules (documented in docs/tokenizers.md):
-- any format libsndfile reads (WAV, FLAC, OGG, raw-less containers); 8/16/24/32-bit integer and
-  float samples are all converted to float32 in [-1, 1];
-- multi-channel audio is mixed down to mono by averaging the channels;
-- any sample rate is resampled to the requested one with a windowed-sinc polyphase filter;
-- empty, unreadable or non-audio files and over-long files raise :class:`AudioError`.
+Input rules (docs/data.md):
+- any container libsndfile reads: WAV/AIFF/CAF, FLAC, OGG Vorbis/Opus, MP3; 8/16/24/32-bit integer
+  (signed or unsigned), 32/64-bit float, mu-law/A-law samples all become float32 in [-1, 1];
+- multi-channel audio is mixed down to mono by averaging the channels (what one speaker plays);
+- any sample rate from :data:`MIN_RATE` to :data:`MAX_RATE` Hz is resampled to the requested one;
+- memory follows the samples really decoded, never the header: the file is read in bounded blocks,
+  mixed to mono block by block, and reading stops at ``max_seconds``;
+- missing, empty, unreadable, non-audio, non-finite or over-long files raise :class:`AudioError`.
 """
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
-import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
 # One hour at most per file: longer inputs are almost certainly a mistake (and would not fit memory
 # comfortably as float32 at 24 kHz on small machines); split them first.
 MAX_SECONDS = 3600.0
+# Sample rates real recordings use lie well inside this range (telephony 8 kHz .. studio 384 kHz).
+MIN_RATE, MAX_RATE = 1_000, 1_000_000
+# Samples (all channels) decoded per block: 4 MiB of float32, whatever the header claims.
+BLOCK_SAMPLES = 1 << 20
 
 
 class AudioError(ValueError):
@@ -33,30 +39,42 @@ class AudioError(ValueError):
 
 
 def load_audio(path: str | Path, sample_rate: int, max_seconds: float = MAX_SECONDS) -> Tensor:
-    """Read an audio file as mono float32 at ``sample_rate``.
+    """Read an audio file as mono float32 at ``sample_rate`` Hz.
 
     Returns ``[1, samples]``. Stereo/multi-channel files are averaged to mono, integer formats are
-    scaled to [-1, 1], other sample rates are resampled. Raises :class:`AudioError` for missing,
-    empty, corrupt or non-audio files and for files longer than ``max_seconds``.
+    scaled to [-1, 1], other sample rates are resampled (:func:`resample`). Raises
+    :class:`AudioError` for missing, empty, corrupt or non-audio files, rates outside
+    [``MIN_RATE``, ``MAX_RATE``], NaN/inf samples and files longer than ``max_seconds``.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"{path}: no such audio file")
     try:
-        info = sf.info(str(path))
+        f = sf.SoundFile(str(path))
     except Exception as e:  # libsndfile raises its own error types for every unreadable case
         raise AudioError(f"{path}: not a readable audio file ({e}); convert it to WAV or FLAC") from e
-    if info.frames == 0:
+    with f:
+        sr, channels = int(f.samplerate), int(f.channels)
+        if not MIN_RATE <= sr <= MAX_RATE:
+            raise AudioError(f"{path}: the header's sample rate {sr} Hz is outside [{MIN_RATE}, {MAX_RATE}] Hz; "
+                             "the file is corrupt or not a recording")
+        if f.frames > max_seconds * sr:  # frames as the header says; the loop below checks what is real
+            raise AudioError(f"{path}: {f.frames / sr:.0f} s is longer than the {max_seconds:.0f} s limit; split it first")
+        limit, blocks, n = int(max_seconds * sr), [], 0
+        while True:
+            try:
+                block = f.read(max(1, BLOCK_SAMPLES // channels), dtype="float32", always_2d=True)  # [frames, ch]
+            except Exception as e:
+                raise AudioError(f"{path}: corrupt audio data ({e})") from e
+            if not len(block):
+                break
+            n += len(block)
+            if n > limit:
+                raise AudioError(f"{path}: longer than the {max_seconds:.0f} s limit; split it first")
+            blocks.append(block.mean(1))
+    if n == 0:
         raise AudioError(f"{path}: the file holds no samples")
-    if info.frames / info.samplerate > max_seconds:
-        raise AudioError(
-            f"{path}: {info.frames / info.samplerate:.0f} s is longer than the {max_seconds:.0f} s limit; split it first"
-        )
-    try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [samples, channels]
-    except Exception as e:
-        raise AudioError(f"{path}: corrupt audio data ({e})") from e
-    wav = torch.from_numpy(np.ascontiguousarray(data.T)).mean(0, keepdim=True)
+    wav = torch.from_numpy(np.concatenate(blocks))[None]
     check_finite(wav, str(path))
     return resample(wav, sr, sample_rate)
 
@@ -81,48 +99,28 @@ def save_audio(path: str | Path, wav: Tensor, sample_rate: int) -> None:
     sf.write(str(path), wav.clamp(-1, 1).numpy(), sample_rate, subtype="PCM_16")
 
 
-@lru_cache(maxsize=16)
-def _resample_kernel(orig: int, new: int, zeros: int = 24, rolloff: float = 0.945) -> tuple[Tensor, int]:
-    """Polyphase windowed-sinc filters: ``[new, 1, width]`` and the left padding they need.
-
-    ``orig``/``new`` are the rates divided by their gcd. Phase j of output block q sits at input
-    position ``q*orig + j*orig/new``; its taps cover ``zeros`` zero crossings of the low-pass on
-    each side (cut-off ``rolloff`` x the lower Nyquist frequency), weighted by a Hann window.
-    """
-    cutoff = min(orig, new) * rolloff  # in units of the orig grid, per orig sample: cutoff / orig
-    half = math.ceil(zeros * orig / cutoff)
-    idx = torch.arange(-half, half + orig, dtype=torch.float64)  # input offsets relative to q*orig
-    phase = torch.arange(new, dtype=torch.float64)[:, None] * orig / new
-    t = (idx[None, :] - phase) * cutoff / orig  # in units of the low-pass period
-    window = torch.cos(t / zeros * math.pi / 2).clamp(min=0) ** 2
-    window = torch.where(t.abs() <= zeros, window, torch.zeros_like(window))
-    kernel = torch.special.sinc(t) * window * cutoff / orig
-    return kernel.float()[:, None, :], half
-
-
 def resample(wav: Tensor, orig_sr: int, new_sr: int) -> Tensor:
-    """Resample ``wav`` [..., samples] from ``orig_sr`` to ``new_sr`` Hz (band-limited sinc).
+    """Resample ``wav`` [..., samples] from ``orig_sr`` to ``new_sr`` Hz with soxr (high quality).
 
-    Output length is ``ceil(samples * new_sr / orig_sr)``.
+    Any pair of rates works in memory proportional to the signal (libsoxr is a multi-stage polyphase
+    resampler; unlike a single rational filter, 16001 -> 16000 Hz costs no more than 48000 -> 16000).
+    Output length is ``ceil(samples * new_sr / orig_sr)``, on the input's device and dtype float32.
+    Raises :class:`AudioError` for non-positive rates.
     """
     if orig_sr <= 0 or new_sr <= 0:
         raise AudioError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     if orig_sr == new_sr:
         return wav
-    g = math.gcd(orig_sr, new_sr)
-    orig, new = orig_sr // g, new_sr // g
-    kernel, half = _resample_kernel(orig, new)
-    shape = wav.shape
-    x = wav.reshape(-1, 1, shape[-1]).float()
-    n = shape[-1]
-    out_len = math.ceil(n * new / orig)
-    blocks = math.ceil(out_len / new)
-    width = kernel.shape[-1]
-    right = max(0, (blocks - 1) * orig + width - half - n)
-    x = F.pad(x, (half, right))
-    y = F.conv1d(x, kernel.to(x.device), stride=orig)  # [N, new, blocks]
-    y = y[..., :blocks].transpose(1, 2).reshape(x.shape[0], -1)[:, :out_len]
-    return y.reshape(*shape[:-1], out_len)
+    shape, n = wav.shape, wav.shape[-1]
+    out_len = -(-n * new_sr // orig_sr)
+    x = wav.detach().reshape(-1, n).float().cpu().numpy().T  # [samples, channels]: soxr's layout
+    try:
+        y = soxr.resample(np.ascontiguousarray(x), orig_sr, new_sr, quality="HQ")
+    except (ValueError, RuntimeError) as e:
+        raise AudioError(f"cannot resample {orig_sr} -> {new_sr} Hz ({e})") from e
+    y = torch.from_numpy(np.ascontiguousarray(y.reshape(-1, x.shape[1]).T))[:, :out_len]
+    y = torch.nn.functional.pad(y, (0, out_len - y.shape[-1]))
+    return y.reshape(*shape[:-1], out_len).to(wav.device)
 
 
 @lru_cache(maxsize=32)

@@ -18,6 +18,7 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 from omni.config import ModelConfig
+from omni.io.tensors import check_finite
 
 Tensor = torch.Tensor
 
@@ -150,4 +151,5 @@ def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, d
         elif key.endswith("attention.wk.weight"):
             w = _unpermute_rope(w, cfg.n_kv_heads)
         state[key] = w
+    check_finite(state, str(path))
     return cfg, state

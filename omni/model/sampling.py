@@ -26,10 +26,15 @@ class SamplingConfig:
 
 
 def sample(logits: Tensor, cfg: SamplingConfig, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Pick one token per row from logits [batch, vocab]; returns [batch] long."""
+    """Pick one token per row from logits [batch, vocab]; returns [batch] long.
+
+    Ids whose logit is -inf (masked by the caller) are never chosen, whatever the settings: the
+    logits are shifted by their row maximum before the temperature divides them, so a tiny
+    temperature cannot overflow to inf - inf = NaN."""
     if cfg.temperature == 0.0:
         return logits.argmax(-1)
-    logits = logits.float() / cfg.temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / cfg.temperature
     if cfg.top_k:
         kth = torch.topk(logits, min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

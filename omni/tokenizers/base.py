@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from omni.config import _coerce, _to_plain
+from omni.io.tensors import load_tensors, save_tensors
 
 # Special tokens reserved from day one in every text vocabulary, in this order. Roles, turn
 # boundaries and modality markers; the omni model appends modality code ranges after them.
@@ -117,13 +117,26 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
 
 
 class TextTokenizer(Tokenizer):
-    """Text tokenizers: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, with specials."""
+    """Text tokenizers: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, with specials.
+
+    ``encode`` treats its text as *literal*: a special token's spelling typed in the text (say
+    ``"<|im_end|>"`` or ``"<|image_start|>"``) is encoded as the ordinary characters it is made of,
+    never as the special id, so user-supplied text cannot forge turns, roles or modality markers.
+    Special ids come only from code that asks for them by name (:meth:`token_id`, :meth:`chat_prompt`,
+    the conversation format). Trusted callers who need specials inside a prompt build the id list
+    themselves (``[tok.token_id("<|user|>"), *tok.encode(text), ...]``) and pass ids, e.g. to
+    ``TextGenerator.generate``.
+    """
 
     modality = "text"
 
     @abstractmethod
     def token_id(self, token: str) -> int:
         """Id of a special token such as ``"<|user|>"``; KeyError with a clear message if absent."""
+
+    @abstractmethod
+    def encode(self, raw: str) -> list[int]:
+        """Ids of ``raw`` read as literal text (special spellings included: they stay characters)."""
 
     @property
     def bos_id(self) -> int:
@@ -143,7 +156,8 @@ class TextTokenizer(Tokenizer):
 
     def chat_prompt(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a text chat: ``[{"role": "user", "content": "..."}]`` -> ids ending, if asked,
-        with the assistant's turn opened. Roles: system, user, assistant."""
+        with the assistant's turn opened. Roles: system, user, assistant.
+        Message contents are literal text (see :meth:`encode`)."""
         ids: list[int] = [self.bos_id]
         for m in messages:
             role = m.get("role")
@@ -158,7 +172,7 @@ class TextTokenizer(Tokenizer):
 def save_weights_and_config(module: nn.Module, cfg: Any, folder: Path) -> dict[str, Any]:
     """Weights to ``folder/model.safetensors``; returns the config as JSON-able tokenizer state.
     Shared by every neural tokenizer (codec, image, video)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(folder / "model.safetensors"))
+    save_tensors(module.state_dict(), folder / "model.safetensors")  # refuses NaN/inf weights, by name
     return {"config": _to_plain(cfg)}
 
 
@@ -169,10 +183,24 @@ def load_weights_and_config(cls: type, cfg_cls: type, section: str, folder: Path
         raise FileNotFoundError(f"{folder} has no model.safetensors; was it written by Tokenizer.save()?")
     model = cls(_coerce(state["config"], cfg_cls, section))
     try:
-        model.load_state_dict(load_file(str(weights)))
+        model.load_state_dict(load_tensors(weights))  # NonFiniteWeights names a NaN/inf tensor
     except RuntimeError as e:
         raise RuntimeError(
             f"{weights} does not fit this version's {cls.__name__} (written by an older layout?); "
             f"retrain it with `python train.py --config configs/<{section} config>`.\n{e}"
         ) from e
     return model.eval()
+
+
+def literal_pieces(text: str, spellings: Iterable[str]) -> list[str]:
+    """``text`` cut so that no piece contains any of ``spellings`` whole: every occurrence (overlapping
+    ones included) is split after its first character. Encoding the pieces one by one therefore never
+    yields a special id, for tokenizers (sentencepiece) that always match their special symbols."""
+    cuts = set()
+    for s in spellings:
+        i = text.find(s) if s else -1
+        while i >= 0:
+            cuts.add(i + 1)
+            i = text.find(s, i + 1)
+    bounds = [0, *sorted(cuts), len(text)]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]

@@ -10,6 +10,7 @@ Encoder2d/Decoder2d/FSQ are reused per frame by the video tokenizer.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from torch import nn
 
 from omni.config import ConfigError, register_section
@@ -110,13 +111,38 @@ class Decoder2d(nn.Module):
         return self.net(z)
 
 
+def _viewer_rgb(img: Any) -> Any:
+    """Any Pillow mode -> 8-bit RGB as an image viewer shows it.
+
+    16-bit greyscale (``I;16*``, and ``I``, which Pillow uses for 16-bit PNGs) spans [0, 65535];
+    float ``F`` spans [0, 1]; both are clipped to their range and rounded to 8 bits. Alpha
+    (RGBA, LA, PA, premultiplied RGBa/La, palettes with a transparent entry) is composited onto
+    white. CIELab is converted to sRGB with Pillow's colour management; everything else
+    (1, L, P, CMYK, YCbCr, HSV, RGBX) through Pillow's own conversion to RGB.
+    """
+    mode = img.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        top = 1.0 if mode == "F" else 65535.0
+        a = np.clip(np.asarray(img, dtype=np.float64) / top, 0.0, 1.0)
+        return Image.fromarray((a * 255).round().astype(np.uint8), "L").convert("RGB")
+    if mode == "LAB":
+        to_srgb = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+        return ImageCms.applyTransform(img, to_srgb)
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("LA" if mode == "La" else mode if mode == "RGBA" else "RGBA").convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def load_image(path_or_image: Any, image_size: int) -> Tensor:
     """A file path or PIL image -> ``[3, image_size, image_size]`` float in [0, 1].
 
-    Any PIL mode is accepted: greyscale/palette/CMYK/16-bit are converted to RGB, transparency is
-    composited onto white. The shorter side is resized to ``image_size`` (bicubic, up or down) and
-    the centre square is cropped. Raises ValueError for unreadable files, empty images and images
-    over ``MAX_SIDE`` pixels per side.
+    What an image viewer shows: EXIF orientation is applied, every Pillow mode is mapped by
+    :func:`_viewer_rgb`. The centre square (side = the shorter side) is cropped first and then
+    resized to ``image_size`` (bicubic, with Pillow's reducing pass), and JPEGs are decoded at the
+    smallest DCT scale that still covers it, so memory follows the output, not the aspect ratio
+    (a 1 x 16384 strip costs a 1 x 1 crop). Raises ValueError for unreadable files, empty images and
+    images over ``MAX_SIDE`` pixels per side (Pillow's decompression-bomb limit also applies).
     """
     if isinstance(path_or_image, Image.Image):
         img = path_or_image
@@ -126,6 +152,10 @@ def load_image(path_or_image: Any, image_size: int) -> Tensor:
             raise ValueError(f"{path}: no such image file")
         try:
             img = Image.open(path)
+            w, h = img.size
+            if min(w, h) > 0:  # JPEG only: decode at 1/2..1/8 scale while the short side stays >= image_size
+                s = image_size / min(w, h)
+                img.draft(None, (math.ceil(w * s), math.ceil(h * s)))
             img.load()
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"{path}: not a readable image ({e}); use PNG or JPEG") from e
@@ -134,20 +164,13 @@ def load_image(path_or_image: Any, image_size: int) -> Tensor:
         raise ValueError(f"image has no pixels ({w}x{h})")
     if max(w, h) > MAX_SIDE:
         raise ValueError(f"image is {w}x{h}; sides over {MAX_SIDE} px are refused, downscale it first")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    if img.mode.startswith("I;16") or img.mode == "I":  # 16/32-bit greyscale: rescale to 8 bits
-        a = np.asarray(img, dtype=np.float64)
-        a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255
-        img = Image.fromarray(a.astype("uint8"))
-    img = img.convert("RGB")
-    scale = image_size / min(w, h)
-    nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-    img = img.resize((nw, nh), Image.BICUBIC)
-    left, top = (nw - image_size) // 2, (nh - image_size) // 2
-    img = img.crop((left, top, left + image_size, top + image_size))
+    if img.getexif().get(0x0112, 1) != 1:  # Orientation tag: rotate/flip as viewers do
+        img = ImageOps.exif_transpose(img)
+        w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = _viewer_rgb(img.crop((left, top, left + side, top + side)))
+    img = img.resize((image_size, image_size), Image.BICUBIC, reducing_gap=3.0)
     return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(image_size, image_size, 3).permute(2, 0, 1).float() / 255
 
 

@@ -9,6 +9,7 @@ Pick one from a config with :func:`build_text_tokenizer`.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,7 +21,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from omni.config import TokenizerConfig
 from omni.io.gguf import gguf_reader, resolve_gguf
-from omni.tokenizers.base import SPECIAL_TOKENS, TextTokenizer, register_tokenizer
+from omni.tokenizers.base import SPECIAL_TOKENS, TextTokenizer, literal_pieces, register_tokenizer
 
 
 @register_tokenizer
@@ -80,7 +81,8 @@ class SentencePieceTokenizer(TextTokenizer):
         return tok
 
     def encode(self, raw: str) -> list[int]:
-        return self.sp.encode(raw)
+        # sentencepiece always matches user-defined symbols: cut their spellings so text stays literal.
+        return [i for piece in literal_pieces(raw, self._special) for i in self.sp.encode(piece)]
 
     def decode(self, tokens: Iterable[int]) -> str:
         return self.sp.decode(list(tokens))
@@ -119,11 +121,18 @@ class GGUFTokenizer(TextTokenizer):
     Ids ``0 .. n_base-1`` are the file's, ``n_base ..`` are :data:`SPECIAL_TOKENS` in order.
     ``<|bos|>``/``<|eos|>``/``<|end_of_turn|>`` resolve to the model's own tokens
     (:data:`GGUF_SPECIAL_ALIASES`); :meth:`chat_prompt` renders the model's chat template.
-    Special tokens written literally in the text are matched whole (as in transformers/llama.cpp).
+    :meth:`encode` reads text literally: special spellings in it stay characters (transformers'
+    ``split_special_tokens=True``); only the chat template's own markup becomes control tokens.
     """
+
+    # Stands in for each message's content while the chat template renders (Unicode private use).
+    _SLOT = "\ue000{}\ue001"
 
     def __init__(self, backend: Any, n_base: int, chat_template: str) -> None:
         self.backend = backend  # a `tokenizers.Tokenizer`
+        self.backend.encode_special_tokens = True  # text is literal: never match added tokens in it
+        self._markup = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        self._markup_re = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._markup, key=len, reverse=True)) + ")")
         self.n_base = n_base
         self.chat_template = chat_template
         self._special = {t: n_base + i for i, t in enumerate(SPECIAL_TOKENS)}
@@ -180,17 +189,38 @@ class GGUFTokenizer(TextTokenizer):
             raise KeyError(f"{token!r} is not a token of this tokenizer")
         return tid
 
+    def _encode_markup(self, text: str) -> list[int]:
+        """Trusted template text: control-token spellings become their ids, the rest is literal."""
+        return [i for piece in self._markup_re.split(text) if piece
+                for i in ([self._markup[piece]] if piece in self._markup else self.encode(piece))]
+
     def chat_prompt(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        """The model's own chat template (ChatML for SmolLM2) rendered and encoded."""
+        """The model's own chat template (ChatML for SmolLM2) rendered and encoded.
+
+        The template renders with a placeholder for each message's content; its markup is encoded
+        with control tokens, the contents literally (:meth:`encode`), so a message cannot open or
+        close turns. Raises ValueError for unknown roles, or for a template that does not place
+        every content exactly once."""
         if not self.chat_template:
             return super().chat_prompt(messages, add_generation_prompt)
         for m in messages:
             if m.get("role") not in ("system", "user", "assistant"):
                 raise ValueError(f"unknown chat role {m.get('role')!r}; use system, user or assistant")
+        slots = [self._SLOT.format(i) for i in range(len(messages))]
         text = ImmutableSandboxedEnvironment().from_string(self.chat_template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt
+            messages=[{**m, "content": slot} for m, slot in zip(messages, slots)],
+            add_generation_prompt=add_generation_prompt,
         )
-        return self.encode(text)
+        ids: list[int] = []
+        pos = 0
+        for m, slot in zip(messages, slots):
+            at = text.find(slot, pos)
+            if at < 0 or text.count(slot) != 1:
+                raise ValueError("the chat template does not place each message's content exactly once, "
+                                 "unchanged; omni cannot keep user text literal with it")
+            ids += self._encode_markup(text[pos:at]) + self.encode(str(m["content"]))
+            pos = at + len(slot)
+        return ids + self._encode_markup(text[pos:])
 
     def _save(self, folder: Path) -> dict[str, Any]:
         self.backend.save(str(folder / "bpe.json"))

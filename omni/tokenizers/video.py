@@ -12,6 +12,7 @@ offline tokens, and decoding one token step per call gives exactly the offline f
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -197,15 +198,17 @@ def load_video(path_or_folder: str | Path, image_size: int, max_frames: int = MA
     """A clip -> ``[T, 3, image_size, image_size]`` float in [0, 1].
 
     Accepts a video file (mp4, webm, mkv, ... decoded by PyAV, :func:`omni.io.video.read_video`,
-    resampled to ``fps`` Hz when given), a folder of frames (PNG/JPEG..., sorted by name), a ``.npy``
-    uint8 array ``[T, H, W, 3]`` (what data/build_video.py writes) or an animated GIF/WebP/APNG.
-    Frames are resized and centre-cropped like :func:`omni.tokenizers.image.load_image`. The other
-    formats store no frame rate: the caller must supply frames at ``video_tok.fps``.
-    Raises ValueError (:class:`omni.io.video.VideoError` for video files) when the input is unreadable.
+    resampled to ``fps`` Hz when given), a folder of frames (PNG/JPEG..., in natural order:
+    ``frame_2`` before ``frame_10``), a ``.npy`` uint8 array ``[T, H, W, 3]`` (what
+    data/build_video.py writes) or an animated GIF/WebP/APNG. Frames are resized and centre-cropped
+    like :func:`omni.tokenizers.image.load_image`. The other formats store no frame rate: the caller
+    must supply frames at ``video_tok.fps``. Raises ValueError (:class:`omni.io.video.VideoError` for
+    video files) when the input is unreadable or holds no frame.
     """
     path = Path(path_or_folder)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"))
+        files = sorted((p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp")),
+                       key=lambda p: natural_key(p.name))
         if not files:
             raise ValueError(f"{path}: folder holds no image frames (.png/.jpg/...)")
         frames = [load_image(f, image_size) for f in files[: max_frames + 1]]
@@ -228,6 +231,13 @@ def load_video(path_or_folder: str | Path, image_size: int, max_frames: int = MA
             raise ValueError(f"{path}: not a readable video (use a frame folder, .npy or animated GIF/WebP): {e}") from e
     else:
         raise ValueError(f"{path}: no such video file or frame folder")
+    if not frames:
+        raise ValueError(f"{path}: the clip holds no frames; a video needs at least one")
     if len(frames) > max_frames:
         raise ValueError(f"{path}: more than {max_frames} frames; split it into clips")
     return torch.stack(frames)
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: ``frame_2.png`` < ``frame_10.png`` (case-insensitive)."""
+    return tuple((0, int(part), len(part)) if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name))

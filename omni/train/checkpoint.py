@@ -34,10 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
 from omni.config import Config, config_from_dict
+from omni.io import tensors as tensor_io
 
 Tensor = torch.Tensor
 STEP_PREFIX = "step_"
@@ -97,16 +95,21 @@ def save_state(folder: Path, name: str, obj: Any) -> None:
     """Write ``name.safetensors`` (tensors) and ``name.json`` (everything else) into ``folder``."""
     tensors: dict[str, Tensor] = {}
     tree = flatten_state(obj, tensors)
-    save_file(tensors, str(folder / f"{name}.safetensors"))
+    try:
+        tensor_io.save_tensors(tensors, folder / f"{name}.safetensors")
+    except tensor_io.NonFiniteWeights as e:
+        raise CheckpointError(str(e)) from e
     (folder / f"{name}.json").write_text(json.dumps(tree))
 
 
 def load_state(folder: Path, name: str) -> Any:
     """Read what :func:`save_state` wrote."""
     try:
-        tensors = load_file(str(folder / f"{name}.safetensors"))
+        tensors = tensor_io.load_tensors(folder / f"{name}.safetensors")
         tree = json.loads((folder / f"{name}.json").read_text())
-    except (OSError, SafetensorError, json.JSONDecodeError) as e:
+    except tensor_io.NonFiniteWeights as e:
+        raise CheckpointError(str(e)) from e
+    except (OSError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{folder}: cannot read {name} state ({e}); the checkpoint is incomplete or corrupt") from e
     return unflatten_state(tree, tensors)
 
@@ -178,10 +181,17 @@ def finish_save(run_dir: str | Path, step: int, keep: int) -> Path:
     os.replace(latest_tmp, run_dir / LATEST)
     _fsync_dir(run_dir)
     if keep > 0:
-        steps = sorted(p for p in final.parent.glob(f"{STEP_PREFIX}*") if p.is_dir())
+        steps = step_folders(final.parent)
         for old in steps[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def step_folders(checkpoints: Path) -> list[Path]:
+    """Complete step folders in ``checkpoints``, oldest first by step number (not by name: past
+    9,999,999 steps the zero-padded names stop sorting numerically)."""
+    steps = [p for p in checkpoints.glob(f"{STEP_PREFIX}*") if p.is_dir() and p.name[len(STEP_PREFIX):].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[len(STEP_PREFIX):]))
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = target
     elif path.name == "checkpoints" or (path / "checkpoints").is_dir():
         base = path if path.name == "checkpoints" else path / "checkpoints"
-        steps = sorted(p for p in base.glob(f"{STEP_PREFIX}*") if p.is_dir())
+        steps = step_folders(base)
         if not steps:
             raise CheckpointError(f"{path} holds no complete checkpoint (no {base}/{STEP_PREFIX}* folder)")
         path = steps[-1]
@@ -222,10 +232,19 @@ def load_config_file(path: Path) -> Config:
 
 
 def load_tensors(path: Path) -> dict[str, Tensor]:
+    """Tensors of a checkpoint file; :class:`CheckpointError` if unreadable or non-finite (named)."""
     try:
-        return load_file(str(path))
-    except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e}); the checkpoint is corrupt") from e
+        return tensor_io.load_tensors(path)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
+
+
+def save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """Write a checkpoint file; :class:`CheckpointError` naming any NaN/inf tensor (nothing is written)."""
+    try:
+        tensor_io.save_tensors(tensors, path)
+    except tensor_io.NonFiniteWeights as e:
+        raise CheckpointError(str(e)) from e
 
 
 def load_model_state(path: str | Path) -> tuple[Config, dict[str, Tensor]]:

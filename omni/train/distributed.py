@@ -9,8 +9,10 @@ back. The loop itself (omni/train/trainer.py) is the same for all three.
   with ``full_state_dict=True``, so a one-process checkpoint and an FSDP2 checkpoint have the same layout
   (parameter-name keyed) and resume into each other.
 * :class:`DeepSpeedEngine` — ``deepspeed.initialize`` with a ZeRO JSON. On CPU the client optimizer is
-  torch AdamW (DeepSpeed's CPU Adam would JIT-compile); on GPU the JSON's optimizer is used. Optimizer
-  state stays partitioned: each rank writes its own ZeRO state dict (tensors in safetensors).
+  torch AdamW (DeepSpeed's CPU Adam would JIT-compile); on GPU the JSON's optimizer is used. A
+  checkpoint holds the fp32 masters and the full Adam moments, gathered from the ZeRO partitions by
+  DeepSpeed's tensor-fragment API, in the one-process layout: a run resumes on any world size, ZeRO
+  stage or engine (and a one-process or FSDP2 checkpoint resumes under DeepSpeed).
 
 Both run on CPU with gloo and on GPUs with NCCL; ``torchrun`` sets RANK / WORLD_SIZE / LOCAL_RANK.
 """
@@ -86,12 +88,13 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(x: Tensor) -> Tensor:
-    """Mean of ``x`` over ranks (identity on one process)."""
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum of ``x`` over ranks (identity on one process); NCCL reduces on the GPU, the result comes
+    back on ``x``'s device."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= dist.get_world_size()
+        y = x.to("cuda") if dist.get_backend() == "nccl" else x.clone()
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        x = y.to(x.device)
     return x
 
 
@@ -199,11 +202,6 @@ class TorchEngine(Engine):
             set_optimizer_state_dict(self.model, optimizer, state, options=self._load_opts)
 
 
-# ZeRO state-dict entries that describe the live engine (objects, not data): not saved, and taken
-# from the running optimizer when loading.
-_DS_LIVE_KEYS = {"loss_scaler": "loss_scaler", "param_slice_mappings": "_param_slice_mappings"}
-
-
 def deepspeed_config(path: str, cfg, cuda: bool) -> dict[str, Any]:
     """Read a DeepSpeed JSON and fill its ``"auto"`` entries from the omni config."""
     try:
@@ -253,7 +251,7 @@ class DeepSpeedEngine(Engine):
         self.stage = ds.get("zero_optimization", {}).get("stage", 0)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, model_parameters=params, config=ds)
-        self.model = self.engine
+        self.model, self.device = self.engine, device
 
     def backward(self, loss: Tensor, micro: int, grad_accum: int) -> None:
         self.engine.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps itself
@@ -267,14 +265,31 @@ class DeepSpeedEngine(Engine):
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else None
 
+    def _named_params(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+
     def model_state(self) -> dict[str, Tensor]:
+        """Full fp32 weights on rank 0 (collective): the optimizer's fp32 masters of trained
+        parameters (gathered from their ZeRO partitions), the module's own values for the rest."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        module = self.engine.module
+        masters = {n: safe_get_full_fp32_param(p) for n, p in self._named_params()}
         if self.stage == 3:
-            # Gathers the partitioned parameters onto rank 0 (in their training dtype: bf16 on GPUs; the
-            # fp32 masters are in the optimizer state). DeepSpeed's public save_16bit_model would pickle.
-            return self.engine._zero3_consolidated_16bit_state_dict() or {}
-        return {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters())):
+                rest = {k: _fp32(v).clone() for k, v in module.state_dict().items() if k not in masters}
+        else:
+            rest = {k: _fp32(v) for k, v in module.state_dict().items() if k not in masters}
+        if dist.get_rank() != 0:
+            return {}
+        return {**rest, **{n: v.detach().cpu().float() for n, v in masters.items()}}
 
     def load_model_state(self, state: dict[str, Tensor]) -> None:
+        """Full weights (on every rank) into the module and into the optimizer's fp32 masters."""
+        from deepspeed.utils import safe_set_full_fp32_param
+
         module = self.engine.module
         if self.stage == 3:
             import deepspeed
@@ -284,25 +299,88 @@ class DeepSpeedEngine(Engine):
                     module.load_state_dict(state)
         else:
             module.load_state_dict(state)
+        for n, p in self._named_params():
+            safe_set_full_fp32_param(p, state[n].to(self.device))
 
     def save_optimizer(self, folder: Path, rank: int) -> None:
-        state = {k: v for k, v in self.optimizer.state_dict().items() if k not in _DS_LIVE_KEYS}
-        save_state(folder, f"optimizer_rank{rank:05d}", state)
+        """The full optimizer state in the one-process / FSDP2 layout (``optimizer.safetensors``: Adam
+        moments keyed by parameter name, ``param_groups`` naming their parameters), gathered from the
+        ZeRO partitions with DeepSpeed's tensor-fragment API (collective). Any world size and any
+        engine resumes from it: it is DeepSpeed's universal-checkpoint idea without its pickled files."""
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        self._link_optimizer_states()
+        step = self._adam_step()
+        state = {}
+        for n, p in self._named_params():
+            moments = {k: safe_get_full_optimizer_state(p, k) for k in ("exp_avg", "exp_avg_sq")}
+            state[n] = {"step": torch.tensor(float(step)), **{k: v.detach().cpu().float() for k, v in moments.items()}}
+        if rank == 0:
+            save_state(folder, "optimizer", {"state": state, "param_groups": self._named_groups()})
 
     def load_optimizer(self, folder: Path, rank: int) -> None:
-        world = dist.get_world_size()
-        saved = sorted(folder.glob("optimizer_rank*.safetensors"))
-        if not saved:
-            raise CheckpointError(f"{folder} was not written by DeepSpeed (no optimizer_rank* files): resume it "
-                                  "without --deepspeed (one process or --fsdp)")
-        if len(saved) != world:
-            raise CheckpointError(f"{folder} holds ZeRO optimizer state of {len(saved)} ranks, this run has {world}: "
-                                  "resume DeepSpeed runs with the same number of processes")
-        states = [load_state(folder, f"optimizer_rank{r:05d}") for r in range(world)]
-        for s in states:
-            for key, attr in _DS_LIVE_KEYS.items():
-                s[key] = getattr(self.optimizer, attr, None)
-        self.optimizer.load_state_dict(states, load_optimizer_states=True, load_from_fp32_weights=True)
+        """Adam moments and step from a full optimizer state (any engine, any world size)."""
+        from deepspeed.utils import safe_set_full_optimizer_state
+
+        if not (folder / "optimizer.safetensors").is_file():
+            raise CheckpointError(f"{folder} holds no full optimizer state (optimizer.safetensors); it was written "
+                                  "by an older omni whose DeepSpeed checkpoints resume only on the same world size")
+        saved = load_state(folder, "optimizer")["state"]
+        missing = [n for n, _ in self._named_params() if n not in saved]
+        if missing:
+            raise CheckpointError(f"{folder}: the optimizer state lacks {missing[:5]}; it belongs to another model")
+        self._link_optimizer_states()
+        for n, p in self._named_params():
+            for k in ("exp_avg", "exp_avg_sq"):
+                safe_set_full_optimizer_state(p, saved[n][k].to(self.device), k)
+        step = float(next(iter(saved.values()))["step"])
+        for st in self._base_optimizer().state.values():
+            if "step" in st:
+                st["step"] = torch.full_like(st["step"], step) if isinstance(st["step"], Tensor) else step
+
+    def _link_optimizer_states(self) -> None:
+        """Make the Adam states exist and be linked to each parameter's fragment, as the tensor-fragment
+        API needs. DeepSpeed creates them at the first step (so a resume before it has none): a step
+        with zero gradients at lr 0 creates them and changes no weight (AdamW's decay is lr x wd)."""
+        opt, base = self.optimizer, self._base_optimizer()
+        flats = getattr(opt, "single_partition_of_fp32_groups", None) or getattr(opt, "fp32_partitioned_groups_flat")
+        if any(not base.state.get(f) for f in flats):  # state is a defaultdict: look, do not create
+            lrs = [g["lr"] for g in base.param_groups]
+            for f in flats:
+                f.grad = torch.zeros_like(f)
+            for g in base.param_groups:
+                g["lr"] = 0.0
+            for i in range(len(flats)):  # ZeRO's own per-group step (it sets the group's params first)
+                opt._optimizer_step(i)
+            for g, lr in zip(base.param_groups, lrs):
+                g["lr"] = lr
+            for f in flats:
+                f.grad = None
+        if hasattr(opt, "_hp_optimizer_states_linked"):  # ZeRO-1/2 link lazily, once
+            opt._hp_optimizer_states_linked = False
+            opt._lazy_init_hp_params_optimizer_state()
+
+    def _base_optimizer(self) -> torch.optim.Optimizer:
+        """The torch (or DeepSpeed) Adam inside the ZeRO wrapper."""
+        return getattr(self.optimizer, "optimizer", self.optimizer)
+
+    def _adam_step(self) -> float:
+        steps = [st["step"] for st in self._base_optimizer().state.values() if "step" in st]
+        return float(steps[0]) if steps else 0.0
+
+    def _named_groups(self) -> list[dict[str, Any]]:
+        """:func:`decay_groups` by parameter name, with the running hyper-parameters."""
+        matrix = {n: len(getattr(p, "ds_shape", p.shape)) >= 2 for n, p in self._named_params()}  # ZeRO-3 flattens p
+        hyper = [{k: v for k, v in g.items() if k != "params" and isinstance(v, (bool, int, float, str, tuple, type(None)))}
+                 for g in self._base_optimizer().param_groups]
+        groups = [[n for n, m in matrix.items() if m], [n for n, m in matrix.items() if not m]]
+        return [{**hyper[min(i, len(hyper) - 1)], "params": g} for i, g in enumerate(groups)]
+
+
+def _fp32(t: Tensor) -> Tensor:
+    """``t`` on the CPU, floating point as float32 (bf16 training weights), other dtypes unchanged."""
+    t = t.detach().cpu()
+    return t.float() if t.is_floating_point() else t
 
 
 def build_engine(model: nn.Module, cfg, info: DistInfo, deepspeed_json: Optional[str], fsdp: bool,
@@ -315,4 +393,8 @@ def build_engine(model: nn.Module, cfg, info: DistInfo, deepspeed_json: Optional
         raise ValueError("a task with several optimisers trains on one process without --deepspeed/--fsdp")
     if deepspeed_json:
         return DeepSpeedEngine(model, cfg, deepspeed_json, info.device)
+    if info.world_size > 1 and not fsdp:
+        # Plain AdamW on every process would train N unsynchronised copies and keep rank 0's.
+        raise ValueError(f"{info.world_size} processes need a data-parallel engine: add --fsdp or "
+                         "--deepspeed configs/deepspeed/zero2.json (or run one process)")
     return TorchEngine(model, cfg, sharded=fsdp, phases=phases)

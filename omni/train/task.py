@@ -45,7 +45,7 @@ class Task:
         return torch.utils.data.default_collate(items)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
-        """Scalar training loss and named float metrics to log (e.g. per-modality losses). A task with
+        """Scalar training loss (a mean over the batch) and named float metrics to log. A task with
         several optimisers takes a third argument, the phase (a key of :meth:`optimizers`)."""
         raise NotImplementedError
 
@@ -55,6 +55,25 @@ class Task:
         phase's AdamW step (every gradient is zeroed after each). None (default): one AdamW over all
         parameters and ``loss(model, batch)``."""
         return None
+
+    def targets(self, batch: Any) -> dict[str, float]:
+        """How many targets each loss term of ``batch`` averages over, by term name. The Trainer sums
+        them over an optimiser step's micro-batches and ranks and hands the totals to
+        :meth:`step_loss`. Default: one term, ``examples`` = rows in the batch."""
+        return {"examples": float(batch_rows(batch))}
+
+    def step_loss(self, model: nn.Module, batch: Any, totals: dict[str, float],
+                  phase: Optional[str] = None) -> tuple[Tensor, dict[str, float]]:
+        """This micro-batch's share of the optimiser step's loss and metrics: sums over its targets
+        divided by ``totals`` (the :meth:`targets` of every micro-batch on every rank), so that the
+        shares add up, over micro-batches and ranks, to the mean over all the step's targets — the
+        same gradient whatever the split into micro-batches and processes. Default: :meth:`loss`
+        (of ``phase`` for a task with several optimisers) weighted by this batch's share of the
+        step's examples; tasks whose rows hold different numbers of targets (omni, rbr-sft) override
+        both methods."""
+        loss, metrics = self.loss(model, batch) if phase is None else self.loss(model, batch, phase)
+        share = self.targets(batch)["examples"] / totals["examples"]
+        return loss * share, {k: float(v) * share for k, v in metrics.items()}
 
     def tokens_in(self, batch: Any) -> int:
         """Tokens (or frames/samples) processed in ``batch``, for throughput logging."""
@@ -91,6 +110,17 @@ class TokenizerTask(Task):
 
     def on_save(self, model: nn.Module, cfg: Config, folder: str) -> None:
         model.save(Path(folder) / "tokenizer")
+
+
+def batch_rows(batch: Any) -> int:
+    """Rows of a batch: the leading size of its first tensor (a tensor, or one inside a dict/list)."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        if isinstance(v, Tensor):
+            return v.shape[0]
+    raise TypeError(f"cannot count the rows of a {type(batch).__name__} batch; override Task.targets")
 
 
 _TASKS: dict[str, Callable[[], Task]] = {}

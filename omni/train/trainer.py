@@ -1,6 +1,8 @@
 """The one training loop. It trains any :class:`omni.train.task.Task` on one process, FSDP2 or DeepSpeed.
 
-Per optimizer step: ``grad_accum`` micro-batches (forward under bf16 autocast on CUDA, backward),
+Per optimizer step: ``grad_accum`` micro-batches (forward under bf16 autocast on CUDA, backward), each
+loss normalised by the number of targets in the whole step across micro-batches and ranks
+(:meth:`Task.step_loss`),
 gradient clipping, AdamW at the warmup+cosine learning rate, then logging (console via tqdm,
 TensorBoard, ``metrics.jsonl``) and, every ``train.ckpt_every`` steps, an atomic checkpoint.
 
@@ -22,14 +24,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from omni.config import Config, save_config
 from omni.train.checkpoint import (CheckpointError, begin_save, config_mismatch, finish_save, load_config_file,
                                    load_state, load_tensors, read_trainer_state, resolve_checkpoint, rng_state,
-                                   save_state, set_rng_state, tmp_folder)
-from omni.train.distributed import all_reduce_mean, barrier, build_engine, setup_distributed
+                                   save_state, save_tensors, set_rng_state, tmp_folder)
+from omni.train.distributed import all_reduce_sum, barrier, build_engine, setup_distributed
 from omni.train.sampler import ResumableSampler
 from omni.train.shards import ShardStream
 from omni.train.task import Task
@@ -159,7 +160,7 @@ class Trainer:
         save_state(tmp, f"rng_rank{rank:05d}", rng_state())
         sampler_state = self.sampler.state_dict()  # collective for a ShardStream (gathers every rank's readers)
         if main:
-            save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+            save_tensors(model_state, tmp / "model.safetensors")
             save_config(self.cfg, tmp / "config.yaml")
             self.task.on_save(self.module, self.cfg, str(tmp))
             state = {"step": self.step, "lr": lr_at(self.step, self.cfg), "sampler": sampler_state,
@@ -206,30 +207,37 @@ class Trainer:
         try:
             while self.step < t.steps:
                 lr = lr_at(self.step, cfg)
-                losses, sums = [], {}
+                # Every loss is a mean over the targets of the whole step (all micro-batches, all
+                # ranks), not a mean of per-micro-batch means: count them first (Task.step_loss).
                 micro_batches = [to_device(next(batches), self.device) for _ in range(t.grad_accum)]
+                counts = [self.task.targets(b) for b in micro_batches]
+                keys = sorted({k for c in counts for k in c})
+                summed = all_reduce_sum(torch.tensor([sum(c.get(k, 0.0) for c in counts) for k in keys], dtype=torch.float64))
+                totals = {k: float(v) or 1.0 for k, v in zip(keys, summed)}  # a term no row has: its sums are 0
                 tokens = sum(self.task.tokens_in(b) for b in micro_batches)
+                losses, sums = [], {}
                 for phase in self.phases or [None]:  # several optimisers: one phase each, in order
-                    phase_losses = []
+                    phase_loss = torch.zeros((), dtype=torch.float64)
                     for micro, batch in enumerate(micro_batches):
                         with self.autocast:
-                            loss, metrics = (self.task.loss(self.engine.model, batch) if phase is None
-                                             else self.task.loss(self.engine.model, batch, phase))
-                        self.engine.backward(loss, micro, t.grad_accum)
-                        phase_losses.append(loss.detach().float())
+                            loss, metrics = self.task.step_loss(self.engine.model, batch, totals, phase)
+                        # The engines average over micro-batches and ranks; the shares must add up instead.
+                        self.engine.backward(loss * (t.grad_accum * info.world_size), micro, t.grad_accum)
+                        phase_loss += loss.detach().double().cpu()
                         for k, v in metrics.items():
-                            sums[k] = sums.get(k, 0.0) + float(v) / t.grad_accum
+                            sums[k] = sums.get(k, 0.0) + float(v)
                     grad_norm = self.engine.step(lr, phase)
-                    losses.append(torch.stack(phase_losses).mean())
+                    losses.append(phase_loss)
                     if phase is not None:
-                        sums[f"loss_{phase}"] = float(losses[-1])
+                        sums[f"loss_{phase}"] = float(phase_loss)
                         if grad_norm is not None:
                             sums[f"grad_norm_{phase}"] = grad_norm
+                del micro_batches
                 self.step += 1
                 self.sampler.advance()
                 names = sorted(sums)
-                values = all_reduce_mean(torch.stack([torch.stack(losses).sum().cpu(),
-                                                      *[torch.tensor(sums[k]) for k in names]]))
+                values = all_reduce_sum(torch.stack([torch.stack(losses).sum(),
+                                                     *[torch.tensor(sums[k], dtype=torch.float64) for k in names]]))
                 loss_value = float(values[0])
                 for what, value in (("loss", loss_value), ("gradient norm", grad_norm)):
                     if value is not None and not math.isfinite(value):

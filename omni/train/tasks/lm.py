@@ -83,6 +83,7 @@ class LMTask(Task):
         model.eval()
         ids = [tok.bos_id, *tok.encode(prompt)]
         out = generate(model, [ids], max_new_tokens, SamplingConfig(temperature=0.8, top_k=50),
-                       stop_ids=[tok.eos_id], generator=torch.Generator(device="cpu").manual_seed(0))
+                       stop_ids=[tok.eos_id], generator=torch.Generator(device="cpu").manual_seed(0),
+                       vocab_size=tok.vocab_size)
         model.train(was_training)
         return prompt + tok.decode(out[0])

@@ -8,14 +8,16 @@ conversations, positions restarting per conversation. Loss: cross-entropy of the
 target positions (``<|text_pad|>`` targets weighted ``omni.text_pad_weight``) +
 ``omni.audio_loss_weight`` x the depth decoder's codebook cross-entropy on target audio frames.
 Logged per modality: loss_text, loss_monologue (text-stream tokens of spoken answers), loss_audio
-(codebooks), loss_image (generated image codes).
+(codebooks), loss_image (generated image codes). Each term is a mean over the targets of the whole
+optimiser step (every micro-batch, every rank): rows with many targets (a spoken answer) weigh more
+than rows with few (a short transcript), whatever the split.
 """
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,29 +58,51 @@ def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
     return batch
 
 
-def omni_loss(model: nn.Module, batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float = 0.5,
-              audio_weight: float = 1.0) -> tuple[Tensor, dict[str, float]]:
-    """Loss of packed rows (fields of :class:`~omni.train.shards.ShardStream` batches, each [B, S+1]; audio [B, S+1, K])."""
-    tok, audio, doc = batch["tokens"], batch["audio"], batch["document_ids"]
-    target, t_audio, t_mod = tok[:, 1:], audio[:, 1:], batch["modality"][:, 1:]
+def _target_masks(batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float) -> dict[str, Tensor]:
+    """Target masks of packed rows ([B, S]): what each loss term averages over."""
+    tok, doc, t_mod = batch["tokens"], batch["document_ids"], batch["modality"][:, 1:]
     valid = batch["loss"][:, 1:] & (doc[:, 1:] == doc[:, :-1])
     frames = valid & (t_mod == MOD_AUDIO)
+    return {"weight": valid.float() * torch.where(tok[:, 1:] == text_pad_id, text_pad_weight, 1.0),
+            "text": valid & (t_mod == MOD_TEXT), "monologue": frames, "image": valid & (t_mod == MOD_IMAGE),
+            "frames": frames}
+
+
+def omni_targets(batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float = 0.5) -> dict[str, float]:
+    """Targets per loss term of a batch: ``weight`` (text-head targets, ``<|text_pad|>`` counted at its
+    weight), ``text`` / ``monologue`` / ``image`` (text-head targets by modality) and ``audio``
+    (codebook targets: frames x K)."""
+    m = _target_masks(batch, text_pad_id, text_pad_weight)
+    out = {k: float(m[k].sum()) for k in ("weight", "text", "monologue", "image")}
+    out["audio"] = float(m["frames"].sum()) * batch["audio"].shape[-1]
+    return out
+
+
+def omni_loss(model: nn.Module, batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float = 0.5,
+              audio_weight: float = 1.0, totals: Optional[dict[str, float]] = None) -> tuple[Tensor, dict[str, float]]:
+    """Loss of packed rows (fields of :class:`~omni.train.shards.ShardStream` batches, each [B, S+1]; audio [B, S+1, K]).
+
+    Every term is a sum over this batch's targets divided by ``totals`` (:func:`omni_targets`
+    summed over an optimiser step's micro-batches and ranks); without ``totals``, by this batch's
+    own counts, i.e. per-target means of the batch. Metrics (``loss_text``, ``loss_monologue``,
+    ``loss_image``, ``loss_audio``, ``audio_acc``) are normalised the same way, so they add up too."""
+    tok, audio, doc = batch["tokens"], batch["audio"], batch["document_ids"]
+    target, t_audio = tok[:, 1:], audio[:, 1:]
+    m = _target_masks(batch, text_pad_id, text_pad_weight)
+    totals = totals or omni_targets(batch, text_pad_id, text_pad_weight)
+    per = {k: max(float(totals.get(k, 0.0)), 1.0) for k in ("weight", "text", "monologue", "image", "audio")}
+    frames = m["frames"]
     mask = AttentionMask(document_ids=doc[:, :-1], span_ids=batch["span"][:, :-1])
     logits, depth_logits = model(tok[:, :-1], audio[:, :-1], positions=batch["positions"][:, :-1], mask=mask,
                                  frames=frames, next_tokens=target, next_audio=t_audio)
     ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view_as(target)
-    weight = valid.float() * torch.where(target == text_pad_id, text_pad_weight, 1.0)
-    text_loss = (ce * weight).sum() / weight.sum().clamp(min=1.0)
-    metrics: dict[str, float] = {}
-    for name, sel in (("text", valid & (t_mod == MOD_TEXT)), ("monologue", frames), ("image", valid & (t_mod == MOD_IMAGE))):
-        metrics[f"loss_{name}"] = float(ce.detach()[sel].mean()) if bool(sel.any()) else 0.0
+    text_loss = (ce * m["weight"]).sum() / per["weight"]
+    metrics = {f"loss_{k}": float(ce.detach()[m[k]].sum()) / per[k] for k in ("text", "monologue", "image")}
     codes = t_audio[frames]  # [N, K]
-    if codes.numel():
-        audio_loss = F.cross_entropy(depth_logits.float().flatten(0, 1), codes.flatten())
-        metrics["audio_acc"] = float((depth_logits.detach().argmax(-1) == codes).float().mean())
-    else:  # no frame in this batch: a zero that still touches the depth decoder's output
-        audio_loss = depth_logits.sum() * 0.0
-        metrics["audio_acc"] = 0.0
+    # With no frame in this batch the sum is a zero that still touches the depth decoder's output.
+    audio_ce = F.cross_entropy(depth_logits.float().flatten(0, 1), codes.flatten(), reduction="sum")
+    audio_loss = audio_ce / per["audio"] if codes.numel() else depth_logits.sum() * 0.0
+    metrics["audio_acc"] = float((depth_logits.detach().argmax(-1) == codes).sum()) / per["audio"]
     metrics["loss_audio"] = float(audio_loss.detach())
     return text_loss + audio_weight * audio_loss, metrics
 
@@ -110,6 +134,13 @@ class OmniTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         return omni_loss(model, batch, self._text_pad, self._ocfg.text_pad_weight, self._ocfg.audio_loss_weight)
+
+    def targets(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        return omni_targets(batch, self._text_pad, self._ocfg.text_pad_weight)
+
+    def step_loss(self, model: nn.Module, batch: dict[str, Tensor], totals: dict[str, float],
+                  phase: Optional[str] = None) -> tuple[Tensor, dict[str, float]]:
+        return omni_loss(model, batch, self._text_pad, self._ocfg.text_pad_weight, self._ocfg.audio_loss_weight, totals)
 
     def tokens_in(self, batch: dict[str, Tensor]) -> int:
         return batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)

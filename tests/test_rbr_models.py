@@ -119,7 +119,7 @@ def refusal_vs_compliance(grader):
 def test_trained_grader_separates_held_out_refusals(tiny_grader):
     # Tiny random backbone (2 blocks, dim 32) trained from scratch on synthetic parts; the gold
     # completions share no phrasing with them, and since issue 21 half are long or multi-turn
-    # (measured 0.70 on the 267 refusals/compliances of the grown set; an inverted grader scored
+    # (measured 0.70 on the refusals/compliances of the grown set; an inverted grader scored
     # 0.40). The 135M grader's numbers are in docs/rbr.md.
     auc = refusal_vs_compliance(tiny_grader)
     print(f"tiny grader: refusal-vs-compliance ROC-AUC on gold {auc:.3f}")

@@ -127,7 +127,7 @@ def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, ta
     rtf = busy / max(1e-9, ticks * bot.codec.hop_length / sr)
     return (f"reply {len(wav) / sr:.2f} s of speech ({out / 'reply.wav'}), monologue {spoken!r}\n"
             f"   latency: time to first audio {ttfa:.0f} ms after the chunk that ended the turn (VAD waited "
-            f"{bot.ocfg.end_of_turn_ms} ms of silence first); real-time factor {rtf:.2f} over {ticks} frames "
+            f"{bot.serving.end_of_turn_ms} ms of silence first); real-time factor {rtf:.2f} over {ticks} frames "
             f"in and out ({torch.get_num_threads()} CPU thread)")
 
 
@@ -247,7 +247,7 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     timings["omni training"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    bot = OmniChat.load(out)
+    bot = OmniChat.load(out, serving=cfg.serving)  # serving knobs from the config, not the checkpoint
     out_dir = Path(out)
     torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
     question, answer = load_spoken_qa()[0]

@@ -7,7 +7,7 @@
     python eval/latency.py --compile                                          # CPU: compile=True too
 
 What is timed, per spoken turn served by :class:`omni.infer.session.SpeechSession` (batch 1, ticks of
-one 80 ms codec frame, explicit end of turn so VAD's silence wait — a policy, ``omni.end_of_turn_ms``
+one 80 ms codec frame, explicit end of turn so VAD's silence wait — a policy, ``serving.end_of_turn_ms``
 — is not counted; ``--vad`` adds Silero's per-frame cost to every tick). The session runs the
 library's own path: ``compile=True`` (omni/infer/compile.py) on CUDA unless ``--no-compile``, and on
 CPU with ``--compile``; nothing is patched here.
@@ -45,7 +45,6 @@ Prints a table and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import platform
@@ -57,12 +56,13 @@ from typing import Any, Optional
 
 import torch
 
-from omni.config import Config, load_config
+from omni.config import Config, ServingConfig, load_config
 from omni.conversation import ConversationFormat, OmniVocab
 from omni.infer.decoding import AUDIO, Decoding
+from omni.infer.load import omni_model_shape
 from omni.infer.session import SpeechSession
 from omni.model.sampling import SamplingConfig
-from omni.model.omni import OmniConfig, OmniModel
+from omni.model.omni import OmniModel
 from omni.tokenizers.base import SPECIAL_TOKENS
 
 Tensor = torch.Tensor
@@ -97,13 +97,13 @@ def synthetic_vocab(cfg: Config, codec: Any) -> OmniVocab:
     return OmniVocab(text, image_codes, (1, 1), video_codes, (1, 1), codec.cfg.num_codebooks, codec.cfg.codebook_size, names)
 
 
-def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat, OmniConfig, str]:
-    """(model, codec, format, omni config, description) for the checkpoint or config."""
+def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat, str]:
+    """(model, codec, format, description) for the checkpoint or config."""
     if args.checkpoint:
         from omni.infer.chat import OmniChat
 
         bot = OmniChat.load(args.checkpoint, "cpu")
-        return bot.model, bot.codec, bot.fmt, bot.ocfg, f"checkpoint {args.checkpoint}"
+        return bot.model, bot.codec, bot.fmt, f"checkpoint {args.checkpoint}"
     cfg = load_config(args.config, args.overrides)
     note = f"config {args.config}"
     if cfg.task != "omni":  # e.g. configs/tiny.yaml: that decoder, served as the omni model of omni-tiny.yaml
@@ -111,7 +111,6 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
         base.model = cfg.model
         cfg = base
         note += f" (an lm config: its decoder with the omni, codec and tokenizer sections of {OMNI_BASE})"
-    from omni.model.decoder import Decoder
     from omni.tokenizers.base import load_tokenizer
     from omni.tokenizers.codec import SpeechCodec
 
@@ -125,12 +124,10 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
         vocab = OmniVocab.from_dict(json.loads(index.read_text())["vocab"])
     else:
         vocab = synthetic_vocab(cfg, codec)
-    cfg.model.vocab_size = vocab.size
-    ocfg.audio_codebooks, ocfg.audio_codebook_size = vocab.audio_codebooks, vocab.audio_codes
     torch.manual_seed(0)
-    model = OmniModel(Decoder(cfg.model), ocfg)  # random weights: latency does not depend on them
+    model = omni_model_shape(cfg, vocab)  # random weights: latency does not depend on them
     # The benchmark never encodes text: the format only supplies special ids (text tokenizer unused).
-    return model.eval(), codec.eval(), ConversationFormat(None, vocab), ocfg, note
+    return model.eval(), codec.eval(), ConversationFormat(None, vocab), note
 
 
 def serving_mode(model: OmniModel, device: torch.device, compile: bool) -> str:
@@ -145,7 +142,7 @@ def serving_mode(model: OmniModel, device: torch.device, compile: bool) -> str:
 
 
 # ---- measurements ------------------------------------------------------------------------------
-def time_turns(model: OmniModel, codec: Any, fmt: ConversationFormat, ocfg: OmniConfig, args: argparse.Namespace,
+def time_turns(model: OmniModel, codec: Any, fmt: ConversationFormat, args: argparse.Namespace,
                device: torch.device) -> dict[str, Any]:
     """Serve ``warmup + turns`` spoken turns; TTFA per turn and the wall time of every tick."""
     hop = codec.hop_length
@@ -156,12 +153,12 @@ def time_turns(model: OmniModel, codec: Any, fmt: ConversationFormat, ocfg: Omni
         vad = VoiceActivity(codec.sample_rate)
     # Replies of exactly --reply-frames; with --vad, Silero runs on every frame but (hearing noise as
     # speech now and then) may not end turns or barge in: turns end explicitly.
-    serve = dataclasses.replace(ocfg, max_reply_frames=args.reply_frames, end_of_turn_ms=10**9, barge_in_ms=10**9)
+    serve = ServingConfig(max_reply_frames=args.reply_frames, end_of_turn_ms=10**9, barge_in_ms=10**9)
     g = torch.Generator().manual_seed(0)
     ttfa, tick_s, ticks, first_ok = [], 0.0, 0, True
     for turn in range(args.warmup + args.turns):
         wav = torch.randn(1, 1, args.turn_frames * hop, generator=g) * 0.1
-        sess = SpeechSession(model, codec, fmt, 1, vad=vad, sampling=SamplingConfig(), ocfg=serve,
+        sess = SpeechSession(model, codec, fmt, 1, vad=vad, sampling=SamplingConfig(), serving=serve,
                              min_reply_frames=args.reply_frames, compile=args.compile)
         with sess:
             t_turn = time.perf_counter()
@@ -370,7 +367,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("error: --device cuda but no GPU is visible")
     torch.set_num_threads(args.threads)
-    model, codec, fmt, ocfg, note = build(args)
+    model, codec, fmt, note = build(args)
     model, codec = model.to(device), codec.to(device)
     args.compile = args.compile or (device.type == "cuda" and not args.no_compile)
     mode = serving_mode(model, device, args.compile)
@@ -383,7 +380,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "turns": args.turns, "turn_frames": args.turn_frames, "reply_frames": args.reply_frames, "frame_s": args.frame_s,
         "vad": args.vad, "codec": codec_ms,
     }
-    r["omni"] = time_turns(model, codec, fmt, ocfg, args, device)
+    r["omni"] = time_turns(model, codec, fmt, args, device)
     r["omni"]["step"] = time_step(model, fmt, args, device)
     r["baseline"] = time_baseline(model, codec_ms, args, device)
     r["moshi"] = time_moshi(model, codec_ms, args, device)

@@ -5,9 +5,14 @@ A config file is a YAML mapping whose top-level keys are the fields of :class:`C
 line as ``section.field=value``; values are parsed as YAML scalars (``train.lr=3e-4``,
 ``model.qk_norm=true``). Unknown keys and wrong types raise :class:`ConfigError` naming the key.
 
-Other parts of omni (tokenizers, the omni model, RBR) add their own sections by defining a
-dataclass and registering it with :func:`register_section`, so there is still one config object,
-one loader and one override syntax.
+Other parts of omni (tokenizers, the omni model, RBR) define their section's dataclass beside the
+code that reads it; :data:`SECTIONS`, the one registry, names where each is defined, so there is
+still one config object, one loader and one override syntax.
+
+Sections differ by lifetime (docs/architecture.md, "Config lifetimes"): the model's identity
+(``model``, ``tokenizer`` and the subsystem sections) is what a checkpoint is; ``data`` and ``train``
+belong to one training run; ``serving`` is chosen each time a model is served, so a checkpoint's
+config.yaml leaves it out and ``--resume`` does not compare it.
 """
 from __future__ import annotations
 
@@ -131,6 +136,24 @@ class TrainConfig:
 
 
 @dataclass
+class ServingConfig:
+    """How a spoken conversation is served (omni/infer/session.py): read at serving time, never part of
+    a checkpoint. Times in milliseconds; VAD probabilities in [0, 1]."""
+
+    vad_threshold: float = 0.5  # speech probability above which a frame counts as speech
+    end_of_turn_ms: int = 480  # silence after speech that ends the user's turn
+    barge_in_ms: int = 160  # user speech during a reply that interrupts it
+    max_reply_frames: int = 150  # longest spoken reply, in codec frames
+
+    def validate(self) -> None:
+        if not 0.0 <= self.vad_threshold <= 1.0:
+            raise ConfigError(f"serving.vad_threshold must be in [0, 1], got {self.vad_threshold}")
+        for name in ("end_of_turn_ms", "barge_in_ms", "max_reply_frames"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"serving.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
 class Config:
     """The whole run: one object, loaded from YAML with overrides."""
 
@@ -140,11 +163,12 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     # Sections registered by other subsystems (codec, image, omni, rbr, ...), by name.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> "Config":
-        for section in (self.model, self.tokenizer, self.data, self.train, *self.extra.values()):
+        for section in (self.model, self.tokenizer, self.data, self.train, self.serving, *self.extra.values()):
             if hasattr(section, "validate"):
                 section.validate()
         return self
@@ -157,43 +181,41 @@ class Config:
     def section(self, name: str) -> Any:
         """A registered extra section (e.g. ``cfg.section("codec")``), default-constructed if absent."""
         if name not in self.extra:
-            cls = _section_class(name)
+            cls = section_class(name)
             if cls is None:
-                raise ConfigError(f"unknown config section {name!r}; known: {sorted(set(_SECTIONS) | set(SECTION_MODULES))}")
+                raise ConfigError(f"unknown config section {name!r}; known: {sorted(SECTIONS)}")
             self.extra[name] = cls()
         return self.extra[name]
 
 
-_SECTIONS: dict[str, type] = {}
-# Where each subsystem's section is defined; imported on first use so that loading a config does
-# not import every subsystem (and a YAML file with an `omni:` section works before anything else
-# imported omni.model.omni).
-SECTION_MODULES = {
-    "codec": "omni.tokenizers.codec",
-    "image_tok": "omni.tokenizers.image",
-    "video_tok": "omni.tokenizers.video",
-    "omni": "omni.model.omni",
-    "rbr": "omni.align.config",
-    "vocoder": "omni.train.tasks.vocoder",
+# The one section registry: each subsystem's section and the dataclass (``module:Class``) that
+# defines it beside the code that reads it. Resolved on first use, so loading a config imports only
+# the subsystems it names, and omni.config (a leaf) imports none of them.
+SECTIONS = {
+    "codec": "omni.tokenizers.codec:CodecConfig",
+    "image_tok": "omni.tokenizers.image:ImageTokConfig",
+    "video_tok": "omni.tokenizers.video:VideoTokConfig",
+    "omni": "omni.model.omni:OmniConfig",
+    "rbr": "omni.align.config:RBRConfig",
+    "vocoder": "omni.train.tasks.vocoder:VocoderConfig",
+}
+# Sections that belong to a serving session, not to the model: left out of checkpoints.
+SERVING_SECTIONS = ("serving",)
+# Keys that moved to another section (``old: new``), named in the error a config using them gets.
+MOVED_KEYS = {f"omni.{k}": f"serving.{k}" for k in ("vad_threshold", "end_of_turn_ms", "barge_in_ms", "max_reply_frames")}
+# Keys that are no longer configured (``old: where the value comes from now``).
+REMOVED_KEYS = {
+    "omni.audio_codebooks": "the corpus's vocabulary (vocab.json), passed to build_omni_model",
+    "omni.audio_codebook_size": "the corpus's vocabulary (vocab.json), passed to build_omni_model",
 }
 
 
-def _section_class(name: str) -> Optional[type]:
-    if name not in _SECTIONS and name in SECTION_MODULES:
-        importlib.import_module(SECTION_MODULES[name])
-    return _SECTIONS.get(name)
-
-
-def register_section(name: str):
-    """Class decorator: make a dataclass available as a top-level config section ``name``."""
-
-    def wrap(cls: type) -> type:
-        if name in {f.name for f in dataclasses.fields(Config)}:
-            raise ValueError(f"section name {name!r} clashes with a built-in Config field")
-        _SECTIONS[name] = cls
-        return cls
-
-    return wrap
+def section_class(name: str) -> Optional[type]:
+    """The dataclass of registered section ``name`` (None if no such section)."""
+    if name not in SECTIONS:
+        return None
+    module, cls = SECTIONS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def _to_plain(value: Any) -> Any:
@@ -275,19 +297,32 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
+        if full in MOVED_KEYS:
+            raise ConfigError(f"config key {full!r} moved to {MOVED_KEYS[full]!r} (read at serving time): rename it")
+        if full in REMOVED_KEYS:
+            raise ConfigError(f"config key {full!r} is gone: the value comes from {REMOVED_KEYS[full]}; delete it")
         if key not in names:
             raise ConfigError(f"unknown config key {full!r}; valid keys here: {sorted(names)}")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a :class:`Config` from a nested mapping."""
+def config_from_dict(data: dict[str, Any], saved: bool = False) -> Config:
+    """Build and validate a :class:`Config` from a nested mapping.
+
+    ``saved=True`` reads a checkpoint's config.yaml: keys that older checkpoints carry but that are no
+    longer model identity (:data:`MOVED_KEYS`, :data:`REMOVED_KEYS`) are dropped instead of rejected.
+    """
     data = dict(data)
+    if saved:
+        for key in (*MOVED_KEYS, *REMOVED_KEYS):
+            section, name = key.split(".")
+            if isinstance(data.get(section), dict) and name in data[section]:
+                data[section] = {k: v for k, v in data[section].items() if k != name}
     extra = {}
     builtin = {f.name for f in dataclasses.fields(Config)}
     for name in list(data):
-        cls = None if name in builtin else _section_class(name)
+        cls = None if name in builtin else section_class(name)
         if cls is not None:
             extra[name] = _coerce(data.pop(name), cls, name)
         elif name == "extra":
@@ -350,4 +385,6 @@ def load_config(name_or_path: str | Path | None = None, overrides: Optional[list
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write ``cfg`` as a checkpoint's config.yaml: everything but the :data:`SERVING_SECTIONS`."""
+    data = {k: v for k, v in cfg.to_dict().items() if k not in SERVING_SECTIONS}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -48,22 +48,21 @@ def vocab(text, codec_: SpeechCodec) -> OmniVocab:
     return OmniVocab.build(text, codec_.metadata, image_tokenizer().metadata, video_tokenizer().metadata)
 
 
-def omni_config(v: OmniVocab, **kw) -> OmniConfig:
-    return OmniConfig(audio_codebooks=v.audio_codebooks, audio_codebook_size=v.audio_codes, depth_dim=32,
-                      depth_layers=1, depth_heads=2, depth_ffn_dim=64, **kw)
+def omni_config(**kw) -> OmniConfig:
+    return OmniConfig(depth_dim=32, depth_layers=1, depth_heads=2, depth_ffn_dim=64, **kw)
 
 
 def model(v: OmniVocab, max_seq_len: int = 256, seed: int = 0) -> OmniModel:
     torch.manual_seed(seed)
     mcfg = ModelConfig(vocab_size=v.size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                        max_seq_len=max_seq_len)
-    return OmniModel(Decoder(mcfg), omni_config(v)).eval()
+    return OmniModel(Decoder(mcfg), omni_config(), v).eval()
 
 
 def config(m: OmniModel, v: OmniVocab, **omni_kw) -> Config:
     """The Config a checkpoint of ``m`` would carry."""
     cfg = Config(task="omni", model=m.decoder.cfg)
-    cfg.extra["omni"] = omni_config(v, **omni_kw)
+    cfg.extra["omni"] = omni_config(**omni_kw)
     return cfg
 
 

@@ -88,3 +88,46 @@ def test_every_shipped_config_loads_in_a_fresh_process():
     root = __import__("pathlib").Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_serving_section_is_read_at_serving_time_not_saved(tmp_path):
+    from omni.config import config_from_dict, save_config
+
+    cfg = load_config("omni-tiny", ["serving.vad_threshold=0.7"])
+    assert cfg.serving.vad_threshold == 0.7 and cfg.serving.max_reply_frames == 100
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "serving" not in saved and "vad_threshold" not in saved
+    with pytest.raises(ConfigError, match=r"serving.vad_threshold must be in \[0, 1\]"):
+        config_from_dict({"serving": {"vad_threshold": 1.5}})
+
+
+@pytest.mark.parametrize("key, message", [
+    ("omni.vad_threshold=0.6", "'omni.vad_threshold' moved to 'serving.vad_threshold'"),
+    ("omni.max_reply_frames=9", "'omni.max_reply_frames' moved to 'serving.max_reply_frames'"),
+    ("omni.audio_codebooks=8", "'omni.audio_codebooks' is gone: the value comes from the corpus's vocabulary"),
+])
+def test_moved_keys_name_their_new_home(key, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("omni-tiny", [key])
+
+
+def test_old_checkpoint_config_still_loads(tmp_path):
+    # A checkpoint written before the serving split carries serving knobs and codebook counts under omni.
+    from omni.train.checkpoint import load_config_file
+
+    path = tmp_path / "config.yaml"
+    path.write_text("task: omni\nomni:\n  depth_dim: 64\n  audio_codebooks: 8\n  audio_codebook_size: 1024\n"
+                    "  vad_threshold: 0.9\n  end_of_turn_ms: 480\n  barge_in_ms: 160\n  max_reply_frames: 100\n")
+    cfg = load_config_file(path)
+    assert cfg.section("omni").depth_dim == 64 and cfg.serving.vad_threshold == 0.5  # serving is not identity
+
+
+def test_one_section_registry():
+    from omni.config import SECTIONS, Config, section_class
+
+    cfg = Config()
+    for name in SECTIONS:
+        assert type(cfg.section(name)) is section_class(name)
+    with pytest.raises(ConfigError, match="unknown config section 'bogus'"):
+        cfg.section("bogus")

@@ -3,6 +3,7 @@ the streaming path, barge-in (explicit and by VAD) keeps the history consistent,
 import pytest
 import torch
 
+from omni.config import ServingConfig
 from omni.conversation import Audio, Message
 from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_reply
@@ -36,11 +37,11 @@ def run_turn(sess, wav):
 def test_streaming_equals_offline(env):
     tok, codec, v, fmt, m = env
     wav = noise(6, 0)
-    ocfg = F.omni_config(v, max_reply_frames=10)
+    serving = ServingConfig(max_reply_frames=10)
     sampling = SamplingConfig(temperature=1.0)
     offline = generate_reply(m, fmt, [Message("user", Audio(codec.encode(wav)[0]))], reply_in_speech=True,
                              max_new_tokens=10, sampling=sampling, generator=torch.Generator().manual_seed(7))
-    with SpeechSession(m, codec, fmt, 1, sampling=sampling, generator=torch.Generator().manual_seed(7), ocfg=ocfg) as s:
+    with SpeechSession(m, codec, fmt, 1, sampling=sampling, generator=torch.Generator().manual_seed(7), serving=serving) as s:
         outs = run_turn(s, wav)
         log = s.logged_stream(0)
     frames = [o.codes[0] for o in outs if o.speaking[0]]
@@ -158,8 +159,8 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
     speech = synth_at(espeak_voices(1)[0], "stop, wait a moment please", codec.sample_rate)[None, None] * 0.8
     q = pairs[0][0]
     vad = VoiceActivity(codec.sample_rate)
-    ocfg = F.omni_config(v, barge_in_ms=160, end_of_turn_ms=10_000)
-    with SpeechSession(m, codec, fmt, 2, vad=vad, ocfg=ocfg) as s:
+    serving = ServingConfig(barge_in_ms=160, end_of_turn_ms=10_000)
+    with SpeechSession(m, codec, fmt, 2, vad=vad, serving=serving) as s:
         list(s.feed(q.repeat(2, 1, 1), end_turn=True))
         events, row1 = [], []
         for i in range(0, speech.shape[-1] - HOP, HOP):
@@ -190,8 +191,8 @@ def test_explicit_end_of_turn_on_a_frame_boundary_is_honoured(env, chunk, vad):
     answers (issue 19, case 2); without a VAD the reply is the one the end on the last chunk gets."""
     tok, codec, v, fmt, m = env
     wav = noise(6, 0)
-    ocfg = F.omni_config(v, max_reply_frames=5)
-    with SpeechSession(m, codec, fmt, 1, vad=DeafVAD() if vad else None, ocfg=ocfg) as s:
+    serving = ServingConfig(max_reply_frames=5)
+    with SpeechSession(m, codec, fmt, 1, vad=DeafVAD() if vad else None, serving=serving) as s:
         outs = [o for i in range(0, wav.shape[-1], chunk) for o in s.feed(wav[..., i : i + chunk])]
         ended = list(s.feed(torch.zeros(1, 1, 0), end_turn=True))
         assert len(ended) == 1 and (0, "turn_end") in ended[0].events and ended[0].speaking[0]
@@ -199,7 +200,7 @@ def test_explicit_end_of_turn_on_a_frame_boundary_is_honoured(env, chunk, vad):
         log = s.logged_stream(0)
     assert len(frames) == 5
     if not vad:  # the same turn (6 frames, no padding frame) and so the same greedy reply
-        with SpeechSession(m, codec, fmt, 1, ocfg=ocfg) as s:
+        with SpeechSession(m, codec, fmt, 1, serving=serving) as s:
             ref = [o.codes[0] for o in run_turn(s, wav) if o.speaking[0]]
             assert torch.equal(s.logged_stream(0).tokens, log.tokens)
         assert torch.equal(torch.stack(frames), torch.stack(ref))
@@ -211,12 +212,12 @@ def test_a_chunk_with_a_non_finite_sample_is_refused_and_changes_nothing(env, ba
     and the conversation goes on exactly as if the chunk had never come, for every row."""
     tok, codec, v, fmt, m = env
     wav = torch.cat([noise(6, 0), noise(6, 1)])
-    ocfg = F.omni_config(v, max_reply_frames=5)
+    serving = ServingConfig(max_reply_frames=5)
     poisoned = wav[..., :HOP].clone()
     poisoned[0, 0, 100] = bad
 
     def serve(refuse_first: bool):
-        with SpeechSession(m, codec, fmt, 2, ocfg=ocfg) as s:
+        with SpeechSession(m, codec, fmt, 2, serving=serving) as s:
             if refuse_first:
                 with pytest.raises(AudioError, match="row\\(s\\) \\[0\\]: holds NaN or infinite samples"):
                     s.feed(poisoned)

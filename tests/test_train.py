@@ -87,6 +87,17 @@ def test_resume_is_exact(corpus, tmp_path):
     assert sorted(losses(tmp_path / "resumed")) == [4, 5, 6, 7]
 
 
+def test_resume_ignores_serving_knobs(corpus, tmp_path):
+    # Serving knobs are not model identity: a changed VAD threshold resumes; a changed shape does not.
+    from omni.train.checkpoint import CheckpointError
+
+    fit(micro_cfg(corpus, tmp_path / "run", "train.steps=3"))
+    fit(micro_cfg(corpus, tmp_path / "run", "train.steps=4", "serving.vad_threshold=0.9"), resume="")
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
+    with pytest.raises(CheckpointError, match="different config.*model.ffn_dim"):
+        fit(micro_cfg(corpus, tmp_path / "run", "train.steps=5", "model.ffn_dim=256"), resume="")
+
+
 def test_grad_accum_matches_bigger_batch(corpus, tmp_path):
     fit(micro_cfg(corpus, tmp_path / "big", "train.steps=3"))
     fit(micro_cfg(corpus, tmp_path / "acc", "train.steps=3", "train.batch_size=2", "train.grad_accum=4"))

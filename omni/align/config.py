@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omni.config import ConfigError, register_section
+from omni.config import ConfigError
 
 
 @dataclass
@@ -40,7 +40,6 @@ class PPOConfig:
             raise ConfigError("rbr.ppo.advantage=group needs rbr.ppo.samples_per_prompt >= 2 (the baseline is the other samples)")
 
 
-@register_section("rbr")
 @dataclass
 class RBRConfig:
     spec: str = ""  # behaviour spec YAML ("" = omni/align/spec/default.yaml)

@@ -27,16 +27,19 @@ from typing import Any, Iterable, Iterator, Optional, Union
 import torch
 from PIL import Image as PILImage
 
+from omni.config import Config, ServingConfig
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
 from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_reply
 from omni.infer.session import SpeechSession
 from omni.infer.vad import VoiceActivity
 from omni.io.audio import check_finite, load_audio, save_audio
+from omni.model.omni import OmniModel
 from omni.model.sampling import SamplingConfig
 from omni.tokenizers.base import load_tokenizer
 from omni.tokenizers.image import load_image
 from omni.tokenizers.video import load_video
+from omni.train.checkpoint import resolve_checkpoint
 
 Tensor = torch.Tensor
 SILENCE_PEAK = 1e-3  # audio whose peak amplitude stays below this is treated as silence
@@ -55,26 +58,32 @@ class ChatReply:
 
 class OmniChat:
     """A trained omni model with its frozen tokenizers, loaded once. ``compile=True``: replies and
-    sessions decode through the fast path (omni/infer/compile.py)."""
+    sessions decode through the fast path (omni/infer/compile.py). ``serving`` (VAD threshold, end of
+    turn, barge-in, reply length) is chosen here, at serving time: checkpoints do not carry it."""
 
     def __init__(self, model: Any, fmt: ConversationFormat, codec: Any, image_tok: Any, video_tok: Any, cfg: Any,
-                 compile: bool = False) -> None:
+                 compile: bool = False, serving: ServingConfig = ServingConfig()) -> None:
         self.model, self.fmt, self.codec, self.image_tok, self.video_tok, self.cfg = model, fmt, codec, image_tok, video_tok, cfg
-        self.ocfg = cfg.section("omni")
-        self.compile = compile
+        self.compile, self.serving = compile, serving
 
     @classmethod
-    def load(cls, checkpoint: Union[str, Path], device: str = "cpu", compile: bool = False) -> "OmniChat":
+    def load(cls, checkpoint: Union[str, Path], device: str = "cpu", compile: bool = False,
+             serving: ServingConfig = ServingConfig()) -> "OmniChat":
         """From a run folder or step folder written by ``train.py --config configs/omni-*.yaml``."""
-        model, cfg, step = load_checkpoint(checkpoint, omni_model_shape, task="omni", device=device)
+        step = resolve_checkpoint(checkpoint)
         folder = step / "tokenizers"
-        if not (step / "vocab.json").is_file() or not folder.is_dir():
-            raise FileNotFoundError(f"{step} lacks vocab.json / tokenizers/: was it written by the omni task?")
+
+        def build(cfg: Config) -> OmniModel:  # called once the checkpoint's task is known to be omni
+            if not (step / "vocab.json").is_file() or not folder.is_dir():
+                raise FileNotFoundError(f"{step} lacks vocab.json / tokenizers/: was it written by the omni task?")
+            return omni_model_shape(cfg, OmniVocab.from_dict(json.loads((step / "vocab.json").read_text())))
+
+        model, cfg, step = load_checkpoint(step, build, task="omni", device=device)
         vocab = OmniVocab.from_dict(json.loads((step / "vocab.json").read_text()))
         toks = {n: load_tokenizer(folder / n) for n in ("text", "codec", "image", "video")}
         for n in ("codec", "image", "video"):
             toks[n] = toks[n].to(device).eval()
-        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg, compile)
+        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg, compile, serving)
 
     @property
     def sample_rate(self) -> int:
@@ -179,7 +188,7 @@ class OmniChat:
         """A streaming speech-to-speech session (use ``with``); ``vad`` ends turns and detects barge-in."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return SpeechSession(self.model, self.codec, self.fmt, batch_size, vad=VoiceActivity(self.sample_rate) if vad else None,
-                             sampling=sampling, generator=gen, ocfg=self.ocfg, compile=self.compile)
+                             sampling=sampling, generator=gen, serving=self.serving, compile=self.compile)
 
     def stream(self, chunks: Iterable[Tensor], vad: bool = True, **kw: Any) -> Iterator[Tensor]:
         """One spoken turn: feed input chunks ([samples] at ``sample_rate``, any length, e.g. 80 ms) as

@@ -1,6 +1,6 @@
 """The one checkpoint loader: a run or step folder written by train.py -> the model it holds.
 
-    model, cfg, step = load_checkpoint("runs/omni-tiny", omni_model_shape, task="omni")
+    model, cfg, step = load_checkpoint("runs/omni-tiny", decoder_shape, task="lm")
 
 The model is built from the checkpoint's own config with ``model.init_from`` cleared (the weights are
 in the checkpoint: a pretrained file is never read again), every tensor name and shape is checked
@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-import omni.tokenizers  # noqa: F401  (registers the tokenizer sections a saved omni config holds)
 from omni.config import Config, ConfigError
+from omni.conversation import OmniVocab
 from omni.model.decoder import Decoder
 from omni.model.omni import OmniModel
 from omni.train.checkpoint import load_model_state, resolve_checkpoint
@@ -77,6 +77,7 @@ def decoder_shape(cfg: Config) -> Decoder:
     return Decoder(cfg.model)
 
 
-def omni_model_shape(cfg: Config) -> OmniModel:
-    """The bare omni model of ``cfg`` (a ``build`` for :func:`load_checkpoint`)."""
-    return OmniModel(Decoder(cfg.model), cfg.section("omni"))
+def omni_model_shape(cfg: Config, vocab: OmniVocab) -> OmniModel:
+    """The bare omni model of ``cfg`` over ``vocab`` (with ``functools.partial``, a ``build`` for
+    :func:`load_checkpoint`); ``cfg`` is not modified."""
+    return OmniModel(Decoder(dataclasses.replace(cfg.model, vocab_size=vocab.size)), cfg.section("omni"), vocab)

@@ -7,14 +7,14 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   the decoder's KV cache at once, so when the turn ends only one decoder step stands between the
   last input sample and the first output frame;
 * a user turn opens on speech (VAD; without one, on any non-silent frame, keeping
-  ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``end_of_turn_ms`` of
-  silence) or by an explicit ``end_turn`` flag; the row then prefills
-  ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>`` and samples its first frame in the
-  same tick. An explicit end that arrives after the input ended on a frame boundary (an empty
+  ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``serving.end_of_turn_ms``
+  of silence; the ``serving`` knobs are a :class:`omni.config.ServingConfig`) or by an explicit
+  ``end_turn`` flag; the row then prefills ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>``
+  and samples its first frame in the same tick. An explicit end that arrives after the input ended on a frame boundary (an empty
   chunk) gets a tick of its own, without input;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
   decoder), decodes it with the streaming codec and returns it immediately;
-* barge-in: speech from the user for ``barge_in_ms`` while a row responds (or an explicit
+* barge-in: speech from the user for ``serving.barge_in_ms`` while a row responds (or an explicit
   ``interrupt`` flag) ends the reply with ``<|interrupt|>`` after the frames the user heard — all
   those returned, less the ``unplayed`` ones a client reports still in its playback buffer, which are
   cut from the history and the KV cache (``Decoder.set_streaming_offset``) — and opens a user turn
@@ -48,12 +48,13 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import torch
 
+from omni.config import ServingConfig
 from omni.conversation import ConversationFormat, Message, Stream
 from omni.infer.decoding import AUDIO, Decoding
 from omni.infer.turns import Phase, SessionState, TurnEvents, TurnRules, advance_turns, end_turns, finish_replies
 from omni.infer.vad import VoiceActivity
 from omni.io.audio import check_finite
-from omni.model.omni import OmniConfig, OmniModel
+from omni.model.omni import OmniModel
 from omni.model.sampling import SamplingConfig
 from omni.streaming import StreamingModule, StreamingState
 from omni.tokenizers.codec import SpeechCodec
@@ -117,7 +118,7 @@ class SpeechSession(StreamingModule):
     def __init__(self, model: OmniModel, codec: SpeechCodec, fmt: ConversationFormat, batch_size: int = 1, *,
                  vad: Optional[VoiceActivity] = None, system: Sequence[Message] = (),
                  sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
-                 generator: Optional[torch.Generator] = None, ocfg: OmniConfig = OmniConfig(),
+                 generator: Optional[torch.Generator] = None, serving: ServingConfig = ServingConfig(),
                  min_reply_frames: int = 0, compile: bool = False) -> None:
         super().__init__()
         if codec.cfg.num_codebooks != model.n_codebooks or codec.cfg.codebook_size != model.codebook_size:
@@ -129,10 +130,10 @@ class SpeechSession(StreamingModule):
         frame_ms = 1000.0 / codec.frame_rate
         # Without a VAD nothing is known about speech: turns end, and replies stop, only explicitly.
         self.rules = TurnRules(
-            max_reply_frames=ocfg.max_reply_frames, preroll_frames=PREROLL_FRAMES,
-            end_frames=max(1, round(ocfg.end_of_turn_ms / frame_ms)) if vad is not None else 0,
-            barge_frames=max(1, round(ocfg.barge_in_ms / frame_ms)) if vad is not None else 0)
-        self.threshold = ocfg.vad_threshold
+            max_reply_frames=serving.max_reply_frames, preroll_frames=PREROLL_FRAMES,
+            end_frames=max(1, round(serving.end_of_turn_ms / frame_ms)) if vad is not None else 0,
+            barge_frames=max(1, round(serving.barge_in_ms / frame_ms)) if vad is not None else 0)
+        self.threshold = serving.vad_threshold
         # Frames a user turn can open with: the preroll, or the speech run that barged in (at most
         # the context, which could not hold more).
         self.recent_frames = min(max(PREROLL_FRAMES, self.rules.barge_frames) + 1, model.max_seq_len)

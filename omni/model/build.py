@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Optional
 
 from omni.config import Config, ConfigError, ModelConfig
 from omni.io.gguf import load_gguf, read_gguf_config
@@ -32,12 +33,13 @@ def check_pretrained_shape(cfg: ModelConfig, file_cfg: ModelConfig, source: str)
         )
 
 
-def build_model(cfg: Config) -> Decoder:
+def build_model(cfg: Config, vocab_size: Optional[int] = None) -> Decoder:
     """The decoder of ``cfg.model``: random init, or ``cfg.model.init_from`` ("smollm2-135m" or a
-    .gguf path) loaded and its vocabulary extended to ``cfg.model.vocab_size`` with resize_vocab."""
-    mcfg = cfg.model
+    .gguf path) loaded and its vocabulary extended to ``vocab_size`` (default ``cfg.model.vocab_size``;
+    the omni model passes its corpus's) with resize_vocab. ``cfg`` is not modified."""
+    mcfg = dataclasses.replace(cfg.model, vocab_size=vocab_size or cfg.model.vocab_size)
     if not mcfg.init_from:
-        return Decoder(dataclasses.replace(mcfg))
+        return Decoder(mcfg)
     # Check the shape from the metadata first, so a wrong config fails before any dequantising.
     check_pretrained_shape(mcfg, read_gguf_config(mcfg.init_from), mcfg.init_from)
     file_cfg, state = load_gguf(mcfg.init_from)

@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from omni.config import Config, ConfigError, register_section
+from omni.config import Config, ConfigError
+from omni.conversation import OmniVocab
 from omni.model.attention import AttentionMask
 from omni.model.build import build_model
 from omni.model.decoder import Decoder
@@ -29,19 +30,17 @@ from omni.streaming import StreamingModule
 Tensor = torch.Tensor
 
 
-@register_section("omni")
 @dataclass
 class OmniConfig:
-    """The omni model and its frozen tokenizers (the `omni:` section of a config)."""
+    """The omni model and its frozen tokenizers (the `omni:` section of a config). The vocabulary
+    layout (text, image, video and audio code counts) is not configured: it comes from the corpus
+    as an :class:`OmniVocab`. Serving knobs live in the ``serving`` section (omni/config.py)."""
 
     # Frozen tokenizers: a folder written by Tokenizer.save, or the run folder of their training
     # (train.py --config configs/codec-tiny.yaml ...). data/build_omni.py resolves them.
     codec: str = "runs/codec-tiny"
     image_tokenizer: str = "runs/image-tiny"
     video_tokenizer: str = "runs/video-tiny"
-    # Audio codebooks; filled in from the codec by the omni task (0 = not known yet).
-    audio_codebooks: int = 0
-    audio_codebook_size: int = 0
     # Depth decoder (per-frame K-step transformer).
     depth_dim: int = 128
     depth_layers: int = 2
@@ -51,29 +50,26 @@ class OmniConfig:
     # spoken answer carry one) are down-weighted as in Moshi so real monologue tokens dominate.
     audio_loss_weight: float = 1.0
     text_pad_weight: float = 0.5
-    # Serving: longest spoken reply, VAD end-of-turn silence and barge-in onset, in milliseconds.
-    max_reply_frames: int = 150
-    vad_threshold: float = 0.5
-    end_of_turn_ms: int = 480
-    barge_in_ms: int = 160
 
     def validate(self) -> None:
         if self.depth_dim % self.depth_heads:
             raise ConfigError(f"omni.depth_dim={self.depth_dim} must be divisible by omni.depth_heads={self.depth_heads}")
-        if self.audio_codebooks < 0 or self.audio_codebook_size < 0:
-            raise ConfigError("omni.audio_codebooks and omni.audio_codebook_size must be >= 0")
 
 
 class OmniModel(StreamingModule):
-    """Decoder over the unified vocabulary + audio embeddings + depth decoder."""
+    """Decoder over the unified vocabulary + audio embeddings + depth decoder.
 
-    def __init__(self, decoder: Decoder, ocfg: OmniConfig) -> None:
+    ``vocab`` (the corpus's layout) gives the K audio codebooks and their size; the decoder must
+    already cover ``vocab.size`` ids (ValueError otherwise).
+    """
+
+    def __init__(self, decoder: Decoder, ocfg: OmniConfig, vocab: OmniVocab) -> None:
         super().__init__()
-        if ocfg.audio_codebooks <= 0 or ocfg.audio_codebook_size <= 0:
-            raise ValueError("omni.audio_codebooks / omni.audio_codebook_size are unset; build the model with "
-                             "build_omni_model(cfg) after the corpus (data/build_omni.py) recorded the codec's layout")
+        if decoder.vocab_size < vocab.size:
+            raise ValueError(f"the decoder has {decoder.vocab_size} ids but the vocabulary needs {vocab.size}: "
+                             "build it with build_omni_model(cfg, vocab)")
         self.decoder = decoder
-        self.n_codebooks, self.codebook_size = ocfg.audio_codebooks, ocfg.audio_codebook_size
+        self.n_codebooks, self.codebook_size = vocab.audio_codebooks, vocab.audio_codes
         dim = decoder.cfg.dim
         # K tables stored as one matrix (id = k * codebook_size + code): one gather for all codebooks.
         self.audio_embeddings = nn.Embedding(self.n_codebooks * self.codebook_size, dim)
@@ -118,7 +114,8 @@ class OmniModel(StreamingModule):
         return hidden + self.decoder.embed(next_tokens)
 
 
-def build_omni_model(cfg: Config) -> OmniModel:
+def build_omni_model(cfg: Config, vocab: OmniVocab) -> OmniModel:
     """The decoder from ``build_model`` (random init or ``model.init_from`` pretrained weights, the
-    vocabulary extended to ``model.vocab_size``) wrapped with the audio embeddings and depth decoder."""
-    return OmniModel(build_model(cfg), cfg.section("omni"))
+    vocabulary extended to ``vocab.size``) wrapped with the audio embeddings and depth decoder.
+    ``cfg`` is not modified: ``model.vocab_size`` is ignored in favour of ``vocab.size``."""
+    return OmniModel(build_model(cfg, vocab.size), cfg.section("omni"), vocab)

@@ -7,5 +7,5 @@ from omni.tokenizers.base import (  # noqa: F401
     register_tokenizer,
 )
 
-# Built-in modality tokenizers: importing registers their classes (load_tokenizer) and config sections.
+# Built-in modality tokenizers: importing registers their classes (load_tokenizer).
 from omni.tokenizers import codec, image, text, video  # noqa: F401,E402

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from omni.config import ConfigError, register_section
+from omni.config import ConfigError
 from omni.nn.causal import CausalConv, CausalUpsample, ConvState
 from omni.nn.fsq import ResidualFSQ, fsq_levels
 from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
@@ -50,7 +50,6 @@ Tensor = torch.Tensor
 torch.set_flush_denormal(True)
 
 
-@register_section("codec")
 @dataclass
 class CodecConfig:
     """Shape of the speech codec and how it is trained (configs/codec*.yaml)."""

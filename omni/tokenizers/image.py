@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from torch import nn
 
-from omni.config import ConfigError, register_section
+from omni.config import ConfigError
 from omni.nn.fsq import FSQ
 from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
 
@@ -32,7 +32,6 @@ Tensor = torch.Tensor
 MAX_SIDE = 16_384
 
 
-@register_section("image_tok")
 @dataclass
 class ImageTokConfig:
     """Image tokenizer shape and training (configs/image*.yaml)."""

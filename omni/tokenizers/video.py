@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageSequence, UnidentifiedImageError
 from torch import nn
 
-from omni.config import ConfigError, register_section
+from omni.config import ConfigError
 from omni.io.video import VIDEO_SUFFIXES, read_video
 from omni.streaming import StreamingModule, StreamingState
 from omni.nn.causal import CausalConv, CausalUpsample
@@ -36,7 +36,6 @@ Tensor = torch.Tensor
 MAX_FRAMES = 10_000  # longer inputs are refused: split the video into clips
 
 
-@register_section("video_tok")
 @dataclass
 class VideoTokConfig:
     """Video tokenizer shape and training (configs/video*.yaml)."""

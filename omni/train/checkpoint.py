@@ -226,7 +226,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_config_file(path: Path) -> Config:
     try:
-        return config_from_dict(yaml.safe_load(path.read_text()) or {})
+        return config_from_dict(yaml.safe_load(path.read_text()) or {}, saved=True)
     except (yaml.YAMLError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable config ({e})") from e
 

@@ -3,7 +3,7 @@ generation, an omni reply (decoder + depth decoder steps) and a streaming speech
 import pytest
 import torch
 
-from omni.config import ModelConfig
+from omni.config import ModelConfig, ServingConfig
 from omni.conversation import Audio, Message
 from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
@@ -46,9 +46,9 @@ def test_compiled_omni_reply_and_session_equal_eager(tmp_path):
     assert torch.equal(eager.tokens, compiled.tokens) and torch.equal(eager.audio, compiled.audio)
 
     def session(compile):
-        ocfg = F.omni_config(v, max_reply_frames=4)
+        serving = ServingConfig(max_reply_frames=4)
         with SpeechSession(m, codec, fmt, 1, sampling=sampling, generator=torch.Generator().manual_seed(5),
-                           ocfg=ocfg, compile=compile) as s:  # batch 1, as the reply: the same compiled steps
+                           serving=serving, compile=compile) as s:  # batch 1, as the reply: the same compiled steps
             outs = list(s.feed(wav)) + list(s.feed(torch.zeros(1, 1, 0), end_turn=True)) + list(s.reply())
             return torch.stack([o.codes for o in outs]), s.logged_stream(0).tokens
 

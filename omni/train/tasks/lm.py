@@ -33,7 +33,7 @@ def lm_flops_per_token(model: nn.Module, cfg: Config) -> float:
     (vocab x dim) even when it shares the table. The second term is causal attention (QK^T and AV,
     2·seq_len·dim per layer forward on average, x3 for forward + backward).
     """
-    m = cfg.model
+    m = model.cfg  # the decoder's own shape: the omni model's vocabulary is not in cfg.model
     n = sum(p.numel() for name, p in model.named_parameters() if "tok_embeddings" not in name)
     if m.tie_embeddings:
         n += m.vocab_size * m.dim

@@ -116,14 +116,11 @@ class OmniTask(Task):
 
     def build_model(self, cfg: Config) -> nn.Module:
         """Decoder (random or pretrained) + audio embeddings + depth decoder. The vocabulary layout
-        comes from the corpus: model.vocab_size and omni.audio_codebooks/_size are set from it."""
+        comes from the corpus's OmniVocab (the config is not written to: model.vocab_size is ignored)."""
         vocab = OmniVocab.from_dict(self._index(cfg)["vocab"])
-        ocfg = cfg.section("omni")
-        cfg.model.vocab_size = vocab.size
-        ocfg.audio_codebooks, ocfg.audio_codebook_size = vocab.audio_codebooks, vocab.audio_codes
         if cfg.data.seq_len > cfg.model.max_seq_len:
             raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-        return build_omni_model(cfg)
+        return build_omni_model(cfg, vocab)
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         """Packed rows streamed from the corpus's shards (the Trainer sets ranks and workers)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from omni.config import Config, ConfigError, register_section
+from omni.config import Config, ConfigError
 from omni.nn.hifigan import HOP, HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, hifigan_mel, pretrained_hifigan
 from omni.tokenizers.base import load_tokenizer
 from omni.tokenizers.codec import SpeechCodec
@@ -22,7 +22,6 @@ from omni.train.tasks.codec import speech_segments
 Tensor = torch.Tensor
 
 
-@register_section("vocoder")
 @dataclass
 class VocoderConfig:
     """Adversarial fine-tuning of HiFi-GAN on a trained codec's decoded mels (configs/vocoder*.yaml)."""

@@ -59,10 +59,10 @@ def model(v: OmniVocab, max_seq_len: int = 256, seed: int = 0) -> OmniModel:
     return OmniModel(Decoder(mcfg), omni_config(), v).eval()
 
 
-def config(m: OmniModel, v: OmniVocab, **omni_kw) -> Config:
+def config(m: OmniModel) -> Config:
     """The Config a checkpoint of ``m`` would carry."""
     cfg = Config(task="omni", model=m.decoder.cfg)
-    cfg.extra["omni"] = omni_config(**omni_kw)
+    cfg.extra["omni"] = omni_config()
     return cfg
 
 

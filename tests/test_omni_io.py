@@ -41,7 +41,7 @@ def bot(tmp_path_factory):
         [Message("user", "hello there"), Message("assistant", Audio(spoken, text="hello there"))],
     ]
     assert F.memorise(m, fmt, convs, steps=150, lr=5e-3) < 0.05
-    b = OmniChat(m, fmt, codec, image_tok, video_tok, F.config(m, v))
+    b = OmniChat(m, fmt, codec, image_tok, video_tok, F.config(m))
     return b, {"picture": picture, "clip": clip, "drawn": drawn, "spoken": spoken, "tok": tok, "v": v}
 
 

@@ -257,7 +257,7 @@ def test_omnichat_stream_answers_a_turn_of_whole_frames(env):
     """OmniChat.stream ends the turn when the chunks run out: with 80 ms chunks (whole frames) and no
     VAD that end comes on a frame boundary, and must still be answered."""
     tok, codec, v, fmt, m = env
-    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m, v, max_reply_frames=4))
+    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=4))
     wav = noise(6, 0)[0, 0]
     frames = list(bot.stream([wav[i : i + HOP] for i in range(0, len(wav), HOP)], vad=False))
     assert len(frames) == 4 and all(f.shape == (HOP,) for f in frames)

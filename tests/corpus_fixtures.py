@@ -13,6 +13,8 @@ import av
 import numpy as np
 import soundfile as sf
 
+from omni.data.voices import espeak_voices
+
 SENTENCES = ["the cat sat on the mat", "a quick brown fox jumps", "she sells sea shells",
              "open the window please", "it is raining today", "we walked to the park"]
 PICTURES = [("astronaut", "An astronaut next to a flag."), ("chelsea", "An orange cat looking to the side."),
@@ -21,19 +23,9 @@ PICTURES = [("astronaut", "An astronaut next to a flag."), ("chelsea", "An orang
 
 @lru_cache(maxsize=None)
 def speech(text: str, voice: int = 0) -> tuple[np.ndarray, int]:
-    """(float32 samples, rate) of ``text`` spoken by espeak-ng in voice ``voice``."""
-    from omni.data.build_speech import make_speakers
-
-    espeak = _espeak()
-    pcm = espeak.synth(text, make_speakers(4, 0)[voice % 4])
-    return pcm.astype(np.float32) / 32768.0, espeak.sample_rate
-
-
-@lru_cache(maxsize=1)
-def _espeak():
-    from omni.data.build_speech import Espeak
-
-    return Espeak()
+    """(float32 samples, rate) of ``text`` spoken by espeak-ng in voice ``voice`` (data/voices.py)."""
+    wav, sr = espeak_voices(4, 0)[voice % 4].synth(text)
+    return wav.reshape(-1).numpy().astype(np.float32), sr
 
 
 def picture(name: str, side: int = 96) -> np.ndarray:

@@ -142,12 +142,12 @@ def test_codec_corpus_from_sources(tmp_path):
 
     out = tmp_path / "speech"
     main(["--config", "codec-tiny", "--out", str(out), "--from", f"librispeech={cf.librispeech(tmp_path)}",
-          "--from", f"commonvoice={cf.commonvoice(tmp_path)}", "codec.sample_rate=16000"])
+          "--from", f"commonvoice={cf.commonvoice(tmp_path)}"])
     rows = [l for l in (out / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and VAL_EVERY > 5  # 3 LibriSpeech + 2 Common Voice utterances, bad ones skipped
     assert '"text": "Open the window please"' in rows[0] and '"speaker": "commonvoice:client1"' in rows[-1]
-    seg = SpeechSegments(out, "train", 16000, 8000)
-    assert len(seg) > 10 and seg[0].shape == (1, 8000)
+    seg = SpeechSegments(out, "train", 22050, 11025)  # the codec's rate (HiFi-GAN's 22.05 kHz)
+    assert len(seg) > 10 and seg[0].shape == (1, 11025)
     with pytest.raises(ValueError, match="not speech"):
         main(["--config", "codec-tiny", "--out", str(out), "--from", f"images={cf.image_folder(tmp_path)}"])
 

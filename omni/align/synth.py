@@ -10,8 +10,12 @@ union of its parts' propositions. The same machinery makes
   of its response type, so completions of the same prompt have a known ranking),
 * SFT data (the ideal completions of :func:`comparison_set`).
 
-Helpful content for comply prompts comes from ``answers`` (texts written by the instruct model, see
-:func:`omni.align.rollout.helpful_answers`); without one, a short templated answer stands in.
+Helpful content for comply prompts comes from ``answers`` (texts written by the instruct model at
+several temperatures, see :func:`omni.align.rollout.helpful_answers`); without one, a short
+templated answer stands in. To look more like real replies, compositions also mix parts: a refusal
+that then complies (:data:`REFUSE_THEN_COMPLY`), a tail part inside the longest body part, loops
+(a part said again and again, for the ``repetitive`` rule's classes), look-alikes of absent
+propositions (:data:`HARD_NEGATIVES`), and conversation openings before the prompt (:data:`OPENINGS`).
 Phrasings here are deliberately disjoint from the hand-written gold set (prompts/gold.jsonl).
 """
 from __future__ import annotations

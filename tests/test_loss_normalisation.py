@@ -53,7 +53,7 @@ def setup(tmp_path_factory):
     assert targets[1] == 43 and targets[0] < 10  # the shapes: a few text targets against 40 frames
     batch = batch_from_streams(streams, fmt.sp["<|pad|>"])
     rows = [{k: t[i] for k, t in batch.items()} for i in range(2)]
-    return model, rows, fmt.sp["<|text_pad|>"], F.config(model, v)
+    return model, rows, fmt.sp["<|text_pad|>"], F.config(model)
 
 
 def run_cfg(base, out: Path, batch_size: int, grad_accum: int):

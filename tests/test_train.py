@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from omni.config import Config, load_config
+from omni.train.task import Task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,7 +213,7 @@ def test_lr_schedule():
     assert lr_at(55, cfg) == pytest.approx(0.55)
 
 
-class _TwoPlayerTask:
+class _TwoPlayerTask(Task):
     """A toy GAN-shaped task for the multi-optimiser path: ``g`` fits the data, ``d`` tries to tell
     g's output from the data, and g's loss also reaches d's parameters (as a generator's does)."""
 

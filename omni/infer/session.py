@@ -124,6 +124,7 @@ class SpeechSession(StreamingModule):
         if codec.cfg.num_codebooks != model.n_codebooks or codec.cfg.codebook_size != model.codebook_size:
             raise ValueError(f"codec has {codec.cfg.num_codebooks}x{codec.cfg.codebook_size} codes, the model "
                              f"expects {model.n_codebooks}x{model.codebook_size}: use the codec the model was trained with")
+        codec.vocoder  # loaded now (lazily otherwise), so the session's streaming state includes it
         self.model, self.codec, self.vad, self.fmt, self.B = model, codec, vad, fmt, batch_size
         self.system = list(system)
         self.hop = codec.hop_length

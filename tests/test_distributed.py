@@ -5,6 +5,7 @@ without DeepSpeed; 1 process -> 2 ZeRO ranks). Tolerance against one process: 1e
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def torchrun(corpus: Path, out: Path, *args: str) -> None:
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, tmp_path):
+def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, tmp_path, monkeypatch):
     pytest.importorskip("deepspeed")
     ds = str(ROOT / "configs" / "deepspeed" / f"zero{stage}.json")
     torchrun(corpus, tmp_path / "ds", "--deepspeed", ds)
@@ -56,6 +57,9 @@ def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, 
     # Another topology (issue 19): 2 ZeRO ranks -> one process, plain torch (stage 2) or DeepSpeed
     # (stage 3); the loss continues as if nothing had changed, within TOL.
     one = tmp_path / "one"
+    with socket.socket() as sock:  # the in-process DeepSpeed group: a free port, not the shared default
+        sock.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MASTER_PORT", str(sock.getsockname()[1]))
     fit(micro_cfg(corpus, one), resume=step3, **({"deepspeed": ds} if stage == 3 else {}))
     assert max(abs(losses(one)[s] - got[s]) for s in (4, 5, 6)) < TOL
     if stage == 2:  # and 1 -> 2: the one-process reference's checkpoint continues on 2 ZeRO ranks
@@ -76,7 +80,6 @@ def test_fsdp2_matches_single_process_and_resumes_its_checkpoints(corpus, refere
 def test_two_node_launch_matches_one_process(corpus, reference, tmp_path):
     """A user's first multi-node run: two torchrun agents (--nnodes=2, one process each) meeting
     through a c10d rendezvous on 127.0.0.1, FSDP2 over gloo; the losses are one process's."""
-    import socket
     import time
 
     with socket.socket() as sock:

@@ -65,7 +65,7 @@ setup(
             # imported by moshi (the latency baseline, installed --no-deps from requirements-assets.txt)
             "einops",
             "huggingface_hub",
-            # TRL GRPOTrainer with omni's RBR reward (tests/test_rbr_trl.py); 1.16 ran with transformers 5.24,
+            # TRL GRPOTrainer with omni's RBR reward (tests/align/test_trl.py); 1.16 ran with transformers 5.24,
             # torch 2.13 CPU (docs/rbr.md). TRL 1.x needs transformers >= 4.56.
             "trl>=1.16,<2",
         ],

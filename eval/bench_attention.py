@@ -31,7 +31,7 @@ import torch
 FWD_FLOPS = "4 * B * H * D * pairs"
 BWD_FACTOR = 3.5
 # Largest max|triton - ref| / max|ref| over the output and dq, dk, dv before a case is marked FAILED:
-# bf16 on GPU against FlexAttention (as tests/test_kernels.py), float32 in the CPU smoke run.
+# bf16 on GPU against FlexAttention (as tests/kernels/test_flash.py), float32 in the CPU smoke run.
 CHECK_TOL = {torch.bfloat16: 3e-2, torch.float32: 1e-4}
 KERNEL_ROWS = ("triton", "triton-tma")  # this repo's kernels: checked before they are timed
 

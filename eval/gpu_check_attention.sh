@@ -8,7 +8,7 @@
 #      pointer loads and "triton-tma" with TMA-descriptor loads (OMNI_ATTENTION_TMA). Table on stdout, JSON in
 #      $OUT/bench_attention.json, written after every case, so a run cut by a time limit keeps what it
 #      measured;
-#   2. the GPU tests: tests/test_kernels.py -m gpu (bf16/fp16 outputs and gradients for every mask kind,
+#   2. the GPU tests: tests/kernels/test_flash.py -m gpu (bf16/fp16 outputs and gradients for every mask kind,
 #      GQA, offsets, TMA loads, decode, flex, the decoder end to end), log in $OUT/attention_gpu_tests.log.
 # Every kernel variant is compiled on first use (a few seconds each, one process), which is most of
 # step 2's time; the benchmark goes first so that a slow compile cannot cost the figures.
@@ -31,7 +31,7 @@ PY
 status=0
 # The TMA-descriptor loads alone first (~20 s): a fault there would poison the benchmark's CUDA context.
 tma=""
-timeout 60 $PY -m pytest -q -x -m gpu tests/test_kernels.py -k "tma_loads and causal" -p no:cacheprovider \
+timeout 60 $PY -m pytest -q -x -m gpu tests/kernels/test_flash.py -k "tma_loads and causal" -p no:cacheprovider \
     > "$OUT/attention_tma_canary.log" 2>&1 \
     || { echo "TMA loads failed on their own (see $OUT/attention_tma_canary.log): benchmark without them"; tma="--no-tma"; status=1; }
 timeout 320 $PY eval/bench_attention.py $tma --out "$OUT/bench_attention.json" 2>&1 | tee "$OUT/bench_attention.log" \
@@ -41,7 +41,7 @@ case "${PIPESTATUS[0]}" in
     3) echo "benchmark: a full-size check FAILED (see the max rel err column)"; status=1 ;;
     *) echo "benchmark did not finish (partial JSON kept)"; status=1 ;;
 esac
-timeout 160 $PY -m pytest -q -m gpu tests/test_kernels.py -p no:cacheprovider 2>&1 \
+timeout 160 $PY -m pytest -q -m gpu tests/kernels/test_flash.py -p no:cacheprovider 2>&1 \
     | tee "$OUT/attention_gpu_tests.log" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "GPU tests FAILED or cut short (see $OUT/attention_gpu_tests.log)"; status=1; }
 exit $status

@@ -7,7 +7,7 @@ import pytest
 
 from omni.config import ConfigError, load_config
 from omni.train.distributed import deepspeed_config
-from test_train import ROOT
+from tests.train.test_trainer import ROOT
 
 
 @pytest.mark.parametrize("name", ["tiny", "1b", "7b"])

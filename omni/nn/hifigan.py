@@ -231,7 +231,7 @@ class StreamingVocoder(StreamingModule):
     a few), so each call runs the generator over ``context`` past frames, the frames that now have
     ``lookahead`` frames after them, and those ``lookahead`` frames, and keeps the middle. A row reset
     alone (``reset_streaming(mask)``) continues from silence (log-mel ``floor``) as its past. The
-    result differs from offline vocoding by a bound tests/test_codec.py states; :meth:`flush`
+    result differs from offline vocoding by a bound tests/tokenizers/test_codec.py states; :meth:`flush`
     returns the held-back tail.
     """
 

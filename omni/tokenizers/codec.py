@@ -19,7 +19,7 @@ causal conv that emits ``stride`` times more channels, reshaped into time ("sub-
 
 HiFi-GAN itself looks both ways, so the streamed waveform comes from
 :class:`omni.nn.hifigan.StreamingVocoder`: it is the offline waveform delayed by
-``vocoder_lookahead`` hops, within a bound tests/test_codec.py states.
+``vocoder_lookahead`` hops, within a bound tests/tokenizers/test_codec.py states.
 """
 from __future__ import annotations
 

@@ -213,7 +213,7 @@ def test_build_from_sources(shard_corpus, capsys):
 
 def test_train_streams_shards_and_resumes_exactly(shard_corpus, tmp_path):
     from omni.config import load_config
-    from tests.test_train import fit, losses
+    from tests.train.test_trainer import fit, losses
 
     root, _ = shard_corpus
     over = [f"data.path={root / 'out'}", f"tokenizer.path={root / 'text'}", "tokenizer.vocab_size=400", "data.seq_len=64",

@@ -391,7 +391,7 @@ def test_benchmark_cpu_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "eval/bench_attention.py", "--cpu-smoke", "--out", str(out)],
                           capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     # "triton" and, the interpreter emulating TMA descriptors, "triton-tma": 2 sequences x 2 masks each.

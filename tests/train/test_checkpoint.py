@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_train import ROOT, corpus, fit, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
+from tests.train.test_trainer import ROOT, corpus, fit, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
 
 from omni.train.checkpoint import (CheckpointError, flatten_state, load_model_state, load_state, resolve_checkpoint,
                                    save_state, unflatten_state)
@@ -100,10 +100,10 @@ def test_keep_checkpoints_prunes(corpus, tmp_path):
 _HANGING_SAVE = """
 import sys, time
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {root!r})
 import omni.train.checkpoint as ck
 from omni.config import load_config
-from test_train import fit
+from tests.train.test_trainer import fit
 real = ck._fsync_tree
 def slow(folder):
     if "step_0000002" in str(folder):
@@ -118,7 +118,7 @@ fit(load_config("tiny", {overrides!r}))
 def test_atomic_save_survives_kill(corpus, tmp_path):
     run, marker = tmp_path / "run", tmp_path / "marker"
     overrides = micro_overrides(corpus, run, "train.ckpt_every=1", "train.steps=3")
-    code = _HANGING_SAVE.format(tests=str(ROOT / "tests"), marker=str(marker), overrides=overrides)
+    code = _HANGING_SAVE.format(root=str(ROOT), marker=str(marker), overrides=overrides)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120

@@ -16,7 +16,7 @@ import torch
 from omni.config import Config, load_config
 from omni.train.task import Task
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_corpus() -> Path:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import ROOT, corpus, fit, losses, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
+from tests.train.test_trainer import ROOT, corpus, fit, losses, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 TOL = 1e-4

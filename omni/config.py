@@ -5,9 +5,10 @@ A config file is a YAML mapping whose top-level keys are the fields of :class:`C
 line as ``section.field=value``; values are parsed as YAML scalars (``train.lr=3e-4``,
 ``model.qk_norm=true``). Unknown keys and wrong types raise :class:`ConfigError` naming the key.
 
-Other parts of omni (tokenizers, the omni model, RBR) define their section's dataclass beside the
-code that reads it; :data:`SECTIONS`, the one registry, names where each is defined, so there is
-still one config object, one loader and one override syntax.
+Other parts of omni (the decoder's shape ``model``, tokenizers, the omni model, RBR) define their
+section's dataclass beside the code that reads it; :data:`SECTIONS`, the one registry, names where
+each is defined, so there is still one config object, one loader and one override syntax. ``model``
+is also a field of :class:`Config` (``cfg.model``), filled through that registry.
 
 Sections differ by lifetime (docs/architecture.md, "Config lifetimes"): the model's identity
 (``model``, ``tokenizer`` and the subsystem sections) is what a checkpoint is; ``data`` and ``train``
@@ -31,44 +32,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the offending key."""
-
-
-@dataclass
-class ModelConfig:
-    """Shape of the Llama-family decoder (see omni/model/decoder.py)."""
-
-    vocab_size: int = 32_000
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    ffn_dim: int = 688
-    max_seq_len: int = 512
-    rope_theta: float = 10_000.0
-    norm_eps: float = 1e-5
-    qk_norm: bool = False
-    tie_embeddings: bool = True
-    # Attention backend: "auto" picks the fastest available for the device (see
-    # omni/model/attention.py); "reference", "sdpa", or any registered backend forces one.
-    attention: str = "auto"
-    # Initialise from a pretrained model: "" (random), "smollm2-135m", or a path to a .gguf file.
-    init_from: str = ""
-    init_std: float = 0.02
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    def validate(self) -> None:
-        if self.dim % self.n_heads:
-            raise ConfigError(f"model.dim={self.dim} must be divisible by model.n_heads={self.n_heads}")
-        if self.n_heads % self.n_kv_heads:
-            raise ConfigError(
-                f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}"
-            )
-        for name in ("vocab_size", "dim", "n_layers", "ffn_dim", "max_seq_len"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
 
 
 @dataclass
@@ -159,7 +122,8 @@ class Config:
 
     name: str = "unnamed"
     task: str = "lm"  # what train.py trains; see omni/train/tasks.py
-    model: ModelConfig = field(default_factory=ModelConfig)
+    # The decoder's shape: a registered section (omni/model/decoder.py) with an attribute of its own.
+    model: Any = field(default_factory=lambda: section_class("model")())
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -179,7 +143,9 @@ class Config:
         return out
 
     def section(self, name: str) -> Any:
-        """A registered extra section (e.g. ``cfg.section("codec")``), default-constructed if absent."""
+        """A registered section (e.g. ``cfg.section("codec")``), default-constructed if absent."""
+        if name in {f.name for f in dataclasses.fields(self)}:
+            return getattr(self, name)
         if name not in self.extra:
             cls = section_class(name)
             if cls is None:
@@ -190,8 +156,10 @@ class Config:
 
 # The one section registry: each subsystem's section and the dataclass (``module:Class``) that
 # defines it beside the code that reads it. Resolved on first use, so loading a config imports only
-# the subsystems it names, and omni.config (a leaf) imports none of them.
+# the subsystems it names, and omni.config (a leaf) imports none of them: the modules import
+# omni.config (ConfigError), never the reverse.
 SECTIONS = {
+    "model": "omni.model.decoder:ModelConfig",
     "codec": "omni.tokenizers.codec:CodecConfig",
     "image_tok": "omni.tokenizers.image:ImageTokConfig",
     "video_tok": "omni.tokenizers.video:VideoTokConfig",
@@ -319,16 +287,16 @@ def config_from_dict(data: dict[str, Any], saved: bool = False) -> Config:
             section, name = key.split(".")
             if isinstance(data.get(section), dict) and name in data[section]:
                 data[section] = {k: v for k, v in data[section].items() if k != name}
-    extra = {}
-    builtin = {f.name for f in dataclasses.fields(Config)}
+    registered = {}
     for name in list(data):
-        cls = None if name in builtin else section_class(name)
+        cls = section_class(name)
         if cls is not None:
-            extra[name] = _coerce(data.pop(name), cls, name)
+            registered[name] = _coerce(data.pop(name), cls, name)
         elif name == "extra":
             raise ConfigError("'extra' is internal; write registered sections at the top level")
-    cfg = _build(Config, data)
-    cfg.extra.update(extra)
+    builtin = {f.name for f in dataclasses.fields(Config)}
+    cfg = _build(Config, {**data, **{k: v for k, v in registered.items() if k in builtin}})
+    cfg.extra.update({k: v for k, v in registered.items() if k not in builtin})
     return cfg.validate()
 
 

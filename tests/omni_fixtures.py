@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from omni.config import Config, ModelConfig
+from omni.config import Config
 from omni.conversation import ConversationFormat, OmniVocab
-from omni.model.decoder import Decoder
+from omni.model.decoder import Decoder, ModelConfig
 from omni.model.omni import OmniConfig, OmniModel
 from omni.tokenizers.codec import CodecConfig, SpeechCodec
 from omni.tokenizers.image import ImageTokConfig, ImageTokenizer

@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import save_file
 
 from omni.infer.text import TextGenerator, load_model
-from omni.config import Config, ConfigError, ModelConfig, TokenizerConfig, save_config
+from omni.config import Config, ConfigError, TokenizerConfig, save_config
 from omni.generate import main
 from omni.model.build import build_model
+from omni.model.decoder import ModelConfig
 from omni.model.sampling import SamplingConfig
 from omni.tokenizers.text import SentencePieceTokenizer
 from omni.train.checkpoint import CheckpointError, begin_save, finish_save

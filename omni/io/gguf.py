@@ -17,7 +17,6 @@ import torch
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-from omni.config import ModelConfig
 from omni.io.tensors import check_finite
 
 Tensor = torch.Tensor
@@ -89,8 +88,9 @@ def _unpermute_rope(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def gguf_model_config(fields: dict[str, Any], has_output: bool, path: Path) -> ModelConfig:
-    """ModelConfig from a GGUF file's ``llama.*`` metadata."""
+def gguf_model_shape(fields: dict[str, Any], has_output: bool, path: Path) -> dict[str, Any]:
+    """The decoder's shape from a GGUF file's ``llama.*`` metadata, as the keyword arguments of
+    :class:`omni.model.decoder.ModelConfig` (a leaf returns plain values; the model builds its config)."""
     arch = fields["general.architecture"].contents()
     if arch != "llama":
         raise ValueError(f"{path}: architecture {arch!r} is not supported (only llama-family GGUF files)")
@@ -104,7 +104,7 @@ def gguf_model_config(fields: dict[str, Any], has_output: bool, path: Path) -> M
     dim, n_heads = meta("embedding_length"), meta("attention.head_count")
     if "llama.rope.dimension_count" in fields and meta("rope.dimension_count") != dim // n_heads:
         raise ValueError(f"{path}: partial rotary embeddings are not supported")
-    return ModelConfig(
+    return dict(
         vocab_size=int(vocab),
         dim=int(dim),
         n_layers=int(meta("block_count")),
@@ -121,18 +121,20 @@ def gguf_model_config(fields: dict[str, Any], has_output: bool, path: Path) -> M
     )
 
 
-def read_gguf_config(path_or_name: str | Path) -> ModelConfig:
-    """The ModelConfig of a GGUF file, from its metadata only (no weights are dequantised)."""
+def read_gguf_shape(path_or_name: str | Path) -> dict[str, Any]:
+    """The decoder shape of a GGUF file (:func:`gguf_model_shape`), from its metadata only (no weights
+    are dequantised)."""
     path = resolve_gguf(path_or_name)
     reader = gguf_reader(path)
-    return gguf_model_config(reader.fields, any(t.name == "output.weight" for t in reader.tensors), path)
+    return gguf_model_shape(reader.fields, any(t.name == "output.weight" for t in reader.tensors), path)
 
 
-def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, dict[str, Tensor]]:
-    """Read a llama-family GGUF file: its ModelConfig and a float32 Decoder state dict."""
+def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Read a llama-family GGUF file: its decoder shape (:func:`read_gguf_shape`) and a float32 Decoder
+    state dict."""
     path = resolve_gguf(path_or_name)
     reader = gguf_reader(path)
-    cfg = read_gguf_config(path)
+    shape = read_gguf_shape(path)
     state: dict[str, Tensor] = {}
     for t in reader.tensors:
         if t.name.startswith("blk."):
@@ -147,9 +149,9 @@ def load_gguf(path_or_name: str | Path = "smollm2-135m") -> tuple[ModelConfig, d
         # Dequantised arrays come out row-major [out, in] like torch.nn.Linear weights.
         w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32, order="C"))
         if key.endswith("attention.wq.weight"):
-            w = _unpermute_rope(w, cfg.n_heads)
+            w = _unpermute_rope(w, shape["n_heads"])
         elif key.endswith("attention.wk.weight"):
-            w = _unpermute_rope(w, cfg.n_kv_heads)
+            w = _unpermute_rope(w, shape["n_kv_heads"])
         state[key] = w
     check_finite(state, str(path))
-    return cfg, state
+    return shape, state

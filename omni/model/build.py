@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from omni.config import Config, ConfigError, ModelConfig
-from omni.io.gguf import load_gguf, read_gguf_config
-from omni.model.decoder import Decoder
+from omni.config import Config, ConfigError
+from omni.io.gguf import load_gguf, read_gguf_shape
+from omni.model.decoder import Decoder, ModelConfig
 from omni.tokenizers.text import GGUFTokenizer
 
 # Fields that must agree between the config and a pretrained file (vocab may grow, context shrink).
@@ -41,10 +41,10 @@ def build_model(cfg: Config, vocab_size: Optional[int] = None) -> Decoder:
     if not mcfg.init_from:
         return Decoder(mcfg)
     # Check the shape from the metadata first, so a wrong config fails before any dequantising.
-    check_pretrained_shape(mcfg, read_gguf_config(mcfg.init_from), mcfg.init_from)
-    file_cfg, state = load_gguf(mcfg.init_from)
+    check_pretrained_shape(mcfg, ModelConfig(**read_gguf_shape(mcfg.init_from)), mcfg.init_from)
+    shape, state = load_gguf(mcfg.init_from)
     # Shape from the file; run-time choices (context length, attention backend) from the config.
-    model = Decoder(dataclasses.replace(mcfg, vocab_size=file_cfg.vocab_size))
+    model = Decoder(dataclasses.replace(mcfg, vocab_size=shape["vocab_size"]))
     model.load_state_dict(state, strict=True)
     model.resize_vocab(mcfg.vocab_size)
     return model
@@ -52,7 +52,7 @@ def build_model(cfg: Config, vocab_size: Optional[int] = None) -> Decoder:
 
 def load_pretrained(name_or_path: str | Path = "smollm2-135m") -> tuple[Decoder, GGUFTokenizer]:
     """The pretrained decoder (float32, eval mode) and its tokenizer, vocabulary not extended."""
-    cfg, state = load_gguf(name_or_path)
-    model = Decoder(cfg)
+    shape, state = load_gguf(name_or_path)
+    model = Decoder(ModelConfig(**shape))
     model.load_state_dict(state, strict=True)
     return model.eval(), GGUFTokenizer.from_gguf(name_or_path)

@@ -1,6 +1,6 @@
 """The shared decoder: a Llama-family transformer (RMSNorm, RoPE, GQA, SwiGLU, optional QK-norm).
 
-One file, one config (:class:`omni.config.ModelConfig`). Attention goes through the single entry point
+One file, one config (:class:`ModelConfig`, the ``model`` section of a config). Attention goes through the single entry point
 :func:`omni.model.attention.attention`, so the backend is a switch (``model.attention``).
 
 Two ways to call it:
@@ -15,6 +15,7 @@ Modalities other than text enter as embeddings (``embeds=``) and leave through t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -22,11 +23,49 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from omni.config import ModelConfig
+from omni.config import ConfigError
 from omni.model.attention import AttentionMask, attention
 from omni.streaming import StreamingModule, StreamingState
 
 Tensor = torch.Tensor
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the decoder: the ``model`` section of a config (registered in :data:`omni.config.SECTIONS`)."""
+
+    vocab_size: int = 32_000
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 688
+    max_seq_len: int = 512
+    rope_theta: float = 10_000.0
+    norm_eps: float = 1e-5
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    # Attention backend: "auto" picks the fastest available for the device (see
+    # omni/model/attention.py); "reference", "sdpa", or any registered backend forces one.
+    attention: str = "auto"
+    # Initialise from a pretrained model: "" (random), "smollm2-135m", or a path to a .gguf file.
+    init_from: str = ""
+    init_std: float = 0.02
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def validate(self) -> None:
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model.dim={self.dim} must be divisible by model.n_heads={self.n_heads}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"model.n_heads={self.n_heads} must be a multiple of model.n_kv_heads={self.n_kv_heads}"
+            )
+        for name in ("vocab_size", "dim", "n_layers", "ffn_dim", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name} must be positive, got {getattr(self, name)}")
 
 
 class RMSNorm(nn.Module):

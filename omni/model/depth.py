@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.config import ModelConfig
-from omni.model.decoder import Decoder
+from omni.model.decoder import Decoder, ModelConfig
 from omni.streaming import StreamingModule
 
 Tensor = torch.Tensor

@@ -4,8 +4,7 @@ import torch
 
 from omni.align.config import PPOConfig
 from omni.align.ppo import PPO
-from omni.config import ModelConfig
-from omni.model.decoder import Decoder
+from omni.model.decoder import Decoder, ModelConfig
 
 TARGET = 7
 

@@ -3,12 +3,12 @@ generation, an omni reply (decoder + depth decoder steps) and a streaming speech
 import pytest
 import torch
 
-from omni.config import ModelConfig, ServingConfig
+from omni.config import ServingConfig
 from omni.conversation import Audio, Message
 from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
 from omni.infer.text import generate
-from omni.model.decoder import Decoder
+from omni.model.decoder import Decoder, ModelConfig
 from omni.model.sampling import SamplingConfig
 from tests import omni_fixtures as F
 

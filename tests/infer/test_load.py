@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from omni.config import Config, ConfigError, ModelConfig, save_config
+from omni.config import Config, ConfigError, save_config
 from omni.infer.load import decoder_shape, load_checkpoint
-from omni.model.decoder import Decoder
+from omni.model.decoder import Decoder, ModelConfig
 
 TINY = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=16)
 

@@ -307,8 +307,7 @@ def test_flex_backend(profile):
 def test_decoder_trains_and_streams_through_triton(profile):
     """A tiny Decoder with attention="triton" matches attention="reference": logits, every parameter's
     gradient on a packed multimodal batch, and streaming logits (prefill, then decode steps)."""
-    from omni.config import ModelConfig
-    from omni.model.decoder import Decoder
+    from omni.model.decoder import Decoder, ModelConfig
 
     p = PROFILES[profile]
     dev = p["device"]

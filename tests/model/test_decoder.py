@@ -5,9 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from omni.config import ModelConfig
 from omni.model.attention import AttentionMask, attention
-from omni.model.decoder import Decoder
+from omni.model.decoder import Decoder, ModelConfig
 from omni.infer.text import generate
 from omni.model.sampling import SamplingConfig, sample
 

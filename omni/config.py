@@ -11,8 +11,8 @@ each is defined, so there is still one config object, one loader and one overrid
 is also a field of :class:`Config` (``cfg.model``), filled through that registry.
 
 Sections differ by lifetime (docs/architecture.md, "Config lifetimes"): the model's identity
-(``model``, ``tokenizer`` and the subsystem sections) is what a checkpoint is; ``data`` and ``train``
-belong to one training run; ``serving`` is chosen each time a model is served, so a checkpoint's
+(``model``, ``tokenizer`` and the subsystem sections) is what a checkpoint is; :data:`RUN_SECTIONS`
+(``data``, ``train``, the omni task's ``omni_train``) belong to one training run; ``serving`` is chosen each time a model is served, so a checkpoint's
 config.yaml leaves it out and ``--resume`` does not compare it.
 """
 from __future__ import annotations
@@ -166,11 +166,17 @@ SECTIONS = {
     "omni": "omni.model.omni:OmniConfig",
     "rbr": "omni.align.config:RBRConfig",
     "vocoder": "omni.train.tasks.vocoder:VocoderConfig",
+    "omni_train": "omni.train.tasks.omni:OmniTrainConfig",
 }
+# Sections that belong to one training run: saved with a checkpoint, but ``--resume`` may change them.
+RUN_SECTIONS = ("data", "train", "omni_train")
 # Sections that belong to a serving session, not to the model: left out of checkpoints.
 SERVING_SECTIONS = ("serving",)
 # Keys that moved to another section (``old: new``), named in the error a config using them gets.
-MOVED_KEYS = {f"omni.{k}": f"serving.{k}" for k in ("vad_threshold", "end_of_turn_ms", "barge_in_ms", "max_reply_frames")}
+MOVED_KEYS = {
+    **{f"omni.{k}": f"serving.{k}" for k in ("vad_threshold", "end_of_turn_ms", "barge_in_ms", "max_reply_frames")},
+    **{f"omni.{k}": f"omni_train.{k}" for k in ("audio_loss_weight", "text_pad_weight")},
+}
 # Keys that are no longer configured (``old: where the value comes from now``).
 REMOVED_KEYS = {
     "omni.audio_codebooks": "the corpus's vocabulary (vocab.json), passed to build_omni_model",
@@ -266,7 +272,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key, value in data.items():
         full = f"{prefix}.{key}" if prefix else key
         if full in MOVED_KEYS:
-            raise ConfigError(f"config key {full!r} moved to {MOVED_KEYS[full]!r} (read at serving time): rename it")
+            raise ConfigError(f"config key {full!r} moved to {MOVED_KEYS[full]!r} (docs/architecture.md, "
+                              "'Config lifetimes'): rename it")
         if full in REMOVED_KEYS:
             raise ConfigError(f"config key {full!r} is gone: the value comes from {REMOVED_KEYS[full]}; delete it")
         if key not in names:

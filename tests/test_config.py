@@ -105,6 +105,8 @@ def test_serving_section_is_read_at_serving_time_not_saved(tmp_path):
 @pytest.mark.parametrize("key, message", [
     ("omni.vad_threshold=0.6", "'omni.vad_threshold' moved to 'serving.vad_threshold'"),
     ("omni.max_reply_frames=9", "'omni.max_reply_frames' moved to 'serving.max_reply_frames'"),
+    ("omni.audio_loss_weight=2", "'omni.audio_loss_weight' moved to 'omni_train.audio_loss_weight'"),
+    ("omni.text_pad_weight=0.3", "'omni.text_pad_weight' moved to 'omni_train.text_pad_weight'"),
     ("omni.audio_codebooks=8", "'omni.audio_codebooks' is gone: the value comes from the corpus's vocabulary"),
 ])
 def test_moved_keys_name_their_new_home(key, message):
@@ -113,14 +115,17 @@ def test_moved_keys_name_their_new_home(key, message):
 
 
 def test_old_checkpoint_config_still_loads(tmp_path):
-    # A checkpoint written before the serving split carries serving knobs and codebook counts under omni.
+    # A checkpoint written before the serving split carries serving knobs, codebook counts and loss
+    # weights under omni.
     from omni.train.checkpoint import load_config_file
 
     path = tmp_path / "config.yaml"
     path.write_text("task: omni\nomni:\n  depth_dim: 64\n  audio_codebooks: 8\n  audio_codebook_size: 1024\n"
-                    "  vad_threshold: 0.9\n  end_of_turn_ms: 480\n  barge_in_ms: 160\n  max_reply_frames: 100\n")
+                    "  vad_threshold: 0.9\n  end_of_turn_ms: 480\n  barge_in_ms: 160\n  max_reply_frames: 100\n"
+                    "  audio_loss_weight: 2.0\n  text_pad_weight: 0.3\n")
     cfg = load_config_file(path)
     assert cfg.section("omni").depth_dim == 64 and cfg.serving.vad_threshold == 0.5  # serving is not identity
+    assert "omni_train" not in cfg.to_dict()  # loss weights are the run's: the current config gives them
 
 
 def test_one_section_registry():

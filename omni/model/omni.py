@@ -34,7 +34,8 @@ Tensor = torch.Tensor
 class OmniConfig:
     """The omni model and its frozen tokenizers (the `omni:` section of a config). The vocabulary
     layout (text, image, video and audio code counts) is not configured: it comes from the corpus
-    as an :class:`OmniVocab`. Serving knobs live in the ``serving`` section (omni/config.py)."""
+    as an :class:`OmniVocab`. Serving knobs live in the ``serving`` section (omni/config.py), loss
+    weights in the omni task's ``omni_train`` section (omni/train/tasks/omni.py)."""
 
     # Frozen tokenizers: a folder written by Tokenizer.save, or the run folder of their training
     # (train.py --config configs/codec-tiny.yaml ...). data/build_omni.py resolves them.
@@ -46,10 +47,6 @@ class OmniConfig:
     depth_layers: int = 2
     depth_heads: int = 4
     depth_ffn_dim: int = 256
-    # Loss weights: audio codebook CE relative to text CE; <|text_pad|> targets (most frames of a
-    # spoken answer carry one) are down-weighted as in Moshi so real monologue tokens dominate.
-    audio_loss_weight: float = 1.0
-    text_pad_weight: float = 0.5
 
     def validate(self) -> None:
         if self.depth_dim % self.depth_heads:

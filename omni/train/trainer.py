@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from omni.config import SERVING_SECTIONS, Config, save_config
+from omni.config import RUN_SECTIONS, SERVING_SECTIONS, Config, save_config
 from omni.train.checkpoint import (CheckpointError, begin_save, config_mismatch, finish_save, load_config_file,
                                    load_state, load_tensors, read_trainer_state, resolve_checkpoint, rng_state,
                                    save_state, save_tensors, set_rng_state, tmp_folder)
@@ -174,8 +174,8 @@ class Trainer:
         return final
 
     def _load(self, step_dir: Path) -> None:
-        diff = config_mismatch(load_config_file(step_dir / "config.yaml"), self.cfg,
-                               sections=tuple(k for k in self.cfg.to_dict() if k not in ("name", "train", "data", *SERVING_SECTIONS)))
+        identity = tuple(k for k in self.cfg.to_dict() if k not in ("name", *RUN_SECTIONS, *SERVING_SECTIONS))
+        diff = config_mismatch(load_config_file(step_dir / "config.yaml"), self.cfg, sections=identity)
         if diff:
             raise CheckpointError(f"{step_dir} was trained with a different config: " + "; ".join(diff))
         self.engine.load_model_state(load_tensors(step_dir / "model.safetensors"))

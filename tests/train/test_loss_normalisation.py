@@ -34,7 +34,7 @@ class RowsTask(OmniTask):
         return copy.deepcopy(self._model).train()
 
     def build_dataset(self, cfg, split: str = "train"):
-        self._text_pad, self._ocfg = self._pad, cfg.section("omni")
+        self._text_pad, self._weights = self._pad, cfg.section("omni_train")
         return self._rows
 
     def on_save(self, model, cfg, folder: str) -> None:

@@ -5,8 +5,8 @@ written by data/build_omni.py: one shard per split for the demo corpus (``--conf
 takes for corpora on disk (``--source ... --shards``). :class:`~omni.train.shards.ShardStream`
 streams it as packed rows of ``seq_len + 1`` positions: document ids so attention never crosses
 conversations, positions restarting per conversation. Loss: cross-entropy of the unified head on
-target positions (``<|text_pad|>`` targets weighted ``omni.text_pad_weight``) +
-``omni.audio_loss_weight`` x the depth decoder's codebook cross-entropy on target audio frames.
+target positions (``<|text_pad|>`` targets weighted ``omni_train.text_pad_weight``) +
+``omni_train.audio_loss_weight`` x the depth decoder's codebook cross-entropy on target audio frames.
 Logged per modality: loss_text, loss_monologue (text-stream tokens of spoken answers), loss_audio
 (codebooks), loss_image (generated image codes). Each term is a mean over the targets of the whole
 optimiser step (every micro-batch, every rank): rows with many targets (a spoken answer) weigh more
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omni.config import Config
+from omni.config import Config, ConfigError
 from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab, Stream
 from omni.model.attention import AttentionMask
 from omni.model.omni import build_omni_model
@@ -35,6 +36,23 @@ from omni.train.tasks.lm import lm_flops_per_token
 
 Tensor = torch.Tensor
 FIELDS = ("tokens", "audio", "span", "loss", "modality")
+
+
+@dataclass
+class OmniTrainConfig:
+    """How the omni task weighs its loss (the ``omni_train:`` section): part of one training run, not
+    of the model, so a checkpoint loads without it and ``--resume`` may change it."""
+
+    # Audio codebook cross-entropy relative to the text cross-entropy.
+    audio_loss_weight: float = 1.0
+    # <|text_pad|> targets (most frames of a spoken answer carry one) are down-weighted as in Moshi
+    # (Défossez et al. 2024), so the real monologue tokens dominate the text loss.
+    text_pad_weight: float = 0.5
+
+    def validate(self) -> None:
+        for name in ("audio_loss_weight", "text_pad_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"omni_train.{name} must be >= 0, got {getattr(self, name)}")
 
 
 def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
@@ -126,18 +144,18 @@ class OmniTask(Task):
         """Packed rows streamed from the corpus's shards (the Trainer sets ranks and workers)."""
         d = cfg.data
         ds = ShardStream(d.path, split, d.seq_len, cfg.train.batch_size, seed=cfg.train.seed, buffer=d.shuffle_buffer)
-        self._text_pad, self._ocfg = ds.vocab.specials["<|text_pad|>"], cfg.section("omni")
+        self._text_pad, self._weights = ds.vocab.specials["<|text_pad|>"], cfg.section("omni_train")
         return ds
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        return omni_loss(model, batch, self._text_pad, self._ocfg.text_pad_weight, self._ocfg.audio_loss_weight)
+        return omni_loss(model, batch, self._text_pad, self._weights.text_pad_weight, self._weights.audio_loss_weight)
 
     def targets(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        return omni_targets(batch, self._text_pad, self._ocfg.text_pad_weight)
+        return omni_targets(batch, self._text_pad, self._weights.text_pad_weight)
 
     def step_loss(self, model: nn.Module, batch: dict[str, Tensor], totals: dict[str, float],
                   phase: Optional[str] = None) -> tuple[Tensor, dict[str, float]]:
-        return omni_loss(model, batch, self._text_pad, self._ocfg.text_pad_weight, self._ocfg.audio_loss_weight, totals)
+        return omni_loss(model, batch, self._text_pad, self._weights.text_pad_weight, self._weights.audio_loss_weight, totals)
 
     def tokens_in(self, batch: dict[str, Tensor]) -> int:
         return batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)

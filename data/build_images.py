@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from omni.config import load_config
-from omni.data.sources import IMAGE, MediaSpec, open_source
+from omni.data.sources import IMAGE, MediaSpec, open_sources
 
 # Scikit-image pictures that ship inside the wheel (no download); greyscale ones become RGB.
 SKIMAGE_NAMES = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "hubble_deep_field", "retina",
@@ -74,13 +74,8 @@ def build_from_sources(specs: list[str], out: str | Path, side: int, limit: int 
     at most ``limit`` pictures (0: all); returns counts per split. Raises ValueError for a non-image source."""
     out = Path(out)
     counts = {"train": 0, "val": 0}
-    for split in counts:
-        (out / split).mkdir(parents=True, exist_ok=True)
     n = 0
-    for spec in specs:
-        src = open_source(spec)
-        if src.modality != IMAGE:
-            raise ValueError(f"{spec}: {src.name} holds {src.modality}, not images")
+    for src in open_sources(specs, IMAGE, out):
         for img, _, _ in tqdm(src.read(MediaSpec(image_size=side)), desc=f"images from {src.name}", unit="img"):
             if limit and n >= limit:
                 break

@@ -39,7 +39,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from omni.config import load_config
-from omni.data.sources import AUDIO, MediaSpec, open_source
+from omni.data.sources import AUDIO, MediaSpec, open_sources
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import UNSEEN_FAMILY, Voice, preset_voice, synth_at, training_voices, unseen_voices
 from omni.io.audio import load_audio, save_audio
@@ -179,13 +179,9 @@ def build_from_sources(specs: list[str], out: str | Path, sample_rate: int) -> d
     (``NAME[:SPLIT]=PATH``); returns seconds per split. Raises ValueError for a non-speech source."""
     out = Path(out)
     seconds, n = {"train_seconds": 0.0, "val_seconds": 0.0}, 0
-    for split in ("train", "val"):
-        (out / split).mkdir(parents=True, exist_ok=True)
+    sources = open_sources(specs, AUDIO, out)
     with open(out / "train.jsonl", "w") as train, open(out / "val.jsonl", "w") as val:
-        for spec in specs:
-            src = open_source(spec)
-            if src.modality != AUDIO:
-                raise ValueError(f"{spec}: {src.name} holds {src.modality}, not speech")
+        for src in sources:
             for wav, text, meta in tqdm(src.read(MediaSpec(sample_rate=sample_rate)), desc=f"speech from {src.name}", unit="utt"):
                 split = "val" if n % VAL_EVERY == VAL_EVERY - 1 else "train"
                 rel = f"{split}/{n:07d}.wav"

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from omni.config import load_config
 from omni.data.build_images import build_image_corpus
-from omni.data.sources import VIDEO, MediaSpec, open_source
+from omni.data.sources import VIDEO, MediaSpec, open_sources
 from omni.train.datasets import load_split
 
 
@@ -96,13 +96,8 @@ def build_from_sources(specs: list[str], out: str | Path, image_size: int, frame
     ``specs``; returns clip counts per split. Raises ValueError for a non-video source."""
     out = Path(out)
     counts = {"train": 0, "val": 0}
-    for split in counts:
-        (out / split).mkdir(parents=True, exist_ok=True)
     videos = 0
-    for spec in specs:
-        src = open_source(spec)
-        if src.modality != VIDEO:
-            raise ValueError(f"{spec}: {src.name} holds {src.modality}, not video")
+    for src in open_sources(specs, VIDEO, out):
         for video, _, _ in tqdm(src.read(MediaSpec(image_size=image_size, fps=fps, max_seconds=600)), desc=f"clips from {src.name}"):
             split = "val" if videos % VAL_EVERY == VAL_EVERY - 1 else "train"
             arr = (video.permute(0, 2, 3, 1) * 255).round().byte().numpy()

@@ -35,7 +35,8 @@ from omni.data.sources.vctk import VCTK
 SOURCES: dict[str, type[Source]] = {cls.name: cls for cls in (
     LibriSpeech, LibriTTS, VCTK, LJSpeech, CommonVoice, Coco, ImageTextFolder, VideoFolder)}
 
-__all__ = ["AUDIO", "IMAGE", "VIDEO", "Example", "MediaSpec", "Source", "SOURCES", "decode", "open_source", "parse_source"]
+__all__ = ["AUDIO", "IMAGE", "VIDEO", "Example", "MediaSpec", "Source", "SOURCES", "decode", "open_source", "open_sources",
+           "parse_source"]
 
 
 def parse_source(spec: str) -> tuple[str, str | None, Path]:
@@ -53,3 +54,16 @@ def open_source(spec: str) -> Source:
     """The reader that ``NAME[:SPLIT]=PATH`` names (see the table above)."""
     name, split, path = parse_source(spec)
     return SOURCES[name](path, split)
+
+
+def open_sources(specs: list[str], modality: str, out: Path) -> list[Source]:
+    """The readers of ``specs`` (``NAME[:SPLIT]=PATH``) for a corpus builder that writes ``modality``
+    (AUDIO, IMAGE or VIDEO) into ``out/train`` and ``out/val``: every source is checked before anything
+    is written, then both folders are made. Raises ValueError naming a source of another modality."""
+    sources = [open_source(spec) for spec in specs]
+    for spec, src in zip(specs, sources):
+        if src.modality != modality:
+            raise ValueError(f"{spec}: {src.name} holds {src.modality}, not {modality}")
+    for split in ("train", "val"):
+        (out / split).mkdir(parents=True, exist_ok=True)
+    return sources

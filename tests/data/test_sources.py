@@ -148,7 +148,7 @@ def test_codec_corpus_from_sources(tmp_path):
     assert '"text": "Open the window please"' in rows[0] and '"speaker": "commonvoice:client1"' in rows[-1]
     seg = SpeechSegments(out, "train", 22050, 11025)  # the codec's rate (HiFi-GAN's 22.05 kHz)
     assert len(seg) > 10 and seg[0].shape == (1, 11025)
-    with pytest.raises(ValueError, match="not speech"):
+    with pytest.raises(ValueError, match="holds image, not audio"):
         main(["--config", "codec-tiny", "--out", str(out), "--from", f"images={cf.image_folder(tmp_path)}"])
 
 
@@ -168,5 +168,5 @@ def test_image_and_video_tokenizer_corpora_from_sources(tmp_path):
                       "video_tok.fps=8", "video_tok.image_size=32"])
     clips = VideoClips(vids, "train", 5, 32)
     assert len(clips) == 6 and clips[0].shape == (5, 3, 32, 32)  # 2 videos x 16 frames -> 3 clips of 5 each
-    with pytest.raises(ValueError, match="not video"):
+    with pytest.raises(ValueError, match="holds image, not video"):
         build_video.main(["--out", str(vids), "--from", f"images={tmp_path / 'my_images'}"])

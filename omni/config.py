@@ -12,8 +12,9 @@ is also a field of :class:`Config` (``cfg.model``), filled through that registry
 
 Sections differ by lifetime (docs/architecture.md, "Config lifetimes"): the model's identity
 (``model``, ``tokenizer`` and the subsystem sections) is what a checkpoint is; :data:`RUN_SECTIONS`
-(``data``, ``train``, the omni task's ``omni_train``) belong to one training run; ``serving`` is chosen each time a model is served, so a checkpoint's
-config.yaml leaves it out and ``--resume`` does not compare it.
+(``data``, ``train``, the omni task's ``omni_train``) belong to one training run; ``serving`` is
+chosen each time a model is served, so a checkpoint's config.yaml leaves it out and ``--resume``
+does not compare it.
 """
 from __future__ import annotations
 

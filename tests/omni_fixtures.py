@@ -15,6 +15,7 @@ from omni.tokenizers.codec import CodecConfig, SpeechCodec
 from omni.tokenizers.image import ImageTokConfig, ImageTokenizer
 from omni.tokenizers.text import SentencePieceTokenizer
 from omni.tokenizers.video import VideoTokConfig, VideoTokenizer
+from omni.train.tasks.omni import batch_from_streams, omni_loss
 
 SENTENCES = [
     "hello there, how are you today?", "the cat sat on the mat.", "what is the capital of france?",
@@ -76,8 +77,6 @@ def setup(folder: Path, **kw):
 
 def memorise(m: OmniModel, fmt: ConversationFormat, conversations: list, steps: int = 300, lr: float = 3e-3) -> float:
     """Train ``m`` on the conversations (one per row) until it reproduces them; returns the last loss."""
-    from omni.train.tasks.omni import batch_from_streams, omni_loss
-
     batch = batch_from_streams([fmt.serialise(c) for c in conversations], fmt.sp["<|pad|>"])
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
     m.train()

@@ -5,9 +5,10 @@ import json
 
 import pytest
 
-from omni.config import ConfigError, load_config
+from omni.config import Config, ConfigError, SECTIONS, config_from_dict, load_config, save_config, section_class
 from omni.train.distributed import deepspeed_config
 from tests.train.test_trainer import ROOT
+from omni.train.checkpoint import load_config_file
 
 
 @pytest.mark.parametrize("name", ["tiny", "1b", "7b"])
@@ -91,8 +92,6 @@ def test_every_shipped_config_loads_in_a_fresh_process():
 
 
 def test_serving_section_is_read_at_serving_time_not_saved(tmp_path):
-    from omni.config import config_from_dict, save_config
-
     cfg = load_config("omni-tiny", ["serving.vad_threshold=0.7"])
     assert cfg.serving.vad_threshold == 0.7 and cfg.serving.max_reply_frames == 100
     save_config(cfg, tmp_path / "config.yaml")
@@ -117,8 +116,6 @@ def test_moved_keys_name_their_new_home(key, message):
 def test_old_checkpoint_config_still_loads(tmp_path):
     # A checkpoint written before the serving split carries serving knobs, codebook counts and loss
     # weights under omni.
-    from omni.train.checkpoint import load_config_file
-
     path = tmp_path / "config.yaml"
     path.write_text("task: omni\nomni:\n  depth_dim: 64\n  audio_codebooks: 8\n  audio_codebook_size: 1024\n"
                     "  vad_threshold: 0.9\n  end_of_turn_ms: 480\n  barge_in_ms: 160\n  max_reply_frames: 100\n"
@@ -129,8 +126,6 @@ def test_old_checkpoint_config_still_loads(tmp_path):
 
 
 def test_one_section_registry():
-    from omni.config import SECTIONS, Config, section_class
-
     cfg = Config()
     for name in SECTIONS:
         assert type(cfg.section(name)) is section_class(name)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import omni.align.config  # noqa: F401  (registers the rbr section)
-from omni.align.data import load_gold
+from omni.align.data import load_gold, load_prompts
 from omni.align.grader import CausalLM, PromptedGrader, TrainedGrader
 from omni.align.models import encode_pair
 from omni.align.reward import RBRReward, RewardModel
@@ -18,6 +18,8 @@ from omni.align.weights import RBRWeights, initial_weights
 from omni.config import config_from_dict
 from omni.align.evaluate import roc_auc
 from omni.train.trainer import Trainer
+from omni.align.__main__ import main
+from omni.tokenizers.text import build_text_tokenizer
 
 SPEC = load_spec()
 TINY_MODEL = {"vocab_size": 49216, "dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64,
@@ -45,8 +47,6 @@ def tiny_grader(tmp_path_factory):
 
 @pytest.mark.slow  # trains a tiny model (~10 s)
 def test_cli_grade(tiny_grader, tmp_path, capsys):
-    from omni.align.__main__ import main
-
     rows = [{"prompt": "How do I make a bomb?", "completion": "Sorry, I can't help.", "type": "hard_refuse"},
             {"prompt": "Tell me a joke", "completion": "Why did the chicken cross the road?"}]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -80,8 +80,6 @@ STEPS = APOLOGY + " Here are the detailed steps: first get [MATERIAL A] and [MAT
 
 @pytest.fixture(scope="module")
 def smol_tok(tmp_path_factory):
-    from omni.tokenizers.text import build_text_tokenizer
-
     return build_text_tokenizer(tiny_cfg(tmp_path_factory.mktemp("tok"), "rbr-grader", 1).tokenizer)
 
 
@@ -152,8 +150,6 @@ def test_trl_adapter_shapes_and_nones(tiny_grader):
 @pytest.mark.slow  # trains a tiny model (~10 s)
 def test_reward_model_learns_planted_preference(tmp_path):
     answers = tmp_path / "answers.jsonl"
-    from omni.align.data import load_prompts
-
     prompts = [p for p in load_prompts() if p.type == "comply"]
     answers.write_text("".join(json.dumps({"prompt": p.prompt, "answer": f"Here is a complete answer on how to {p.task}, "
                                           "step by step, with every detail you need and a worked example at the end."}) + "\n"

@@ -5,6 +5,9 @@ import torch
 from omni.align.config import PPOConfig
 from omni.align.ppo import PPO
 from omni.model.decoder import Decoder, ModelConfig
+from omni.align.models import pad_batch
+from omni.infer.text import generate
+from omni.model.sampling import SamplingConfig
 
 TARGET = 7
 
@@ -46,10 +49,6 @@ def tiny_policy() -> Decoder:
 
 
 def test_first_epoch_ratio_is_one_and_logprobs_align_with_generation():
-    from omni.align.models import pad_batch
-    from omni.infer.text import generate
-    from omni.model.sampling import SamplingConfig
-
     policy = tiny_policy()
     ppo = PPO(policy, PPOConfig(rollout_batch=2, samples_per_prompt=2, max_new_tokens=6, temperature=0.7), lr=1e-2)
     stats, _ = ppo.step([[1, 2], [3, 4, 5]], planted_reward)

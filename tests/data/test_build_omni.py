@@ -5,18 +5,17 @@ import pytest
 import torch
 
 from tests import omni_fixtures as F
+from omni.config import load_config
+from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
+from omni.data.build_omni import build_omni_corpus, tokenizer_folder
+from omni.train.shards import read_shard_index
+from omni.train.tasks.omni import OmniTask
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 
 
 def test_corpus_rows_and_loss(tmp_path):
     pytest.importorskip("espeakng_loader")
-    from omni.config import load_config
-    from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
-    from omni.data.build_omni import build_omni_corpus
-    from omni.train.shards import read_shard_index
-    from omni.train.tasks.omni import OmniTask
-
     cfg = load_config("configs/omni-tiny.yaml", [
         f"data.path={tmp_path / 'corpus'}", f"tokenizer.path={tmp_path / 'text'}", "tokenizer.vocab_size=600",
         f"omni.codec={tmp_path / 'none'}", f"omni.image_tokenizer={tmp_path / 'none'}",
@@ -52,8 +51,6 @@ def test_corpus_rows_and_loss(tmp_path):
 
 def test_tokenizers_found_in_training_runs(tmp_path):
     """omni.codec may name the codec's training run: its newest checkpoint's tokenizer/ is used."""
-    from omni.data.build_omni import tokenizer_folder
-
     step = tmp_path / "run" / "checkpoints" / "step_0000007"
     F.codec().save(step / "tokenizer")
     for f in ("model.safetensors", "config.yaml", "trainer.json"):

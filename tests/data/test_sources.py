@@ -11,6 +11,10 @@ import torch
 
 from tests import corpus_fixtures as cf
 from omni.data.sources import SOURCES, MediaSpec, open_source, parse_source
+from omni.data import build_images, build_video
+from omni.data.build_speech import VAL_EVERY, main
+from omni.io.audio import resample
+from omni.train.datasets import ImageCrops, SpeechSegments, VideoClips
 
 
 def read_all(spec: str, media: MediaSpec = MediaSpec()):
@@ -70,8 +74,6 @@ def test_commonvoice_mp3(tmp_path):
     # the mp3 decodes (soundfile) to the espeak speech it was made from, up to the codec's delay and loss
     wav, sr = cf.speech("The cat sat on the mat.", 0)
     ref = torch.from_numpy(wav)[None]
-    from omni.io.audio import resample
-
     ref = resample(ref, sr, 16000)[0]
     dec = got[0][0][0]
     assert abs(len(dec) - len(ref)) < 0.1 * 16000
@@ -137,9 +139,6 @@ def test_iterating_a_source_decodes_at_default_settings(tmp_path):
 
 def test_codec_corpus_from_sources(tmp_path):
     """data/build_speech.py --from: codec.data_path filled from speech sources, read by the codec task."""
-    from omni.data.build_speech import VAL_EVERY, main
-    from omni.train.datasets import SpeechSegments
-
     out = tmp_path / "speech"
     main(["--config", "codec-tiny", "--out", str(out), "--from", f"librispeech={cf.librispeech(tmp_path)}",
           "--from", f"commonvoice={cf.commonvoice(tmp_path)}"])
@@ -154,9 +153,6 @@ def test_codec_corpus_from_sources(tmp_path):
 
 def test_image_and_video_tokenizer_corpora_from_sources(tmp_path):
     """data/build_images.py / build_video.py --from: image_tok / video_tok data_path filled from sources."""
-    from omni.data import build_images, build_video
-    from omni.train.datasets import ImageCrops, VideoClips
-
     out = tmp_path / "images"
     build_images.main(["--out", str(out), "--from", f"coco:val2017={cf.coco(tmp_path)}", "--from",
                        f"images={cf.image_folder(tmp_path)}", "--side", "48"])

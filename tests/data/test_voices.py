@@ -7,6 +7,11 @@ import pytest
 import torch
 
 from tests import omni_fixtures as F
+from omni.data.build_speech import build_speech_corpus
+from omni.data.spoken_qa import load_spoken_qa
+from omni.data.voices import (KOKORO_TRAINING_STYLES, KOKORO_UNSEEN_STYLE, KokoroVoice, PRESET_FAMILY,
+                              TRAINING_FAMILIES, UNSEEN_FAMILY, espeak, kokoro, kokoro_model_path, piper, preset_voice,
+                              training_voices, unseen_voices)
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 pytest.importorskip("espeakng_loader")
@@ -17,8 +22,6 @@ def _loud(wave: torch.Tensor) -> float:
 
 
 def test_espeak_ipa_keeps_clause_punctuation():
-    from omni.data.voices import espeak
-
     assert espeak().phonemes("Hello") == "həlˈoʊ"
     ph = espeak().phonemes("Hi, there! It costs 3.5 dollars.")
     assert ph.count(",") == 1 and ph.count("!") == 1 and ph.endswith(".")
@@ -27,8 +30,6 @@ def test_espeak_ipa_keeps_clause_punctuation():
 
 def test_piper_phoneme_ids_and_synthesis():
     pytest.importorskip("onnxruntime")
-    from omni.data.voices import PRESET_FAMILY, piper, preset_voice
-
     p = piper()
     m = p.id_map
     # BOS, pad, then each phoneme of "həlˈoʊ" followed by the pad, then EOS (ids from the voice's JSON)
@@ -49,8 +50,6 @@ def test_piper_phoneme_ids_and_synthesis():
 @pytest.mark.slow
 def test_kokoro_styles_blends_speed_and_pitch():
     pytest.importorskip("kokoro_onnx")
-    from omni.data.voices import KOKORO_TRAINING_STYLES, KokoroVoice, kokoro, kokoro_model_path
-
     assert kokoro_model_path().stat().st_size > 50e6  # assembled and sha256-checked once
     engine = kokoro()
     assert set(KOKORO_TRAINING_STYLES) < set(engine.styles)
@@ -68,9 +67,6 @@ def test_kokoro_styles_blends_speed_and_pitch():
 
 
 def test_families_keep_the_unseen_voice_out_of_training():
-    from omni.data.voices import (KOKORO_UNSEEN_STYLE, PRESET_FAMILY, TRAINING_FAMILIES, UNSEEN_FAMILY,
-                                  KokoroVoice, training_voices, unseen_voices)
-
     train = training_voices(300, seed=3)
     assert {v.family for v in train} == set(TRAINING_FAMILIES)
     assert len({v.name for v in train}) > 250  # a variety of speakers, not a few repeated
@@ -82,8 +78,6 @@ def test_families_keep_the_unseen_voice_out_of_training():
 
 
 def test_spoken_qa_file(tmp_path):
-    from omni.data.spoken_qa import load_spoken_qa
-
     qa = load_spoken_qa()
     assert 40 <= len(qa) <= 80 and len({q for q, _ in qa}) == len({a for _, a in qa}) == len(qa)
     assert all(q.endswith("?") and len(q.split()) <= 10 and len(a.split()) <= 10 for q, a in qa)
@@ -97,9 +91,6 @@ def test_spoken_qa_file(tmp_path):
 def test_speech_corpus_voices(tmp_path):
     """Training speech in training families and the preset voice; val in the unseen family only."""
     pytest.importorskip("kokoro_onnx")
-    from omni.data.build_speech import build_speech_corpus
-    from omni.data.voices import PRESET_FAMILY, TRAINING_FAMILIES, UNSEEN_FAMILY
-
     build_speech_corpus(tmp_path, sample_rate=16_000, minutes=0.6, val_fraction=0.15, speakers=4, source="generated",
                         real=False, kokoro_share=0.25, preset_share=0.3)
     rows = {s: [json.loads(line) for line in (tmp_path / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val")}

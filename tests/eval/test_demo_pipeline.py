@@ -5,16 +5,17 @@ import json
 
 import pytest
 
+from omni.config import load_config
+from omni.data.build_images import build_image_corpus
+from omni.eval.demo_pipeline import budget_steps, trained_tokenizer_run
+from omni.tokenizers import load_tokenizer
+from omni.train.task import get_task
+from omni.train.trainer import Trainer
+
 
 @pytest.fixture(scope="module")
 def image_run(tmp_path_factory):
     """A finished 2-step image-tiny run (tiny corpus of the bundled pictures) and its config."""
-    import omni.tokenizers  # noqa: F401  (registers the image_tok section)
-    from omni.config import load_config
-    from omni.data.build_images import build_image_corpus
-    from omni.train.task import get_task
-    from omni.train.trainer import Trainer
-
     tmp = tmp_path_factory.mktemp("demo")
     build_image_corpus(tmp / "images")
     cfg = load_config("configs/image-tiny.yaml", [
@@ -27,8 +28,6 @@ def image_run(tmp_path_factory):
 
 
 def test_budget_steps_clamped(image_run):
-    from omni.eval.demo_pipeline import budget_steps
-
     _, cfg = image_run
     assert budget_steps(cfg, budget_s=0.0, max_steps=50, min_steps=3) == 3
     assert budget_steps(cfg, budget_s=1e6, max_steps=50) == 50
@@ -36,10 +35,6 @@ def test_budget_steps_clamped(image_run):
 
 def test_finished_tokenizer_run_reused_else_retrained(image_run, tmp_path):
     import shutil
-
-    from omni.config import load_config
-    from omni.eval.demo_pipeline import trained_tokenizer_run
-    from omni.tokenizers import load_tokenizer
 
     run, cfg = image_run
     folder = trained_tokenizer_run(run, cfg, "image_tok")

@@ -2,7 +2,8 @@
 tiny.en transcription of espeak-ng speech (the quick judge)."""
 import pytest
 
-from omni.eval.intelligibility import normalize_text, word_error_rate
+from omni.eval.intelligibility import Judge, normalize_text, word_error_rate
+from omni.data.voices import EspeakVoice
 
 
 @pytest.mark.parametrize("raw, normal", [
@@ -34,9 +35,6 @@ def test_corpus_wer_weighs_by_reference_words():
 
 @pytest.mark.slow
 def test_tiny_en_transcribes_espeak_speech():
-    from omni.data.voices import EspeakVoice
-    from omni.eval.intelligibility import Judge
-
     text = "please open the kitchen window before the storm"
     wave, sample_rate = EspeakVoice("en-us", "m3", 150, 50, 50).synth(text)
     heard = Judge("tiny.en").transcribe(wave, sample_rate)

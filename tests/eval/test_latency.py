@@ -5,14 +5,13 @@ import json
 import pytest
 
 from tests import omni_fixtures as F
+from omni.eval.latency import main
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 
 
 @pytest.mark.parametrize("config", ["configs/omni-tiny.yaml", "configs/tiny.yaml"])
 def test_latency_bench_runs(config, tmp_path, capsys):
-    from omni.eval.latency import main
-
     out = tmp_path / "latency.json"
     r = main(["--config", config, "--turns", "2", "--warmup", "1", "--turn-frames", "3", "--reply-frames", "3",
               "--baseline-turns", "1", "--out", str(out), f"data.path={tmp_path / 'no-corpus'}",

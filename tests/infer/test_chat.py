@@ -9,9 +9,10 @@ from safetensors.torch import save_file
 
 from omni.infer.chat import OmniChat, main
 from omni.config import save_config
-from omni.conversation import Audio, Image, Message, Text, Video
+from omni.conversation import Audio, ConversationFormat, Image, Message, Text, Video
 from tests import corpus_fixtures as cf
 from tests import omni_fixtures as F
+from omni.io.audio import save_audio
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 CAPTION, VIDEO_TEXT = "a photo of a cat.", "the quick brown fox jumps over the lazy dog."
@@ -23,8 +24,6 @@ def bot(tmp_path_factory):
     tok = F.text_tokenizer(tmp_path_factory.mktemp("tok"))
     codec, image_tok, video_tok = F.codec(), F.image_tokenizer(), F.video_tokenizer()
     v = F.vocab(tok, codec)
-    from omni.conversation import ConversationFormat
-
     fmt = ConversationFormat(tok, v)
     m = F.model(v, seed=2)
     g = torch.Generator().manual_seed(0)
@@ -127,8 +126,6 @@ def test_cli(bot, tmp_path, capsys):
     main(["--checkpoint", str(ckpt), "--text", "hello there", "--speech", "yes", "--out", str(tmp_path / "c")])
     assert (tmp_path / "c" / "reply.wav").is_file()
     silent = tmp_path / "silent.wav"
-    from omni.io.audio import save_audio
-
     save_audio(silent, torch.zeros(1, 8000), 16000)
     with pytest.raises(SystemExit, match="silent"):
         main(["--checkpoint", str(ckpt), "--audio", str(silent), "--out", str(tmp_path / "d")])

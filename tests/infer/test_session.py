@@ -12,6 +12,8 @@ from omni.io.audio import AudioError, check_finite
 from omni.model.sampling import SamplingConfig
 from omni.streaming import StreamingModule
 from tests import omni_fixtures as F
+from omni.data.voices import espeak_voices, synth_at
+from omni.infer.vad import VoiceActivity
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 
@@ -151,9 +153,6 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
     reply is the same as when it is served alone."""
     pytest.importorskip("silero_vad")
     pytest.importorskip("espeakng_loader")
-    from omni.data.voices import espeak_voices, synth_at
-    from omni.infer.vad import VoiceActivity
-
     tok, codec, v, fmt, _ = env
     m, pairs, _ = trained
     speech = synth_at(espeak_voices(1)[0], "stop, wait a moment please", codec.sample_rate)[None, None] * 0.8
@@ -237,8 +236,6 @@ def test_a_chunk_with_a_non_finite_sample_is_refused_and_changes_nothing(env, ba
 
 def test_the_vad_refuses_non_finite_audio_and_keeps_its_state():
     pytest.importorskip("silero_vad")
-    from omni.infer.vad import VoiceActivity
-
     vad = VoiceActivity(16000)
     clean = noise(3, 5)
     with vad.streaming(1):

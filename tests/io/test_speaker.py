@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from tests import omni_fixtures as F
+from omni.data.voices import EspeakVoice, preset_voice
+from omni.io.speaker import SpeakerEncoder, SpeakerTrack, cosine
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 pytest.importorskip("resemblyzer")
@@ -11,16 +13,11 @@ pytest.importorskip("espeakng_loader")
 
 @pytest.fixture(scope="module")
 def encoder():
-    from omni.io.speaker import SpeakerEncoder
-
     return SpeakerEncoder()
 
 
 def test_same_voice_close_other_voices_far(encoder):
     pytest.importorskip("onnxruntime")
-    from omni.data.voices import EspeakVoice, preset_voice
-    from omni.io.speaker import cosine
-
     a, b = "What color is the sky? The sky is blue.", "How many legs does a dog have? A dog has four legs."
     piper = preset_voice()
     robot = EspeakVoice("en-us", "m3", 170, 50, 50)
@@ -32,9 +29,6 @@ def test_same_voice_close_other_voices_far(encoder):
 
 
 def test_stream_equals_offline(encoder):
-    from omni.data.voices import EspeakVoice
-    from omni.io.speaker import SpeakerTrack, cosine
-
     wave, sr = EspeakVoice("en-gb-x-rp", "f3", 160, 60, 50).synth(
         "Where do penguins live? Penguins live in Antarctica, far in the south.")
     assert len(wave) > 2.5 * sr  # several windows
@@ -51,7 +45,5 @@ def test_stream_equals_offline(encoder):
 
 
 def test_silence_has_no_speaker(encoder):
-    from omni.io.speaker import cosine
-
     quiet = encoder.embed(torch.zeros(48_000), 24_000)
     assert float(quiet.abs().sum()) == 0 and cosine(quiet, torch.ones(256)) == 0.0

@@ -22,7 +22,9 @@ import sys
 import pytest
 import torch
 
-from omni.model.attention import AttentionMask, attention, reference_attention
+from omni.model.attention import AttentionMask, attention, backends, reference_attention
+from omni.kernels.masks import classify_tiles, packed_multimodal_mask
+from omni.model.decoder import Decoder, ModelConfig
 
 INTERP = os.environ.get("TRITON_INTERPRET") == "1"
 HAS_CUDA = torch.cuda.is_available()
@@ -57,8 +59,6 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def make_mask(kind: str, batch: int, seq: int, device: str, seed: int = 0) -> AttentionMask:
     """The mask family, with ragged per-row documents/spans so tiles of every class occur."""
-    from omni.kernels.masks import packed_multimodal_mask
-
     gen = torch.Generator().manual_seed(seed)
     packed = packed_multimodal_mask(batch, seq, n_docs=3, span_len=max(seq // 6, 4), device=device, generator=gen)
     window = max(seq // 7, 5)
@@ -106,8 +106,6 @@ def test_interpreter_suite():
 @pytest.mark.parametrize("offset", [0, 9])
 def test_tile_classification_is_conservative(kind, offset):
     """Skipped tiles hide every pair and "full" tiles show every pair (pure torch, no kernel)."""
-    from omni.kernels.masks import classify_tiles
-
     b, s, bm, bn = 3, 150, 32, 16
     mask = make_mask(kind, b, s, "cpu", seed=1)
     mask.q_offset = offset
@@ -227,8 +225,6 @@ def test_flash_random_shapes(seed):
     max(|ref|, 1e-2), since a window of 1 makes dq and dk exactly 0 in the reference."""
     import random
 
-    from omni.kernels.masks import packed_multimodal_mask
-
     rnd, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     b, kv_heads, d = rnd.choice([1, 2, 3]), rnd.choice([1, 2, 3]), rnd.choice([16, 32, 64])
     heads = kv_heads * rnd.choice([1, 2, 3])
@@ -307,8 +303,6 @@ def test_flex_backend(profile):
 def test_decoder_trains_and_streams_through_triton(profile):
     """A tiny Decoder with attention="triton" matches attention="reference": logits, every parameter's
     gradient on a packed multimodal batch, and streaming logits (prefill, then decode steps)."""
-    from omni.model.decoder import Decoder, ModelConfig
-
     p = PROFILES[profile]
     dev = p["device"]
     cfg = dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64)
@@ -373,8 +367,6 @@ def test_kernels_build_for_hopper():
 
 
 def test_backends_registered():
-    from omni.model.attention import backends
-
     names = backends()
     assert "flex" in names
     assert ("triton" in names) == HAS_TRITON

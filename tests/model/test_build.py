@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from omni.infer.text import TextGenerator
+from omni.infer.text import TextGenerator, generate
 from omni.config import ConfigError, load_config
 from omni.model.build import build_model
 from omni.io.gguf import smollm2_path
@@ -63,8 +63,6 @@ def test_cached_decoding_matches_full_forward(smollm2):
     model, tok = smollm2
     ids = tok.encode(PROMPTS[0])
     gen = TextGenerator(model, tok)
-    from omni.infer.text import generate
-
     new = generate(model, [ids], 6)[0]
     with torch.no_grad():
         logits = model(torch.tensor([ids + new]))[0]

@@ -8,6 +8,11 @@ import torch
 
 from omni.tokenizers import load_tokenizer
 from omni.tokenizers.codec import CodecConfig, SpeechCodec
+from omni.config import load_config
+from omni.data.build_speech import build_speech_corpus
+from omni.train.task import get_task
+from omni.train.tasks.codec import CodecTask
+from omni.train.trainer import Trainer, read_metrics
 
 # Streamed mel decode vs offline: the same convolutions over shorter inputs, which oneDNN may run
 # with another kernel (another summation order) for some widths: float rounding only.
@@ -134,11 +139,6 @@ def test_tiny_codec_training_lowers_mel_error(tmp_path):
     by >= 1.5x (measured 2.41 -> 0.96)."""
     import argparse
 
-    from omni.config import load_config
-    from omni.data.build_speech import build_speech_corpus
-    from omni.train.tasks.codec import CodecTask
-    from omni.train.trainer import Trainer
-
     data = tmp_path / "speech"
     build_speech_corpus(data, sample_rate=22050, minutes=1.5, speakers=12, source="generated", real=False)
     cfg = load_config("codec-tiny", [
@@ -171,11 +171,6 @@ def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
     import argparse
 
     from safetensors.torch import load_file
-
-    from omni.config import load_config
-    from omni.data.build_speech import build_speech_corpus
-    from omni.train.task import get_task
-    from omni.train.trainer import Trainer, read_metrics
 
     data = tmp_path / "speech"
     build_speech_corpus(data, sample_rate=22050, minutes=0.3, speakers=4, source="generated", real=False)

@@ -8,6 +8,11 @@ from PIL import Image
 
 from omni.tokenizers import load_tokenizer
 from omni.tokenizers.image import FSQ, ImageTokConfig, ImageTokenizer, load_image
+from omni.config import load_config
+from omni.data.build_images import build_image_corpus
+from omni.eval.metrics_audio import psnr
+from omni.train.tasks.image import ImageTask
+from omni.train.trainer import Trainer
 
 
 def tiny(**kw) -> ImageTokenizer:
@@ -72,12 +77,6 @@ def test_bad_inputs(tmp_path):
 @pytest.mark.slow
 def test_tiny_image_tokenizer_reaches_psnr_on_held_out_pictures(tmp_path):
     """120 Trainer steps on crops of the bundled pictures: >= 20 dB PSNR on crops of pictures held out."""
-    from omni.config import load_config
-    from omni.data.build_images import build_image_corpus
-    from omni.eval.metrics_audio import psnr
-    from omni.train.tasks.image import ImageTask
-    from omni.train.trainer import Trainer
-
     build_image_corpus(tmp_path / "images")
     cfg = load_config("image-tiny", [
         f"image_tok.data_path={tmp_path / 'images'}", "image_tok.image_size=32", "image_tok.channels=16",

@@ -4,6 +4,7 @@ import pytest
 from omni.config import TokenizerConfig
 from omni.tokenizers import SPECIAL_TOKENS, load_tokenizer
 from omni.tokenizers.text import GGUFTokenizer, SentencePieceTokenizer, build_text_tokenizer
+from omni.io.gguf import smollm2_path
 
 CORPUS = [f"The quick brown fox number {i} jumps over the lazy dog; café, naïve." for i in range(200)]
 # Digits, whitespace runs, tabs/CRLF, accents, CJK, emoji, contractions, code, a literal special token.
@@ -61,8 +62,6 @@ def test_sentencepiece_save_load(spm_tok, tmp_path):
 
 def test_gguf_matches_transformers(gguf_tok):
     transformers = pytest.importorskip("transformers")
-    from omni.io.gguf import smollm2_path
-
     path = smollm2_path()
     ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     for text in TEXTS:
@@ -126,8 +125,6 @@ def test_user_text_is_literal(which, spm_tok, gguf_tok):
 
 def test_gguf_chat_prompt_matches_transformers_literal_rendering(gguf_tok):
     transformers = pytest.importorskip("transformers")
-    from omni.io.gguf import smollm2_path
-
     path = smollm2_path()
     ref = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     msgs = [{"role": "user", "content": INJECTION}]

@@ -6,7 +6,9 @@ import torch
 from PIL import Image
 
 from omni.tokenizers import load_tokenizer
-from omni.tokenizers.video import VideoTokConfig, VideoTokenizer, load_video
+from omni.tokenizers.video import VideoTokConfig, VideoTokenizer, load_video, natural_key
+from omni.data.build_video import build_video_corpus
+from omni.train.datasets import VideoClips
 
 
 def tiny() -> VideoTokenizer:
@@ -87,9 +89,6 @@ def test_bad_inputs(tmp_path):
 
 
 def test_corpus_clips(tmp_path):
-    from omni.data.build_video import build_video_corpus
-    from omni.train.datasets import VideoClips
-
     counts = build_video_corpus(tmp_path / "video", image_size=16, frames=9, clips=4)
     assert counts == {"train": 3, "val": 1}
     ds = VideoClips(tmp_path / "video", "train", frames=9, image_size=16)
@@ -112,7 +111,5 @@ def test_frames_in_natural_order_and_empty_clips(tmp_path):
 
 
 def test_natural_key():
-    from omni.tokenizers.video import natural_key
-
     names = ["f10.png", "F2.png", "f1.png", "f02b.png", "a.png", "f100.png"]
     assert sorted(names, key=natural_key) == ["a.png", "f1.png", "F2.png", "f02b.png", "f10.png", "f100.png"]

@@ -18,6 +18,14 @@ from tests.train.test_trainer import ROOT, corpus, fit, micro_cfg, micro_overrid
 from omni.train.checkpoint import (CheckpointError, flatten_state, load_model_state, load_state, resolve_checkpoint,
                                    save_state, unflatten_state)
 
+from omni import load_model
+from omni.config import load_config
+from omni.io.tensors import NonFiniteWeights, load_tensors, save_tensors
+from omni.model.build import build_model
+from omni.tokenizers.base import load_tokenizer
+from omni.tokenizers.image import ImageTokConfig, ImageTokenizer
+from omni.train.checkpoint import save_tensors as save_checkpoint_tensors
+
 
 @pytest.fixture(scope="module")
 def run(corpus, tmp_path_factory) -> Path:
@@ -50,8 +58,6 @@ def test_layout_and_model_state(run):
             "rng_rank00000.safetensors", "tokenizer"} <= files
     assert not [p for p in step.rglob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl")]
     cfg, state = load_model_state(run)
-    from omni.model.build import build_model
-
     build_model(cfg).load_state_dict(state)  # strict: every key present, shapes right
     assert resolve_checkpoint(run / "checkpoints") == step
     assert resolve_checkpoint(run / "checkpoints" / "step_0000003").name == "step_0000003"
@@ -160,9 +166,6 @@ def test_non_finite_weights_are_refused_by_every_loader(run, tmp_path):
     """Issue 19, case 7: a checkpoint with one tensor's bytes set to 0xFF loaded silently."""
     import shutil
 
-    from omni import load_model
-    from omni.config import load_config
-
     bad = tmp_path / "bad"
     shutil.copytree(run, bad)
     step = resolve_checkpoint(bad)
@@ -182,9 +185,6 @@ def test_non_finite_weights_are_refused_by_every_loader(run, tmp_path):
 
 
 def test_non_finite_weights_are_never_written(tmp_path):
-    from omni.io.tensors import NonFiniteWeights, load_tensors, save_tensors
-    from omni.train.checkpoint import save_tensors as save_checkpoint_tensors
-
     good = {"a": torch.ones(3), "ids": torch.arange(3)}
     save_tensors(good, tmp_path / "ok.safetensors")
     assert torch.equal(load_tensors(tmp_path / "ok.safetensors")["a"], good["a"])
@@ -199,10 +199,6 @@ def test_non_finite_weights_are_never_written(tmp_path):
 
 
 def test_tokenizer_weights_with_nan_are_refused(tmp_path):
-    from omni.io.tensors import NonFiniteWeights
-    from omni.tokenizers.base import load_tokenizer
-    from omni.tokenizers.image import ImageTokConfig, ImageTokenizer
-
     tok = ImageTokenizer(ImageTokConfig(image_size=16, channels=8, channel_mult=[1, 2], blocks=1, levels=[4, 4]))
     tok.save(tmp_path / "tok")
     name = next(k for k, v in tok.state_dict().items() if v.is_floating_point())

@@ -14,6 +14,10 @@ import pytest
 import torch
 
 from tests.train.test_trainer import ROOT, corpus, fit, losses, micro_cfg, micro_overrides  # noqa: F401 (corpus: a fixture)
+from omni.config import load_config
+from omni.model.build import build_model
+from omni.train.checkpoint import load_model_state
+from omni.train.distributed import DistInfo, build_engine
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 TOL = 1e-4
@@ -44,9 +48,6 @@ def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, 
     assert sorted(got) == sorted(ref)
     assert max(abs(ref[s] - got[s]) for s in ref) < TOL
     # The gathered model.safetensors loads into a single-process model.
-    from omni.model.build import build_model
-    from omni.train.checkpoint import load_model_state
-
     cfg, state = load_model_state(tmp_path / "ds")
     build_model(cfg).load_state_dict(state)
     step3 = str(tmp_path / "ds" / "checkpoints" / "step_0000003")
@@ -105,8 +106,5 @@ def test_two_node_launch_matches_one_process(corpus, reference, tmp_path):
 
 
 def test_several_processes_without_an_engine_are_refused():
-    from omni.config import load_config
-    from omni.train.distributed import DistInfo, build_engine
-
     with pytest.raises(ValueError, match="--fsdp or --deepspeed"):
         build_engine(torch.nn.Linear(2, 2), load_config("tiny"), DistInfo(world_size=2), None, False)

@@ -20,6 +20,7 @@ from omni.conversation import Audio, Message, Text
 from omni.train.tasks.omni import OmniTask, batch_from_streams
 from omni.train.checkpoint import load_model_state
 from tests import omni_fixtures as F
+from omni.train.trainer import Trainer
 
 TOL = 1e-4
 
@@ -67,8 +68,6 @@ def run_cfg(base, out: Path, batch_size: int, grad_accum: int):
 
 
 def fit(task, cfg, fsdp: bool = False) -> None:
-    from omni.train.trainer import Trainer
-
     Trainer(cfg, task, argparse.Namespace(deepspeed=None, fsdp=fsdp, resume=None, overwrite=False)).fit()
 
 

@@ -18,6 +18,9 @@ from omni.train.packing import pack_row
 from omni.train.shards import FORMAT, ShardStream
 from tests import corpus_fixtures as cf
 from tests import omni_fixtures as F
+from omni.config import load_config
+from omni.data.build_omni import main
+from tests.train.test_trainer import fit, losses
 
 K = 2
 ROW = 24  # seq_len
@@ -161,8 +164,6 @@ def test_two_gloo_ranks_two_workers_disjoint_and_exact_resume(tmp_path, vocab):
 def shard_corpus(tmp_path_factory):
     """data/build_omni.py --source (speech, images, video) --shards, untrained tokenizers (tiny shapes)."""
     pytest.importorskip("espeakng_loader")
-    from omni.data.build_omni import main
-
     root = tmp_path_factory.mktemp("shards")
     F.text_tokenizer(root / "text")
     sources = [f"librispeech={cf.librispeech(root / 'src')}", f"ljspeech={cf.ljspeech(root / 'src')}",
@@ -177,8 +178,6 @@ def shard_corpus(tmp_path_factory):
 
 
 def test_build_from_sources(shard_corpus, capsys):
-    from omni.data.build_omni import main
-
     root, argv = shard_corpus
     out = root / "out"
     index = json.loads((out / "index.json").read_text())
@@ -212,9 +211,6 @@ def test_build_from_sources(shard_corpus, capsys):
 
 
 def test_train_streams_shards_and_resumes_exactly(shard_corpus, tmp_path):
-    from omni.config import load_config
-    from tests.train.test_trainer import fit, losses
-
     root, _ = shard_corpus
     over = [f"data.path={root / 'out'}", f"tokenizer.path={root / 'text'}", "tokenizer.vocab_size=400", "data.seq_len=64",
             "data.shuffle_buffer=4", "model.dim=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1",
@@ -231,8 +227,6 @@ def test_train_streams_shards_and_resumes_exactly(shard_corpus, tmp_path):
 
 @pytest.mark.slow
 def test_parallel_tokenizing_writes_the_same_shards(shard_corpus, tmp_path):
-    from omni.data.build_omni import main
-
     root, argv = shard_corpus
     other = list(argv)
     other[other.index("--shards") + 1] = str(tmp_path / "par")

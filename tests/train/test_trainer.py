@@ -14,15 +14,19 @@ import pytest
 import torch
 
 from omni.config import Config, load_config
-from omni.train.task import Task
+from omni.train.task import Task, get_task
+from omni.data.build_text import build_text_corpus
+from omni.train.checkpoint import CheckpointError, load_model_state, resolve_checkpoint
+from omni.train.distributed import DistInfo, build_engine
+from omni.train.packing import PackedDataset, ShardWriter, pack_row
+from omni.train.sampler import ResumableSampler
+from omni.train.trainer import RunExistsError, Trainer, TrainingDiverged, lr_at
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_corpus() -> Path:
     """A ~150k-character demo corpus with a 512-piece tokenizer, built once into the cache."""
-    from omni.data.build_text import build_text_corpus
-
     folder = Path(os.environ.get("OMNI_CACHE", ROOT / ".cache")).resolve() / "test" / "text_small"
     if not (folder / "index.json").is_file():
         cfg = load_config("tiny", [f"tokenizer.path={folder / 'tokenizer'}", "tokenizer.vocab_size=512"])
@@ -46,9 +50,6 @@ def micro_cfg(corpus: Path, out_dir: Path, *extra: str) -> Config:
 
 
 def fit(cfg: Config, **args) -> Path:
-    from omni.train.task import get_task
-    from omni.train.trainer import Trainer
-
     ns = argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=False)
     for k, v in args.items():
         setattr(ns, k, v)
@@ -90,8 +91,6 @@ def test_resume_is_exact(corpus, tmp_path):
 
 def test_resume_ignores_serving_knobs(corpus, tmp_path):
     # Serving knobs are not model identity: a changed VAD threshold resumes; a changed shape does not.
-    from omni.train.checkpoint import CheckpointError
-
     fit(micro_cfg(corpus, tmp_path / "run", "train.steps=3"))
     fit(micro_cfg(corpus, tmp_path / "run", "train.steps=4", "serving.vad_threshold=0.9"), resume="")
     assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
@@ -114,9 +113,6 @@ def test_activation_checkpointing_gives_the_same_losses(corpus, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
-    from omni.train.checkpoint import load_model_state, resolve_checkpoint
-    from omni.train.trainer import TrainingDiverged
-
     cfg = micro_cfg(corpus, tmp_path / "run", "train.lr=1e30", "train.warmup_steps=0", "train.ckpt_every=1",
                     "train.grad_clip=0")
     with pytest.raises(TrainingDiverged, match=r"(loss|gradient norm) became (nan|inf) at step 2.*last good checkpoint"):
@@ -128,8 +124,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
 
 
 def test_existing_out_dir_is_refused(corpus, tmp_path):
-    from omni.train.trainer import RunExistsError
-
     fit(micro_cfg(corpus, tmp_path / "run", "train.steps=1"))
     with pytest.raises(RunExistsError, match="--resume.*--overwrite"):
         fit(micro_cfg(corpus, tmp_path / "run", "train.steps=1"))
@@ -155,8 +149,6 @@ def test_cli_arguments_in_any_order():
 
 
 def test_pack_row_restarts_positions_per_document():
-    from omni.train.packing import pack_row
-
     doc_starts = np.array([0, 5, 7, 12])
     tokens = np.arange(20, dtype=np.uint16)
     row = pack_row(tokens[3:10], doc_starts, 3)  # offsets 3..9: end of doc 0, doc 1, start of doc 2
@@ -166,8 +158,6 @@ def test_pack_row_restarts_positions_per_document():
 
 
 def test_packed_dataset_rows(tmp_path):
-    from omni.train.packing import PackedDataset, ShardWriter
-
     w = ShardWriter(tmp_path, vocab_size=100)
     for n in (5, 9, 4, 7):
         w.add("train", range(1, n + 1))
@@ -182,8 +172,6 @@ def test_packed_dataset_rows(tmp_path):
 
 
 def test_sampler_partitions_global_batches_and_resumes():
-    from omni.train.sampler import ResumableSampler
-
     def take(sampler, n):
         it = iter(sampler)
         return [next(it) for _ in range(n)]
@@ -205,8 +193,6 @@ def test_sampler_partitions_global_batches_and_resumes():
 
 
 def test_lr_schedule():
-    from omni.train.trainer import lr_at
-
     cfg = load_config("tiny", ["train.steps=100", "train.warmup_steps=10", "train.lr=1.0", "train.min_lr=0.1"])
     assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
@@ -259,9 +245,6 @@ def _two_player_cfg(out_dir: Path, *extra: str) -> Config:
 def test_several_optimisers_step_in_turn_like_a_hand_written_gan_loop(tmp_path):
     """Trainer with Task.optimizers: per step the d phase (its loss, backward, d's AdamW), then the g
     phase on the same batch; equals the loop written by hand, and g's loss never leaks into d's step."""
-    from omni.train.sampler import ResumableSampler
-    from omni.train.trainer import Trainer, lr_at
-
     cfg = _two_player_cfg(tmp_path / "run")
     task = _TwoPlayerTask()
     trainer = Trainer(cfg, task, argparse.Namespace(overwrite=False))
@@ -292,8 +275,6 @@ def test_several_optimisers_step_in_turn_like_a_hand_written_gan_loop(tmp_path):
 
 
 def test_several_optimisers_resume_exactly(tmp_path):
-    from omni.train.trainer import Trainer
-
     Trainer(_two_player_cfg(tmp_path / "straight"), _TwoPlayerTask(), argparse.Namespace()).fit()
     Trainer(_two_player_cfg(tmp_path / "resumed"), _TwoPlayerTask(),
             argparse.Namespace(resume=str(tmp_path / "straight" / "checkpoints" / "step_0000002"))).fit()
@@ -302,8 +283,6 @@ def test_several_optimisers_resume_exactly(tmp_path):
 
 
 def test_several_optimisers_refuse_deepspeed(tmp_path):
-    from omni.train.distributed import DistInfo, build_engine
-
     cfg = _two_player_cfg(tmp_path / "run")
     model = _TwoPlayerTask().build_model(cfg)
     with pytest.raises(ValueError, match="several optimisers"):

@@ -62,6 +62,7 @@ setup(
             "scikit-image",  # bundled pictures for the image/video corpora
             "scikit-learn",  # china.jpg, flower.jpg
             "matplotlib",  # report pictures
+            "scipy",  # room reverberation (fftconvolve) in eval/system_card.py
             # imported by moshi (the latency baseline, installed --no-deps from requirements-assets.txt)
             "einops",
             "huggingface_hub",

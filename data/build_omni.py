@@ -7,13 +7,19 @@ Tasks (one conversation each; DESIGN.md §7 sources, nothing downloaded from a h
 * ``tts``      — "Say: ..." -> speech in the assistant voice (inner monologue = the text);
 * ``s2s``      — a spoken question in one of many synthetic voices -> a spoken answer in the one
   fixed assistant voice (monologue = the answer); the same questions also appear as text -> text;
+* ``safety``   — the same, for the ``train`` rows of data/speech_safety.jsonl (GPT-4o system-card
+  behaviours: refuse to identify a speaker or infer ungrounded traits from a voice sample, hedge on
+  accents, answer who said a famous line, the RBR prompts' ideal replies); questions about a speaker
+  follow a voice sample (another training voice saying a neutral line) in the same user turn;
+  the rows without a sample also appear as text -> text;
 * ``caption``  — an image (scikit-image / scikit-learn bundled pictures, randomly cropped and
   flipped) + "Describe the image." -> its caption;
 * ``draw``     — "Draw ..." + caption -> the image's codes (text -> image);
 * ``video``    — a synthetic clip (a coloured shape moving over a bundled picture) + "What happens in
   the video?" -> its description.
 
-The spoken questions and answers come from data/spoken_qa.jsonl. Speech is synthesised by
+The spoken questions and answers come from data/spoken_qa.jsonl and data/speech_safety.jsonl
+(its ``test`` rows are never used: eval/system_card.py asks them). Speech is synthesised by
 data/voices.py: user turns in the training voice families (espeak-ng speakers, Kokoro styles and
 blends; never the unseen family the demo asks in), assistant turns in the one preset voice (Piper
 en_US-joe-medium). Everything is encoded by
@@ -50,8 +56,8 @@ from omni.config import Config, load_config
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Stream, Text, Video
 from omni.data.shards import TarShardWriter, build_shards
 from omni.data.sources import SOURCES
-from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import Voice, preset_voice, synth_at, training_voices
+from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, SpokenQA, load_spoken_qa
+from omni.data.voices import Voice, accent_of, preset_voice, synth_at, training_voices
 from omni.tokenizers.base import Tokenizer, load_tokenizer
 from omni.train.shards import FORMAT
 
@@ -189,7 +195,8 @@ class Builder:
         self.voices = training_voices(voices, seed)
         self.assistant = preset_voice()
         self.qa = load_spoken_qa()
-        self.tts_lines = [a for _, a in self.qa] + EXTRA_TTS_LINES
+        self.safety = load_spoken_qa(SAFETY_FILE, split="train")
+        self.tts_lines = [x.answer for x in self.qa] + EXTRA_TTS_LINES
         self.image_size = int(toks["image"].metadata["image_size"])
         vmeta = toks["video"].metadata
         self.video_size = int(vmeta["image_size"])
@@ -227,31 +234,46 @@ class Builder:
     def voice(self) -> Voice:
         return self.rng.choice(self.voices)
 
-    def conversations(self, n_text: int, n_speech: int, n_image: int, n_video: int) -> Iterator[tuple[str, list[Message]]]:
+    def safety_question(self, item: SpokenQA) -> tuple[Optional[tuple[str, Voice]], str]:
+        """The voice sample a safety question follows ((line, voice), or None) and its ideal answer
+        (a sensitive-trait hedge names the sample voice's accent)."""
+        if not item.sample:
+            return None, item.answer
+        sample = (self.rng.choice(SAMPLE_LINES), self.voice())
+        return sample, item.answer.format(accent=accent_of(sample[1]))
+
+    def conversations(self, n_text: int, n_speech: int, n_image: int, n_video: int,
+                      n_safety: int = 0) -> Iterator[tuple[str, list[Message]]]:
         from omni.data.build_text import instruction_pairs
 
         rng = self.rng
         for q, a in instruction_pairs(n_text, seed=rng.randrange(1 << 30)):
             yield "text", [Message("user", q), Message("assistant", a)]
-        for q, a in self.qa:
-            yield "text", [Message("user", q), Message("assistant", a)]
+        for x in self.qa + [x for x in self.safety if not x.sample]:
+            yield "text", [Message("user", x.question), Message("assistant", x.answer)]
         # Plan the speech conversations first, then synthesise and encode every utterance once.
         plan = []
         for i in range(n_speech):
             kind = ("s2s", "asr", "tts")[i % 3]
             if kind == "s2s":
-                q, a = rng.choice(self.qa)
-                plan.append((kind, q, a, self.voice()))
+                x = rng.choice(self.qa)
+                plan.append((kind, x.question, x.answer, self.voice(), None))
             elif kind == "asr":
-                plan.append((kind, rng.choice([q for q, _ in self.qa] + self.tts_lines), None, self.voice()))
+                plan.append((kind, rng.choice([x.question for x in self.qa] + self.tts_lines), None, self.voice(), None))
             else:
-                plan.append((kind, rng.choice(self.tts_lines), None, None))
-        requests = [(answer or text, self.assistant) for kind, text, answer, _ in plan if kind != "asr"]
-        requests += [(text, voice) for kind, text, _, voice in plan if voice is not None]
+                plan.append((kind, rng.choice(self.tts_lines), None, None, None))
+        for i in range(n_safety):
+            x = self.safety[i % len(self.safety)]
+            sample, answer = self.safety_question(x)
+            plan.append(("safety", x.question, answer, self.voice(), sample))
+        requests = [(answer or text, self.assistant) for kind, text, answer, _, _ in plan if kind != "asr"]
+        requests += [(text, voice) for kind, text, _, voice, _ in plan if voice is not None]
+        requests += [sample for *_, sample in plan if sample is not None]
         speech = self.speech(requests)
-        for kind, text, answer, voice in plan:
-            if kind == "s2s":  # spoken question -> spoken answer in the assistant's one voice
-                yield kind, [Message("user", Audio(speech[text, voice])),
+        for kind, text, answer, voice, sample in plan:
+            if kind in ("s2s", "safety"):  # spoken question (after a voice sample) -> spoken answer in the assistant's voice
+                asked = speech[text, voice] if sample is None else torch.cat([speech[sample], speech[text, voice]], 1)
+                yield kind, [Message("user", Audio(asked)),
                              Message("assistant", Audio(speech[answer, self.assistant], text=answer))]
             elif kind == "asr":
                 yield kind, [Message("user", [Text("Transcribe this."), Audio(speech[text, voice])]),
@@ -300,8 +322,9 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
         from omni.data.build_text import instruction_pairs
 
-        qa = load_spoken_qa()
-        texts = [f"{q}\n{a}" for q, a in instruction_pairs(2000)] + [f"{q}\n{a}" for q, a in qa]
+        qa = load_spoken_qa() + load_spoken_qa(SAFETY_FILE)
+        texts = [f"{q}\n{a}" for q, a in instruction_pairs(2000)] + [f"{x.question}\n{x.answer}" for x in qa]
+        texts += SAMPLE_LINES
         texts += EXTRA_TTS_LINES + [c for _, c in IMAGES] + [f"A {c} square moves from {m}." for c in SHAPES for m in MOTIONS]
         texts += ["Transcribe this.", "Describe the image.", "What happens in the video?", "Say:", "Draw"]
         print(f"training a {tcfg.vocab_size}-piece sentencepiece tokenizer -> {tcfg.path}")
@@ -311,7 +334,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     fmt = ConversationFormat(text, vocab)
     n = lambda k: max(1, int(k * scale))  # noqa: E731
     with torch.no_grad():
-        convs = list(Builder(cfg, toks, cfg.train.seed).conversations(n(1500), n(900), n(300), n(120)))
+        convs = list(Builder(cfg, toks, cfg.train.seed).conversations(n(1500), n(900), n(300), n(120), n(240)))
     random.Random(cfg.train.seed).shuffle(convs)
     splits: dict[str, list[tuple[str, Stream]]] = {"train": [], "val": []}
     counts: dict[str, int] = {}

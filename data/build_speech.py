@@ -86,7 +86,7 @@ def book_sentences() -> Iterator[str]:
 def sentence_pool(source: str, n: int, seed: int) -> list[str]:
     """``n`` sentences from ``source`` ("generated" or "books" = books topped up with generated),
     the spoken QA questions and answers (data/spoken_qa.jsonl) first."""
-    pool = [text for pair in load_spoken_qa() for text in pair][:n]
+    pool = [text for x in load_spoken_qa() for text in (x.question, x.answer)][:n]
     if source == "books":
         books = list(book_sentences())
         random.Random(seed).shuffle(books)

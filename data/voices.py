@@ -399,6 +399,21 @@ def voice_families(n: int = 4, seed: int = 0) -> dict[str, list[Voice]]:
             "kokoro": list(kokoro_voices(n, seed)), UNSEEN_FAMILY: list(unseen_voices(n, seed + 1000))}
 
 
+# How each espeak-ng English accent sounds, in words (the sensitive-trait answers name it, hedged).
+ACCENT_WORDS = {"en-us": "an American accent", "en": "a British accent", "en-gb-x-rp": "a British accent",
+                "en-gb-scotland": "a Scottish accent", "en-029": "a Caribbean accent",
+                "en-gb-x-gbclan": "a Lancashire accent", "en-gb-x-gbcwmd": "a West Midlands accent",
+                "en-us-nyc": "a New York accent"}
+
+
+def accent_of(voice: Voice) -> str:
+    """The accent ``voice`` speaks English with, in words ("a Scottish accent"): espeak-ng's accent;
+    American for Piper (en_US); Japanese for Kokoro, whose styles are Japanese speakers reading English."""
+    if isinstance(voice, EspeakVoice):
+        return ACCENT_WORDS[voice.accent]
+    return "an American accent" if voice.family == PRESET_FAMILY else "a Japanese accent"
+
+
 def synth_at(voice: Voice, text: str, sample_rate: int) -> Tensor:
     """``voice.synth(text)`` resampled to ``sample_rate``: [samples]."""
     wave, sr = voice.synth(text)

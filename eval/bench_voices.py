@@ -60,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one core: the RTF figures are per core
     qa = load_spoken_qa()
-    questions = [q for q, _ in qa][: args.questions or None]
+    questions = [x.question for x in qa][: args.questions or None]
     families = voice_families(args.voices)
     judge = Judge(args.judge)
     encoder = SpeakerEncoder()

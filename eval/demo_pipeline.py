@@ -250,7 +250,8 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
     bot = OmniChat.load(out, serving=cfg.serving)  # serving knobs from the config, not the checkpoint
     out_dir = Path(out)
     torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
-    question, answer = load_spoken_qa()[0]
+    first = load_spoken_qa()[0]
+    question, answer = first.question, first.answer
     print(f"== spoken question {question!r} (an unseen voice; trained answer {answer!r} in the assistant voice)")
     print("   " + streamed_turn(bot, spoken_question(question, bot.sample_rate), out_dir))
 

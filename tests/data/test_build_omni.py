@@ -27,7 +27,7 @@ def test_corpus_rows_and_loss(tmp_path):
     build_omni_corpus(cfg, scale=0.02, untrained=True)
     index = read_shard_index(cfg.data.path)
     assert [len(v) for v in index["splits"].values()] == [1, 1]  # the one-shard case of the format
-    assert set(index["tasks"]) == {"text", "s2s", "asr", "tts", "caption", "draw", "video"}
+    assert set(index["tasks"]) == {"text", "s2s", "safety", "asr", "tts", "caption", "draw", "video"}
     assert set(index["tokenizer_sources"].values()) == {"untrained"}  # saved with the corpus all the same
     assert index["assistant_voice"] == "piper:en_US-joe-medium"
     task = OmniTask()

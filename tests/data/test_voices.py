@@ -79,8 +79,9 @@ def test_families_keep_the_unseen_voice_out_of_training():
 
 def test_spoken_qa_file(tmp_path):
     qa = load_spoken_qa()
-    assert 40 <= len(qa) <= 80 and len({q for q, _ in qa}) == len({a for _, a in qa}) == len(qa)
-    assert all(q.endswith("?") and len(q.split()) <= 10 and len(a.split()) <= 10 for q, a in qa)
+    assert 40 <= len(qa) <= 80 and len({x.question for x in qa}) == len({x.answer for x in qa}) == len(qa)
+    assert all(x.question.endswith("?") and len(x.question.split()) <= 10 and len(x.answer.split()) <= 10 for x in qa)
+    assert {(x.behaviour, x.split) for x in qa} == {("qa", "train")}
     bad = tmp_path / "qa.jsonl"
     bad.write_text(json.dumps({"question": "Why?", "answer": "Because."}) + "\n" + json.dumps({"question": "Why?"}) + "\n")
     with pytest.raises(ValueError, match="qa.jsonl:2"):

@@ -27,12 +27,11 @@ The evaluations are a registry, :data:`EVALUATIONS` (name -> function of a :clas
   unseen voices under white and babble noise at SNR 20 / 10 / 5 dB and with reverberation; the
   worst-to-best gap.
 
-How replies are read: each spoken question goes through a streaming :class:`SpeechSession`
-(omni/infer/session.py; B questions as B concurrent conversations, the turn ended explicitly at the
-question's last frame), its spoken reply is transcribed by the Whisper judge
-(eval/intelligibility.py) and its inner monologue is read from the session's history; both are
-graded and reported apart (the monologue is what the model meant, the transcript what a listener
-hears). Typed prompts go through :meth:`OmniChat.chat`. Robustness reads the monologue of
+How replies are read: each spoken question is the user's whole turn to :meth:`OmniChat.chat` with a
+spoken reply (:func:`converse`: the streaming session's decoding, vocoded once at the end); the
+reply's waveform is transcribed by the Whisper judge (eval/intelligibility.py) and its inner
+monologue read from the reply; both are graded and reported apart (the monologue is what the model
+meant, the transcript what a listener hears). Typed prompts go through :meth:`OmniChat.chat` too. Robustness reads the monologue of
 :func:`omni.infer.reply.generate_reply` (no waveform needed) and the text reply of the ASR task.
 
 How replies are graded: by the RBR proposition grader (omni/align/grader.py) at the thresholds
@@ -118,7 +117,7 @@ class Card:
 
     ``unseen``: the voices that ask held-out questions (and speak the voice samples);
     ``families``: input voice groups of the robustness rows; ``questions``: spoken-QA questions per
-    group; ``batch``: concurrent conversations per streaming session."""
+    group."""
 
     bot: OmniChat
     judge: Transcriber
@@ -127,7 +126,6 @@ class Card:
     unseen: list[Voice]
     families: dict[str, list[Voice]]
     questions: int = 8
-    batch: int = 8
     seed: int = 0
     _speech: dict[tuple[str, str], Tensor] = field(default_factory=dict)
 
@@ -164,28 +162,17 @@ class Spoken:
     audio: Tensor
 
 
-def converse(bot: OmniChat, waves: Sequence[Tensor], batch: int = 8, desc: str = "spoken turns") -> list[Spoken]:
-    """Each wave [samples] as the user's turn of its own conversation in a streaming session, ``batch``
-    conversations at a time: the input is fed frame by frame, each row's turn ends at its last
-    frame (explicitly, as a client's end-of-turn signal would), and the reply is collected frame by
-    frame as it is decoded, up to ``serving.max_reply_frames``."""
-    hop, out = bot.codec.hop_length, []
-    for start in tqdm(range(0, len(waves), batch), desc=desc, leave=False):
-        group = waves[start : start + batch]
-        frames = torch.tensor([max(1, -(-len(w) // hop)) for w in group])
-        wav = torch.zeros(len(group), 1, int(frames.max()) * hop)
-        for b, w in enumerate(group):
-            wav[b, 0, : len(w)] = w
-        audio: list[list[Tensor]] = [[] for _ in group]
-        with bot.session(len(group), vad=False) as s:
-            outs = [s.tick(wav[:, :, i * hop : (i + 1) * hop], end_turn=frames - 1 == i) for i in range(int(frames.max()))]
-            for o in outs + list(s.reply()):
-                for b in o.speaking.nonzero()[:, 0].tolist():
-                    audio[b].append(o.audio[b, 0])
-            histories = [s.history(b) for b in range(len(group))]
-        for b, history in enumerate(histories):
-            said = [p.text for m in history if m.role == "assistant" for p in m.content if isinstance(p, Audio)]
-            out.append(Spoken(said[-1] if said else "", torch.cat(audio[b]) if audio[b] else torch.zeros(0)))
+def converse(bot: OmniChat, waves: Sequence[Tensor], desc: str = "spoken turns") -> list[Spoken]:
+    """The spoken reply to each wave [samples] as the user's whole turn, up to
+    ``serving.max_reply_frames`` frames: :meth:`OmniChat.chat` with ``reply_in_speech``, which decodes
+    as the streaming session does (tests/test_session.py: streamed frames equal offline generation)
+    but vocodes the reply once at the end instead of frame by frame (the streaming vocoder re-reads
+    its context and lookahead around every frame: ~4x the work)."""
+    out = []
+    for wave in tqdm(waves, desc=desc, leave=False):
+        reply = bot.chat([Message("user", bot.audio_part(wave))], reply_in_speech=True,
+                         max_new_tokens=bot.serving.max_reply_frames)
+        out.append(Spoken(reply.text, reply.audio if reply.audio is not None else torch.zeros(0)))
     return out
 
 
@@ -305,7 +292,7 @@ def behaviour_rows(card: Card, evaluation: str, groups: dict[str, Callable[[Spok
     row per (group, reply source): the share of replies that behave as the item's ideal asks."""
     asked = [(x, *card.ask(x, i)) for x in items for i in range(repeats)]
     items_, waves, answers = [a[0] for a in asked], [a[1] for a in asked], [a[2] for a in asked]
-    spoken = converse(card.bot, waves, card.batch)
+    spoken = converse(card.bot, waves)
     prompts = [x.question for x in items_]
     ideals = [BEHAVIOURS[x.behaviour].ideal for x in items_]
     refuse, comply = baselines(items_, answers)
@@ -349,7 +336,7 @@ def transfer(card: Card) -> list[Row]:
     prompts = load_prompts("test")
     texts, types = [p.prompt for p in prompts], [p.type for p in prompts]
     waves = [card.speak(p.prompt, card.unseen[i % len(card.unseen)]) for i, p in enumerate(prompts)]
-    spoken = converse(card.bot, waves, card.batch)
+    spoken = converse(card.bot, waves)
     sources = {f"spoken reply (Whisper {card.judge.name} transcript)": transcripts(card, spoken),
                "monologue": [s.monologue for s in spoken], "typed prompt, text reply": typed(card.bot, texts)}
     comply = ["Sure. " + p.task[0].upper() + p.task[1:] + ": here is how." if p.type == "comply"
@@ -540,7 +527,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--judge", default="base", help="Whisper model of the judge: base or tiny.en")
     p.add_argument("--voices", type=int, default=4, help="voices per group (unseen askers; robustness families)")
     p.add_argument("--questions", type=int, default=8, help="spoken-QA questions per robustness group")
-    p.add_argument("--batch", type=int, default=8, help="concurrent conversations per streaming session")
     p.add_argument("--only", action="append", default=None, metavar="NAME", help=f"run only these of: {', '.join(EVALUATIONS)}")
     args = p.parse_args(argv)
     spec = load_spec(DEFAULT_SPEC)
@@ -549,7 +535,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     grader, thresholds, note = make_grader(args.grader, spec)
     print(f"== grader: {note}")
     card = Card(bot, Judge(args.judge), grader, thresholds, unseen_voices(args.voices),
-                robustness_families(args.voices), args.questions, args.batch)
+                robustness_families(args.voices), args.questions)
     run_card(card, args.checkpoint, Path(args.out), note, args.only)
     print(f"== wrote {args.out}/system_card.md, .json, .png")
 

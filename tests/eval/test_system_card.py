@@ -67,7 +67,7 @@ def test_card_runs_every_evaluation(tmp_path):
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=3))
     spec = load_spec()
     card = SC.Card(bot, StubJudge(), SC.PhraseGrader(spec), {}, espeak_voices(2, seed=1),
-                   {"espeak a": espeak_voices(2, seed=2), "espeak b": espeak_voices(2, seed=3)}, questions=2, batch=4)
+                   {"espeak a": espeak_voices(2, seed=2), "espeak b": espeak_voices(2, seed=3)}, questions=2)
     result = SC.run_card(card, "tiny", tmp_path / "card", "phrase rules (test)")
     rows = {(r["evaluation"], r["metric"], r["source"]): r for r in result["rows"]}
     assert {r["evaluation"] for r in result["rows"]} == set(SC.EVALUATIONS)

@@ -237,15 +237,17 @@ def make_grader(path: str, spec: Spec) -> tuple[Grader, dict[str, float], str]:
     """The grader at ``path`` (a trained grader run, or ``prompted:PATH``) with its thresholds fitted
     on the gold set's threshold split and a line describing it; :class:`PhraseGrader` at 0.5 when
     ``path`` holds no grader."""
-    if path.startswith("prompted:") or Path(path).exists():
-        grader = load_grader(spec, path)
-        report = grader_report(grader, spec, load_gold(spec))
+    trained = path.startswith("prompted:") or Path(path).exists()
+    grader = load_grader(spec, path) if trained else PhraseGrader(spec)
+    report = grader_report(grader, spec, load_gold(spec))
+    quality = ", ".join(f"{q} {report['propositions'][q]['auc']:.2f}" for q in ("refuses", "complies", "disclaimer"))
+    quality = f"ROC-AUC on the hand-labelled gold set: {quality} (the propositions the card reads)"
+    if trained:
         thresholds = {q: v["threshold"] for q, v in report["propositions"].items()}
-        return grader, thresholds, (f"{grader.name}: macro ROC-AUC {report['macro_auc']:.3f} on the gold set, "
-                                    "thresholds fitted on its threshold split")
+        return grader, thresholds, f"{grader.name}, thresholds fitted on the gold set's threshold split; {quality}"
     note = (f"phrase rules (FALLBACK: no trained grader at {path}; train one with `python train.py --config "
-            "configs/rbr-grader-135m.yaml` and pass --grader)")
-    return PhraseGrader(spec), {}, note
+            f"configs/rbr-grader-135m.yaml` and pass --grader); {quality}")
+    return grader, {}, note
 
 
 @dataclass

@@ -68,7 +68,7 @@ from omni.align.spec import DEFAULT_SPEC, Spec, load_spec
 from omni.config import ServingConfig, load_config
 from omni.conversation import Audio, Message, Text
 from omni.data.spoken_qa import BEHAVIOURS, SAFETY_FILE, SAMPLE_LINES, SpokenQA, load_spoken_qa
-from omni.data.voices import ACCENTS, Voice, accent_of, espeak_voices, kokoro_voices, preset_voice, synth_at, unseen_voices
+from omni.data.voices import ACCENTS, UNSEEN_FAMILY, Voice, accent_of, espeak_voices, kokoro_voices, preset_voice, synth_at, unseen_voices
 from omni.eval.intelligibility import Judge, normalize_text, word_error_rate
 from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_reply
@@ -290,9 +290,9 @@ def baselines(items: Sequence[SpokenQA], answers: Sequence[str]) -> tuple[list[s
 
 def behaviour_rows(card: Card, evaluation: str, groups: dict[str, Callable[[SpokenQA], bool]],
                    items: Sequence[SpokenQA], repeats: int) -> list[Row]:
-    """Ask each item ``repeats`` times (in rotating unseen voices) through the streaming session; one
-    row per (group, reply source): the share of replies that behave as the item's ideal asks."""
-    asked = [(x, *card.ask(x, i)) for x in items for i in range(repeats)]
+    """Ask each item ``repeats`` times (in rotating unseen voices) for a spoken reply (:func:`converse`);
+    one row per (group, reply source): the share of replies that behave as the item's ideal asks."""
+    asked = [(x, *card.ask(x, k)) for k, x in enumerate(x for x in items for _ in range(repeats))]
     items_, waves, answers = [a[0] for a in asked], [a[1] for a in asked], [a[2] for a in asked]
     spoken = converse(card.bot, waves)
     prompts = [x.question for x in items_]
@@ -402,6 +402,8 @@ def robustness(card: Card) -> list[Row]:
     clean = [card.speak(x.question, card.unseen[i % len(card.unseen)]) for i, x in enumerate(qa)]
     babble_pool = [card.speak(x.question, v) for x in load_spoken_qa()[card.questions : card.questions + 8]
                    for v in card.unseen[:1]] or clean
+    unseen = f"{UNSEEN_FAMILY} (unseen)"
+    groups[unseen] = clean
     for name, kind, snr in CONDITIONS:
         groups[f"unseen + {name}"] = [condition(card, w, kind, snr, babble_pool, rng) for w in clean]
     answers, questions = [x.answer for x in qa], [x.question for x in qa]
@@ -416,8 +418,8 @@ def robustness(card: Card) -> list[Row]:
         wer[name] = word_error_rate(questions, [transcribe_task(card.bot, w) for w in waves])
         rows.append(Row("robustness and disparity", "spoken-QA accuracy (monologue)", name, acc[name], refuse_acc, comply_acc, len(qa)))
         rows.append(Row("robustness and disparity", "ASR-task WER (lower is better)", name, wer[name], refuse_wer, comply_wer, len(qa)))
-    families, nan = list(card.families), float("nan")
-    for label, names in (("voice families", families), ("conditions, unseen voices", [n for n in groups if n not in families])):
+    families, nan = [*card.families, unseen], float("nan")
+    for label, names in (("voice families", families), ("conditions, unseen voices", [n for n in groups if n not in card.families])):
         if len(names) > 1:
             best, worst = max(names, key=acc.get), min(names, key=acc.get)
             rows.append(Row("robustness and disparity", f"spoken-QA accuracy gap, {label}", f"{best} - {worst}",
@@ -437,12 +439,12 @@ EVALUATIONS: dict[str, Callable[[Card], list[Row]]] = {
 
 
 def robustness_families(n: int, seed: int = 0) -> dict[str, list[Voice]]:
-    """The robustness rows' input voice groups: espeak-ng speakers, one per English accent in turn;
-    ``n`` Kokoro training styles and blends; the Piper preset voice; ``n`` unseen voices. The
-    espeak and Kokoro voices are drawn from the training families' distributions, not held out."""
+    """The robustness rows' input voice groups besides the unseen one (the card's own): espeak-ng
+    speakers, one per English accent in turn; ``n`` Kokoro training styles and blends; the Piper
+    preset voice. The espeak and Kokoro voices are drawn from the training families, not held out."""
     accents = [replace(v, accent=ACCENTS[i % len(ACCENTS)]) for i, v in enumerate(espeak_voices(len(ACCENTS), seed + 7))]
     return {"espeak accents": accents, "kokoro styles": kokoro_voices(n, seed + 7),
-            "piper": [preset_voice()], "kokoro-kumo (unseen)": unseen_voices(n, seed + 2000)}
+            "piper": [preset_voice()]}
 
 
 # ---- report -----------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def test_card_runs_every_evaluation(tmp_path):
     assert unsafe["always_comply"] == 0.0 and over["always_refuse"] == 0.0
     robust = [r for r in result["rows"] if r["evaluation"] == "robustness and disparity"]
     groups = {r["source"] for r in robust if r["metric"].startswith("spoken-QA accuracy (")}
-    assert groups == {"espeak a", "espeak b"} | {f"unseen + {name}" for name, _, _ in SC.CONDITIONS}
+    assert groups == {"espeak a", "espeak b", "kokoro-kumo (unseen)"} | {f"unseen + {name}" for name, _, _ in SC.CONDITIONS}
     assert all(0.0 <= r["value"] <= 1.0 for r in result["rows"] if "WER" not in r["metric"] and "gap" not in r["metric"])
     assert any("gap" in r["metric"] for r in robust)
     for name in ("system_card.md", "system_card.json", "system_card.png"):

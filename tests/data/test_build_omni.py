@@ -58,3 +58,21 @@ def test_tokenizers_found_in_training_runs(tmp_path):
     assert tokenizer_folder(str(tmp_path / "run")) == step / "tokenizer"
     assert tokenizer_folder(str(step / "tokenizer")) == step / "tokenizer"
     assert tokenizer_folder(str(tmp_path / "nothing")) is None
+
+
+def test_safety_questions_follow_a_voice_sample():
+    """Questions about a speaker are asked after a voice sample, and a hedge names that voice's accent."""
+    import random
+
+    from omni.data.build_omni import Builder
+    from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, load_spoken_qa
+    from omni.data.voices import ACCENT_WORDS, espeak_voices
+
+    b = Builder.__new__(Builder)  # the planning half only: no tokenizers, no synthesis
+    b.rng, b.voices = random.Random(0), espeak_voices(4)
+    rows = {x.behaviour: x for x in load_spoken_qa(SAFETY_FILE, split="train")}
+    sample, answer = b.safety_question(rows["sensitive_trait"])
+    assert sample[0] in SAMPLE_LINES and sample[1] in b.voices
+    assert ACCENT_WORDS[sample[1].accent] in answer and "{accent}" not in answer
+    assert b.safety_question(rows["famous_line"]) == (None, rows["famous_line"].answer)
+    assert b.safety_question(rows["speaker_id"])[0] is not None

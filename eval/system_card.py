@@ -421,12 +421,11 @@ def robustness(card: Card) -> list[Row]:
     families, nan = [*card.families, unseen], float("nan")
     for label, names in (("voice families", families), ("conditions, unseen voices", [n for n in groups if n not in card.families])):
         if len(names) > 1:
-            best, worst = max(names, key=acc.get), min(names, key=acc.get)
-            rows.append(Row("robustness and disparity", f"spoken-QA accuracy gap, {label}", f"{best} - {worst}",
-                            acc[best] - acc[worst], nan, nan, len(qa), "reported qualitatively"))
-            best, worst = min(names, key=wer.get), max(names, key=wer.get)
-            rows.append(Row("robustness and disparity", f"ASR-task WER gap, {label}", f"{worst} - {best}",
-                            wer[worst] - wer[best], nan, nan, len(qa), "reported qualitatively"))
+            for metric, score, sign in (("spoken-QA accuracy", acc, 1), ("ASR-task WER", wer, -1)):
+                best, worst = max(names, key=lambda n: sign * score[n]), min(names, key=lambda n: sign * score[n])
+                source = f"best {best}, worst {worst}" if score[best] != score[worst] else "all groups equal"
+                rows.append(Row("robustness and disparity", f"{metric} gap, {label}", source,
+                                abs(score[best] - score[worst]), nan, nan, len(qa), "reported qualitatively"))
     return rows
 
 

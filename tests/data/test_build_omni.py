@@ -1,5 +1,6 @@
 """data/build_omni.py -> streamed shard rows -> the omni task's loss and checkpoint side files, at a tiny scale."""
 import json
+import random
 
 import pytest
 import torch
@@ -7,7 +8,9 @@ import torch
 from tests import omni_fixtures as F
 from omni.config import load_config
 from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
-from omni.data.build_omni import build_omni_corpus, tokenizer_folder
+from omni.data.build_omni import Builder, build_omni_corpus, tokenizer_folder
+from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, load_spoken_qa
+from omni.data.voices import ACCENT_WORDS, espeak_voices
 from omni.train.shards import read_shard_index
 from omni.train.tasks.omni import OmniTask
 
@@ -62,12 +65,6 @@ def test_tokenizers_found_in_training_runs(tmp_path):
 
 def test_safety_questions_follow_a_voice_sample():
     """Questions about a speaker are asked after a voice sample, and a hedge names that voice's accent."""
-    import random
-
-    from omni.data.build_omni import Builder
-    from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, load_spoken_qa
-    from omni.data.voices import ACCENT_WORDS, espeak_voices
-
     b = Builder.__new__(Builder)  # the planning half only: no tokenizers, no synthesis
     b.rng, b.voices = random.Random(0), espeak_voices(4)
     rows = {x.behaviour: x for x in load_spoken_qa(SAFETY_FILE, split="train")}

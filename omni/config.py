@@ -108,11 +108,18 @@ class ServingConfig:
     end_of_turn_ms: int = 480  # silence after speech that ends the user's turn
     barge_in_ms: int = 160  # user speech during a reply that interrupts it
     max_reply_frames: int = 150  # longest spoken reply, in codec frames
+    # Voice guardrail (omni/infer/guardrail.py): stop a reply whose voice is not the preset one.
+    voice_guardrail: bool = True
+    guardrail_threshold: float = 0.57  # cosine to the preset voice below which a reply stops (docs/benchmarks.md)
+    guardrail_window_ms: int = 1600  # latest reply audio embedded at each check
+    guardrail_every_ms: int = 480  # reply audio between checks
 
     def validate(self) -> None:
         if not 0.0 <= self.vad_threshold <= 1.0:
             raise ConfigError(f"serving.vad_threshold must be in [0, 1], got {self.vad_threshold}")
-        for name in ("end_of_turn_ms", "barge_in_ms", "max_reply_frames"):
+        if not -1.0 <= self.guardrail_threshold <= 1.0:
+            raise ConfigError(f"serving.guardrail_threshold is a cosine, in [-1, 1]; got {self.guardrail_threshold}")
+        for name in ("end_of_turn_ms", "barge_in_ms", "max_reply_frames", "guardrail_window_ms", "guardrail_every_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serving.{name} must be positive, got {getattr(self, name)}")
 

@@ -29,6 +29,7 @@ from PIL import Image as PILImage
 
 from omni.config import Config, ServingConfig
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
+from omni.infer.guardrail import VoiceGuardrail
 from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_reply
 from omni.infer.session import SpeechSession
@@ -48,18 +49,22 @@ SILENCE_PEAK = 1e-3  # audio whose peak amplitude stays below this is treated as
 @dataclass
 class ChatReply:
     """text: the reply's text (text parts, else the spoken monologue); audio: [samples] at
-    sample_rate or None; images: [3, H, W] tensors in [0, 1]."""
+    sample_rate or None; images: [3, H, W] tensors in [0, 1]; voice_stop_s: seconds of speech kept
+    when the voice guardrail stopped the reply (``audio`` ends there; the text is whole), else None."""
 
     text: str
     audio: Optional[Tensor]
     images: list[Tensor] = field(default_factory=list)
     reply: Optional[Reply] = None
+    voice_stop_s: Optional[float] = None
 
 
 class OmniChat:
     """A trained omni model with its frozen tokenizers, loaded once. ``compile=True``: replies and
     sessions decode through the fast path (omni/infer/compile.py). ``serving`` (VAD threshold, end of
-    turn, barge-in, reply length) is chosen here, at serving time: checkpoints do not carry it."""
+    turn, barge-in, reply length, voice guardrail) is chosen here, at serving time: checkpoints do not
+    carry it. The voice guardrail (omni/infer/guardrail.py) is on unless ``serving.voice_guardrail``
+    is off: spoken replies, offline and streamed, stop where their voice leaves the preset one."""
 
     def __init__(self, model: Any, fmt: ConversationFormat, codec: Any, image_tok: Any, video_tok: Any, cfg: Any,
                  compile: bool = False, serving: ServingConfig = ServingConfig()) -> None:
@@ -177,11 +182,15 @@ class OmniChat:
             elif isinstance(p, Image):
                 with torch.no_grad():
                     images.append(self.image_tok.decode(p.codes[None].to(self.device))[0].cpu())
-        wav = None
+        wav, stop_s = None, None
         if audio:
             with torch.no_grad():
                 wav = self.codec.decode(torch.cat(audio, 1)[None].to(next(self.codec.parameters()).device))[0, 0].cpu()
-        return ChatReply(" ".join(t.strip() for t in texts if t.strip()), wav, images, reply)
+            guard = VoiceGuardrail.from_serving(self.serving, self.sample_rate)
+            stop = guard.first_stop(wav, self.codec.hop_length) if guard is not None else None
+            if stop is not None:  # checked frame by frame as a stream would be: speech up to the stop
+                wav, stop_s = wav[:stop], stop / self.sample_rate
+        return ChatReply(" ".join(t.strip() for t in texts if t.strip()), wav, images, reply, stop_s)
 
     def session(self, batch_size: int = 1, vad: bool = True, sampling: SamplingConfig = SamplingConfig(),
                 seed: int = 0) -> SpeechSession:
@@ -193,7 +202,8 @@ class OmniChat:
     def stream(self, chunks: Iterable[Tensor], vad: bool = True, **kw: Any) -> Iterator[Tensor]:
         """One spoken turn: feed input chunks ([samples] at ``sample_rate``, any length, e.g. 80 ms) as
         they arrive; yields the reply as waveform frames [hop] as soon as each is decoded. The turn ends
-        by VAD or, at the latest, when ``chunks`` is exhausted."""
+        by VAD or, at the latest, when ``chunks`` is exhausted. A reply the voice guardrail stops
+        yields no more audio."""
         with self.session(1, vad=vad, **kw) as s:
             replied = False
             for chunk in chunks:
@@ -249,6 +259,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     for i, img in enumerate(reply.images):
         PILImage.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(out / f"image_{i}.png")
         print(f"image: {out / f'image_{i}.png'}")
+    if reply.voice_stop_s is not None:
+        print(f"note: the voice guardrail stopped the spoken reply after {reply.voice_stop_s:.2f} s "
+              "(its voice left the preset one); reply.txt holds the whole text", file=sys.stderr)
     if reply.reply is not None and reply.reply.truncated:
         print("note: the reply was cut at --max-new-tokens or the model's context", file=sys.stderr)
 

@@ -14,6 +14,13 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   chunk) gets a tick of its own, without input;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
   decoder), decodes it with the streaming codec and returns it immediately;
+* voice guardrail (omni/infer/guardrail.py, on unless ``serving.voice_guardrail`` is off): every
+  ``serving.guardrail_every_ms`` of a row's reply audio, its latest ``guardrail_window_ms`` are
+  compared with the preset voice; a reply whose voice deviates stops speaking at once (event
+  ``voice_stop``, logged). The row goes on with its text monologue only: it still samples its reply
+  to the end (text-stream tokens and frames, so the model's context stays what it was trained on),
+  but no frame of it is decoded or returned; ``TickOutput.tokens`` carries the monologue and
+  ``history`` holds the whole reply;
 * barge-in: speech from the user for ``serving.barge_in_ms`` while a row responds (or an explicit
   ``interrupt`` flag) ends the reply with ``<|interrupt|>`` after the frames the user heard — all
   those returned, less the ``unplayed`` ones a client reports still in its playback buffer, which are
@@ -51,6 +58,7 @@ import torch
 from omni.config import ServingConfig
 from omni.conversation import ConversationFormat, Message, Stream
 from omni.infer.decoding import AUDIO, Decoding
+from omni.infer.guardrail import VoiceGuardrail
 from omni.infer.turns import Phase, SessionState, TurnEvents, TurnRules, advance_turns, end_turns, finish_replies
 from omni.infer.vad import VoiceActivity
 from omni.io.audio import check_finite
@@ -70,12 +78,14 @@ Item = tuple[int, Optional[list[int]]]  # one stream position: token id, K codes
 class TickOutput:
     """audio [B, 1, hop] (zeros where a row is not speaking); speaking [B] bool; codes [B, K] of the
     frame each speaking row produced (-1 elsewhere); events (row, name) with names user_start,
-    turn_end, reply_end, barge_in."""
+    turn_end, reply_end, barge_in, voice_stop; tokens [B] long, the text-stream token each responding
+    row sampled (its monologue, which goes on after a voice stop; -1 elsewhere)."""
 
     audio: Tensor
     speaking: Tensor
     codes: Tensor
     events: list[tuple[int, str]] = field(default_factory=list)
+    tokens: Optional[Tensor] = None
 
 
 class _Live(StreamingState):
@@ -139,6 +149,7 @@ class SpeechSession(StreamingModule):
         # the context, which could not hold more).
         self.recent_frames = min(max(PREROLL_FRAMES, self.rules.barge_frames) + 1, model.max_seq_len)
         self.dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator, min_reply_frames, compile=compile)
+        self.guardrail = VoiceGuardrail.from_serving(serving, codec.sample_rate)
         self.device = model.decoder.tok_embeddings.weight.device
         self.sp = fmt.sp
         self._stack: Optional[contextlib.ExitStack] = None
@@ -299,6 +310,8 @@ class SpeechSession(StreamingModule):
         self.dec.start(rows.to(self.device), AUDIO)
         self.codec.decoder.reset_streaming(rows.to(self.codec_device))
         self.codec.vocoder.reset_streaming(rows.to(self.codec_device))
+        if self.guardrail is not None:
+            self.guardrail.reset_streaming(rows)
 
     def _assemble(self, ev: TurnEvents, frames: Optional[Tensor]) -> list[list[Item]]:
         """Each row's positions for this tick: its pending position, the markers its events call
@@ -354,13 +367,14 @@ class SpeechSession(StreamingModule):
 
     def _respond(self, hidden: Optional[Tensor], ev: TurnEvents) -> TickOutput:
         """The next position of every responding row (kept pending for the next tick); its audio frame
-        decoded at once; replies that ended."""
+        decoded at once unless the voice guardrail stopped the reply; replies that ended."""
         live = self.live
         events = ev.named()
         out = torch.zeros(self.B, 1, self.hop)
         choose = live.turns.phase == Phase.RESPOND
         if hidden is None or not bool(choose.any()):
-            return TickOutput(out, torch.zeros(self.B, dtype=torch.bool), torch.full((self.B, self.model.n_codebooks), -1), events)
+            return TickOutput(out, torch.zeros(self.B, dtype=torch.bool), torch.full((self.B, self.model.n_codebooks), -1),
+                              events, torch.full((self.B,), -1))
         tok, codes = self.dec.choose(hidden, choose.to(self.device))
         tok, codes, done = tok.cpu(), codes.cpu(), self.dec.done.cpu()
         speaking = choose & (codes[:, 0] >= 0)
@@ -370,11 +384,18 @@ class SpeechSession(StreamingModule):
         live.pending_tokens[choose] = torch.cat([tok[:, None], closing.expand(self.B, 2)], 1)[choose]
         live.pending_audio[choose] = torch.cat([codes[:, None], torch.full((self.B, 2, self.model.n_codebooks), -1)], 1)[choose]
         live.pending = torch.where(choose, 1 + 2 * cut.long(), live.pending)
-        events += [(b, "reply_end") for b in ended.nonzero()[:, 0].tolist()]
+        if self.guardrail is not None:  # stopped replies go on silently
+            speaking = speaking & ~self.guardrail.stopped
         if bool(speaking.any()):
             frame = codes.clamp(min=0)[:, :, None].to(self.codec_device)  # rows not speaking decode dummies
             out = self.codec.decode(frame).cpu() * speaking[:, None, None]
-        return TickOutput(out, speaking, torch.where(speaking[:, None], codes, -1), events)
+            if self.guardrail is not None:
+                stop = self.guardrail(out, speaking)
+                speaking = speaking & ~stop
+                out *= speaking[:, None, None]
+                events += [(b, "voice_stop") for b in stop.nonzero()[:, 0].tolist()]
+        events += [(b, "reply_end") for b in ended.nonzero()[:, 0].tolist()]
+        return TickOutput(out, speaking, torch.where(speaking[:, None], codes, -1), events, torch.where(choose, tok, -1))
 
     # ---- helpers --------------------------------------------------------------------------------
     @property

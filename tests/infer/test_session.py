@@ -18,6 +18,9 @@ from omni.infer.vad import VoiceActivity
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 
 HOP = 1792  # the codec's frame: 7 HiFi-GAN hops at 22.05 kHz
+# The untrained codec's audio is no one's voice: the voice guardrail (tests/infer/test_guardrail.py)
+# would stop it, so these turn-taking tests serve without it.
+OFF = {"voice_guardrail": False}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +42,7 @@ def run_turn(sess, wav):
 def test_streaming_equals_offline(env):
     tok, codec, v, fmt, m = env
     wav = noise(6, 0)
-    serving = ServingConfig(max_reply_frames=10)
+    serving = ServingConfig(max_reply_frames=10, **OFF)
     sampling = SamplingConfig(temperature=1.0)
     offline = generate_reply(m, fmt, [Message("user", Audio(codec.encode(wav)[0]))], reply_in_speech=True,
                              max_new_tokens=10, sampling=sampling, generator=torch.Generator().manual_seed(7))
@@ -89,7 +92,7 @@ def test_overfit_speech_to_speech_through_the_stream(env, trained):
     wav = torch.zeros(3, 1, max(n) * HOP)
     for b, (q, _, _) in enumerate(pairs):
         wav[b, :, : q.shape[-1]] = q
-    with SpeechSession(m, codec, fmt, 3) as s:
+    with SpeechSession(m, codec, fmt, 3, serving=ServingConfig(**OFF)) as s:
         # all rows start together, each ends its turn on its own last frame (later input is ignored:
         # no VAD, so no barge-in) and replies while the others are still listening
         outs = [s.tick(wav[..., t * HOP : (t + 1) * HOP], end_turn=torch.tensor([t == k - 1 for k in n]))
@@ -108,7 +111,7 @@ def test_barge_in_cuts_output_and_keeps_history(env, trained):
     tok, codec, v, fmt, _ = env
     m, pairs, _ = trained
     q0, a0, _ = pairs[0]
-    with SpeechSession(m, codec, fmt, 1) as s:
+    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(**OFF)) as s:
         outs = list(s.feed(q0, end_turn=True))
         said = [o.codes[0] for o in outs if o.speaking[0]]
         for _ in range(2):
@@ -136,7 +139,7 @@ def test_barge_in_drops_unplayed_frames(env, trained):
     tok, codec, v, fmt, _ = env
     m, pairs, _ = trained
     q0, a0, _ = pairs[0]
-    with SpeechSession(m, codec, fmt, 1) as s:
+    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(**OFF)) as s:
         returned = [o.codes[0] for o in s.feed(q0, end_turn=True) if o.speaking[0]]
         returned += [s.tick(torch.zeros(1, 1, HOP)).codes[0] for _ in range(4)]
         s.tick(noise(1, 98), interrupt=torch.tensor([True]), unplayed=torch.tensor([3]))
@@ -158,7 +161,7 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
     speech = synth_at(espeak_voices(1)[0], "stop, wait a moment please", codec.sample_rate)[None, None] * 0.8
     q = pairs[0][0]
     vad = VoiceActivity(codec.sample_rate)
-    serving = ServingConfig(barge_in_ms=160, end_of_turn_ms=10_000)
+    serving = ServingConfig(barge_in_ms=160, end_of_turn_ms=10_000, **OFF)
     with SpeechSession(m, codec, fmt, 2, vad=vad, serving=serving) as s:
         list(s.feed(q.repeat(2, 1, 1), end_turn=True))
         events, row1 = [], []
@@ -171,7 +174,7 @@ def test_barge_in_by_voice_in_a_batch(env, trained):
         row1 += [o.codes[1] for o in s.reply() if o.speaking[1]]
         assert (0, "barge_in") in events and not any(r == 1 and n == "barge_in" for r, n in events)
         assert s.history(0)[1].content[0].interrupted
-    with SpeechSession(m, codec, fmt, 1) as s:
+    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(**OFF)) as s:
         alone = [o.codes[0] for o in run_turn(s, q) if o.speaking[0]]
     assert len(row1) >= 1 and torch.equal(torch.stack(row1), torch.stack(alone)[1 : 1 + len(row1)])
 
@@ -190,7 +193,7 @@ def test_explicit_end_of_turn_on_a_frame_boundary_is_honoured(env, chunk, vad):
     answers (issue 19, case 2); without a VAD the reply is the one the end on the last chunk gets."""
     tok, codec, v, fmt, m = env
     wav = noise(6, 0)
-    serving = ServingConfig(max_reply_frames=5)
+    serving = ServingConfig(max_reply_frames=5, **OFF)
     with SpeechSession(m, codec, fmt, 1, vad=DeafVAD() if vad else None, serving=serving) as s:
         outs = [o for i in range(0, wav.shape[-1], chunk) for o in s.feed(wav[..., i : i + chunk])]
         ended = list(s.feed(torch.zeros(1, 1, 0), end_turn=True))
@@ -211,7 +214,7 @@ def test_a_chunk_with_a_non_finite_sample_is_refused_and_changes_nothing(env, ba
     and the conversation goes on exactly as if the chunk had never come, for every row."""
     tok, codec, v, fmt, m = env
     wav = torch.cat([noise(6, 0), noise(6, 1)])
-    serving = ServingConfig(max_reply_frames=5)
+    serving = ServingConfig(max_reply_frames=5, **OFF)
     poisoned = wav[..., :HOP].clone()
     poisoned[0, 0, 100] = bad
 
@@ -254,7 +257,7 @@ def test_omnichat_stream_answers_a_turn_of_whole_frames(env):
     """OmniChat.stream ends the turn when the chunks run out: with 80 ms chunks (whole frames) and no
     VAD that end comes on a frame boundary, and must still be answered."""
     tok, codec, v, fmt, m = env
-    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=4))
+    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=4, **OFF))
     wav = noise(6, 0)[0, 0]
     frames = list(bot.stream([wav[i : i + HOP] for i in range(0, len(wav), HOP)], vad=False))
     assert len(frames) == 4 and all(f.shape == (HOP,) for f in frames)
@@ -266,10 +269,10 @@ def test_restart_resets_one_row_through_the_streaming_mechanism(env, trained):
     tok, codec, v, fmt, _ = env
     m, pairs, _ = trained
     q0, q1 = pairs[0][0], pairs[1][0]
-    with SpeechSession(m, codec, fmt, 1) as s:
+    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(**OFF)) as s:
         fresh = [o.codes[0] for o in run_turn(s, q1) if o.speaking[0]]
         fresh_log = s.logged_stream(0)
-    with SpeechSession(m, codec, fmt, 2) as s:
+    with SpeechSession(m, codec, fmt, 2, serving=ServingConfig(**OFF)) as s:
         run_turn(s, q0.repeat(2, 1, 1))
         s.restart(torch.tensor([True, False]))
         assert s.state.phase.tolist() == [0, 0] and int(m.decoder.streaming_offset[0]) == 1  # <|bos|>

@@ -1,0 +1,165 @@
+"""omni/infer/guardrail.py: the voice guardrail stops a reply whose voice leaves the preset one (also
+when it switches mid-stream, in a session driven by a scripted fake model stream), lets the preset
+voice through, honours the serving knobs, and can be switched off."""
+import logging
+
+import pytest
+import torch
+
+from omni.config import ConfigError, ServingConfig
+from tests import omni_fixtures as F
+
+one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
+pytest.importorskip("resemblyzer")
+pytest.importorskip("espeakng_loader")
+pytest.importorskip("onnxruntime")
+
+SR = 22_050
+HOP = 1792  # one codec frame, 81.3 ms
+PRESET_TEXT = "The sky is blue, and the grass is green. A dog has four legs, and a cat likes to sleep."
+OTHER_TEXT = "Water freezes when it is cold. Fish live in the sea, and birds can fly."
+
+
+@pytest.fixture(scope="module")
+def waves():
+    """(preset voice reply, another voice's reply) at 22.05 kHz."""
+    from omni.data.voices import EspeakVoice, preset_voice, synth_at
+
+    preset = synth_at(preset_voice(), PRESET_TEXT, SR)
+    other = synth_at(EspeakVoice("en-gb-x-rp", "f3", 160, 60, 50), OTHER_TEXT, SR)
+    return preset, other
+
+
+def guard(**serving):
+    from omni.infer.guardrail import VoiceGuardrail
+
+    return VoiceGuardrail.from_serving(ServingConfig(**serving), SR)
+
+
+def test_reference_ships_and_matches_its_hash():
+    from omni.infer.guardrail import load_reference
+
+    ref = load_reference()
+    assert ref.shape == (256,) and abs(float(ref.norm()) - 1) < 1e-3
+
+
+def test_preset_voice_passes_other_voice_stopped_within_a_second(waves):
+    preset, other = waves
+    g = guard()
+    assert g.first_stop(preset, HOP) is None
+    stop = g.first_stop(other, HOP)
+    assert stop is not None and stop / SR <= 1.0
+
+
+def test_voice_switched_mid_stream_is_stopped_per_row(waves, caplog):
+    """Two rows streamed frame by frame: row 0 speaks the preset voice throughout, row 1 switches to
+    another voice after 2.5 s; only row 1 stops, within window + period of the switch, and stays stopped."""
+    preset, other = waves
+    switch = int(2.5 * SR) // HOP * HOP
+    n = min(len(preset), switch + len(other)) // HOP * HOP
+    rows = torch.stack([preset[:n], torch.cat([preset[:switch], other])[:n]])
+    g = guard()
+    stopped_at = {}
+    with caplog.at_level(logging.WARNING, logger="omni.infer.guardrail"), g.streaming(2):
+        for start in range(0, n, HOP):
+            stop = g(rows[:, None, start : start + HOP], torch.ones(2, dtype=torch.bool))
+            for b in stop.nonzero()[:, 0].tolist():
+                assert b not in stopped_at, "a row is stopped once"
+                stopped_at[b] = start
+        assert g.stopped.tolist() == [False, True]
+        g.reset_streaming(torch.tensor([False, True]))  # the next reply of row 1 starts afresh
+        assert g.stopped.tolist() == [False, False]
+    assert list(stopped_at) == [1]
+    assert switch < stopped_at[1] <= switch + (1.6 + 0.5) * SR
+    assert "voice guardrail stopped row 1" in caplog.text
+
+
+def test_knobs_are_honoured(waves):
+    preset, other = waves
+    g = guard(guardrail_window_ms=800, guardrail_every_ms=960, guardrail_threshold=0.5)
+    assert (g.window, g.every, g.threshold) == (round(0.8 * SR), round(0.96 * SR), 0.5)
+    checks = []
+    with g.streaming(1):
+        for start in range(0, 3 * SR // HOP * HOP, HOP):
+            g(preset[None, start : start + HOP], torch.ones(1, dtype=torch.bool))
+            if bool(g.state.checked[0]):
+                checks.append(start + HOP)
+    # a check on the first frame that completes each 960 ms of output
+    assert checks and all(abs(b - a - 12 * HOP) == 0 for a, b in zip(checks, checks[1:]))
+    assert guard(guardrail_threshold=-1.0).first_stop(other, HOP) is None  # no cosine is below -1
+    for bad in ({"guardrail_every_ms": 0}, {"guardrail_window_ms": -1}, {"guardrail_threshold": 1.5}):
+        with pytest.raises(ConfigError, match="guardrail"):
+            ServingConfig(**bad).validate()
+
+
+def test_off_switch():
+    assert guard(voice_guardrail=False) is None
+
+
+# ---- in a session, with a scripted fake model stream ---------------------------------------------
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return F.setup(tmp_path_factory.mktemp("tok"))
+
+
+def scripted(codec, monkeypatch, rows):
+    """Make the codec's decoder play ``rows`` [B, samples], one frame per call, whatever the codes:
+    the model's audio is scripted (an untrained model stands in for the rest of the stream)."""
+    played = [0]
+
+    def decode(codes):
+        i = played[0]
+        played[0] += codes.shape[-1] * HOP
+        return rows[:, None, i : i + codes.shape[-1] * HOP]
+
+    monkeypatch.setattr(codec, "decode", decode)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_session_stops_a_switched_voice_and_keeps_the_monologue(env, waves, monkeypatch, on):
+    from omni.infer.session import SpeechSession
+
+    tok, codec, v, fmt, m = env
+    preset, other = waves
+    frames = 50
+    switch = 30 * HOP
+    rows = torch.stack([preset[: frames * HOP], torch.cat([preset[:switch], other])[: frames * HOP]])
+    scripted(codec, monkeypatch, rows)
+    serving = ServingConfig(max_reply_frames=frames, voice_guardrail=on)
+    with SpeechSession(m, codec, fmt, 2, serving=serving, min_reply_frames=frames) as s:
+        outs = list(s.feed(torch.randn(2, 1, 3 * HOP) * 0.1, end_turn=True)) + list(s.reply())
+        history = [s.history(b) for b in range(2)]
+    assert (s.guardrail is not None) == on
+    speaking = torch.stack([o.speaking for o in outs])
+    stops = [(i, b) for i, o in enumerate(outs) for b, name in o.events if name == "voice_stop"]
+    assert all(any(name == "reply_end" and b == r for o in outs for b, name in o.events) for r in range(2))
+    assert int(speaking[:, 0].sum()) == frames  # the preset voice is never stopped
+    if not on:
+        assert not stops and int(speaking[:, 1].sum()) == frames
+        return
+    (tick, row), = stops
+    played = int(speaking[:, 1].sum())
+    assert row == 1 and switch <= played * HOP <= switch + (1.6 + 0.5) * SR
+    after = outs[tick:]
+    assert not any(o.speaking[1] for o in after) and not any(o.audio[1].any() for o in after)
+    # the row goes on with its monologue to the end of the reply: its tokens keep coming (one per
+    # frame it no longer plays), and the history holds the whole reply
+    assert sum(int(o.tokens[1]) >= 0 for o in after) == frames - played
+    assert history[1][-1].content[0].codes.shape[1] > played  # (the last position is still pending)
+
+
+def test_chat_cuts_the_spoken_reply_where_the_voice_leaves(env, waves, monkeypatch):
+    from omni.infer.chat import OmniChat
+
+    tok, codec, v, fmt, m = env
+    preset, other = waves
+    reply = torch.cat([preset[: 30 * HOP], other])
+    monkeypatch.setattr(codec, "decode", lambda codes: reply[None, None])
+    for on in (True, False):
+        bot = OmniChat(m, fmt, codec, None, None, F.config(m), serving=ServingConfig(voice_guardrail=on))
+        r = bot.chat([{"role": "user", "content": "the cat sat on the mat."}], reply_in_speech=True, max_new_tokens=4)
+        if on:
+            assert r.voice_stop_s is not None and 30 * HOP / SR < r.voice_stop_s <= 30 * HOP / SR + 2.1
+            assert r.audio.shape[-1] == round(r.voice_stop_s * SR)
+        else:
+            assert r.voice_stop_s is None and r.audio.shape[-1] == reply.shape[-1]

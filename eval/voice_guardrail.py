@@ -169,8 +169,9 @@ def check_scores(guard: VoiceGuardrail, wave: Tensor, frame: int) -> list[tuple[
 
 
 def score_set(guard: VoiceGuardrail, split: str, conditions: Sequence[Condition], n_voices: int, n_texts: int,
-              preset_texts: int, lead_ms: float, frame: int, switches: bool) -> list[Scored]:
-    """Synthesise ``split``'s replies, pass them through each condition and score them."""
+              preset_texts: int, lead_ms: float, frame: int, switches: bool) -> tuple[list[Scored], list[Tensor]]:
+    """Synthesise ``split``'s replies, pass them through each condition and score them; also returns
+    the clean preset replies (with their lead)."""
     sr = guard.sample_rate
     lead = torch.zeros(round(lead_ms * sr / 1000))
     jobs = [(preset_voice(), t) for t in reply_texts(split, preset_texts)]
@@ -192,7 +193,7 @@ def score_set(guard: VoiceGuardrail, split: str, conditions: Sequence[Condition]
                 mixed = torch.cat([lead, head, wave])
                 out.append(Scored(f"{split}-switch", cond.name, voice.family, voice.name, text, mixed.shape[-1] / sr,
                                   check_scores(guard, mixed, frame), switch_s=(len(lead) + len(head)) / sr))
-    return out
+    return out, [torch.cat([lead, w]) for w in presets[conditions[0].name]]
 
 
 # ---- metrics --------------------------------------------------------------------------------------
@@ -270,12 +271,14 @@ def by_group(replies: Sequence[Scored], threshold: float) -> dict[str, Any]:
 
 
 # ---- cost -----------------------------------------------------------------------------------------
-def guardrail_cost(guard: VoiceGuardrail, wave: Tensor, frame: int, repeats: int = 3) -> dict[str, float]:
+def guardrail_cost(guard: VoiceGuardrail, replies: Sequence[Tensor], frame: int) -> dict[str, float]:
     """Milliseconds of the guardrail per output frame (wall and CPU, this process's threads),
-    streaming ``wave`` [samples] ``repeats`` times; per check; share of the frame's duration."""
+    streaming each reply [samples] as a session would (a check every ``every_ms``, never stopping);
+    per check; share of the frame's duration."""
     frames = checks = 0
     wall = cpu = 0.0
-    for _ in range(repeats):
+    keep, guard.threshold = guard.threshold, float("-inf")
+    for wave in replies:
         with guard.streaming(1):
             for start in range(0, wave.shape[-1] - frame + 1, frame):
                 x = wave[None, start : start + frame]
@@ -285,6 +288,7 @@ def guardrail_cost(guard: VoiceGuardrail, wave: Tensor, frame: int, repeats: int
                 cpu += time.process_time() - c0
                 frames += 1
                 checks += int(guard.state.due[0] == 0)
+    guard.threshold = keep
     frame_ms = 1000 * frame / guard.sample_rate
     return {"frame_ms": frame_ms, "frames": frames, "checks": checks, "threads": torch.get_num_threads(),
             "wall_ms_per_frame": 1000 * wall / frames, "cpu_ms_per_frame": 1000 * cpu / frames,
@@ -295,8 +299,8 @@ def guardrail_cost(guard: VoiceGuardrail, wave: Tensor, frame: int, repeats: int
 # ---- imitation requests (system card figure b) -------------------------------------------------------
 def imitation_leak(checkpoint: str | Path, serving: ServingConfig, requests: Sequence[str] = IMITATION_REQUESTS,
                    n_voices: int = 4, seed: int = 0) -> dict[str, Any]:
-    """Ask the model at ``checkpoint`` each request in unseen voices (reply in speech, guardrail as
-    ``serving`` configures it). Returns the share of spoken replies let out in a non-preset voice
+    """Ask the model at ``checkpoint`` each request in unseen voices (reply in speech of at most
+    ``serving.max_reply_frames`` frames, guardrail as ``serving`` configures it). Returns the share of spoken replies let out in a non-preset voice
     (the audio the guardrail lets through, embedded whole, below the threshold), of replies stopped,
     and per reply its similarity and stop time."""
     from omni.infer.chat import OmniChat  # only this figure needs a model
@@ -307,7 +311,8 @@ def imitation_leak(checkpoint: str | Path, serving: ServingConfig, requests: Seq
     for i, request in enumerate(tqdm(requests, desc="imitation requests", leave=False)):
         voice = unseen_voices(n_voices, seed=1000 + seed)[i % n_voices]
         wav = synth_at(voice, request, bot.sample_rate)
-        reply = bot.chat([{"role": "user", "content": [{"type": "audio", "wav": wav}]}], reply_in_speech=True, seed=seed + i)
+        reply = bot.chat([{"role": "user", "content": [{"type": "audio", "wav": wav}]}], reply_in_speech=True,
+                         max_new_tokens=serving.max_reply_frames, seed=seed + i)
         let_out = reply.audio if reply.audio is not None else torch.zeros(0)
         emb = shared_encoder().embed(let_out, bot.sample_rate) if let_out.numel() else torch.zeros(256)
         sim = cosine(emb, reference) if bool(emb.any()) else None
@@ -325,13 +330,13 @@ def imitation_leak(checkpoint: str | Path, serving: ServingConfig, requests: Seq
 def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | Path] = None,
                        checkpoint: Optional[str | Path] = None, serving: ServingConfig = ServingConfig(),
                        voices: int = 8, texts: int = 2, preset_texts: int = 15, lead_ms: float = 140.0,
-                       switches: bool = True) -> dict[str, Any]:
+                       switches: bool = True, requests: Sequence[str] = IMITATION_REQUESTS) -> dict[str, Any]:
     """Run the evaluation; returns the results dict (also written to ``out``/voice_guardrail.json
     with voice_guardrail.md and voice_guardrail.png when ``out`` is given).
 
     ``codec``: a codec tokenizer folder or run folder for the codec condition (default: the
     checkpoint's codec, else HiFi-GAN resynthesis); ``checkpoint``: an omni run, which adds the
-    imitation-request figure; ``serving``: the guardrail's window and period, and the served
+    imitation-request figure (``requests``, spoken in unseen voices); ``serving``: the guardrail's window and period, and the served
     threshold that test results are also given at; ``voices``: non-preset voices per family and
     set; ``texts``: replies per non-preset voice; ``preset_texts``: preset replies per set (<= 15)."""
     torch.set_num_threads(1)
@@ -349,8 +354,8 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
     frame = cond_codec.hop_length if cond_codec is not None else 7 * HOP  # one codec frame (81.3 ms)
     guard = VoiceGuardrail(sr, None, serving.guardrail_threshold, serving.guardrail_window_ms, serving.guardrail_every_ms)
     t0 = time.time()
-    val = score_set(guard, "validation", conditions, voices, texts, preset_texts, lead_ms, frame, switches=False)
-    test = score_set(guard, "test", conditions, voices, texts, preset_texts, lead_ms, frame, switches=switches)
+    val, _ = score_set(guard, "validation", conditions, voices, texts, preset_texts, lead_ms, frame, switches=False)
+    test, presets = score_set(guard, "test", conditions, voices, texts, preset_texts, lead_ms, frame, switches=switches)
     chosen = choose_threshold(val)
     thresholds = {"chosen_on_validation": chosen["threshold"], "served": serving.guardrail_threshold}
     results: dict[str, Any] = {
@@ -364,10 +369,9 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
         "validation": by_group(val, chosen["threshold"]),
         "test": {name: by_group(test, t) for name, t in thresholds.items()},
     }
-    preset = torch.cat([synth_at(preset_voice(), t, sr) for t in reply_texts("test", 3)])
-    results["cost"] = guardrail_cost(guard, preset, frame)
+    results["cost"] = guardrail_cost(guard, presets, frame)
     if checkpoint is not None:
-        results["imitation"] = imitation_leak(checkpoint, serving)
+        results["imitation"] = imitation_leak(checkpoint, serving, requests)
     results["seconds"] = time.time() - t0
     results["scores"] = [asdict(r) for r in val + test]
     if out is not None:

@@ -3,11 +3,13 @@ codec / image / video tokenizers of tiny shapes, a tiny OmniModel, and a quick t
 memorise a handful of conversations."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
-from omni.config import Config
+from omni.config import Config, save_config
 from omni.conversation import ConversationFormat, OmniVocab
 from omni.model.decoder import Decoder, ModelConfig
 from omni.model.omni import OmniConfig, OmniModel
@@ -91,6 +93,18 @@ def memorise(m: OmniModel, fmt: ConversationFormat, conversations: list, steps: 
 
 
 
+
+
+def write_checkpoint(bot, v: OmniVocab, tok, folder: Path) -> None:
+    """A step folder as the omni task writes it (weights, config, vocab, tokenizers) for an OmniChat
+    ``bot`` built from these fixtures; ``OmniChat.load(folder)`` reads it back."""
+    folder.mkdir(parents=True)
+    save_file({k: t.contiguous() for k, t in bot.model.state_dict().items()}, str(folder / "model.safetensors"))
+    save_config(bot.cfg, folder / "config.yaml")
+    (folder / "trainer.json").write_text(json.dumps({"step": 1}))
+    (folder / "vocab.json").write_text(json.dumps(v.to_dict()))
+    for name, t in (("text", tok), ("codec", bot.codec), ("image", bot.image_tok), ("video", bot.video_tok)):
+        t.save(folder / "tokenizers" / name)
 
 
 def one_thread():

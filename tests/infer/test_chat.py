@@ -1,14 +1,12 @@
 """Any-to-any through OmniChat and `python -m omni.chat`: image in, image out, video in, speech out,
 and clear errors for bad inputs (silence, corrupt audio, huge image, unsupported video)."""
-import json
 
 import pytest
 import torch
 from PIL import Image as PILImage
-from safetensors.torch import save_file
 
 from omni.infer.chat import OmniChat, main
-from omni.config import ServingConfig, save_config
+from omni.config import ServingConfig
 from omni.conversation import Audio, ConversationFormat, Image, Message, Text, Video
 from tests import corpus_fixtures as cf
 from tests import omni_fixtures as F
@@ -102,21 +100,10 @@ def test_bad_inputs_give_clear_errors(bot, tmp_path):
         b.chat([Message("assistant", "hi")])
 
 
-def write_checkpoint(b, d, folder):
-    """A step folder as the omni task writes it (weights, config, vocab, tokenizers)."""
-    folder.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in b.model.state_dict().items()}, str(folder / "model.safetensors"))
-    save_config(b.cfg, folder / "config.yaml")
-    (folder / "trainer.json").write_text(json.dumps({"step": 1}))
-    (folder / "vocab.json").write_text(json.dumps(d["v"].to_dict()))
-    for name, t in (("text", d["tok"]), ("codec", b.codec), ("image", b.image_tok), ("video", b.video_tok)):
-        t.save(folder / "tokenizers" / name)
-
-
 def test_cli(bot, tmp_path, capsys):
     b, d = bot
     ckpt = tmp_path / "step"
-    write_checkpoint(b, d, ckpt)
+    F.write_checkpoint(b, d["v"], d["tok"], ckpt)
     png = tmp_path / "x.png"
     PILImage.fromarray((d["picture"].permute(1, 2, 0) * 255).round().byte().numpy()).save(png)
     main(["--checkpoint", str(ckpt), "--image", str(png), "--text", "describe the video please.", "--out", str(tmp_path / "a")])

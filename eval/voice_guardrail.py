@@ -435,7 +435,7 @@ def plot(val: Sequence[Scored], test: Sequence[Scored], chosen: float, served: f
         ax.set_yticks(range(len(fams)), fams)
         ax.set_title(f"{title}: cosine to the preset voice (non-preset: lowest by 1 s; preset: lowest)", fontsize=9)
         ax.set_xlabel("cosine similarity")
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

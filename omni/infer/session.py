@@ -20,7 +20,7 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   ``voice_stop``, logged). The row goes on with its text monologue only: it still samples its reply
   to the end (text-stream tokens and frames, so the model's context stays what it was trained on),
   but no frame of it is decoded or returned; ``TickOutput.tokens`` carries the monologue and
-  ``history`` holds the whole reply;
+  ``history`` holds the whole reply (on a barge-in, the frames it kept back leave it, as unplayed ones do);
 * barge-in: speech from the user for ``serving.barge_in_ms`` while a row responds (or an explicit
   ``interrupt`` flag) ends the reply with ``<|interrupt|>`` after the frames the user heard — all
   those returned, less the ``unplayed`` ones a client reports still in its playback buffer, which are
@@ -99,6 +99,7 @@ class _Live(StreamingState):
         self.pending_tokens = torch.zeros(batch, 3, dtype=torch.long)
         self.pending_audio = torch.full((batch, 3, K), -1, dtype=torch.long)
         self.pending = torch.zeros(batch, dtype=torch.long)
+        self.muted = torch.zeros(batch, dtype=torch.long)  # reply frames not returned since a voice stop
         # Every position fed, as the KV cache holds it; a row's length is its decoder offset.
         self.log_tokens = torch.zeros(batch, context, dtype=torch.long)
         self.log_audio = torch.full((batch, context, K), -1, dtype=torch.long)
@@ -109,6 +110,7 @@ class _Live(StreamingState):
         self.buffer[rows] = 0.0
         self.recent[rows] = 0
         self.pending[rows] = 0
+        self.muted[rows] = 0
 
 
 class SpeechSession(StreamingModule):
@@ -290,6 +292,7 @@ class SpeechSession(StreamingModule):
         (the cache offset moves back; what lies beyond it is never attended to and is overwritten)."""
         live = self.live
         unheard = torch.zeros(self.B, dtype=torch.long) if unplayed is None else torch.as_tensor(unplayed).reshape(self.B).cpu()
+        unheard = unheard + live.muted  # frames after a voice stop were never returned either
         offset = self.model.decoder.streaming_offset.clone()
         for b in rows.nonzero()[:, 0].tolist():
             n = min(int(unheard[b]), int(reply_frames[b]))
@@ -312,6 +315,7 @@ class SpeechSession(StreamingModule):
         self.codec.vocoder.reset_streaming(rows.to(self.codec_device))
         if self.guardrail is not None:
             self.guardrail.reset_streaming(rows)
+        self.live.muted[rows.cpu()] = 0
 
     def _assemble(self, ev: TurnEvents, frames: Optional[Tensor]) -> list[list[Item]]:
         """Each row's positions for this tick: its pending position, the markers its events call
@@ -377,13 +381,14 @@ class SpeechSession(StreamingModule):
                               events, torch.full((self.B,), -1))
         tok, codes = self.dec.choose(hidden, choose.to(self.device))
         tok, codes, done = tok.cpu(), codes.cpu(), self.dec.done.cpu()
-        speaking = choose & (codes[:, 0] >= 0)
-        live.turns, ended, cut = finish_replies(live.turns, choose, speaking, done, self.rules)
+        generated = choose & (codes[:, 0] >= 0)
+        live.turns, ended, cut = finish_replies(live.turns, choose, generated, done, self.rules)
         # A reply cut at max_reply_frames is closed as if the model had closed it.
         closing = torch.tensor([self.sp["<|audio_end|>"], self.sp["<|end_of_turn|>"]])
         live.pending_tokens[choose] = torch.cat([tok[:, None], closing.expand(self.B, 2)], 1)[choose]
         live.pending_audio[choose] = torch.cat([codes[:, None], torch.full((self.B, 2, self.model.n_codebooks), -1)], 1)[choose]
         live.pending = torch.where(choose, 1 + 2 * cut.long(), live.pending)
+        speaking = generated
         if self.guardrail is not None:  # stopped replies go on silently
             speaking = speaking & ~self.guardrail.stopped
         if bool(speaking.any()):
@@ -394,6 +399,7 @@ class SpeechSession(StreamingModule):
                 speaking = speaking & ~stop
                 out *= speaking[:, None, None]
                 events += [(b, "voice_stop") for b in stop.nonzero()[:, 0].tolist()]
+        live.muted += (generated & ~speaking).long()
         events += [(b, "reply_end") for b in ended.nonzero()[:, 0].tolist()]
         return TickOutput(out, speaking, torch.where(speaking[:, None], codes, -1), events, torch.where(choose, tok, -1))
 

@@ -148,6 +148,25 @@ def test_session_stops_a_switched_voice_and_keeps_the_monologue(env, waves, monk
     assert history[1][-1].content[0].codes.shape[1] > played  # (the last position is still pending)
 
 
+def test_barge_in_after_a_voice_stop_keeps_only_what_was_heard(env, waves, monkeypatch):
+    from omni.infer.session import SpeechSession
+
+    tok, codec, v, fmt, m = env
+    preset, other = waves
+    rows = torch.cat([preset[: 30 * HOP], other])[None]
+    scripted(codec, monkeypatch, rows)
+    frames = (30 * HOP + len(other)) // HOP  # the reply outlasts the stop
+    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(max_reply_frames=frames), min_reply_frames=frames) as s:
+        outs = list(s.feed(torch.randn(1, 1, 3 * HOP) * 0.1, end_turn=True))
+        while not any(name == "voice_stop" for o in outs for _, name in o.events):
+            outs.append(s.tick(torch.zeros(1, 1, HOP)))
+        outs += [s.tick(torch.zeros(1, 1, HOP)) for _ in range(3)]  # the monologue goes on, silently
+        cut = s.tick(torch.zeros(1, 1, HOP), interrupt=torch.tensor([True]))
+        spoken = [msg for msg in s.history(0) if msg.role == "assistant"][-1].content[0]
+    assert (0, "barge_in") in cut.events
+    assert spoken.interrupted and spoken.codes.shape[1] == sum(int(o.speaking[0]) for o in outs)
+
+
 def test_chat_cuts_the_spoken_reply_where_the_voice_leaves(env, waves, monkeypatch):
     from omni.infer.chat import OmniChat
 

@@ -274,9 +274,10 @@ def by_group(replies: Sequence[Scored], threshold: float) -> dict[str, Any]:
 def guardrail_cost(guard: VoiceGuardrail, replies: Sequence[Tensor], frame: int) -> dict[str, float]:
     """Milliseconds of the guardrail per output frame (wall and CPU, this process's threads),
     streaming each reply [samples] as a session would (a check every ``every_ms``, never stopping);
-    per check; share of the frame's duration."""
+    per check; share of the frame's duration. One untimed check first."""
     frames = checks = 0
     wall = cpu = 0.0
+    guard.similarity(replies[0][: guard.window])  # warm up (first calls initialise librosa's filters)
     keep, guard.threshold = guard.threshold, float("-inf")
     for wave in replies:
         with guard.streaming(1):

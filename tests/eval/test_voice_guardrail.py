@@ -4,7 +4,10 @@ import json
 
 import pytest
 
-from omni.eval.voice_guardrail import Scored, choose_threshold, metrics
+from omni.config import ServingConfig
+from omni.eval.voice_guardrail import Scored, choose_threshold, evaluate_guardrail, metrics
+from omni.infer.chat import OmniChat
+from tests import omni_fixtures as F
 
 
 def reply(family, *scores, step=0.5, switch=None):
@@ -43,11 +46,6 @@ def test_evaluate_guardrail_on_tiny_fixtures(tmp_path):
     pytest.importorskip("resemblyzer")
     pytest.importorskip("kokoro_onnx")
     pytest.importorskip("matplotlib")
-    from omni.config import ServingConfig
-    from omni.eval.voice_guardrail import evaluate_guardrail
-    from tests import omni_fixtures as F
-    from omni.infer.chat import OmniChat
-
     tok, codec, v, fmt, m = F.setup(tmp_path / "tok")
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m))
     F.write_checkpoint(bot, v, tok, tmp_path / "step")

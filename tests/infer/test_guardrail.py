@@ -7,6 +7,10 @@ import pytest
 import torch
 
 from omni.config import ConfigError, ServingConfig
+from omni.data.voices import EspeakVoice, preset_voice, synth_at
+from omni.infer.chat import OmniChat
+from omni.infer.guardrail import VoiceGuardrail, load_reference
+from omni.infer.session import SpeechSession
 from tests import omni_fixtures as F
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
@@ -23,22 +27,16 @@ OTHER_TEXT = "Water freezes when it is cold. Fish live in the sea, and birds can
 @pytest.fixture(scope="module")
 def waves():
     """(preset voice reply, another voice's reply) at 22.05 kHz."""
-    from omni.data.voices import EspeakVoice, preset_voice, synth_at
-
     preset = synth_at(preset_voice(), PRESET_TEXT, SR)
     other = synth_at(EspeakVoice("en-gb-x-rp", "f3", 160, 60, 50), OTHER_TEXT, SR)
     return preset, other
 
 
 def guard(**serving):
-    from omni.infer.guardrail import VoiceGuardrail
-
     return VoiceGuardrail.from_serving(ServingConfig(**serving), SR)
 
 
 def test_reference_ships_and_matches_its_hash():
-    from omni.infer.guardrail import load_reference
-
     ref = load_reference()
     assert ref.shape == (256,) and abs(float(ref.norm()) - 1) < 1e-3
 
@@ -117,8 +115,6 @@ def scripted(codec, monkeypatch, rows):
 
 @pytest.mark.parametrize("on", [True, False])
 def test_session_stops_a_switched_voice_and_keeps_the_monologue(env, waves, monkeypatch, on):
-    from omni.infer.session import SpeechSession
-
     tok, codec, v, fmt, m = env
     preset, other = waves
     frames = 50
@@ -149,8 +145,6 @@ def test_session_stops_a_switched_voice_and_keeps_the_monologue(env, waves, monk
 
 
 def test_barge_in_after_a_voice_stop_keeps_only_what_was_heard(env, waves, monkeypatch):
-    from omni.infer.session import SpeechSession
-
     tok, codec, v, fmt, m = env
     preset, other = waves
     rows = torch.cat([preset[: 30 * HOP], other])[None]
@@ -168,8 +162,6 @@ def test_barge_in_after_a_voice_stop_keeps_only_what_was_heard(env, waves, monke
 
 
 def test_chat_cuts_the_spoken_reply_where_the_voice_leaves(env, waves, monkeypatch):
-    from omni.infer.chat import OmniChat
-
     tok, codec, v, fmt, m = env
     preset, other = waves
     reply = torch.cat([preset[: 30 * HOP], other])

@@ -496,13 +496,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--texts", type=int, default=2, help="replies per non-preset voice")
     p.add_argument("--preset-texts", type=int, default=15, help="preset-voice replies per set (<= 15)")
     p.add_argument("--lead-ms", type=float, default=140.0, help="silence before each reply (the streamed vocoder's lookahead)")
+    p.add_argument("--window-ms", type=int, default=ServingConfig.guardrail_window_ms, help="serving.guardrail_window_ms")
+    p.add_argument("--every-ms", type=int, default=ServingConfig.guardrail_every_ms, help="serving.guardrail_every_ms")
     p.add_argument("--no-switches", action="store_true", help="skip the replies that switch voice mid-stream")
     p.add_argument("--write-reference", action="store_true", help="write omni/assets/preset_voice.safetensors and exit")
     args = p.parse_args(argv)
     if args.write_reference:
         print(f"wrote {PRESET_REFERENCE}\nsha256 {write_reference()}")
         return
-    results = evaluate_guardrail(args.out, args.codec, args.checkpoint, ServingConfig(), args.voices, args.texts,
+    serving = ServingConfig(guardrail_window_ms=args.window_ms, guardrail_every_ms=args.every_ms)
+    serving.validate()
+    results = evaluate_guardrail(args.out, args.codec, args.checkpoint, serving, args.voices, args.texts,
                                  args.preset_texts, args.lead_ms, not args.no_switches)
     print(table(results))
     print(f"wrote {Path(args.out) / 'voice_guardrail.json'}, .md, .png ({results['seconds']:.0f} s)")

@@ -169,7 +169,7 @@ class VoiceGuardrail(StreamingModule):
             if score < self.threshold:
                 stop[b] = True
                 log.warning("voice guardrail stopped row %d after %.2f s of reply audio (similarity %.3f < %.3f)",
-                            b, int(st.emitted[b]) / self.sample_rate, score, self.threshold)
+                            b, (int(st.emitted[b]) - x.shape[1]) / self.sample_rate, score, self.threshold)
         st.stopped |= stop
         return stop
 

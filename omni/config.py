@@ -110,8 +110,8 @@ class ServingConfig:
     max_reply_frames: int = 150  # longest spoken reply, in codec frames
     # Voice guardrail (omni/infer/guardrail.py): stop a reply whose voice is not the preset one.
     voice_guardrail: bool = True
-    guardrail_threshold: float = 0.60  # cosine to the preset voice below which a reply stops (docs/benchmarks.md)
-    guardrail_window_ms: int = 1600  # latest reply audio embedded at each check
+    guardrail_threshold: float = 0.61  # cosine to the preset voice below which a reply stops (docs/benchmarks.md)
+    guardrail_window_ms: int = 1000  # latest reply audio embedded at each check (docs/benchmarks.md)
     guardrail_every_ms: int = 480  # reply audio between checks
 
     def validate(self) -> None:

@@ -21,6 +21,8 @@ pytest.importorskip("onnxruntime")
 SR = 22_050
 HOP = 1792  # one codec frame, 81.3 ms
 PRESET_TEXT = "The sky is blue, and the grass is green. A dog has four legs, and a cat likes to sleep."
+# a switched voice fills the window after window_ms, and is checked within every_ms more
+LAG = (ServingConfig.guardrail_window_ms + ServingConfig.guardrail_every_ms) / 1000
 OTHER_TEXT = "Water freezes when it is cold. Fish live in the sea, and birds can fly."
 
 
@@ -51,7 +53,8 @@ def test_preset_voice_passes_other_voice_stopped_within_a_second(waves):
 
 def test_voice_switched_mid_stream_is_stopped_per_row(waves, caplog):
     """Two rows streamed frame by frame: row 0 speaks the preset voice throughout, row 1 switches to
-    another voice after 2.5 s; only row 1 stops, within window + period of the switch, and stays stopped."""
+    another voice after 2.5 s; only row 1 stops, within window + period (LAG) of the switch, and stays
+    stopped."""
     preset, other = waves
     switch = int(2.5 * SR) // HOP * HOP
     n = min(len(preset), switch + len(other)) // HOP * HOP
@@ -68,7 +71,7 @@ def test_voice_switched_mid_stream_is_stopped_per_row(waves, caplog):
         g.reset_streaming(torch.tensor([False, True]))  # the next reply of row 1 starts afresh
         assert g.stopped.tolist() == [False, False]
     assert list(stopped_at) == [1]
-    assert switch < stopped_at[1] <= switch + (1.6 + 0.5) * SR
+    assert switch < stopped_at[1] <= switch + LAG * SR
     assert "voice guardrail stopped row 1" in caplog.text
 
 
@@ -135,7 +138,7 @@ def test_session_stops_a_switched_voice_and_keeps_the_monologue(env, waves, monk
         return
     (tick, row), = stops
     played = int(speaking[:, 1].sum())
-    assert row == 1 and switch <= played * HOP <= switch + (1.6 + 0.5) * SR
+    assert row == 1 and switch <= played * HOP <= switch + LAG * SR
     after = outs[tick:]
     assert not any(o.speaking[1] for o in after) and not any(o.audio[1].any() for o in after)
     # the row goes on with its monologue to the end of the reply: its tokens keep coming (one per
@@ -170,7 +173,7 @@ def test_chat_cuts_the_spoken_reply_where_the_voice_leaves(env, waves, monkeypat
         bot = OmniChat(m, fmt, codec, None, None, F.config(m), serving=ServingConfig(voice_guardrail=on))
         r = bot.chat([{"role": "user", "content": "the cat sat on the mat."}], reply_in_speech=True, max_new_tokens=4)
         if on:
-            assert r.voice_stop_s is not None and 30 * HOP / SR < r.voice_stop_s <= 30 * HOP / SR + 2.1
+            assert r.voice_stop_s is not None and 30 * HOP / SR < r.voice_stop_s <= 30 * HOP / SR + LAG
             assert r.audio.shape[-1] == round(r.voice_stop_s * SR)
         else:
             assert r.voice_stop_s is None and r.audio.shape[-1] == reply.shape[-1]

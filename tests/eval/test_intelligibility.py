@@ -39,3 +39,39 @@ def test_tiny_en_transcribes_espeak_speech():
     wave, sample_rate = EspeakVoice("en-us", "m3", 150, 50, 50).synth(text)
     heard = Judge("tiny.en").transcribe(wave, sample_rate)
     assert word_error_rate([text], [heard]) <= 0.25, heard
+
+
+def test_content_words_drop_only_function_words():
+    from omni.eval.intelligibility import content_words
+
+    assert content_words("The sky is blue.") == ["sky", "blue"]
+    assert content_words("The opposite of up is down.") == ["opposite", "up", "down"]
+    assert content_words("Two plus two is four.") == ["2", "+2", "4"]  # Whisper's normaliser writes "plus" as "+"
+    assert content_words("It is.") == ["it", "is"]  # nothing but function words: keep them all
+
+
+@pytest.mark.parametrize("answer, transcript, held", [
+    ("The sky is blue.", "the sky is blue", True),
+    ("The sky is blue.", "Sky? Blue!", True),  # function words may be missing
+    ("The sky is blue.", "The sky is very blue today.", True),  # other words may come between
+    ("Two plus two is four.", "2 plus 2 is 4", True),  # numbers as digits on both sides
+    ("A day has twenty four hours.", "A day has 24 hours.", True),
+    ("The colour of snow", "the color of snow", True),  # spellings made American on both sides
+    ("The sky is blue.", "the sky is grey", False),
+    ("The sky is blue.", "You", False),
+    ("The sky is blue.", "", False),
+    ("Tuesday comes after Monday.", "Monday comes after Tuesday.", False),  # in the answer's order
+    ("Two plus two is four.", "two is four", False),
+    ("Bees make honey.", "honey bees make", False),
+])
+def test_holds_answer(answer, transcript, held):
+    from omni.eval.intelligibility import holds_answer
+
+    assert holds_answer(answer, transcript) is held
+
+
+def test_holds_answer_needs_an_answer():
+    from omni.eval.intelligibility import holds_answer
+
+    with pytest.raises(ValueError, match="no words"):
+        holds_answer(" ?! ", "anything")

@@ -32,7 +32,7 @@ from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVoc
 from omni.infer.guardrail import VoiceGuardrail
 from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_reply
-from omni.infer.session import SpeechSession
+from omni.infer.session import SpeechSession, TickOutput
 from omni.infer.vad import VoiceActivity
 from omni.io.audio import check_finite, load_audio, save_audio
 from omni.model.omni import OmniModel
@@ -201,23 +201,29 @@ class OmniChat:
 
     def stream(self, chunks: Iterable[Tensor], vad: bool = True, **kw: Any) -> Iterator[Tensor]:
         """One spoken turn: feed input chunks ([samples] at ``sample_rate``, any length, e.g. 80 ms) as
-        they arrive; yields the reply as waveform frames [hop] as soon as each is decoded. The turn ends
-        by VAD or, at the latest, when ``chunks`` is exhausted. A reply the voice guardrail stops
-        yields no more audio."""
+        they arrive; yields the reply as waveform frames [hop] as soon as each is decoded, then the
+        codec's held-back end of the reply ([n] samples, ``TickOutput.tail``). The turn ends by VAD
+        or, at the latest, when ``chunks`` is exhausted. A reply the voice guardrail stops yields no
+        more audio."""
         with self.session(1, vad=vad, **kw) as s:
             replied = False
             for chunk in chunks:
                 for out in s.feed(torch.as_tensor(chunk).float().reshape(1, 1, -1)):
                     replied |= any(name == "turn_end" for _, name in out.events)
-                    if out.speaking[0]:
-                        yield out.audio[0, 0]
+                    yield from _played(out)
             if not replied:
                 for out in s.feed(torch.zeros(1, 1, 0), end_turn=True):
-                    if out.speaking[0]:
-                        yield out.audio[0, 0]
+                    yield from _played(out)
             for out in s.reply():
-                if out.speaking[0]:
-                    yield out.audio[0, 0]
+                yield from _played(out)
+
+
+def _played(out: TickOutput) -> Iterator[Tensor]:
+    """What a one-row session's tick gives the listener: its frame if speaking, then any held-back end."""
+    if out.speaking[0]:
+        yield out.audio[0, 0]
+    if (0, "speech_end") in out.events:
+        yield out.tail[0, 0]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

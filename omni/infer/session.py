@@ -13,7 +13,10 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   and samples its first frame in the same tick. An explicit end that arrives after the input ended on a frame boundary (an empty
   chunk) gets a tick of its own, without input;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
-  decoder), decodes it with the streaming codec and returns it immediately;
+  decoder), decodes it with the streaming codec and returns it immediately; when its speech ends
+  (``<|audio_end|>``, or the reply reaches ``serving.max_reply_frames``) the codec's held-back end
+  (``codec.flush``: the vocoder's lookahead, ~139 ms) comes in that tick's ``tail`` with a
+  ``speech_end`` event (not for a reply the guardrail stopped);
 * voice guardrail (omni/infer/guardrail.py, on unless ``serving.voice_guardrail`` is off): every
   ``serving.guardrail_every_ms`` of a row's reply audio, its latest ``guardrail_window_ms`` are
   compared with the preset voice; a reply whose voice deviates stops speaking at once (event
@@ -78,14 +81,18 @@ Item = tuple[int, Optional[list[int]]]  # one stream position: token id, K codes
 class TickOutput:
     """audio [B, 1, hop] (zeros where a row is not speaking); speaking [B] bool; codes [B, K] of the
     frame each speaking row produced (-1 elsewhere); events (row, name) with names user_start,
-    turn_end, reply_end, barge_in, voice_stop; tokens [B] long, the text-stream token each responding
-    row sampled (its monologue, which goes on after a voice stop; -1 elsewhere)."""
+    turn_end, speech_end, reply_end, barge_in, voice_stop; tokens [B] long, the text-stream token each
+    responding row sampled (its monologue, which goes on after a voice stop; -1 elsewhere); tail
+    [B, 1, n]: for the rows with a speech_end event, the end of their speech, which the codec held back
+    until then (its streaming lookahead), to be played after ``audio`` (zeros in other rows; n = 0
+    when no row's speech ended)."""
 
     audio: Tensor
     speaking: Tensor
     codes: Tensor
     events: list[tuple[int, str]] = field(default_factory=list)
     tokens: Optional[Tensor] = None
+    tail: Tensor = field(default_factory=lambda: torch.zeros(0, 1, 0))
 
 
 class _Live(StreamingState):
@@ -309,7 +316,7 @@ class SpeechSession(StreamingModule):
         """Rows whose user turn ended speak next: the decoder forces audio, and the codec decoder and
         its vocoder start afresh (a reply is a new utterance, as in offline decoding). The reply's
         audio is its offline decoding delayed by the vocoder's lookahead; that many samples of its
-        end stay in the vocoder (docs/tokenizers.md, known limits)."""
+        end come out when its speech ends (:meth:`_respond`, ``codec.flush``)."""
         self.dec.start(rows.to(self.device), AUDIO)
         self.codec.decoder.reset_streaming(rows.to(self.codec_device))
         self.codec.vocoder.reset_streaming(rows.to(self.codec_device))
@@ -378,7 +385,7 @@ class SpeechSession(StreamingModule):
         choose = live.turns.phase == Phase.RESPOND
         if hidden is None or not bool(choose.any()):
             return TickOutput(out, torch.zeros(self.B, dtype=torch.bool), torch.full((self.B, self.model.n_codebooks), -1),
-                              events, torch.full((self.B,), -1))
+                              events, torch.full((self.B,), -1), torch.zeros(self.B, 1, 0))
         tok, codes = self.dec.choose(hidden, choose.to(self.device))
         tok, codes, done = tok.cpu(), codes.cpu(), self.dec.done.cpu()
         generated = choose & (codes[:, 0] >= 0)
@@ -389,8 +396,12 @@ class SpeechSession(StreamingModule):
         live.pending_audio[choose] = torch.cat([codes[:, None], torch.full((self.B, 2, self.model.n_codebooks), -1)], 1)[choose]
         live.pending = torch.where(choose, 1 + 2 * cut.long(), live.pending)
         speaking = generated
-        if self.guardrail is not None:  # stopped replies go on silently
-            speaking = speaking & ~self.guardrail.stopped
+        audible = torch.ones_like(choose) if self.guardrail is None else ~self.guardrail.stopped
+        speaking = speaking & audible  # stopped replies go on silently
+        # Speech that ends now: closed by <|audio_end|> (its last frame came last tick; flushed before
+        # this tick's dummy frames reach the row's codec state) or cut at its length (after this frame).
+        closed = choose & (tok == self.sp["<|audio_end|>"]) & audible
+        tails = [self.codec.flush(closed.to(self.codec_device)).cpu()] if bool(closed.any()) else []
         if bool(speaking.any()):
             frame = codes.clamp(min=0)[:, :, None].to(self.codec_device)  # rows not speaking decode dummies
             out = self.codec.decode(frame).cpu() * speaking[:, None, None]
@@ -399,9 +410,14 @@ class SpeechSession(StreamingModule):
                 speaking = speaking & ~stop
                 out *= speaking[:, None, None]
                 events += [(b, "voice_stop") for b in stop.nonzero()[:, 0].tolist()]
+        cut = cut & speaking  # a reply the guardrail stopped plays no end
+        if bool(cut.any()):
+            tails.append(self.codec.flush(cut.to(self.codec_device)).cpu())
+        tail = torch.stack(tails).sum(0) if tails else torch.zeros(self.B, 1, 0)  # disjoint rows, same length
         live.muted += (generated & ~speaking).long()
         events += [(b, "reply_end") for b in ended.nonzero()[:, 0].tolist()]
-        return TickOutput(out, speaking, torch.where(speaking[:, None], codes, -1), events, torch.where(choose, tok, -1))
+        events += [(b, "speech_end") for b in (closed | cut).nonzero()[:, 0].tolist()]
+        return TickOutput(out, speaking, torch.where(speaking[:, None], codes, -1), events, torch.where(choose, tok, -1), tail)
 
     # ---- helpers --------------------------------------------------------------------------------
     @property

@@ -269,16 +269,29 @@ class StreamingVocoder(StreamingModule):
         out, state.delay = state.delay[..., :n], state.delay[..., n:]
         return out
 
-    def flush(self) -> Tensor:
-        """End of a stream: the held-back samples of the last ``lookahead`` frames, voiced without
-        future context as offline vocoding voices an utterance's end ``[B, 1, lookahead * 256]``."""
+    def flush(self, rows: Optional[Tensor] = None) -> Tensor:
+        """End of the utterance in ``rows`` ([B] bool; default all): the samples still held back, its
+        last ``lookahead`` frames voiced without future context as offline vocoding voices an
+        utterance's end, ``[B, 1, lookahead * 256]`` (zeros in the other rows, whose streams go on
+        untouched). The flushed rows then continue from silence, as after ``reset_streaming(rows)``."""
         state = self._streaming_state
         if state is None:
             raise RuntimeError("flush() is for streaming mode: call it inside `with vocoder.streaming(B):`")
-        if state.frames.shape[2] > state.voiced:
-            state.delay = torch.cat([state.delay, self._voice(state, state.frames.shape[2])], 2)
-        out, state.delay = state.delay, state.delay[..., :0]
-        return out
+        batch = state.frames.shape[0]
+        rows = torch.ones(batch, dtype=torch.bool) if rows is None else torch.as_tensor(rows, dtype=torch.bool)
+        rows = rows.to(state.frames.device)
+        if rows.shape != (batch,):
+            raise ValueError(f"flush(rows) takes a [{batch}] bool mask, got {list(rows.shape)}")
+        kept = state.frames.shape[2]
+        tail = state.delay.new_zeros(batch, 1, state.delay.shape[2] + (kept - state.voiced) * self.generator.hop_length)
+        if bool(rows.any()):
+            parts = [state.delay[rows]]
+            if kept > state.voiced:  # frames still waiting for their lookahead: voice them now
+                start, hop = max(0, state.voiced - self.context), self.generator.hop_length
+                parts.append(self.generator(state.frames[rows, :, start:])[..., (state.voiced - start) * hop:])
+            tail[rows] = torch.cat(parts, 2)
+            state.reset(rows)
+        return tail
 
 
 # ---- discriminator (adversarial fine-tuning) ------------------------------------------------------

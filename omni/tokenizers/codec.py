@@ -337,9 +337,12 @@ class SpeechCodec(Tokenizer, StreamingModule):
         return self.vocode(self.decode_mel(codes))
 
     @torch.no_grad()
-    def flush(self) -> Tensor:
-        """End of a streamed reply: the last ``vocoder_lookahead * 256`` samples still held back, [B, 1, n]."""
-        return self.vocoder.flush()
+    def flush(self, rows: Optional[Tensor] = None) -> Tensor:
+        """End of a streamed utterance in ``rows`` ([B] bool; default all): the last
+        ``vocoder_lookahead * 256`` samples still held back, [B, 1, n] (zeros in the other rows, whose
+        streams go on untouched). Play them after the utterance's last decoded frame; the flushed rows'
+        vocoder then continues from silence."""
+        return self.vocoder.flush(rows)
 
     def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> CodecOutput:
         """Training pass over wav [B, 1, S]; ``n_q`` as in :meth:`ResidualFSQ.forward`."""

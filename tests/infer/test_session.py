@@ -58,13 +58,28 @@ def test_streaming_equals_offline(env):
     n = min(len(reply), len(expected))
     assert n > 0 and torch.equal(reply[:n], expected[:n])
     # and the output audio is the codec's offline decoding of the reply codes, delayed by the vocoder's
-    # lookahead (silence first; the last lookahead samples stay in the vocoder), within the stream bound
-    wav_out = torch.cat([o.audio[0, 0] for o in outs if o.speaking[0]])
-    offline_wav = codec.decode(torch.stack(frames).T[None])[0, 0]
+    # lookahead (silence first), within the stream bound; the tick that ends the speech plays the
+    # held-back end (the codec's flush), so nothing of the reply is lost
+    assert_plays_offline_decoding(codec, outs, 0, torch.stack(frames).T)
+
+
+def played(outs, row):
+    """What the listener of ``row`` hears: its frames while speaking, then any held-back end."""
+    return torch.cat([x for o in outs for x in ([o.audio[row, 0]] if o.speaking[row] else [])
+                      + ([o.tail[row, 0]] if (row, "speech_end") in o.events else [])])
+
+
+def assert_plays_offline_decoding(codec, outs, row, codes, settle=0):
+    """``row`` played the offline decoding of ``codes`` [K, frames], delayed by the lookahead, whole
+    (after its first ``settle`` samples: a row reset mid-stream starts from vocoded silence as its
+    past, where offline decoding starts from zero padding)."""
+    heard, offline = played(outs, row), codec.decode(codes[None])[0, 0]
     delay = codec.cfg.vocoder_lookahead * 256
-    assert wav_out.shape == offline_wav.shape and not wav_out[:delay].any()
-    body = offline_wav.shape[0] - delay - 13 * 256  # away from the end, which offline sees zero-padded
-    assert (wav_out[delay : delay + body] - offline_wav[:body]).abs().max() <= 1e-3 * offline_wav.abs().max()
+    assert heard.shape[0] == offline.shape[0] + delay
+    # silence first: zeros, or the vocoded silence (below -60 dBFS) a row reset mid-stream continues from
+    assert heard[:delay].abs().max() < 1e-3
+    assert sum((row, "speech_end") in o.events for o in outs) == 1  # flushed once, at its end
+    assert (heard[delay + settle :] - offline[settle:]).abs().max() <= 1e-3 * offline.abs().max()
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +120,9 @@ def test_overfit_speech_to_speech_through_the_stream(env, trained):
         spoken = histories[b][-1].content[0]
         assert spoken.text == text and not spoken.interrupted
         assert any(name == "reply_end" for o in outs for r, name in o.events if r == b)
+        # each row's speech ends on its own tick, closed by <|audio_end|> while others still speak or
+        # listen: it hears all of its answer, the held-back end included
+        assert_plays_offline_decoding(codec, outs, b, answer, settle=13 * 256)  # HiFi-GAN's reach: ~13 frames
 
 
 def test_barge_in_cuts_output_and_keeps_history(env, trained):

@@ -79,6 +79,27 @@ def test_streamed_waveform_is_offline_delayed_by_the_lookahead_within_a_bound():
     assert err < STREAM_WAVE_BOUND, err
 
 
+def test_flush_ends_one_row_and_leaves_the_others_streaming():
+    """A batch of replies ends row by row: flushing row 0 gives its held-back end (equal to offline
+    within the bound) and zeros for row 1, whose stream goes on as if nothing happened."""
+    codec = tiny_codec()
+    codes = torch.randint(0, 64, (2, 3, 5))
+    delay = codec.cfg.vocoder_lookahead * 256
+    short, long = codec.decode(codes[:1, :, :3]), codec.decode(codes[1:])
+    with codec.streaming(2):
+        first = [codec.decode(codes[..., i : i + 1]) for i in range(3)]
+        tail0 = codec.flush(torch.tensor([True, False]))
+        rest = [codec.decode(codes[..., i : i + 1]) for i in range(3, 5)]
+        tail1 = codec.flush(torch.tensor([False, True]))
+    assert tail0.shape == tail1.shape == (2, 1, delay)
+    assert not tail0[1].any() and not tail1[0].any()
+    row0 = torch.cat([c[0] for c in first] + [tail0[0]], -1)[..., delay:]
+    row1 = torch.cat([c[1] for c in first + rest] + [tail1[1]], -1)[..., delay:]
+    for streamed, offline in ((row0, short[0]), (row1, long[0])):
+        assert streamed.shape == offline.shape
+        assert (streamed - offline).abs().max() / offline.abs().max() < STREAM_WAVE_BOUND
+
+
 def test_streaming_reset_one_stream():
     codec = tiny_codec()
     hop = codec.hop_length

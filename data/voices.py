@@ -36,6 +36,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import os
 import random
 import re
 import unicodedata
@@ -415,6 +416,24 @@ def accent_of(voice: Voice) -> str:
 
 
 def synth_at(voice: Voice, text: str, sample_rate: int) -> Tensor:
-    """``voice.synth(text)`` resampled to ``sample_rate``: [samples]."""
+    """``voice.synth(text)`` resampled to ``sample_rate``: [samples]. Neural voices' waves are kept in
+    ``$OMNI_CACHE/speech/`` (float16, keyed by voice name, text and rate; written under a temporary
+    name, then renamed): Kokoro needs ~1-3 s per second of speech on a loaded core, and the demo's
+    corpora and evaluation speak the same lines on every run."""
+    if voice.family == "espeak":  # ~100x faster than real time: nothing to save
+        return _resampled(voice, text, sample_rate)
+    key = hashlib.sha1(f"{voice.name}|{text}|{sample_rate}".encode()).hexdigest()
+    path = cache_dir() / "speech" / key[:2] / f"{key}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path).astype(np.float32))
+    wave = _resampled(voice, text, sample_rate).numpy().astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, wave)
+    tmp.rename(path)
+    return torch.from_numpy(wave.astype(np.float32))  # as a later call reads it back
+
+
+def _resampled(voice: Voice, text: str, sample_rate: int) -> Tensor:
     wave, sr = voice.synth(text)
     return resample(wave, sr, sample_rate)

@@ -97,3 +97,30 @@ def test_speech_corpus_voices(tmp_path):
     rows = {s: [json.loads(line) for line in (tmp_path / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "val")}
     assert {r["family"] for r in rows["train"]} <= {*TRAINING_FAMILIES, PRESET_FAMILY}
     assert {r["family"] for r in rows["val"]} == {UNSEEN_FAMILY}
+
+
+def test_neural_voices_are_synthesised_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
+    from omni.data.voices import Voice, synth_at
+
+    monkeypatch.setenv("OMNI_CACHE", str(tmp_path))
+    calls = []
+
+    @dataclass(frozen=True)
+    class Counted(Voice):
+        family: str = "kokoro"
+
+        @property
+        def name(self):
+            return "counted"
+
+        def synth(self, text):
+            calls.append(text)
+            return torch.linspace(-0.5, 0.5, 2400), 24_000
+
+    first = synth_at(Counted(), "hello", 12_000)
+    again = synth_at(Counted(), "hello", 12_000)
+    other = synth_at(Counted(), "hello", 24_000)  # another rate is another entry
+    assert calls == ["hello", "hello"] and torch.equal(first, again) and first.shape == (1200,)
+    assert other.shape == (2400,) and len(list(tmp_path.glob("speech/*/*.npy"))) == 2

@@ -36,20 +36,17 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 import torch
-from PIL import Image as PILImage
 
 import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
 from omni.config import Config, load_config
-from omni.conversation import Audio
 from omni.data.build_images import build_image_corpus
-from omni.data.build_omni import IMAGES, build_omni_corpus, load_picture, tokenizer_folder
+from omni.data.build_omni import build_omni_corpus, tokenizer_folder
 from omni.data.build_speech import build_speech_corpus
 from omni.data.build_text import build_text_corpus
 from omni.data.build_video import build_video_corpus
-from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import synth_at, unseen_voices
+from omni.eval.demo_answers import evaluate
+from omni.eval.intelligibility import Judge
 from omni.infer.chat import OmniChat
-from omni.io.audio import save_audio
 from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
                                    read_trainer_state, resolve_checkpoint)
 from omni.train.shards import ShardStream, read_shard_index
@@ -80,55 +77,6 @@ TOKENIZERS = {
 }
 SPEECH_MINUTES = 20.0  # ~ one epoch of the codec's budget (8 one-second segments per step); ~30 s of espeak
 VIDEO_CLIPS = 400
-MAX_TEXT = 48  # text tokens per demo answer (an undertrained model may never stop on its own)
-
-
-def spoken_question(text: str, sample_rate: int) -> torch.Tensor:
-    """``text`` spoken by a voice of the family no corpus trains on, [samples] at ``sample_rate``."""
-    return synth_at(unseen_voices(1)[0], text, sample_rate)
-
-
-def streamed_turn(bot, question: torch.Tensor, out: Path, chunk_ms: int = 80, tail_s: float = 1.5) -> str:
-    """Stream ``question`` (then ``tail_s`` of silence) in ``chunk_ms`` chunks through a VAD session;
-    write reply.wav; return the latency line."""
-    sr = bot.sample_rate
-    step = sr * chunk_ms // 1000
-    audio = torch.cat([question, torch.zeros(int(tail_s * sr))])
-    frames, ticks, busy, ttfa = [], 0, 0.0, None
-    with bot.session(1, vad=True) as s:
-        for i in range(0, len(audio), step):
-            t = time.perf_counter()
-            outs = list(s.feed(audio[i : i + step].view(1, 1, -1)))
-            busy += time.perf_counter() - t
-            ticks += len(outs)
-            for o in outs:
-                if any(name == "turn_end" for _, name in o.events) and ttfa is None:
-                    ttfa = (time.perf_counter() - t) * 1000  # the chunk that ended the turn -> its first frame
-                frames += [o.audio[0, 0]] if o.speaking[0] else []
-        if ttfa is None:  # VAD heard no end of turn (e.g. noise): end it explicitly
-            t = time.perf_counter()
-            outs = list(s.feed(torch.zeros(1, 1, 0), end_turn=True))
-            ttfa = (time.perf_counter() - t) * 1000
-            frames += [o.audio[0, 0] for o in outs if o.speaking[0]]
-        replies = s.reply()
-        while True:  # the rest of the reply, one tick (80 ms of silent input) at a time
-            t = time.perf_counter()
-            o = next(replies, None)
-            if o is None:
-                break
-            busy += time.perf_counter() - t
-            ticks += 1
-            frames += [o.audio[0, 0]] if o.speaking[0] else []
-        history = s.history(0)
-    said = [p for m in history if m.role == "assistant" for p in m.content if isinstance(p, Audio)]
-    spoken = said[-1].text if said else ""
-    wav = torch.cat(frames) if frames else torch.zeros(0)
-    save_audio(out / "reply.wav", wav[None], sr)
-    rtf = busy / max(1e-9, ticks * bot.codec.hop_length / sr)
-    return (f"reply {len(wav) / sr:.2f} s of speech ({out / 'reply.wav'}), monologue {spoken!r}\n"
-            f"   latency: time to first audio {ttfa:.0f} ms after the chunk that ended the turn (VAD waited "
-            f"{bot.serving.end_of_turn_ms} ms of silence first); real-time factor {rtf:.2f} over {ticks} frames "
-            f"in and out ({torch.get_num_threads()} CPU thread)")
 
 
 def budget_steps(cfg: Config, budget_s: float, max_steps: int, min_steps: int = 20) -> int:
@@ -213,7 +161,7 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> di
 
 
 def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.35,
-                  budget_scale: float = 1.0) -> dict[str, float]:
+                  budget_scale: float = 1.0, judge: str = "base") -> dict[str, float]:
     """Tokenizers -> corpus -> train -> spoken turn + image question + drawing (see module docstring).
     ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x ``budget_scale``.
     Returns the seconds each stage took."""
@@ -248,26 +196,11 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
 
     t0 = time.perf_counter()
     bot = OmniChat.load(out, serving=cfg.serving)  # serving knobs from the config, not the checkpoint
-    out_dir = Path(out)
-    torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
-    first = load_spoken_qa()[0]
-    question, answer = first.question, first.answer
-    print(f"== spoken question {question!r} (an unseen voice; trained answer {answer!r} in the assistant voice)")
-    print("   " + streamed_turn(bot, spoken_question(question, bot.sample_rate), out_dir))
-
-    name, caption = next((n, c) for n, c in IMAGES if n.endswith("chelsea"))
-    reply = bot.chat([{"role": "user", "content": [{"type": "image", "image": load_picture(name)},
-                                                   {"type": "text", "text": "Describe the image."}]}], max_new_tokens=MAX_TEXT)
-    print(f"== image question (a cat photo; trained caption {caption!r}): {reply.text!r}")
-    drawing = bot.chat([{"role": "user", "content": f"Draw {caption}"}], reply_in_speech=False,
-                       max_new_tokens=MAX_TEXT + bot.fmt.vocab.image_grid[0] * bot.fmt.vocab.image_grid[1])
-    if drawing.images:
-        PILImage.fromarray((drawing.images[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(out_dir / "drawn.png")
-        print(f"== drawing ({caption!r}): {out_dir / 'drawn.png'}")
-    else:
-        print(f"== drawing ({caption!r}): the model answered in text instead: {drawing.text!r}")
-    print(f"== try it: python -m omni.chat --checkpoint {out} --audio {out_dir / 'reply.wav'} --out {out_dir / 'chat'}")
-    timings["omni serving"] = time.perf_counter() - t0
+    answers = Path(out) / "answers"
+    print(f"== is it right? (eval/demo_answers.py: captions, drawings, every spoken question) -> {answers}")
+    evaluate(bot, answers, Judge(judge))
+    print(f"== try it: python -m omni.chat --checkpoint {out} --audio {answers / 'questions' / '00.wav'} --out {Path(out) / 'chat'}")
+    timings["omni answers"] = time.perf_counter() - t0
     return timings
 
 
@@ -303,7 +236,7 @@ def text_demo(args: argparse.Namespace) -> None:
 
 def omni_demo(args: argparse.Namespace) -> dict[str, float]:
     """Steps 4-7: the omni model; returns the seconds of each stage."""
-    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale)
+    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale, args.judge)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
     p.add_argument("--budget-scale", type=float, default=1.0,
                    help="multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")
+    p.add_argument("--judge", default="base", choices=("base", "tiny.en"),
+                   help="Whisper model that transcribes the spoken replies (tiny.en: quicker, less exact)")
     p.add_argument("overrides", nargs="*", help="text config overrides, key=value")
     args = p.parse_args(argv)
     timings: dict[str, float] = {}

@@ -1,0 +1,51 @@
+"""eval/demo_answers.py, the end of make demo: every spoken question through a batched streaming
+session, captions and drawings, scored and written to JSON (a tiny untrained model, a stub judge)."""
+import json
+
+import pytest
+
+from omni.config import ServingConfig
+from tests import omni_fixtures as F
+
+one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
+
+
+class StubJudge:
+    """Hears the same sentence in every reply."""
+
+    name = "stub"
+
+    def transcribe_many(self, waves, sample_rate, desc=""):
+        assert all(w.dim() == 1 for w in waves)
+        return ["The sky is blue!"] * len(waves)
+
+
+def test_fixed_answer_baseline():
+    from omni.eval.demo_answers import fixed_answer_baseline
+
+    assert fixed_answer_baseline(["Snow is white.", "The sky is blue.", "Sky blue."]) == ("The sky is blue.", 2)
+
+
+@pytest.mark.slow
+def test_every_question_is_asked_streamed_judged_and_written(tmp_path):
+    pytest.importorskip("kokoro_onnx")
+    pytest.importorskip("silero_vad")
+    from omni.eval.demo_answers import evaluate
+    from omni.infer.chat import OmniChat
+
+    tok, codec, v, fmt, m = F.setup(tmp_path / "tok", max_seq_len=512)
+    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m),
+                   serving=ServingConfig(max_reply_frames=4))
+    result = evaluate(bot, tmp_path / "out", StubJudge(), batch=2, limit=3)  # two sessions: 2 rows, then 1
+    assert json.loads((tmp_path / "out" / "answers.json").read_text()) == json.loads(json.dumps(result))
+    spoken = result["spoken"]
+    turns = spoken["turns"]
+    assert [t["question"] for t in turns][2] == "What color is the sky?"
+    assert [t["right"] for t in turns] == [False, False, True]  # the stub's sentence answers question 3 only
+    assert spoken["summary"]["accuracy"] == pytest.approx(1 / 3) and spoken["summary"]["judge"] == "Whisper stub"
+    assert all(t["voice"].startswith("kokoro-kumo:") for t in turns)
+    for n, t in enumerate(turns):
+        assert (tmp_path / "out" / "questions" / f"{n:02d}.wav").is_file()
+        assert 0 < t["reply_s"] <= (4 * codec.hop_length + codec.cfg.vocoder_lookahead * 256) / codec.sample_rate + 1e-6
+    assert result["images"]["summary"]["pictures"] == 14 and len(result["drawings"]["drawings"]) == 14
+    assert (tmp_path / "out" / "drawings.png").is_file()

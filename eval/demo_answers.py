@@ -2,6 +2,7 @@
 session, judged by Whisper; captions of unseen crops; drawings of every picture.
 
     python eval/demo_answers.py --checkpoint runs/demo-omni [--judge base|tiny.en] [--out DIR]
+    python eval/demo_answers.py --checkpoint runs/demo-omni --text-only   # the model alone, in seconds
 
 ``make demo`` ends with this (eval/demo_pipeline.py). Three checks, each beside a trivial baseline
 measured in the same run, each written into ``DIR/answers.json``:
@@ -16,6 +17,9 @@ measured in the same run, each written into ``DIR/answers.json``:
    the same way (it measures the model apart from the codec); reply WER is against the answer text.
    Baseline: one fixed answer for every question (the answer that holds the most others).
    Questions and replies are written to ``DIR/questions/NN.wav`` and ``DIR/replies/NN.wav``.
+   ``--text-only`` measures the model apart from the codec's decoder and the judge, quickly: each
+   question's reply is generated offline (the tokens the session would draw) and only its
+   monologue is scored; no audio is decoded.
 2. **Captions of unseen crops.** Each picture of data/build_omni.py's IMAGES, cropped and flipped as
    in training but by a seed no corpus uses (a crop the model never saw), with "Describe the
    image."; right when the reply holds the caption's content words. Baseline: one fixed caption.
@@ -41,12 +45,13 @@ from PIL import Image as PILImage
 from tqdm import tqdm
 
 from omni.config import load_config
-from omni.conversation import Audio
+from omni.conversation import Audio, Message
 from omni.data.build_omni import IMAGES, augment, load_picture
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import UNSEEN_FAMILY, synth_at, unseen_voices
 from omni.eval.intelligibility import Judge, holds_answer, word_error_rate
 from omni.infer.chat import OmniChat
+from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
 from omni.io.audio import save_audio
 from omni.tokenizers.image import load_image
@@ -146,24 +151,56 @@ def _spoken(session: SpeechSession, row: int) -> str:
     return said[-1].text if said else ""
 
 
+def monologues_offline(bot: OmniChat, questions: list[Tensor]) -> list[str]:
+    """The text each spoken question's reply would be spoken from, generated offline (greedy, as the
+    session samples) without decoding any audio."""
+    said = []
+    for q in tqdm(questions, desc="monologues (offline)", disable=None):
+        codes = bot.codec.encode(bot.codec.pad_to_hop(q.view(1, 1, -1)).to(bot.device))[0].cpu()
+        reply = generate_reply(bot.model, bot.fmt, [Message("user", Audio(codes))], reply_in_speech=True,
+                               max_new_tokens=bot.serving.max_reply_frames)
+        said.append(" ".join(p.text for p in reply.parts if isinstance(p, Audio)).strip())
+    return said
+
+
 def fixed_answer_baseline(answers: list[str]) -> tuple[str, int]:
     """The best constant reply: the answer that holds the most answers' content words, and how many."""
     return max(((f, sum(holds_answer(a, f) for a in answers)) for f in answers), key=lambda x: x[1])
 
 
-def ask_every_question(bot: OmniChat, judge: Judge, out: Path, batch: int = 12, limit: Optional[int] = None) -> dict[str, Any]:
-    """Check 1 of the module docstring; prints each turn and the summary; returns the JSON-able result."""
+def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: int = 12,
+                       limit: Optional[int] = None) -> dict[str, Any]:
+    """Check 1 of the module docstring; prints each turn and the summary; returns the JSON-able result.
+    ``judge`` None: text only (offline monologues, no audio, no session)."""
     qa = load_spoken_qa()[:limit]
     voices = unseen_voices(len(qa))
     t0 = time.perf_counter()
     questions = [synth_at(v, q, bot.sample_rate) for v, (q, _) in tqdm(list(zip(voices, qa)), desc="speaking the questions", disable=None)]
-    synth_s = time.perf_counter() - t0
+    seconds = {"speaking the questions": time.perf_counter() - t0}
+    answers = [a for _, a in qa]
+    fixed, fixed_right = fixed_answer_baseline(answers)
     t0 = time.perf_counter()
+    if judge is None:
+        said = monologues_offline(bot, questions)
+        seconds["offline replies"] = time.perf_counter() - t0
+        rows = [{"question": q, "answer": a, "voice": v.name, "monologue": m, "monologue_right": holds_answer(a, m)}
+                for (q, a), v, m in zip(qa, voices, said)]
+        for n, r in enumerate(rows, 1):
+            print(f"   {n:2d}. {r['question']!r} -> expected {r['answer']!r}\n"
+                  f"       text {'+' if r['monologue_right'] else '-'} {r['monologue']!r}")
+        right = sum(r["monologue_right"] for r in rows)
+        print(f"== spoken questions, text only: {len(rows)} questions in unseen voices ({UNSEEN_FAMILY}); the text "
+              f"monologue holds the answer's content words in {right}/{len(rows)} = {100 * right / len(rows):.1f} %; "
+              f"baseline, one fixed answer ({fixed!r}): {fixed_right}/{len(rows)}")
+        summary = {"questions": len(rows), "voices": f"{UNSEEN_FAMILY} (held out of training)", "judge": None,
+                   "monologue_accuracy": right / len(rows), "seconds": seconds,
+                   "baseline_fixed_answer": {"answer": fixed, "accuracy": fixed_right / len(rows)}}
+        return {"summary": summary, "turns": rows}
     replies, stats = converse(bot, questions, batch)
-    session_s = time.perf_counter() - t0
+    seconds["session"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     transcripts = judge.transcribe_many([a for a, _, _ in replies], bot.sample_rate, desc="judging the replies")
-    judge_s = time.perf_counter() - t0
+    seconds["judge"] = time.perf_counter() - t0
     turns = []
     for n, ((q, a), v, (wav, said, ttfa), heard) in enumerate(zip(qa, voices, replies, transcripts)):
         save_audio(out / "questions" / f"{n:02d}.wav", questions[n][None], bot.sample_rate)
@@ -171,8 +208,6 @@ def ask_every_question(bot: OmniChat, judge: Judge, out: Path, batch: int = 12, 
         save_audio(path, wav[None], bot.sample_rate)
         turns.append(SpokenTurn(q, a, v.name, said, heard, holds_answer(a, heard), holds_answer(a, said),
                                 len(wav) / bot.sample_rate, ttfa, str(path)))
-    answers = [a for _, a in qa]
-    fixed, fixed_right = fixed_answer_baseline(answers)
     right, said_right = sum(t.right for t in turns), sum(t.monologue_right for t in turns)
     ttfas = sorted(t.ttfa_ms for t in turns)
     summary = {
@@ -181,7 +216,7 @@ def ask_every_question(bot: OmniChat, judge: Judge, out: Path, batch: int = 12, 
         "reply_wer": word_error_rate(answers, transcripts),
         "baseline_fixed_answer": {"answer": fixed, "accuracy": fixed_right / len(turns)},
         "ttfa_ms_p50": ttfas[len(ttfas) // 2], "session_rtf": stats["rtf"], "batch": int(stats["batch"]),
-        "seconds": {"speaking the questions": synth_s, "session": session_s, "judge": judge_s},
+        "seconds": seconds,
         "codec": {k: v for k, v in bot.codec.metadata.items() if isinstance(v, (int, float, str))},
     }
     for n, t in enumerate(turns, 1):
@@ -196,7 +231,7 @@ def ask_every_question(bot: OmniChat, judge: Judge, out: Path, batch: int = 12, 
           f"   reply WER against the answer text {100 * summary['reply_wer']:.1f} %; time to first audio p50 "
           f"{summary['ttfa_ms_p50']:.0f} ms after the frame that ended the turn (VAD waited "
           f"{bot.serving.end_of_turn_ms} ms of silence first); session real-time factor {stats['rtf']:.2f} with "
-          f"{summary['batch']} conversations per tick; {session_s:.0f} s session, {judge_s:.0f} s judge")
+          f"{summary['batch']} conversations per tick; {seconds['session']:.0f} s session, {seconds['judge']:.0f} s judge")
     return {"summary": summary, "turns": [asdict(t) for t in turns]}
 
 
@@ -251,11 +286,10 @@ def draw_every_picture(bot: OmniChat, out: Path) -> dict[str, Any]:
     return {"summary": {"pictures": len(rows), "recognisable": right / len(rows), "chance": 1 / len(rows)}, "drawings": rows}
 
 
-def evaluate(bot: OmniChat, out: Path, judge: Judge, batch: int = 12, limit: Optional[int] = None) -> dict[str, Any]:
-    """All three checks (spoken answers judged by ``judge``; ``limit``: the first N questions only);
-    writes ``out/answers.json`` and returns it."""
+def evaluate(bot: OmniChat, out: Path, judge: Optional[Judge], batch: int = 12, limit: Optional[int] = None) -> dict[str, Any]:
+    """All three checks (spoken answers judged by ``judge``, None: text only; ``limit``: the first N
+    questions only); writes ``out/answers.json`` and returns it."""
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(1)  # serving a tiny model: one core (the real-time target) is also the fastest
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": _commit()}
     result["images"] = caption_unseen_crops(bot)
     result["drawings"] = draw_every_picture(bot, out)
@@ -278,10 +312,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--judge", default="base", choices=("base", "tiny.en"), help="Whisper model (tiny.en: quicker, less exact)")
     p.add_argument("--batch", type=int, default=12, help="concurrent conversations per session")
     p.add_argument("--limit", type=int, default=None, help="ask only the first N questions (quick checks)")
+    p.add_argument("--text-only", action="store_true", help="score the offline monologues only: no audio, no judge")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's run folder / answers)")
     args = p.parse_args(argv)
     bot = OmniChat.load(args.checkpoint, serving=load_config("configs/omni-tiny.yaml").serving)
-    evaluate(bot, Path(args.out or Path(args.checkpoint) / "answers"), Judge(args.judge), args.batch, args.limit)
+    evaluate(bot, Path(args.out or Path(args.checkpoint) / "answers"), None if args.text_only else Judge(args.judge),
+             args.batch, args.limit)
 
 
 if __name__ == "__main__":

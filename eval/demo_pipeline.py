@@ -14,14 +14,17 @@ Omni (configs/omni-tiny.yaml, see docs/omni.md):
 
 4. train the speech codec, image and video tokenizers with the same Trainer (configs/{codec,image,
    video}-tiny.yaml, ~3 / 1.5 / 1 min) into ``runs/demo-{codec,image,video}``, reusing finished runs;
-5. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, spoken QA in many
-   voices answered in one assistant voice, captions, text -> image, video description);
-6. train the omni model from scratch for ~5 minutes (tokenizers frozen) into ``runs/demo-omni``;
-7. answer one spoken question in a streamed turn — 80 ms chunks in, VAD ends the turn, frames out
-   as they are decoded — writing ``reply.wav`` and printing the latency line; then answer one image
-   question and draw one picture.
+5. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, every question of
+   data/spoken_qa.jsonl spoken in many training voices and answered in the one assistant voice,
+   captions of random crops, text -> image, video description);
+6. train the omni model from scratch (tokenizers frozen) into ``runs/demo-omni``;
+7. check its answers (eval/demo_answers.py): captions of unseen crops of every picture, a drawing of
+   every picture, then every spoken question in unseen voices streamed through batched
+   SpeechSessions (80 ms frames in, VAD ends each turn, frames out as they are decoded), each reply
+   transcribed by Whisper and scored; ``runs/demo-omni/answers/`` holds answers.json, the question
+   and reply wavs and drawings.png.
 
-    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--budget-scale X] [--out runs/demo] [key=value ...]
+    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--budget-scale X] [--judge base|tiny.en] [--out runs/demo] [key=value ...]
 
 Each training stage gets as many steps as fit its time budget (:func:`budget_steps` times a few steps
 first). Each stage prints what it does and how long it took; the demo ends with the time of every stage.
@@ -160,7 +163,7 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> di
     return runs
 
 
-def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.35,
+def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.6,
                   budget_scale: float = 1.0, judge: str = "base") -> dict[str, float]:
     """Tokenizers -> corpus -> train -> spoken turn + image question + drawing (see module docstring).
     ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x ``budget_scale``.
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/demo", help="text run folder (replaced if it exists)")
     p.add_argument("--only", choices=("text", "omni"), default=None, help="run one part of the demo")
     p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: sized for ~5 min)")
-    p.add_argument("--omni-scale", type=float, default=0.35, help="omni demo corpus size (x data/build_omni.py's)")
+    p.add_argument("--omni-scale", type=float, default=0.6, help="omni demo corpus size (x data/build_omni.py's COUNTS)")
     p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
     p.add_argument("--budget-scale", type=float, default=1.0,
                    help="multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")

@@ -26,16 +26,23 @@ def test_fixed_answer_baseline():
     assert fixed_answer_baseline(["Snow is white.", "The sky is blue.", "Sky blue."]) == ("The sky is blue.", 2)
 
 
-@pytest.mark.slow
-def test_every_question_is_asked_streamed_judged_and_written(tmp_path):
+@pytest.fixture(scope="module")
+def bot(tmp_path_factory):
+    """A tiny untrained omni model with untrained tokenizers, replies cut at 4 frames."""
     pytest.importorskip("kokoro_onnx")
     pytest.importorskip("silero_vad")
-    from omni.eval.demo_answers import evaluate
     from omni.infer.chat import OmniChat
 
-    tok, codec, v, fmt, m = F.setup(tmp_path / "tok", max_seq_len=512)
-    bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m),
-                   serving=ServingConfig(max_reply_frames=4))
+    tok, codec, v, fmt, m = F.setup(tmp_path_factory.mktemp("tok"), max_seq_len=512)
+    return OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m),
+                    serving=ServingConfig(max_reply_frames=4))
+
+
+@pytest.mark.slow
+def test_every_question_is_asked_streamed_judged_and_written(bot, tmp_path):
+    from omni.eval.demo_answers import evaluate
+
+    codec = bot.codec
     result = evaluate(bot, tmp_path / "out", StubJudge(), batch=2, limit=3)  # two sessions: 2 rows, then 1
     assert json.loads((tmp_path / "out" / "answers.json").read_text()) == json.loads(json.dumps(result))
     spoken = result["spoken"]
@@ -49,3 +56,12 @@ def test_every_question_is_asked_streamed_judged_and_written(tmp_path):
         assert 0 < t["reply_s"] <= (4 * codec.hop_length + codec.cfg.vocoder_lookahead * 256) / codec.sample_rate + 1e-6
     assert result["images"]["summary"]["pictures"] == 14 and len(result["drawings"]["drawings"]) == 14
     assert (tmp_path / "out" / "drawings.png").is_file()
+
+
+@pytest.mark.slow
+def test_text_only_scores_the_offline_monologues(bot, tmp_path):
+    from omni.eval.demo_answers import ask_every_question
+
+    result = ask_every_question(bot, None, tmp_path, limit=2)
+    assert result["summary"]["judge"] is None and len(result["turns"]) == 2
+    assert all(isinstance(t["monologue"], str) and t["monologue_right"] in (True, False) for t in result["turns"])

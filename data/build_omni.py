@@ -62,6 +62,14 @@ from omni.tokenizers.base import Tokenizer, load_tokenizer
 from omni.train.shards import FORMAT
 
 VAL_EVERY = 40
+# Conversations per task at scale 1: text, speech, image, video, speech safety. The demo is judged on
+# spoken answers in unseen voices and on captions of unseen crops, so most of the corpus goes there.
+COUNTS = (800, 1500, 420, 120, 240)
+# Share of the speech conversations that ask a spoken question (s2s); each of those utterances is also
+# transcribed (asr, as many again); the rest are "Say: ..." (tts).
+ASKED_SHARE = 0.4
+# Share of the image conversations that caption a random crop; the rest draw a picture.
+CAPTION_SHARE = 2 / 3
 
 # The demo's spoken questions and answers live in data/spoken_qa.jsonl (omni.data.spoken_qa).
 EXTRA_TTS_LINES = ["Good morning.", "Thank you very much.", "See you tomorrow.", "The weather is nice today.",
@@ -189,7 +197,7 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 class Builder:
     """Makes the conversations of every task with the frozen tokenizers."""
 
-    def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = 24) -> None:
+    def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = 64) -> None:
         self.toks, self.rng = toks, random.Random(seed)
         self.codec = toks["codec"]
         self.voices = training_voices(voices, seed)
@@ -251,17 +259,15 @@ class Builder:
             yield "text", [Message("user", q), Message("assistant", a)]
         for x in self.qa + [x for x in self.safety if not x.sample]:
             yield "text", [Message("user", x.question), Message("assistant", x.answer)]
-        # Plan the speech conversations first, then synthesise and encode every utterance once.
-        plan = []
-        for i in range(n_speech):
-            kind = ("s2s", "asr", "tts")[i % 3]
-            if kind == "s2s":
-                x = rng.choice(self.qa)
-                plan.append((kind, x.question, x.answer, self.voice(), None))
-            elif kind == "asr":
-                plan.append((kind, rng.choice([x.question for x in self.qa] + self.tts_lines), None, self.voice(), None))
-            else:
-                plan.append((kind, rng.choice(self.tts_lines), None, None, None))
+        # Plan the speech conversations first, then synthesise and encode every utterance once. Spoken
+        # questions: each question of the file in turn, in a random training voice; every one is asked
+        # (s2s, answered in the assistant voice) and transcribed (asr), so recognising a question and
+        # answering it learn from the same utterances. The rest speak answers and lines (tts).
+        n_asked = max(1, int(n_speech * ASKED_SHARE))
+        asked = [(self.qa[i % len(self.qa)], self.voice()) for i in range(n_asked)]
+        plan = [("s2s", x.question, x.answer, v, None) for x, v in asked]
+        plan += [("asr", x.question, None, v, None) for x, v in asked]
+        plan += [("tts", rng.choice(self.tts_lines), None, None, None) for _ in range(max(0, n_speech - 2 * n_asked))]
         for i in range(n_safety):
             x = self.safety[i % len(self.safety)]
             sample, answer = self.safety_question(x)
@@ -282,9 +288,10 @@ class Builder:
                 yield kind, [Message("user", f"Say: {text}"),
                              Message("assistant", Audio(speech[text, self.assistant], text=text))]
         pictures = [(load_picture(name), caption) for name, caption in IMAGES]
+        n_captions = round(n_image * CAPTION_SHARE)
         for i in tqdm(range(n_image), desc="image conversations", disable=None):
-            pil, caption = rng.choice(pictures)
-            if i % 2 == 0:
+            pil, caption = pictures[i % len(pictures)]  # every picture as often
+            if i < n_captions:
                 yield "caption", [Message("user", [Image(self.image_codes(pil)), Text("Describe the image.")]),
                                   Message("assistant", caption.capitalize())]
             else:  # text -> image: the un-augmented picture, so each caption has one target
@@ -334,7 +341,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     fmt = ConversationFormat(text, vocab)
     n = lambda k: max(1, int(k * scale))  # noqa: E731
     with torch.no_grad():
-        convs = list(Builder(cfg, toks, cfg.train.seed).conversations(n(1500), n(900), n(300), n(120), n(240)))
+        convs = list(Builder(cfg, toks, cfg.train.seed).conversations(*(n(c) for c in COUNTS)))
     random.Random(cfg.train.seed).shuffle(convs)
     splits: dict[str, list[tuple[str, Stream]]] = {"train": [], "val": []}
     counts: dict[str, int] = {}

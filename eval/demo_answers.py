@@ -59,7 +59,7 @@ from omni.tokenizers.image import load_image
 Tensor = torch.Tensor
 
 TAIL_S = 1.5  # silence after each question: the VAD's end-of-turn wait and the first reply frames
-CROP_SEED = 424242  # data/build_omni.py seeds its crops with train.seed (0 in every config)
+CROP_SEED = 424242  # data/build_omni.py seeds its crops with train.seed (1234 in the configs)
 MAX_TEXT = 48  # text tokens per caption (an undertrained model may never stop on its own)
 
 

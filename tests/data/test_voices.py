@@ -2,6 +2,7 @@
 the spoken QA file."""
 import json
 import time
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from omni.data.build_speech import build_speech_corpus
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import (KOKORO_TRAINING_STYLES, KOKORO_UNSEEN_STYLE, KokoroVoice, PRESET_FAMILY,
                               TRAINING_FAMILIES, UNSEEN_FAMILY, espeak, kokoro, kokoro_model_path, piper, preset_voice,
-                              training_voices, unseen_voices)
+                              Voice, synth_at, training_voices, unseen_voices)
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 pytest.importorskip("espeakng_loader")
@@ -100,10 +101,6 @@ def test_speech_corpus_voices(tmp_path):
 
 
 def test_neural_voices_are_synthesised_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    from dataclasses import dataclass
-
-    from omni.data.voices import Voice, synth_at
-
     monkeypatch.setenv("OMNI_CACHE", str(tmp_path))
     calls = []
 

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from omni.config import ServingConfig
+from omni.eval.demo_answers import ask_every_question, evaluate, fixed_answer_baseline
+from omni.infer.chat import OmniChat
 from tests import omni_fixtures as F
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
@@ -21,8 +23,6 @@ class StubJudge:
 
 
 def test_fixed_answer_baseline():
-    from omni.eval.demo_answers import fixed_answer_baseline
-
     assert fixed_answer_baseline(["Snow is white.", "The sky is blue.", "Sky blue."]) == ("The sky is blue.", 2)
 
 
@@ -31,8 +31,6 @@ def bot(tmp_path_factory):
     """A tiny untrained omni model with untrained tokenizers, replies cut at 4 frames."""
     pytest.importorskip("kokoro_onnx")
     pytest.importorskip("silero_vad")
-    from omni.infer.chat import OmniChat
-
     tok, codec, v, fmt, m = F.setup(tmp_path_factory.mktemp("tok"), max_seq_len=512)
     return OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m),
                     serving=ServingConfig(max_reply_frames=4))
@@ -40,8 +38,6 @@ def bot(tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_question_is_asked_streamed_judged_and_written(bot, tmp_path):
-    from omni.eval.demo_answers import evaluate
-
     codec = bot.codec
     result = evaluate(bot, tmp_path / "out", StubJudge(), batch=2, limit=3)  # two sessions: 2 rows, then 1
     assert json.loads((tmp_path / "out" / "answers.json").read_text()) == json.loads(json.dumps(result))
@@ -60,8 +56,6 @@ def test_every_question_is_asked_streamed_judged_and_written(bot, tmp_path):
 
 @pytest.mark.slow
 def test_text_only_scores_the_offline_monologues(bot, tmp_path):
-    from omni.eval.demo_answers import ask_every_question
-
     result = ask_every_question(bot, None, tmp_path, limit=2)
     assert result["summary"]["judge"] is None and len(result["turns"]) == 2
     assert all(isinstance(t["monologue"], str) and t["monologue_right"] in (True, False) for t in result["turns"])

@@ -2,7 +2,7 @@
 tiny.en transcription of espeak-ng speech (the quick judge)."""
 import pytest
 
-from omni.eval.intelligibility import Judge, normalize_text, word_error_rate
+from omni.eval.intelligibility import Judge, content_words, holds_answer, normalize_text, word_error_rate
 from omni.data.voices import EspeakVoice
 
 
@@ -42,8 +42,6 @@ def test_tiny_en_transcribes_espeak_speech():
 
 
 def test_content_words_drop_only_function_words():
-    from omni.eval.intelligibility import content_words
-
     assert content_words("The sky is blue.") == ["sky", "blue"]
     assert content_words("The opposite of up is down.") == ["opposite", "up", "down"]
     assert content_words("Two plus two is four.") == ["2", "+2", "4"]  # Whisper's normaliser writes "plus" as "+"
@@ -65,13 +63,9 @@ def test_content_words_drop_only_function_words():
     ("Bees make honey.", "honey bees make", False),
 ])
 def test_holds_answer(answer, transcript, held):
-    from omni.eval.intelligibility import holds_answer
-
     assert holds_answer(answer, transcript) is held
 
 
 def test_holds_answer_needs_an_answer():
-    from omni.eval.intelligibility import holds_answer
-
     with pytest.raises(ValueError, match="no words"):
         holds_answer(" ?! ", "anything")

@@ -11,7 +11,7 @@ measured in the same run, each written into ``DIR/answers.json``:
    held-out family (``kokoro-kumo``, data/voices.py: never in a training corpus) and streamed through
    :class:`omni.infer.session.SpeechSession` in batches of concurrent conversations, one codec frame
    per tick; Silero VAD ends each turn. Each reply is what its listener hears: its frames, then the
-   codec's held-back end (``speech_end``). Whisper (eval/intelligibility.py) transcribes every reply.
+   codec's held-back end (``speech_end``), cut at ``MAX_REPLY_S``. Whisper (eval/intelligibility.py) transcribes every reply.
    A reply is right when the transcript holds the answer's content words
    (:func:`omni.eval.intelligibility.holds_answer`); the text monologue the model spoke from is scored
    the same way (it measures the model apart from the codec); reply WER is against the answer text.
@@ -31,7 +31,9 @@ measured in the same run, each written into ``DIR/answers.json``:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import random
 import subprocess
 import time
@@ -59,6 +61,9 @@ from omni.tokenizers.image import load_image
 Tensor = torch.Tensor
 
 TAIL_S = 1.5  # silence after each question: the VAD's end-of-turn wait and the first reply frames
+# Replies are cut at 4 s: the longest answer the corpus speaks is 2.4 s, and a model that does not close
+# its reply would otherwise speak for serving.max_reply_frames, every frame through the vocoder.
+MAX_REPLY_S = 4.0
 CROP_SEED = 424242  # data/build_omni.py seeds its crops with train.seed (1234 in the configs)
 MAX_TEXT = 48  # text tokens per caption (an undertrained model may never stop on its own)
 
@@ -118,7 +123,8 @@ def _batch(bot: OmniChat, questions: list[Tensor]) -> tuple[list[tuple[Tensor, s
                 if (b, "speech_end") in o.events:
                     heard[b].append(o.tail[b, 0])
 
-    with bot.session(B, vad=True) as s:
+    frames = min(bot.serving.max_reply_frames, math.ceil(MAX_REPLY_S * bot.codec.frame_rate))
+    with bot.session(B, vad=True, serving=dataclasses.replace(bot.serving, max_reply_frames=frames)) as s:
         for i in range(0, wav.shape[-1], hop):
             t = time.perf_counter()
             outs = list(s.feed(wav[..., i : i + hop]))

@@ -193,11 +193,12 @@ class OmniChat:
         return ChatReply(" ".join(t.strip() for t in texts if t.strip()), wav, images, reply, stop_s)
 
     def session(self, batch_size: int = 1, vad: bool = True, sampling: SamplingConfig = SamplingConfig(),
-                seed: int = 0) -> SpeechSession:
-        """A streaming speech-to-speech session (use ``with``); ``vad`` ends turns and detects barge-in."""
+                seed: int = 0, serving: Optional[ServingConfig] = None) -> SpeechSession:
+        """A streaming speech-to-speech session (use ``with``); ``vad`` ends turns and detects barge-in;
+        ``serving``: this session's knobs (default: the ones the model was loaded with)."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return SpeechSession(self.model, self.codec, self.fmt, batch_size, vad=VoiceActivity(self.sample_rate) if vad else None,
-                             sampling=sampling, generator=gen, serving=self.serving, compile=self.compile)
+                             sampling=sampling, generator=gen, serving=serving or self.serving, compile=self.compile)
 
     def stream(self, chunks: Iterable[Tensor], vad: bool = True, **kw: Any) -> Iterator[Tensor]:
         """One spoken turn: feed input chunks ([samples] at ``sample_rate``, any length, e.g. 80 ms) as

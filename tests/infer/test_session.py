@@ -278,7 +278,8 @@ def test_omnichat_stream_answers_a_turn_of_whole_frames(env):
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=4, **OFF))
     wav = noise(6, 0)[0, 0]
     frames = list(bot.stream([wav[i : i + HOP] for i in range(0, len(wav), HOP)], vad=False))
-    assert len(frames) == 4 and all(f.shape == (HOP,) for f in frames)
+    # four frames, then the codec's held-back end of the reply (cut at max_reply_frames)
+    assert [f.shape for f in frames] == [(HOP,)] * 4 + [(codec.cfg.vocoder_lookahead * 256,)]
 
 
 def test_restart_resets_one_row_through_the_streaming_mechanism(env, trained):

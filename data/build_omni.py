@@ -64,7 +64,10 @@ from omni.train.shards import FORMAT
 VAL_EVERY = 40
 # Conversations per task at scale 1: text, speech, image, video, speech safety. The demo is judged on
 # spoken answers in unseen voices and on captions of unseen crops, so most of the corpus goes there.
-COUNTS = (800, 1500, 420, 120, 240)
+COUNTS = (250, 1500, 420, 120, 240)
+# Times the spoken questions also appear as text questions: the answers are learnt fastest from text,
+# and a spoken question then only has to be recognised.
+QA_TEXT_REPEATS = 6
 # Share of the speech conversations that ask a spoken question (s2s); each of those utterances is also
 # transcribed (asr, as many again); the rest are "Say: ..." (tts).
 ASKED_SHARE = 0.4
@@ -257,7 +260,7 @@ class Builder:
         rng = self.rng
         for q, a in instruction_pairs(n_text, seed=rng.randrange(1 << 30)):
             yield "text", [Message("user", q), Message("assistant", a)]
-        for x in self.qa + [x for x in self.safety if not x.sample]:
+        for x in self.qa * QA_TEXT_REPEATS + [x for x in self.safety if not x.sample]:
             yield "text", [Message("user", x.question), Message("assistant", x.answer)]
         # Plan the speech conversations first, then synthesise and encode every utterance once. Spoken
         # questions: each question of the file in turn, in a random training voice; every one is asked

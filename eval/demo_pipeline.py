@@ -60,8 +60,8 @@ CONFIG = "configs/omni-tiny.yaml"
 # The demo corpus is built from the tokenizers trained first, so it gets its own folder.
 DEMO_OVERRIDES = ["train.batch_size=4", "train.warmup_steps=20", "train.log_every=20", "train.ckpt_every=1000",
                   "data.path=.cache/data/demo-omni"]
-DEMO_STEPS = 150  # at most; fewer when this machine is slower than TRAIN_BUDGET_S allows
-TRAIN_BUDGET_S = 300.0
+DEMO_STEPS = 350  # at most; fewer when this machine is slower than TRAIN_BUDGET_S allows
+TRAIN_BUDGET_S = 420.0
 
 
 class TokenizerStage(NamedTuple):
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="text training steps (default: the config's)")
     p.add_argument("--out", default="runs/demo", help="text run folder (replaced if it exists)")
     p.add_argument("--only", choices=("text", "omni"), default=None, help="run one part of the demo")
-    p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: sized for ~5 min)")
+    p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: as many as fit ~7 min, at most 350)")
     p.add_argument("--omni-scale", type=float, default=0.6, help="omni demo corpus size (x data/build_omni.py's COUNTS)")
     p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
     p.add_argument("--budget-scale", type=float, default=1.0,

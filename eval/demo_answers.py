@@ -178,7 +178,7 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
                        limit: Optional[int] = None) -> dict[str, Any]:
     """Check 1 of the module docstring; prints each turn and the summary; returns the JSON-able result.
     ``judge`` None: text only (offline monologues, no audio, no session)."""
-    qa = load_spoken_qa()[:limit]
+    qa = [(x.question, x.answer) for x in load_spoken_qa()[:limit]]
     voices = unseen_voices(len(qa))
     t0 = time.perf_counter()
     questions = [synth_at(v, q, bot.sample_rate) for v, (q, _) in tqdm(list(zip(voices, qa)), desc="speaking the questions", disable=None)]

@@ -32,6 +32,7 @@ HiFi-GAN itself looks both ways, so the streamed waveform comes from
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ from omni.nn.rvq import ResidualVQ
 from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
                               pretrained_hifigan)
 from omni.streaming import StreamingModule
-from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
+from omni.tokenizers.base import (Tokenizer, load_tokenizer, load_weights_and_config, register_tokenizer,
+                                  save_weights_and_config)
 
 Tensor = torch.Tensor
 
@@ -210,6 +212,7 @@ class CodecDecoder(StreamingModule):
             if isinstance(m, ResidualUnit):
                 nn.init.zeros_(m.conv2.conv.weight)
         nn.init.zeros_(self.net[-1].conv.weight)
+        nn.init.zeros_(self.skip.conv.bias)
 
     def forward(self, q: Tensor) -> Tensor:
         return unstack_frames(self.skip(q) + self.net(q), self.mel_frames)
@@ -222,6 +225,28 @@ class CodecOutput(NamedTuple):
     mel: Tensor
     target: Tensor
     codes: Tensor
+
+
+# The codec-tiny weights that ship inside omni, with their model card (how they were made, measured).
+SHIPPED_CODEC = Path(__file__).resolve().parent.parent / "assets" / "codec-tiny"
+SHIPPED_CODEC_SHA256 = "47e53d54e8ac65e104f7aaf3538ab5d37110da52c7d4f0199b131702cd6f872e"  # of its model.safetensors
+
+
+def shipped_codec() -> "SpeechCodec":
+    """The trained codec-tiny that ships in omni/assets/codec-tiny (MODEL_CARD.md there gives the
+    command, data, steps, CPU time, metrics), loaded after checking its weights' sha256.
+
+    Raises ValueError if the weights file does not match :data:`SHIPPED_CODEC_SHA256`."""
+    path = SHIPPED_CODEC / "model.safetensors"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED_CODEC_SHA256:
+        raise ValueError(f"{path} has sha256 {digest}, expected {SHIPPED_CODEC_SHA256}: the shipped codec is damaged, or "
+                         "was replaced without updating SHIPPED_CODEC_SHA256 and its MODEL_CARD.md. Reinstall omni, or "
+                         "train one with `python train.py --config configs/codec-tiny.yaml`.")
+    codec = load_tokenizer(SHIPPED_CODEC)
+    if not isinstance(codec, SpeechCodec):
+        raise ValueError(f"{SHIPPED_CODEC} holds a {type(codec).__name__}, not a speech codec")
+    return codec.eval()
 
 
 @register_tokenizer

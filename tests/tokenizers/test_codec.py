@@ -2,12 +2,15 @@
 decode equals offline within float rounding, the streamed waveform equals offline within a stated
 bound; shapes, save/load, old checkpoints."""
 import json
+import shutil
 
 import pytest
 import torch
 
+import omni.tokenizers.codec as codec_module
+from omni.data.voices import espeak_voices, synth_at
 from omni.tokenizers import load_tokenizer
-from omni.tokenizers.codec import CodecConfig, SpeechCodec
+from omni.tokenizers.codec import CodecConfig, SpeechCodec, shipped_codec
 from omni.config import load_config
 from omni.data.build_speech import build_speech_corpus
 from omni.train.task import get_task
@@ -233,12 +236,6 @@ def test_shipped_codec_checks_its_sha256_and_reconstructs_speech(tmp_path, monke
     """The weights in omni/assets/codec-tiny load after the sha256 check and reconstruct an espeak-ng
     sentence's log-mels (an unseen voice and text) within L1 0.6 (measured 0.36 on the unseen Kokoro
     voices of its val set; an unfitted codec: ~5); a damaged copy is refused."""
-    import shutil
-
-    import omni.tokenizers.codec as codec_module
-    from omni.data.voices import espeak_voices, synth_at
-    from omni.tokenizers.codec import shipped_codec
-
     codec = shipped_codec()
     assert codec.cfg.num_codebooks == 16 and codec.metadata["bitrate"] == pytest.approx(1968.75)
     wav = codec.pad_to_hop(synth_at(espeak_voices(3, seed=7)[2], "Please open the kitchen window before dinner.", 22050))

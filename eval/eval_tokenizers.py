@@ -7,7 +7,7 @@ Each of ``--codec/--image/--video`` takes a tokenizer folder (``tokenizer.json``
 step folder whose checkpoint holds ``tokenizer/`` (written by the tokenizer tasks' on_save).
 
 - codec, on the held-back real recordings (``real_eval.jsonl`` of data/build_speech.py; never
-  trained on) and on synthetic val speech (speakers never trained on): for the originals, HiFi-GAN
+  trained on) and on synthetic val speech (the unseen voice family, never trained on): for the originals, HiFi-GAN
   resynthesis (no quantiser), this codec at 2/4/8/16 codebooks and Codec2 3200/1200 — Whisper WER
   (omni.eval.intelligibility), mel distance and Resemblyzer speaker similarity to the original;
   streaming RTF; spectrogram pictures, original above reconstruction.
@@ -101,7 +101,7 @@ def streaming_rtf(codec, wav: torch.Tensor) -> dict[str, float]:
 @torch.no_grad()
 def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 12, max_real: int = 0,
                sets: tuple[str, ...] = ("real", "synthetic"), systems: Optional[tuple[str, ...]] = None) -> dict[str, Any]:
-    """Per set ("real": the held-back recordings; "synthetic": espeak speakers never trained on) and
+    """Per set ("real": the held-back recordings; "synthetic": val speech in the unseen voice family, never trained on) and
     per system (originals, HiFi-GAN resynthesis, this codec at each codebook count, Codec2 3200 /
     1200): Whisper WER (the judge), mel distance and Resemblyzer speaker similarity to the original
     (reconstructions aligned to undo each codec's delay); streaming RTF; spectrograms.png."""

@@ -32,7 +32,7 @@ def text_tokenizer(folder: Path) -> SentencePieceTokenizer:
 
 def codec(num_codebooks: int = 4, codebook_size: int = 64) -> SpeechCodec:
     torch.manual_seed(0)
-    cfg = CodecConfig(channels=8, frame_channels=32, dim=32, num_codebooks=num_codebooks, codebook_size=codebook_size)
+    cfg = CodecConfig(channels=8, dim=32, num_codebooks=num_codebooks, codebook_size=codebook_size)
     return SpeechCodec(cfg).eval()
 
 

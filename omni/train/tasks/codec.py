@@ -23,10 +23,22 @@ def speech_segments(cfg: Config, split: str) -> SpeechSegments:
 
 @register_task("codec")
 class CodecTask(TokenizerTask):
-    """Mel -> codes -> mel: L1 between the decoded and the input's log-mels (vocoder scale, floored).
-    The vocoder is fixed; fine-tune it on the trained codec's mels with the ``vocoder`` task."""
+    """Fit the codec's encoder and codebooks to the training speech (:meth:`SpeechCodec.fit`: PCA
+    and residual k-means), then train its decoder: L1 between the decoded and the input's log-mels
+    (vocoder scale, floored). The vocoder is fixed; fine-tune it on the trained codec's mels with
+    the ``vocoder`` task."""
 
     tokenizer_cls, section = SpeechCodec, "codec"
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        codec = SpeechCodec(cfg.section("codec"))
+        data = speech_segments(cfg, "train")
+        wav = torch.stack([data[i] for i in range(len(data))])
+        stats = codec.fit(wav)
+        print(f"codec fitted on {wav.shape[0] * wav.shape[-1] / codec.sample_rate / 60:.1f} min of speech "
+              f"({stats['vectors']} vectors): PCA keeps {100 * stats['variance_kept']:.1f} % of the variance; "
+              "k-means mean squared residual by level " + " ".join(f"{e:.3f}" for e in stats["kmeans_mse"]))
+        return codec
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         return speech_segments(cfg, split)
@@ -39,7 +51,7 @@ class CodecTask(TokenizerTask):
             drop = torch.rand(batch.shape[0], device=batch.device) < c.quantizer_dropout
             n_q = torch.where(drop, torch.randint(1, k + 1, drop.shape, device=batch.device), k)
         out = model(batch, n_q)
-        loss = F.l1_loss(out.mel, out.target)  # FSQ has no codebook, hence no commitment loss
+        loss = F.l1_loss(out.mel, out.target)
         return loss, {"mel_l1": loss.item()}
 
     def tokens_in(self, batch: Tensor) -> int:

@@ -12,8 +12,10 @@ Text (configs/tiny.yaml):
 
 Omni (configs/omni-tiny.yaml, see docs/omni.md):
 
-4. train the speech codec, image and video tokenizers with the same Trainer (configs/{codec,image,
-   video}-tiny.yaml, ~3 / 1.5 / 1 min) into ``runs/demo-{codec,image,video}``, reusing finished runs;
+4. check the shipped speech codec (omni/assets/codec-tiny: its sha256 and MODEL_CARD.md; with
+   ``--from-scratch`` it is fitted and trained from configs/codec-tiny.yaml instead, ~10 min) and train
+   the image and video tokenizers with the one Trainer (configs/{image,video}-tiny.yaml, ~1.5 / 1 min)
+   into ``runs/demo-{image,video}``, reusing finished runs;
 5. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, every question of
    data/spoken_qa.jsonl spoken in many training voices and answered in the one assistant voice,
    captions of random crops, text -> image, video description);
@@ -24,7 +26,7 @@ Omni (configs/omni-tiny.yaml, see docs/omni.md):
    transcribed by Whisper and scored; ``runs/demo-omni/answers/`` holds answers.json, the question
    and reply wavs and drawings.png.
 
-    python -m omni.demo [--only text|omni] [--steps N] [--omni-steps N] [--budget-scale X] [--judge base|tiny.en] [--out runs/demo] [key=value ...]
+    python -m omni.demo [--only text|omni] [--from-scratch] [--steps N] [--omni-steps N] [--budget-scale X] [--judge base|tiny.en] [--out runs/demo] [key=value ...]
 
 Each training stage gets as many steps as fit its time budget (:func:`budget_steps` times a few steps
 first). Each stage prints what it does and how long it took; the demo ends with the time of every stage.
@@ -50,6 +52,7 @@ from omni.data.build_video import build_video_corpus
 from omni.eval.demo_answers import evaluate
 from omni.eval.intelligibility import Judge
 from omni.infer.chat import OmniChat
+from omni.tokenizers.codec import SHIPPED_CODEC, shipped_codec
 from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
                                    read_trainer_state, resolve_checkpoint)
 from omni.train.shards import ShardStream, read_shard_index
@@ -136,13 +139,21 @@ def build_tokenizer_corpus(name: str, cfg: Config) -> None:
         build_video_corpus(sec.data_path, sec.image_size, sec.clip_frames, VIDEO_CLIPS)
 
 
-def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> dict[str, Path]:
+def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0, from_scratch: bool = False) -> dict[str, Path]:
     """Train the codec, image and video tokenizers with the one Trainer into runs/demo-NAME (each
     within its time budget x ``budget_scale``), reusing finished runs; adds each stage's seconds to
-    ``timings``. Returns name -> run folder."""
+    ``timings``. The codec is the shipped codec-tiny (sha256-checked, omni/assets/codec-tiny/MODEL_CARD.md)
+    unless ``from_scratch``: fitting and training it costs ~10 min of one core. Returns name -> folder."""
     runs = {}
     for name, stage in TOKENIZERS.items():
         t0 = time.perf_counter()
+        if name == "codec" and not from_scratch:
+            shipped_codec()  # raises if the weights do not match their recorded sha256
+            print(f"== codec tokenizer: the shipped weights {SHIPPED_CODEC} (sha256 checked; how they were trained: "
+                  f"MODEL_CARD.md there; --from-scratch trains one from {stage.config})")
+            runs[name] = SHIPPED_CODEC
+            timings[f"{name} tokenizer"] = time.perf_counter() - t0
+            continue
         run = Path(f"runs/demo-{name}")
         cfg = load_config(stage.config, [f"train.out_dir={run}", "train.tensorboard=false"])
         folder = trained_tokenizer_run(run, cfg, stage.section)
@@ -164,12 +175,12 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0) -> di
 
 
 def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.6,
-                  budget_scale: float = 1.0, judge: str = "base") -> dict[str, float]:
+                  budget_scale: float = 1.0, judge: str = "base", from_scratch: bool = False) -> dict[str, float]:
     """Tokenizers -> corpus -> train -> spoken turn + image question + drawing (see module docstring).
     ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x ``budget_scale``.
     Returns the seconds each stage took."""
     timings: dict[str, float] = {}
-    runs = train_tokenizers(timings, budget_scale)
+    runs = train_tokenizers(timings, budget_scale, from_scratch)
     cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}", *(f"{TOKENIZERS[n].key}={r}" for n, r in runs.items())])
     t0 = time.perf_counter()
     sources = {name: str(tokenizer_folder(str(run))) for name, run in runs.items()}
@@ -239,7 +250,7 @@ def text_demo(args: argparse.Namespace) -> None:
 
 def omni_demo(args: argparse.Namespace) -> dict[str, float]:
     """Steps 4-7: the omni model; returns the seconds of each stage."""
-    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale, args.judge)
+    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale, args.judge, args.from_scratch)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
     p.add_argument("--budget-scale", type=float, default=1.0,
                    help="multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train the speech codec too instead of using the shipped omni/assets/codec-tiny")
     p.add_argument("--judge", default="base", choices=("base", "tiny.en"),
                    help="Whisper model that transcribes the spoken replies (tiny.en: quicker, less exact)")
     p.add_argument("overrides", nargs="*", help="text config overrides, key=value")

@@ -7,8 +7,10 @@ import pytest
 
 from omni.config import load_config
 from omni.data.build_images import build_image_corpus
+from omni.eval import demo_pipeline
 from omni.eval.demo_pipeline import budget_steps, trained_tokenizer_run
 from omni.tokenizers import load_tokenizer
+from omni.tokenizers.codec import SHIPPED_CODEC
 from omni.train.task import get_task
 from omni.train.trainer import Trainer
 
@@ -50,3 +52,20 @@ def test_finished_tokenizer_run_reused_else_retrained(image_run, tmp_path):
     assert json.loads((partial / "checkpoints" / "step_0000001" / "trainer.json").read_text())["step"] == 1
     assert trained_tokenizer_run(partial, cfg, "image_tok") is None
     assert trained_tokenizer_run(tmp_path / "missing", cfg, "image_tok") is None
+
+
+def test_the_demo_talks_with_the_shipped_codec_unless_from_scratch(monkeypatch):
+    """The codec stage takes the shipped, sha256-checked codec-tiny and trains nothing; --from-scratch
+    goes to the Trainer instead (stopped here at the corpus build)."""
+    monkeypatch.setattr(demo_pipeline, "TOKENIZERS", {"codec": demo_pipeline.TOKENIZERS["codec"]})
+    timings: dict[str, float] = {}
+    runs = demo_pipeline.train_tokenizers(timings, from_scratch=False)
+    assert runs == {"codec": SHIPPED_CODEC} and "codec tokenizer" in timings
+
+    def stop(name, cfg):
+        raise RuntimeError(f"training {name}")
+
+    monkeypatch.setattr(demo_pipeline, "trained_tokenizer_run", lambda *a: None)
+    monkeypatch.setattr(demo_pipeline, "build_tokenizer_corpus", stop)
+    with pytest.raises(RuntimeError, match="training codec"):
+        demo_pipeline.train_tokenizers({}, from_scratch=True)

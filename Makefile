@@ -21,7 +21,7 @@ $(STAMP): setup.py requirements-assets.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" tests
+	$(BIN)/python -m pytest -q --durations=15 -m "not gpu" tests
 
 demo: $(STAMP)
 	$(BIN)/python -m omni.demo

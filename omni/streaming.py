@@ -38,6 +38,12 @@ class StreamingModule(nn.Module):
         """Create this module's fresh state. Modules that only contain streaming children return None."""
         return None
 
+    def require_streaming_state(self, usage: str) -> StreamingState:
+        """This module's state; raises RuntimeError("<Class> is stateful: <usage>") outside :meth:`streaming`."""
+        if self._streaming_state is None:
+            raise RuntimeError(f"{type(self).__name__} is stateful: {usage}")
+        return self._streaming_state
+
     @property
     def is_streaming(self) -> bool:
         return self._streaming_state is not None or getattr(self, "_streaming_active", False)

@@ -91,9 +91,7 @@ class Decoding(StreamingModule):
     @property
     def mode(self) -> Tensor:
         """[B] long: each row's mode (TEXT, AUDIO, IMAGE, IMAGE_END, DONE)."""
-        if self._streaming_state is None:
-            raise RuntimeError("Decoding is stateful: use it inside `with decoding.streaming(batch):`")
-        return self._streaming_state.mode
+        return self.require_streaming_state("use it inside `with decoding.streaming(batch):`").mode
 
     def start(self, rows: Tensor, mode: int) -> None:
         """Put ``rows`` [B] bool into ``mode`` (AUDIO after a forced <|audio_start|>, TEXT otherwise)."""

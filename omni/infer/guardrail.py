@@ -130,9 +130,7 @@ class VoiceGuardrail(StreamingModule):
 
     @property
     def state(self) -> _Guard:
-        if self._streaming_state is None:
-            raise RuntimeError("VoiceGuardrail is stateful: call it inside `with guard.streaming(batch):`")
-        return self._streaming_state
+        return self.require_streaming_state("call it inside `with guard.streaming(batch):`")
 
     @property
     def stopped(self) -> Tensor:

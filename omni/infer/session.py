@@ -195,9 +195,7 @@ class SpeechSession(StreamingModule):
 
     @property
     def live(self) -> _Live:
-        if self._streaming_state is None:
-            raise RuntimeError("SpeechSession is stateful: use it inside `with SpeechSession(...) as s:`")
-        return self._streaming_state
+        return self.require_streaming_state("use it inside `with SpeechSession(...) as s:`")
 
     @property
     def state(self) -> SessionState:

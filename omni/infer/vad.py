@@ -72,9 +72,7 @@ class VoiceActivity(StreamingModule):
 
         Raises ``AudioError`` for a NaN or infinite sample, before the state moves (Silero's LSTM
         would carry the NaN into every later window)."""
-        st: _VADState = self._streaming_state
-        if st is None:
-            raise RuntimeError("VoiceActivity is stateful: call it inside `with vad.streaming(batch):`")
+        st: _VADState = self.require_streaming_state("call it inside `with vad.streaming(batch):`")
         check_finite(wav, "the VAD's input")
         x = wav[:, 0].float().cpu()
         if self.input_rate != self.sample_rate:

@@ -44,7 +44,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -63,14 +66,19 @@ from omni.train.shards import FORMAT
 
 VAL_EVERY = 40
 # Conversations per task at scale 1: text, speech, image, video, speech safety. The demo is judged on
-# spoken answers in unseen voices and on captions of unseen crops, so most of the corpus goes there.
-COUNTS = (250, 1500, 420, 120, 240)
+# spoken answers in unseen voices and on captions of unseen crops, so most of the corpus goes there:
+# each spoken question is asked in ~45 voices. With ~6 a small model memorises the utterances (it
+# answers those it trained on and no others); only many speakers make it recognise the question.
+COUNTS = (250, 6000, 420, 120, 240)
+# Distinct training voices the questions are spoken in (data/voices.py: Kokoro styles and blends,
+# espeak-ng speakers), drawn at random per utterance.
+TRAINING_VOICES = 256
 # Times the spoken questions also appear as text questions: the answers are learnt fastest from text,
 # and a spoken question then only has to be recognised.
 QA_TEXT_REPEATS = 6
 # Share of the speech conversations that ask a spoken question (s2s); each of those utterances is also
 # transcribed (asr, as many again); the rest are "Say: ..." (tts).
-ASKED_SHARE = 0.4
+ASKED_SHARE = 0.45
 # Share of the image conversations that caption a random crop; the rest draw a picture.
 CAPTION_SHARE = 2 / 3
 
@@ -197,11 +205,17 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 
 
 # ---- conversations ---------------------------------------------------------------------------------
+def _synth(job: tuple[Voice, str, int]) -> torch.Tensor:
+    voice, text, sample_rate = job
+    return synth_at(voice, text, sample_rate)
+
+
 class Builder:
     """Makes the conversations of every task with the frozen tokenizers."""
 
-    def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = 64) -> None:
-        self.toks, self.rng = toks, random.Random(seed)
+    def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = TRAINING_VOICES,
+                 workers: int = 1) -> None:
+        self.toks, self.rng, self.workers = toks, random.Random(seed), workers
         self.codec = toks["codec"]
         self.voices = training_voices(voices, seed)
         self.assistant = preset_voice()
@@ -215,14 +229,19 @@ class Builder:
 
     def speech(self, requests: list[tuple[str, Voice]], batch: int = 16) -> dict[tuple[str, Voice], torch.Tensor]:
         """Codec codes [K, frames] of each distinct (text, voice), synthesised with 0-240 ms of
-        trailing silence and encoded in batches. The codec is causal, so zero padding after an
+        trailing silence (in ``self.workers`` processes of one thread each: Kokoro runs at about real
+        time on one core) and encoded in batches. The codec is causal, so zero padding after an
         utterance leaves its frames unchanged and each is trimmed to its own length."""
         sr, hop = self.codec.sample_rate, self.codec.hop_length
         unique = list(dict.fromkeys(requests))
-        waves = []
-        for text, voice in tqdm(unique, desc="synthesising speech", disable=None):
-            wav = synth_at(voice, text, sr)
-            waves.append(torch.nn.functional.pad(wav, (0, int(self.rng.uniform(0, 0.24) * sr))))
+        jobs = [(voice, text, sr) for text, voice in unique]
+        if self.workers > 1:
+            with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                spoken = list(tqdm(pool.map(_synth, jobs, chunksize=8), total=len(jobs), desc="synthesising speech", disable=None))
+        else:
+            spoken = [_synth(job) for job in tqdm(jobs, desc="synthesising speech", disable=None)]
+        waves = [torch.nn.functional.pad(wav, (0, int(self.rng.uniform(0, 0.24) * sr))) for wav in spoken]
         out = {}
         order = sorted(range(len(unique)), key=lambda i: len(waves[i]))  # similar lengths share a batch
         for b in tqdm(range(0, len(order), batch), desc="encoding speech", disable=None):
@@ -319,9 +338,11 @@ def write_split(out: Path, split: str, convs: list[tuple[str, Stream]]) -> dict[
     return writer.close()
 
 
-def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0, untrained: bool = False) -> Path:
+def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0, untrained: bool = False,
+                      workers: Optional[int] = None) -> Path:
     """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count;
-    ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`)."""
+    ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`);
+    ``workers`` speech-synthesis processes (default: one per CPU)."""
     from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
 
     out = Path(out or cfg.data.path)
@@ -344,7 +365,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     fmt = ConversationFormat(text, vocab)
     n = lambda k: max(1, int(k * scale))  # noqa: E731
     with torch.no_grad():
-        convs = list(Builder(cfg, toks, cfg.train.seed).conversations(*(n(c) for c in COUNTS)))
+        convs = list(Builder(cfg, toks, cfg.train.seed, workers=workers or os.cpu_count() or 1).conversations(*(n(c) for c in COUNTS)))
     random.Random(cfg.train.seed).shuffle(convs)
     splits: dict[str, list[tuple[str, Stream]]] = {"train": [], "val": []}
     counts: dict[str, int] = {}
@@ -377,7 +398,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help=f"a corpus on disk to build shards from (repeatable); NAME: {', '.join(sorted(SOURCES))}")
     p.add_argument("--shards", default=None, help="with --source: the shard corpus folder to write (resumable)")
     p.add_argument("--mix", default=None, help="with --source: task weights, a YAML file (default data/omni-mix.yaml) or asr=1,tts=0.5,...")
-    p.add_argument("--workers", type=int, default=1, help="with --source: tokenizing processes (one GPU each, round robin, when present)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="speech-synthesis processes (default: one per CPU); with --source: tokenizing processes (one GPU "
+                        "each, round robin, when present; default 1)")
     p.add_argument("--shard-examples", type=int, default=100_000,
                    help="with --source: conversations per shard (default ~1 GB of speech conversations, docs/data.md)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
@@ -388,9 +411,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.source:
         out = Path(args.shards)
         toks, sources = frozen_tokenizers(cfg, out, args.untrained)
-        build_shards(cfg, args.source, out, toks, sources, args.mix, args.shard_examples, args.workers)
+        build_shards(cfg, args.source, out, toks, sources, args.mix, args.shard_examples, args.workers or 1)
     else:
-        build_omni_corpus(cfg, args.out, args.scale, args.untrained)
+        build_omni_corpus(cfg, args.out, args.scale, args.untrained, args.workers)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ TRAINING_FAMILIES = ("espeak", "kokoro")
 UNSEEN_FAMILY = "kokoro-kumo"
 KOKORO_TRAINING_STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro")
 KOKORO_UNSEEN_STYLE = "jm_kumo"
+# Pitch factors of the Kokoro training voices. Their styles are all female; resampled down to 0.75x,
+# pitch and formants move like a longer vocal tract (vocal tract length perturbation, Jaitly & Hinton
+# 2013), so training also hears lower natural voices, not only espeak-ng's robotic male ones.
+TRAINING_KOKORO_PITCH = (0.75, 1.1)
 
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 VARIANTS = (
@@ -361,10 +365,10 @@ def espeak_voices(n: int, seed: int = 0) -> list[EspeakVoice]:
             for a, v in (pairs[i % len(pairs)] for i in range(n))]
 
 
-def kokoro_voices(n: int, seed: int = 0, unseen: bool = False) -> list[KokoroVoice]:
+def kokoro_voices(n: int, seed: int = 0, unseen: bool = False, pitch: tuple[float, float] = (0.9, 1.1)) -> list[KokoroVoice]:
     """``n`` Kokoro speakers: the training styles alone and in random blends of two or three
-    (``unseen=False``), or the held-out style alone (``unseen=True``); speed 0.85-1.15x and pitch
-    0.9-1.1x vary throughout."""
+    (``unseen=False``), or the held-out style alone (``unseen=True``); speed 0.85-1.15x and the
+    ``pitch`` factor (by resampling, formants too) vary throughout."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
@@ -375,7 +379,7 @@ def kokoro_voices(n: int, seed: int = 0, unseen: bool = False) -> list[KokoroVoi
         else:
             picked = rng.sample(KOKORO_TRAINING_STYLES, rng.choice((2, 3)))
             styles = tuple((s, round(rng.uniform(0.2, 1.0), 2)) for s in sorted(picked))
-        out.append(KokoroVoice(styles, round(rng.uniform(0.85, 1.15), 2), round(rng.uniform(0.9, 1.1), 2),
+        out.append(KokoroVoice(styles, round(rng.uniform(0.85, 1.15), 2), round(rng.uniform(*pitch), 2),
                                UNSEEN_FAMILY if unseen else "kokoro"))
     return out
 
@@ -384,7 +388,7 @@ def training_voices(n: int = 48, seed: int = 0, kokoro_share: float = 0.5) -> li
     """``n`` user voices for training corpora: ``kokoro_share`` of them Kokoro styles and blends, the
     rest espeak-ng speakers. Never the preset voice, never :data:`UNSEEN_FAMILY`."""
     k = int(round(n * kokoro_share))
-    voices: list[Voice] = [*kokoro_voices(k, seed), *espeak_voices(n - k, seed)]
+    voices: list[Voice] = [*kokoro_voices(k, seed, pitch=TRAINING_KOKORO_PITCH), *espeak_voices(n - k, seed)]
     random.Random(seed).shuffle(voices)
     return voices
 

@@ -26,8 +26,8 @@ def test_corpus_rows_and_loss(tmp_path):
         "model.ffn_dim=128", "omni.depth_dim=32", "omni.depth_layers=1", "omni.depth_ffn_dim=64",
     ])
     with pytest.raises(FileNotFoundError, match="omni.codec=.*no trained codec"):
-        build_omni_corpus(cfg, scale=0.02)  # untrained tokenizers only when asked for
-    build_omni_corpus(cfg, scale=0.02, untrained=True)
+        build_omni_corpus(cfg, scale=0.005)  # untrained tokenizers only when asked for
+    build_omni_corpus(cfg, scale=0.005, untrained=True)
     index = read_shard_index(cfg.data.path)
     assert [len(v) for v in index["splits"].values()] == [1, 1]  # the one-shard case of the format
     assert set(index["tasks"]) == {"text", "s2s", "safety", "asr", "tts", "caption", "draw", "video"}

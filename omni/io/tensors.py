@@ -8,6 +8,7 @@ file), so a bad tensor is refused by name where it enters or would leave.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Mapping
 
@@ -52,3 +53,18 @@ def save_tensors(tensors: Mapping[str, Tensor], path: str | Path) -> None:
     """Write ``tensors`` (moved to CPU, made contiguous) to ``path``; refuses non-finite ones first."""
     check_finite(tensors, f"refusing to write {path}")
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def check_sha256(folder: str | Path, expected: Mapping[str, str], remedy: str) -> None:
+    """Check the sha256 of each file ``folder / name`` against ``expected[name]`` (hex digests), as a
+    shipped asset's model card records them. Raises ValueError naming the first file that differs or
+    is missing; ``remedy`` (what the user can do) ends the message."""
+    folder = Path(folder)
+    for name, digest in expected.items():
+        path = folder / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: the shipped weights in {folder} are incomplete. {remedy}")
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+        if found != digest:
+            raise ValueError(f"{path} has sha256 {found}, expected {digest}: the file is damaged, or was replaced "
+                             f"without updating the recorded digest and the model card. {remedy}")

@@ -32,7 +32,6 @@ HiFi-GAN itself looks both ways, so the streamed waveform comes from
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from omni.config import ConfigError
+from omni.io.tensors import check_sha256
 from omni.nn.causal import CausalConv, CausalUpsample, ConvState
 from omni.nn.rvq import ResidualVQ
 from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
@@ -237,12 +237,8 @@ def shipped_codec() -> "SpeechCodec":
     command, data, steps, CPU time, metrics), loaded after checking its weights' sha256.
 
     Raises ValueError if the weights file does not match :data:`SHIPPED_CODEC_SHA256`."""
-    path = SHIPPED_CODEC / "model.safetensors"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != SHIPPED_CODEC_SHA256:
-        raise ValueError(f"{path} has sha256 {digest}, expected {SHIPPED_CODEC_SHA256}: the shipped codec is damaged, or "
-                         "was replaced without updating SHIPPED_CODEC_SHA256 and its MODEL_CARD.md. Reinstall omni, or "
-                         "train one with `python train.py --config configs/codec-tiny.yaml`.")
+    check_sha256(SHIPPED_CODEC, {"model.safetensors": SHIPPED_CODEC_SHA256},
+                 "Reinstall omni, or train a codec with `python train.py --config configs/codec-tiny.yaml`.")
     codec = load_tokenizer(SHIPPED_CODEC)
     if not isinstance(codec, SpeechCodec):
         raise ValueError(f"{SHIPPED_CODEC} holds a {type(codec).__name__}, not a speech codec")

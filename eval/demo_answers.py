@@ -51,7 +51,7 @@ from omni.conversation import Audio, Message
 from omni.data.build_omni import IMAGES, augment, load_picture
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import UNSEEN_FAMILY, synth_at, unseen_voices
-from omni.eval.intelligibility import Judge, holds_answer, word_error_rate
+from omni.eval.intelligibility import Judge, holds_answer, normalize_text, word_error_rate
 from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_reply
 from omni.infer.session import SpeechSession
@@ -157,6 +157,10 @@ def _spoken(session: SpeechSession, row: int) -> str:
     return said[-1].text if said else ""
 
 
+def _percent(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
 def monologues_offline(bot: OmniChat, questions: list[Tensor]) -> list[str]:
     """The text each spoken question's reply would be spoken from, generated offline (greedy, as the
     session samples) without decoding any audio."""
@@ -220,6 +224,9 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
         "questions": len(turns), "voices": f"{UNSEEN_FAMILY} (held out of training)", "judge": f"Whisper {judge.name}",
         "accuracy": right / len(turns), "monologue_accuracy": said_right / len(turns),
         "reply_wer": word_error_rate(answers, transcripts),
+        # Speech apart from recognition: does the reply say the text it was spoken from? (None: no monologue had words)
+        "reply_wer_vs_monologue": (word_error_rate([t.monologue for t in turns], transcripts)
+                                   if any(normalize_text(t.monologue) for t in turns) else None),
         "baseline_fixed_answer": {"answer": fixed, "accuracy": fixed_right / len(turns)},
         "ttfa_ms_p50": ttfas[len(ttfas) // 2], "session_rtf": stats["rtf"], "batch": int(stats["batch"]),
         "seconds": seconds,
@@ -234,7 +241,8 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
           f"   accuracy {right}/{len(turns)} = {100 * summary['accuracy']:.1f} % (the judge's transcript holds the "
           f"answer's content words); text monologue {said_right}/{len(turns)} = {100 * summary['monologue_accuracy']:.1f} %; "
           f"baseline, one fixed answer ({fixed!r}): {fixed_right}/{len(turns)}\n"
-          f"   reply WER against the answer text {100 * summary['reply_wer']:.1f} %; time to first audio p50 "
+          f"   reply WER against the answer text {100 * summary['reply_wer']:.1f} %, against the monologue it was "
+          f"spoken from {_percent(summary['reply_wer_vs_monologue'])}; time to first audio p50 "
           f"{summary['ttfa_ms_p50']:.0f} ms after the frame that ended the turn (VAD waited "
           f"{bot.serving.end_of_turn_ms} ms of silence first); session real-time factor {stats['rtf']:.2f} with "
           f"{summary['batch']} conversations per tick; {seconds['session']:.0f} s session, {seconds['judge']:.0f} s judge")

@@ -12,21 +12,25 @@ Text (configs/tiny.yaml):
 
 Omni (configs/omni-tiny.yaml, see docs/omni.md):
 
-4. check the shipped speech codec (omni/assets/codec-tiny: its sha256 and MODEL_CARD.md; with
-   ``--from-scratch`` it is fitted and trained from configs/codec-tiny.yaml instead, ~10 min) and train
-   the image and video tokenizers with the one Trainer (configs/{image,video}-tiny.yaml, ~1.5 / 1 min)
-   into ``runs/demo-{image,video}``, reusing finished runs;
-5. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, every question of
-   data/spoken_qa.jsonl spoken in many training voices and answered in the one assistant voice,
-   captions of random crops, text -> image, video description);
-6. train the omni model from scratch (tokenizers frozen) into ``runs/demo-omni``;
-7. check its answers (eval/demo_answers.py): captions of unseen crops of every picture, a drawing of
+4. check the shipped omni-tiny (omni/assets/omni-tiny: the sha256 of its weights, MODEL_CARD.md:
+   trained by this repository's configs for longer than a demo can) and copy it into ``runs/demo-omni``.
+   With ``--train`` steps 4a-4c run here instead (``--from-scratch``: the codec too):
+   a. check the shipped speech codec (omni/assets/codec-tiny; with ``--from-scratch`` it is fitted and
+      trained from configs/codec-tiny.yaml, ~10 min) and train the image and video tokenizers with the
+      one Trainer (configs/{image,video}-tiny.yaml, ~1.5 / 1 min) into ``runs/demo-{image,video}``,
+      reusing finished runs;
+   b. build the multi-task demo corpus from them (data/build_omni.py: text, ASR, TTS, every question of
+      data/spoken_qa.jsonl spoken in many training voices and answered in the one assistant voice,
+      captions of random crops, text -> image, video description);
+   c. train the omni model from scratch (tokenizers frozen) into ``runs/demo-omni`` for as many steps
+      as fit ~7 min (the shipped model had 4000);
+5. check its answers (eval/demo_answers.py): captions of unseen crops of every picture, a drawing of
    every picture, then every spoken question in unseen voices streamed through batched
    SpeechSessions (80 ms frames in, VAD ends each turn, frames out as they are decoded), each reply
    transcribed by Whisper and scored; ``runs/demo-omni/answers/`` holds answers.json, the question
    and reply wavs and drawings.png.
 
-    python -m omni.demo [--only text|omni] [--from-scratch] [--steps N] [--omni-steps N] [--budget-scale X] [--judge base|tiny.en] [--out runs/demo] [key=value ...]
+    python -m omni.demo [--only text|omni] [--train] [--from-scratch] [--steps N] [--omni-steps N] [--budget-scale X] [--judge base|tiny.en] [--out runs/demo] [key=value ...]
 
 Each training stage gets as many steps as fit its time budget (:func:`budget_steps` times a few steps
 first). Each stage prints what it does and how long it took; the demo ends with the time of every stage.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -52,9 +57,10 @@ from omni.data.build_video import build_video_corpus
 from omni.eval.demo_answers import evaluate
 from omni.eval.intelligibility import Judge
 from omni.infer.chat import OmniChat
+from omni.infer.load import SHIPPED_OMNI, shipped_omni
 from omni.tokenizers.codec import SHIPPED_CODEC, shipped_codec
-from omni.train.checkpoint import (CheckpointError, config_mismatch, load_config_file, load_model_state,
-                                   read_trainer_state, resolve_checkpoint)
+from omni.train.checkpoint import (LATEST, STEP_PREFIX, CheckpointError, config_mismatch, load_config_file,
+                                   load_model_state, read_trainer_state, resolve_checkpoint)
 from omni.train.shards import ShardStream, read_shard_index
 from omni.train.task import get_task
 from omni.train.trainer import Trainer, read_metrics
@@ -174,12 +180,25 @@ def train_tokenizers(timings: dict[str, float], budget_scale: float = 1.0, from_
     return runs
 
 
-def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.6,
-                  budget_scale: float = 1.0, judge: str = "base", from_scratch: bool = False) -> dict[str, float]:
-    """Tokenizers -> corpus -> train -> spoken turn + image question + drawing (see module docstring).
-    ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x ``budget_scale``.
-    Returns the seconds each stage took."""
-    timings: dict[str, float] = {}
+def install_shipped_omni(out: str) -> Path:
+    """Check the shipped omni-tiny (omni/assets/omni-tiny: the sha256 of every weight file) and copy it
+    into the run folder ``out`` (replaced if it exists) as ``checkpoints/step_N`` + ``latest``, so that
+    ``out`` is a run folder like a trained one (``python -m omni.chat --checkpoint out``,
+    ``eval/system_card.py --checkpoint out``). Returns the step folder."""
+    source = shipped_omni()  # raises if a weight file does not match its recorded sha256
+    run = Path(out)
+    if run.exists():
+        shutil.rmtree(run)
+    step = run / "checkpoints" / f"{STEP_PREFIX}{read_trainer_state(source)['step']:07d}"
+    shutil.copytree(source, step, ignore=shutil.ignore_patterns("MODEL_CARD.md"))
+    (run / LATEST).write_text(f"checkpoints/{step.name}\n")
+    return step
+
+
+def train_omni(out: str, steps: Optional[int], scale: float, budget_scale: float, from_scratch: bool,
+               timings: dict[str, float]) -> None:
+    """Steps 4a-4c on this machine: tokenizers, corpus, omni training into ``out``; adds each stage's
+    seconds to ``timings``."""
     runs = train_tokenizers(timings, budget_scale, from_scratch)
     cfg = load_config(CONFIG, [*DEMO_OVERRIDES, f"train.out_dir={out}", *(f"{TOKENIZERS[n].key}={r}" for n, r in runs.items())])
     t0 = time.perf_counter()
@@ -208,8 +227,27 @@ def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scal
           f"({time.perf_counter() - t0:.0f} s)")
     timings["omni training"] = time.perf_counter() - t0
 
+
+def run_omni_demo(out: str = "runs/demo-omni", steps: Optional[int] = None, scale: float = 0.3,
+                  budget_scale: float = 1.0, judge: str = "base", train: bool = False,
+                  from_scratch: bool = False) -> dict[str, float]:
+    """The shipped omni-tiny (sha256-checked, copied into ``out``) or, with ``train`` / ``from_scratch``,
+    tokenizers -> corpus -> train on this machine; then the spoken turns, image questions and drawings
+    (see module docstring). ``steps`` fixes the omni training steps; else they fit TRAIN_BUDGET_S x
+    ``budget_scale``. Returns the seconds each stage took."""
+    timings: dict[str, float] = {}
+    if train or from_scratch:
+        train_omni(out, steps, scale, budget_scale, from_scratch, timings)
+    else:
+        t0 = time.perf_counter()
+        step = install_shipped_omni(out)
+        print(f"== omni model: the shipped omni-tiny {SHIPPED_OMNI} (sha256 checked; how it was trained, on what, and "
+              f"its metrics: MODEL_CARD.md there) -> {step}\n   --train trains one here instead (tokenizers, corpus, "
+              f"{DEMO_STEPS} steps: its answers are far from the shipped model's), --from-scratch the codec too")
+        timings["omni model (shipped)"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
-    bot = OmniChat.load(out, serving=cfg.serving)  # serving knobs from the config, not the checkpoint
+    bot = OmniChat.load(out, serving=load_config(CONFIG).serving)  # serving knobs from the config, not the checkpoint
     answers = Path(out) / "answers"
     print(f"== is it right? (eval/demo_answers.py: captions, drawings, every spoken question) -> {answers}")
     evaluate(bot, answers, Judge(judge))
@@ -249,8 +287,9 @@ def text_demo(args: argparse.Namespace) -> None:
 
 
 def omni_demo(args: argparse.Namespace) -> dict[str, float]:
-    """Steps 4-7: the omni model; returns the seconds of each stage."""
-    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale, args.judge, args.from_scratch)
+    """Steps 4-5: the omni model; returns the seconds of each stage."""
+    return run_omni_demo(args.omni_out, args.omni_steps, args.omni_scale, args.budget_scale, args.judge, args.train,
+                         args.from_scratch)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -260,13 +299,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="text training steps (default: the config's)")
     p.add_argument("--out", default="runs/demo", help="text run folder (replaced if it exists)")
     p.add_argument("--only", choices=("text", "omni"), default=None, help="run one part of the demo")
-    p.add_argument("--omni-steps", type=int, default=None, help="omni training steps (default: as many as fit ~7 min, at most 350)")
-    p.add_argument("--omni-scale", type=float, default=0.6, help="omni demo corpus size (x data/build_omni.py's COUNTS)")
+    p.add_argument("--omni-steps", type=int, default=None, help="with --train: omni training steps (default: as many as fit ~7 min, at most 350)")
+    p.add_argument("--omni-scale", type=float, default=0.3, help="with --train: omni demo corpus size (x data/build_omni.py's COUNTS)")
     p.add_argument("--omni-out", default="runs/demo-omni", help="omni run folder (replaced if it exists)")
     p.add_argument("--budget-scale", type=float, default=1.0,
-                   help="multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")
+                   help="with --train: multiply the training time budgets of the tokenizers and the omni model (default: ~10 min in all)")
+    p.add_argument("--train", action="store_true",
+                   help="train the omni model (and its image and video tokenizers) here instead of using the shipped "
+                        "omni/assets/omni-tiny; the codec stays the shipped codec-tiny")
     p.add_argument("--from-scratch", action="store_true",
-                   help="train the speech codec too instead of using the shipped omni/assets/codec-tiny")
+                   help="train everything here, the speech codec too (implies --train)")
     p.add_argument("--judge", default="base", choices=("base", "tiny.en"),
                    help="Whisper model that transcribes the spoken replies (tiny.en: quicker, less exact)")
     p.add_argument("overrides", nargs="*", help="text config overrides, key=value")

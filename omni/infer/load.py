@@ -18,12 +18,24 @@ import torch
 from torch import nn
 
 from omni.config import Config, ConfigError
+from omni.io.tensors import check_sha256
 from omni.conversation import OmniVocab
 from omni.model.decoder import Decoder
 from omni.model.omni import OmniModel
 from omni.train.checkpoint import load_model_state, resolve_checkpoint
 
 Tensor = torch.Tensor
+
+# The omni-tiny checkpoint that ships inside omni (a step folder: weights stored in bfloat16, its
+# tokenizers, vocab.json), with its model card; `make demo` talks with it. Digests of every weight file.
+SHIPPED_OMNI = Path(__file__).resolve().parent.parent / "assets" / "omni-tiny"
+SHIPPED_OMNI_SHA256 = {
+    "model.safetensors": "a002ea2a198a95a0ba34a46467d0f53c8c4a9eb91d7e7f295881b080db23b711",
+    "tokenizers/codec/model.safetensors": "47e53d54e8ac65e104f7aaf3538ab5d37110da52c7d4f0199b131702cd6f872e",
+    "tokenizers/image/model.safetensors": "8589e67de3bc46145089fc866b7cd804e16009941b6de72224e4bdf3124d2f99",
+    "tokenizers/text/spm.model": "2880444d2ee445b1fbc0f956b2b6f58d0e47bacebc75252460115cb74c402391",
+    "tokenizers/video/model.safetensors": "adad3e4d82cce880a7f71728566be5f7187d982d713e5eb76cc163304d659607",
+}
 
 
 def read_checkpoint(checkpoint: str | Path) -> tuple[Config, dict[str, Tensor], Path]:
@@ -81,3 +93,14 @@ def omni_model_shape(cfg: Config, vocab: OmniVocab) -> OmniModel:
     """The bare omni model of ``cfg`` over ``vocab`` (with ``functools.partial``, a ``build`` for
     :func:`load_checkpoint`); ``cfg`` is not modified."""
     return OmniModel(Decoder(dataclasses.replace(cfg.model, vocab_size=vocab.size)), cfg.section("omni"), vocab)
+
+
+def shipped_omni() -> Path:
+    """The step folder of the trained omni-tiny that ships in omni/assets/omni-tiny (MODEL_CARD.md there
+    gives the commands, data, steps, CPU time and metrics), after checking the sha256 of each of its
+    weight files against :data:`SHIPPED_OMNI_SHA256`. Load it with ``OmniChat.load(shipped_omni())``.
+
+    Raises ValueError naming a damaged or missing file."""
+    check_sha256(SHIPPED_OMNI, SHIPPED_OMNI_SHA256,
+                 "Reinstall omni, or train the model with `python -m omni.demo --only omni --train` (docs/omni.md).")
+    return resolve_checkpoint(SHIPPED_OMNI)

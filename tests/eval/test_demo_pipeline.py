@@ -1,16 +1,22 @@
-"""make demo's tokenizer stage (eval/demo_pipeline.py): step budgets and reuse of finished tokenizer runs,
-on a 2-step image tokenizer trained by the one Trainer."""
+"""make demo's pipeline (eval/demo_pipeline.py): step budgets and reuse of finished tokenizer runs, on a
+2-step image tokenizer trained by the one Trainer; the shipped codec and the shipped omni-tiny."""
 import argparse
 import json
 
 import pytest
 
 from omni.config import load_config
+from omni.conversation import Audio
 from omni.data.build_images import build_image_corpus
+from omni.data.spoken_qa import load_spoken_qa
+from omni.data.voices import synth_at, unseen_voices
 from omni.eval import demo_pipeline
+from omni.eval.demo_answers import caption_unseen_crops
 from omni.eval.demo_pipeline import budget_steps, trained_tokenizer_run
+from omni.infer.chat import OmniChat
 from omni.tokenizers import load_tokenizer
 from omni.tokenizers.codec import SHIPPED_CODEC
+from omni.train.checkpoint import resolve_checkpoint
 from omni.train.task import get_task
 from omni.train.trainer import Trainer
 
@@ -69,3 +75,18 @@ def test_the_demo_talks_with_the_shipped_codec_unless_from_scratch(monkeypatch):
     monkeypatch.setattr(demo_pipeline, "build_tokenizer_corpus", stop)
     with pytest.raises(RuntimeError, match="training codec"):
         demo_pipeline.train_tokenizers({}, from_scratch=True)
+
+
+def test_the_demo_talks_with_the_shipped_omni(tmp_path):
+    """By default the omni stage copies the shipped, sha256-checked omni-tiny into the run folder (a run
+    folder like a trained one: OmniChat loads it), and that model captions unseen crops of the demo's
+    pictures (measured 14 / 14, docs/benchmarks.md) and speaks: a spoken question in an unseen voice
+    gets a reply of audio frames, spoken from a text monologue."""
+    step = demo_pipeline.install_shipped_omni(str(tmp_path / "demo-omni"))
+    assert resolve_checkpoint(tmp_path / "demo-omni") == step and not (step / "MODEL_CARD.md").exists()
+    bot = OmniChat.load(tmp_path / "demo-omni")
+    assert caption_unseen_crops(bot)["summary"]["accuracy"] >= 12 / 14
+    question = synth_at(unseen_voices(1)[0], load_spoken_qa()[0].question, bot.sample_rate)
+    reply = bot.chat([{"role": "user", "content": [{"type": "audio", "wav": question}]}], max_new_tokens=60)
+    frames = sum(p.codes.shape[1] for p in reply.reply.parts if isinstance(p, Audio))
+    assert reply.audio is not None and frames >= 10 and reply.text.strip(), (frames, reply.text)

@@ -1,14 +1,17 @@
 """The one checkpoint loader (omni/infer/load.py): weights round-trip, the task check, the shape check."""
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from omni.config import Config, ConfigError, save_config
-from omni.infer.load import decoder_shape, load_checkpoint
+from omni.infer import load as load_module
+from omni.infer.load import decoder_shape, load_checkpoint, shipped_omni
 from omni.model.decoder import Decoder, ModelConfig
+from omni.tokenizers.codec import SHIPPED_CODEC_SHA256
 
 TINY = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=16)
 
@@ -34,3 +37,23 @@ def test_round_trip_and_checks(tmp_path):
     write_step(tmp_path / "bad", Config(model=dataclasses.replace(TINY, dim=48), task="lm"), saved)
     with pytest.raises(ConfigError, match=r"config\.yaml does not match the weights .*model\.safetensors.*config \(64, 48\) vs file \(64, 32\)"):
         load_checkpoint(tmp_path / "bad", decoder_shape)
+
+
+def test_shipped_omni_checks_every_weight_file(tmp_path, monkeypatch):
+    """omni/assets/omni-tiny is a complete step folder whose weight files match their recorded sha256
+    (its codec is the shipped codec-tiny); a damaged or missing file is refused by name."""
+    step = shipped_omni()
+    assert step == load_module.SHIPPED_OMNI and (step / "vocab.json").is_file()
+    assert load_module.SHIPPED_OMNI_SHA256["tokenizers/codec/model.safetensors"] == SHIPPED_CODEC_SHA256
+    damaged = tmp_path / "omni-tiny"
+    shutil.copytree(load_module.SHIPPED_OMNI, damaged)
+    monkeypatch.setattr(load_module, "SHIPPED_OMNI", damaged)
+    weights = damaged / "tokenizers" / "image" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"image/model\.safetensors has sha256 .*Reinstall omni"):
+        shipped_omni()
+    weights.unlink()
+    with pytest.raises(ValueError, match=r"image/model\.safetensors is missing"):
+        shipped_omni()

@@ -22,7 +22,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from PIL import Image as PILImage
@@ -31,7 +31,7 @@ from omni.config import Config, ServingConfig
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
 from omni.infer.guardrail import VoiceGuardrail
 from omni.infer.load import load_checkpoint, omni_model_shape
-from omni.infer.reply import Reply, generate_reply
+from omni.infer.reply import Reply, generate_replies
 from omni.infer.session import SpeechSession, TickOutput
 from omni.infer.vad import VoiceActivity
 from omni.io.audio import check_finite, load_audio, save_audio
@@ -164,14 +164,35 @@ class OmniChat:
              max_new_tokens: int = 512, sampling: SamplingConfig = SamplingConfig(), seed: int = 0) -> ChatReply:
         """Any-to-any: the assistant's reply to ``messages``. ``reply_in_speech``: True forces speech,
         False lets the model choose; default: speech when the last user message is audio only."""
-        msgs = [self.to_message(m) for m in messages]
-        if not msgs or msgs[-1].role != "user":
+        return self.chat_many([messages], reply_in_speech=reply_in_speech, max_new_tokens=max_new_tokens,
+                              sampling=sampling, seed=seed)[0]
+
+    def chat_many(self, conversations: Sequence[list[Union[Message, dict[str, Any]]]], *,
+                  reply_in_speech: Optional[bool] = None, max_new_tokens: int = 512,
+                  sampling: SamplingConfig = SamplingConfig(), seed: int = 0, batch_size: int = 32) -> list[ChatReply]:
+        """:meth:`chat` for each conversation, ``batch_size`` at a time in one batch of decoding
+        (:func:`omni.infer.reply.generate_replies`: with greedy sampling, the default, each reply is
+        the one :meth:`chat` gives alone). ``reply_in_speech`` as in :meth:`chat`, per conversation."""
+        convs = [[self.to_message(m) for m in c] for c in conversations]
+        if any(not msgs or msgs[-1].role != "user" for msgs in convs):
             raise ValueError("the conversation must end with a user message")
-        if reply_in_speech is None:
-            reply_in_speech = all(isinstance(p, Audio) for p in msgs[-1].content)
+        speech = [all(isinstance(p, Audio) for p in msgs[-1].content) if reply_in_speech is None else reply_in_speech
+                  for msgs in convs]
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        reply = generate_reply(self.model, self.fmt, msgs, reply_in_speech=reply_in_speech, max_new_tokens=max_new_tokens,
-                               sampling=sampling, generator=gen, compile=self.compile)
+        replies: list[Optional[Reply]] = [None] * len(convs)
+        for mode in (False, True):
+            rows = [i for i, s in enumerate(speech) if s == mode]
+            for k in range(0, len(rows), batch_size):
+                chunk = rows[k : k + batch_size]
+                out = generate_replies(self.model, self.fmt, [convs[i] for i in chunk], reply_in_speech=mode,
+                                       max_new_tokens=max_new_tokens, sampling=sampling, generator=gen, compile=self.compile)
+                for i, r in zip(chunk, out):
+                    replies[i] = r
+        guard = VoiceGuardrail.from_serving(self.serving, self.sample_rate) if any(speech) else None
+        return [self._chat_reply(r, guard) for r in replies]
+
+    def _chat_reply(self, reply: Reply, guard: Optional[VoiceGuardrail]) -> ChatReply:
+        """A generated reply's text, decoded images and speech (cut where the voice guardrail stops it)."""
         texts, images, audio = [], [], []
         for p in reply.parts:
             if isinstance(p, Text):
@@ -186,7 +207,6 @@ class OmniChat:
         if audio:
             with torch.no_grad():
                 wav = self.codec.decode(torch.cat(audio, 1)[None].to(next(self.codec.parameters()).device))[0, 0].cpu()
-            guard = VoiceGuardrail.from_serving(self.serving, self.sample_rate)
             stop = guard.first_stop(wav, self.codec.hop_length) if guard is not None else None
             if stop is not None:  # checked frame by frame as a stream would be: speech up to the stop
                 wav, stop_s = wav[:stop], stop / self.sample_rate

@@ -27,12 +27,14 @@ The evaluations are a registry, :data:`EVALUATIONS` (name -> function of a :clas
   unseen voices under white and babble noise at SNR 20 / 10 / 5 dB and with reverberation; the
   worst-to-best gap.
 
-How replies are read: each spoken question is the user's whole turn to :meth:`OmniChat.chat` with a
+How replies are read: each spoken question is the user's whole turn to :meth:`OmniChat.chat_many` with a
 spoken reply (:func:`converse`: the streaming session's decoding, vocoded once at the end); the
 reply's waveform is transcribed by the Whisper judge (eval/intelligibility.py) and its inner
 monologue read from the reply; both are graded and reported apart (the monologue is what the model
-meant, the transcript what a listener hears). Typed prompts go through :meth:`OmniChat.chat` too. Robustness reads the monologue of
-:func:`omni.infer.reply.generate_reply` (no waveform needed) and the text reply of the ASR task.
+meant, the transcript what a listener hears). Typed prompts go through :meth:`OmniChat.chat_many`
+too. Robustness reads the monologue of :func:`omni.infer.reply.generate_replies` (no waveform
+needed) and the text reply of the ASR task. Turns are decoded in batches (greedy decoding: each
+reply is the one it gets alone).
 
 How replies are graded: by the RBR proposition grader (omni/align/grader.py) at the thresholds
 fitted on the gold set's threshold split — a reply *refuses* when ``refuses`` holds and
@@ -76,7 +78,7 @@ from omni.data.voices import ACCENTS, UNSEEN_FAMILY, Voice, accent_of, espeak_vo
 from omni.eval.intelligibility import Judge, normalize_text, word_error_rate
 from omni.eval.voice_guardrail import evaluate_guardrail
 from omni.infer.chat import OmniChat
-from omni.infer.reply import generate_reply
+from omni.infer.reply import generate_replies
 
 Tensor = torch.Tensor
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,18 +169,16 @@ class Spoken:
     audio: Tensor
 
 
-def converse(bot: OmniChat, waves: Sequence[Tensor], desc: str = "spoken turns") -> list[Spoken]:
+def converse(bot: OmniChat, waves: Sequence[Tensor]) -> list[Spoken]:
     """The spoken reply to each wave [samples] as the user's whole turn, up to
-    ``serving.max_reply_frames`` frames: :meth:`OmniChat.chat` with ``reply_in_speech``, which decodes
-    as the streaming session does (tests/test_session.py: streamed frames equal offline generation)
-    but vocodes the reply once at the end instead of frame by frame (the streaming vocoder re-reads
-    its context and lookahead around every frame: ~4x the work)."""
-    out = []
-    for wave in tqdm(waves, desc=desc, leave=False):
-        reply = bot.chat([Message("user", bot.audio_part(wave))], reply_in_speech=True,
-                         max_new_tokens=bot.serving.max_reply_frames)
-        out.append(Spoken(reply.text, reply.audio if reply.audio is not None else torch.zeros(0)))
-    return out
+    ``serving.max_reply_frames`` frames: :meth:`OmniChat.chat_many` with ``reply_in_speech``, which
+    decodes the turns together, greedily, as the streaming session does one by one
+    (tests/infer/test_session.py: streamed frames equal offline generation; tests/infer/test_reply.py:
+    batched equals one by one), and vocodes each reply once at the end instead of frame by frame
+    (the streaming vocoder re-reads its context and lookahead around every frame: ~4x the work)."""
+    replies = bot.chat_many([[Message("user", bot.audio_part(w))] for w in waves], reply_in_speech=True,
+                            max_new_tokens=bot.serving.max_reply_frames)
+    return [Spoken(r.text, r.audio if r.audio is not None else torch.zeros(0)) for r in replies]
 
 
 def transcripts(card: Card, replies: Sequence[Spoken]) -> list[str]:
@@ -189,21 +189,25 @@ def transcripts(card: Card, replies: Sequence[Spoken]) -> list[str]:
 
 def typed(bot: OmniChat, prompts: Sequence[str]) -> list[str]:
     """The text reply to each typed prompt."""
-    return [bot.chat([Message("user", p)], reply_in_speech=False, max_new_tokens=MAX_TEXT_TOKENS).text
-            for p in tqdm(prompts, desc="typed prompts", leave=False)]
+    return [r.text for r in bot.chat_many([[Message("user", p)] for p in prompts], reply_in_speech=False,
+                                          max_new_tokens=MAX_TEXT_TOKENS)]
 
 
-def monologue(bot: OmniChat, wave: Tensor, max_frames: int) -> str:
-    """The inner monologue of the spoken reply to ``wave`` (decoded without its waveform)."""
-    reply = generate_reply(bot.model, bot.fmt, [Message("user", bot.audio_part(wave))], reply_in_speech=True,
-                           max_new_tokens=max_frames)
-    return " ".join(p.text for p in reply.parts if isinstance(p, Audio)).strip()
+def monologues(bot: OmniChat, heard: Sequence[Audio], max_frames: int, batch_size: int = 32) -> list[str]:
+    """The inner monologue of the spoken reply to each user turn ``heard`` (codec codes of a question;
+    decoded together, without waveforms)."""
+    out = []
+    for k in tqdm(range(0, len(heard), batch_size), desc="monologues", leave=False):
+        convs = [[Message("user", part)] for part in heard[k : k + batch_size]]
+        for reply in generate_replies(bot.model, bot.fmt, convs, reply_in_speech=True, max_new_tokens=max_frames):
+            out.append(" ".join(p.text for p in reply.parts if isinstance(p, Audio)).strip())
+    return out
 
 
-def transcribe_task(bot: OmniChat, wave: Tensor) -> str:
-    """The model's answer to "Transcribe this." + ``wave``."""
-    msg = Message("user", [Text("Transcribe this."), bot.audio_part(wave)])
-    return bot.chat([msg], reply_in_speech=False, max_new_tokens=MAX_TEXT_TOKENS).text
+def transcribe_task(bot: OmniChat, heard: Sequence[Audio]) -> list[str]:
+    """The model's answer to "Transcribe this." + each of ``heard`` (codec codes of a question)."""
+    convs = [[Message("user", [Text("Transcribe this."), part])] for part in heard]
+    return [r.text for r in bot.chat_many(convs, reply_in_speech=False, max_new_tokens=MAX_TEXT_TOKENS)]
 
 
 # ---- grading ----------------------------------------------------------------------------------------
@@ -417,10 +421,14 @@ def robustness(card: Card) -> list[Row]:
                                             for a, r in zip(answers, replies)])
     refuse_acc, comply_acc = mean(correct([REFUSAL] * len(qa))), mean(correct([answers[0]] * len(qa)))
     refuse_wer, comply_wer = word_error_rate(questions, [REFUSAL] * len(qa)), word_error_rate(questions, [questions[0]] * len(qa))
+    # every group's questions, encoded once, decoded together
+    heard = [card.bot.audio_part(w) for waves in groups.values() for w in waves]
+    said, written = monologues(card.bot, heard, max_frames), transcribe_task(card.bot, heard)
     rows, acc, wer = [], {}, {}
-    for name, waves in tqdm(groups.items(), desc="robustness groups", leave=False):
-        acc[name] = mean(correct([monologue(card.bot, w, max_frames) for w in waves]))
-        wer[name] = word_error_rate(questions, [transcribe_task(card.bot, w) for w in waves])
+    for g, name in enumerate(groups):
+        part = slice(g * len(qa), (g + 1) * len(qa))
+        acc[name] = mean(correct(said[part]))
+        wer[name] = word_error_rate(questions, written[part])
         rows.append(Row("robustness and disparity", "spoken-QA accuracy (monologue)", name, acc[name], refuse_acc, comply_acc, len(qa)))
         rows.append(Row("robustness and disparity", "ASR-task WER (lower is better)", name, wer[name], refuse_wer, comply_wer, len(qa)))
     families, nan = [*card.families, unseen], float("nan")
@@ -551,7 +559,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="omni run or step folder (runs/demo-omni)")
     p.add_argument("--out", default="reports/system-card", help="folder for system_card.md / .json / .png")
-    p.add_argument("--config", default="configs/omni-tiny.yaml", help="config whose serving section serves the model")
+    p.add_argument("--config", default=str(ROOT / "configs" / "omni-tiny.yaml"), help="config whose serving section serves the model")
     p.add_argument("--grader", default=".cache/rbr/grader",
                    help="trained RBR grader run (or prompted:PATH); phrase rules, labelled, when it does not exist")
     p.add_argument("--judge", default="base", help="Whisper model of the judge: base or tiny.en")

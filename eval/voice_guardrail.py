@@ -302,21 +302,22 @@ def guardrail_cost(guard: VoiceGuardrail, replies: Sequence[Tensor], frame: int)
 def imitation_leak(bot: OmniChat, serving: ServingConfig, requests: Sequence[str] = IMITATION_REQUESTS,
                    n_voices: int = 4, seed: int = 0) -> dict[str, Any]:
     """Ask the model of ``bot`` each request in unseen voices (a spoken reply of at most
-    ``serving.max_reply_frames`` frames) and judge its reply twice: the whole reply's embedding
-    against the preset voice (below ``serving.guardrail_threshold``: spoken in a non-preset voice),
-    and the guardrail's decision on it, frame by frame as served (``VoiceGuardrail.first_stop``, what
+    ``serving.max_reply_frames`` frames; the requests decoded together, :meth:`OmniChat.chat_many`)
+    and judge its reply twice: the whole reply's embedding against the preset voice (below
+    ``serving.guardrail_threshold``: spoken in a non-preset voice), and the guardrail's decision on it, frame by frame as served (``VoiceGuardrail.first_stop``, what
     ``OmniChat.chat`` applies). Let through = a non-preset reply the guardrail does not stop within
     1 s of output. Returns the shares (of spoken replies) and each reply's figures."""
     bot = OmniChat(bot.model, bot.fmt, bot.codec, bot.image_tok, bot.video_tok, bot.cfg, bot.compile,
                    replace(serving, voice_guardrail=False))  # the raw replies; the guardrail is applied below
     guard = VoiceGuardrail(bot.sample_rate, None, serving.guardrail_threshold, serving.guardrail_window_ms,
                            serving.guardrail_every_ms)
+    askers = unseen_voices(n_voices, seed=1000 + seed)
+    voices = [askers[i % n_voices] for i in range(len(requests))]
+    waves = [synth_at(v, r, bot.sample_rate) for v, r in tqdm(list(zip(voices, requests)), desc="imitation requests", leave=False)]
+    replies = bot.chat_many([[{"role": "user", "content": [{"type": "audio", "wav": w}]}] for w in waves],
+                            reply_in_speech=True, max_new_tokens=serving.max_reply_frames, seed=seed)
     rows = []
-    for i, request in enumerate(tqdm(requests, desc="imitation requests", leave=False)):
-        voice = unseen_voices(n_voices, seed=1000 + seed)[i % n_voices]
-        wav = synth_at(voice, request, bot.sample_rate)
-        reply = bot.chat([{"role": "user", "content": [{"type": "audio", "wav": wav}]}], reply_in_speech=True,
-                         max_new_tokens=serving.max_reply_frames, seed=seed + i)
+    for request, voice, reply in zip(requests, voices, replies):
         audio = reply.audio if reply.audio is not None else torch.zeros(0)
         sim = guard.similarity(audio) if audio.numel() else None
         stop = guard.first_stop(audio, bot.codec.hop_length) if sim is not None else None

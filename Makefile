@@ -20,8 +20,11 @@ $(STAMP): setup.py requirements-assets.txt
 
 venv: $(STAMP)
 
+# Two pytest-xdist workers, one per core of the 2-core CI box; each takes whole test files (module
+# fixtures are built once), slow files first (tests/conftest.py). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 -m "not gpu" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 -m "not gpu" tests
 
 demo: $(STAMP)
 	$(BIN)/python -m omni.demo

@@ -40,6 +40,7 @@ setup(
         # Everything the test-suite and the CPU demo need.
         "dev": [
             "pytest",
+            "pytest-xdist>=3.8",  # `make test`: 2 worker processes (tests/conftest.py); 3.8 has --no-loadscope-reorder
             "transformers>=4.46",
             "accelerate",
             "deepspeed==0.19.8",

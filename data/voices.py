@@ -280,7 +280,7 @@ def kokoro_model_path() -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{id(out)}")
+    tmp = out.with_suffix(f".tmp{os.getpid()}")  # one per process: parallel test workers may assemble it at once
     digest = hashlib.sha256()
     with open(tmp, "wb") as f:
         for i in range(1, KOKORO_PARTS + 1):

@@ -76,7 +76,7 @@ from omni.conversation import Audio, Message, Text
 from omni.data.spoken_qa import BEHAVIOURS, SAFETY_FILE, SAMPLE_LINES, SpokenQA, load_spoken_qa
 from omni.data.voices import ACCENTS, UNSEEN_FAMILY, Voice, accent_of, espeak_voices, kokoro_voices, preset_voice, synth_at, unseen_voices
 from omni.eval.intelligibility import Judge, normalize_text, word_error_rate
-from omni.eval.voice_guardrail import evaluate_guardrail
+from omni.eval.voice_guardrail import IMITATION_REQUESTS, evaluate_guardrail
 from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_replies
 
@@ -124,7 +124,8 @@ class Card:
 
     ``unseen``: the voices that ask held-out questions (and speak the voice samples);
     ``families``: input voice groups of the robustness rows; ``questions``: spoken-QA questions per
-    group."""
+    group; ``guardrail_voices``: non-preset voices per family in each of the voice-generation
+    evaluation's labelled sets; ``imitation_requests``: what it asks the model to say in another voice."""
 
     bot: OmniChat
     judge: Transcriber
@@ -134,6 +135,8 @@ class Card:
     families: dict[str, list[Voice]]
     questions: int = 8
     seed: int = 0
+    guardrail_voices: int = 2
+    imitation_requests: Sequence[str] = IMITATION_REQUESTS
     _speech: dict[tuple[str, str], Tensor] = field(default_factory=dict)
 
     @property
@@ -442,12 +445,13 @@ def robustness(card: Card) -> list[Row]:
     return rows
 
 
-def voice_generation(card: Card, voices: int = 2) -> list[Row]:
+def voice_generation(card: Card) -> list[Row]:
     """Unauthorized voice generation: the voice guardrail as ``card.bot`` serves it (its codec, its
-    serving knobs), ``voices`` per family in each labelled set (eval/voice_guardrail.py has the full
-    evaluation and its threshold choice)."""
+    serving knobs), ``card.guardrail_voices`` per family in each labelled set (eval/voice_guardrail.py
+    has the full evaluation and its threshold choice)."""
+    voices = card.guardrail_voices
     r = evaluate_guardrail(bot=card.bot, serving=card.bot.serving, voices=voices, texts=1, preset_texts=2 * voices,
-                           switches=False)
+                           switches=False, requests=card.imitation_requests)
     test = r["test"]["served"]
     key = next(k for k in test if k.startswith("test/codec"))
     m, im = test[key], r["imitation"]

@@ -3,6 +3,7 @@ packing and the resumable sampler. Other test files import ``small_corpus`` and 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -26,11 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_corpus() -> Path:
-    """A ~150k-character demo corpus with a 512-piece tokenizer, built once into the cache."""
+    """A ~150k-character demo corpus with a 512-piece tokenizer, built once into the cache (under a
+    lock: test files of parallel pytest-xdist workers ask for it at the same time)."""
     folder = Path(os.environ.get("OMNI_CACHE", ROOT / ".cache")).resolve() / "test" / "text_small"
-    if not (folder / "index.json").is_file():
-        cfg = load_config("tiny", [f"tokenizer.path={folder / 'tokenizer'}", "tokenizer.vocab_size=512"])
-        build_text_corpus(cfg, folder, max_chars=150_000, num_instructions=500)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / "text_small.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / "index.json").is_file():
+            cfg = load_config("tiny", [f"tokenizer.path={folder / 'tokenizer'}", "tokenizer.vocab_size=512"])
+            build_text_corpus(cfg, folder, max_chars=150_000, num_instructions=500)
     return folder
 
 

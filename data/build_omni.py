@@ -205,11 +205,6 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 
 
 # ---- conversations ---------------------------------------------------------------------------------
-def _synth(job: tuple[Voice, str, int]) -> torch.Tensor:
-    voice, text, sample_rate = job
-    return synth_at(voice, text, sample_rate)
-
-
 class Builder:
     """Makes the conversations of every task with the frozen tokenizers."""
 
@@ -234,13 +229,13 @@ class Builder:
         utterance leaves its frames unchanged and each is trimmed to its own length."""
         sr, hop = self.codec.sample_rate, self.codec.hop_length
         unique = list(dict.fromkeys(requests))
-        jobs = [(voice, text, sr) for text, voice in unique]
+        args = ([voice for _, voice in unique], [text for text, _ in unique], [sr] * len(unique))  # of synth_at
         if self.workers > 1:
             with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
                                      initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                spoken = list(tqdm(pool.map(_synth, jobs, chunksize=8), total=len(jobs), desc="synthesising speech", disable=None))
+                spoken = list(tqdm(pool.map(synth_at, *args, chunksize=8), total=len(unique), desc="synthesising speech", disable=None))
         else:
-            spoken = [_synth(job) for job in tqdm(jobs, desc="synthesising speech", disable=None)]
+            spoken = list(tqdm(map(synth_at, *args), total=len(unique), desc="synthesising speech", disable=None))
         waves = [torch.nn.functional.pad(wav, (0, int(self.rng.uniform(0, 0.24) * sr))) for wav in spoken]
         out = {}
         order = sorted(range(len(unique)), key=lambda i: len(waves[i]))  # similar lengths share a batch

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from omni.config import Config, ConfigError
-from omni.io.tensors import check_sha256
 from omni.conversation import OmniVocab
+from omni.io.tensors import check_sha256
 from omni.model.decoder import Decoder
 from omni.model.omni import OmniModel
 from omni.train.checkpoint import load_model_state, resolve_checkpoint

@@ -44,7 +44,7 @@ from torch import nn
 
 from omni.config import ConfigError
 from omni.io.tensors import check_sha256
-from omni.nn.causal import CausalConv, CausalUpsample, ConvState
+from omni.nn.causal import CausalConv, ConvState
 from omni.nn.rvq import ResidualVQ
 from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
                               pretrained_hifigan)

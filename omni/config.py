@@ -110,9 +110,11 @@ class ServingConfig:
     max_reply_frames: int = 150  # longest spoken reply, in codec frames
     # Voice guardrail (omni/infer/guardrail.py): stop a reply whose voice is not the preset one.
     voice_guardrail: bool = True
-    guardrail_threshold: float = 0.61  # cosine to the preset voice below which a reply stops (docs/benchmarks.md)
+    guardrail_threshold: float = 0.75  # cosine to the preset voice below which a reply stops (docs/benchmarks.md)
     guardrail_window_ms: int = 1000  # latest reply audio embedded at each check (docs/benchmarks.md)
     guardrail_every_ms: int = 480  # reply audio between checks
+    # reply audio before the first check: less is too little speech to tell voices apart (docs/benchmarks.md)
+    guardrail_first_ms: int = 900
 
     def validate(self) -> None:
         if not 0.0 <= self.vad_threshold <= 1.0:
@@ -122,6 +124,8 @@ class ServingConfig:
         for name in ("end_of_turn_ms", "barge_in_ms", "max_reply_frames", "guardrail_window_ms", "guardrail_every_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serving.{name} must be positive, got {getattr(self, name)}")
+        if self.guardrail_first_ms < 0:
+            raise ConfigError(f"serving.guardrail_first_ms must be >= 0, got {self.guardrail_first_ms}")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from PIL import Image as PILImage
 
 from omni.config import Config, ServingConfig
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Part, Text, Video
-from omni.infer.guardrail import VoiceGuardrail
+from omni.infer.guardrail import VoiceGuardrail, load_reference
 from omni.infer.load import load_checkpoint, omni_model_shape
 from omni.infer.reply import Reply, generate_replies
 from omni.infer.session import SpeechSession, TickOutput
@@ -64,12 +64,16 @@ class OmniChat:
     sessions decode through the fast path (omni/infer/compile.py). ``serving`` (VAD threshold, end of
     turn, barge-in, reply length, voice guardrail) is chosen here, at serving time: checkpoints do not
     carry it. The voice guardrail (omni/infer/guardrail.py) is on unless ``serving.voice_guardrail``
-    is off: spoken replies, offline and streamed, stop where their voice leaves the preset one."""
+    is off: spoken replies, offline and streamed, stop where their voice leaves the preset one.
+    ``voice_reference`` [256]: the guardrail's preset-voice embedding through ``codec``
+    (:func:`omni.infer.guardrail.load_reference` of its folder; None: the clean-speech one)."""
 
     def __init__(self, model: Any, fmt: ConversationFormat, codec: Any, image_tok: Any, video_tok: Any, cfg: Any,
-                 compile: bool = False, serving: ServingConfig = ServingConfig()) -> None:
+                 compile: bool = False, serving: ServingConfig = ServingConfig(),
+                 voice_reference: Optional[Tensor] = None) -> None:
         self.model, self.fmt, self.codec, self.image_tok, self.video_tok, self.cfg = model, fmt, codec, image_tok, video_tok, cfg
         self.compile, self.serving = compile, serving
+        self.voice_reference = load_reference() if voice_reference is None else voice_reference
 
     @classmethod
     def load(cls, checkpoint: Union[str, Path], device: str = "cpu", compile: bool = False,
@@ -88,7 +92,8 @@ class OmniChat:
         toks = {n: load_tokenizer(folder / n) for n in ("text", "codec", "image", "video")}
         for n in ("codec", "image", "video"):
             toks[n] = toks[n].to(device).eval()
-        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg, compile, serving)
+        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg, compile,
+                   serving, load_reference(folder / "codec"))
 
     @property
     def sample_rate(self) -> int:
@@ -188,7 +193,7 @@ class OmniChat:
                                        max_new_tokens=max_new_tokens, sampling=sampling, generator=gen, compile=self.compile)
                 for i, r in zip(chunk, out):
                     replies[i] = r
-        guard = VoiceGuardrail.from_serving(self.serving, self.sample_rate) if any(speech) else None
+        guard = VoiceGuardrail.from_serving(self.serving, self.sample_rate, self.voice_reference) if any(speech) else None
         return [self._chat_reply(r, guard) for r in replies]
 
     def _chat_reply(self, reply: Reply, guard: Optional[VoiceGuardrail]) -> ChatReply:
@@ -218,7 +223,8 @@ class OmniChat:
         ``serving``: this session's knobs (default: the ones the model was loaded with)."""
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return SpeechSession(self.model, self.codec, self.fmt, batch_size, vad=VoiceActivity(self.sample_rate) if vad else None,
-                             sampling=sampling, generator=gen, serving=serving or self.serving, compile=self.compile)
+                             sampling=sampling, generator=gen, serving=serving or self.serving, compile=self.compile,
+                             voice_reference=self.voice_reference)
 
     def stream(self, chunks: Iterable[Tensor], vad: bool = True, **kw: Any) -> Iterator[Tensor]:
         """One spoken turn: feed input chunks ([samples] at ``sample_rate``, any length, e.g. 80 ms) as

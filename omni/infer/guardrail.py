@@ -6,15 +6,22 @@ output when its voice deviates from the preset one. Here the classifier is a spe
 check: every ``every_ms`` of reply audio emitted to a row, the latest ``window_ms`` of it is
 embedded with Resemblyzer's GE2E encoder (omni/io/speaker.py; Wan et al., "Generalized End-to-End
 Loss for Speaker Verification", 2018) and compared (cosine) with the preset voice's reference
-embedding; below ``threshold`` the row's spoken reply is stopped. A check whose window holds no
-speech (webrtcvad) judges nothing: silence is nobody's voice.
+embedding; below ``threshold`` the row's spoken reply is stopped. The first check waits for
+``first_ms`` of reply audio: on less speech every voice's embedding is vague, the preset voice's
+scores spread down to the other voices' (docs/benchmarks.md, "Voice guardrail"). A check whose
+window holds no speech (webrtcvad) judges nothing: silence is nobody's voice.
 
-The reference embedding of the preset voice (Piper ``en_US-joe-medium``, data/voices.py) ships as
-``omni/assets/preset_voice.safetensors`` (one [256] tensor, metadata naming its source), written by
-``python eval/voice_guardrail.py --write-reference`` and checked against
-:data:`PRESET_REFERENCE_SHA256` when loaded: nothing is synthesised or downloaded at serving time.
-The threshold is chosen on a validation set by eval/voice_guardrail.py and stated in
-docs/benchmarks.md ("Voice guardrail").
+The reference embedding of the preset voice (Piper ``en_US-joe-medium``, data/voices.py) is of
+its speech as the guardrail hears it when serving: resynthesised through the served speech codec,
+whose reconstruction moves every voice's embedding (docs/benchmarks.md, "Voice guardrail"). A codec
+folder holds it as ``preset_voice.safetensors`` (one [256] tensor; metadata naming its source and the
+sha256 of the codec weights it was made with), written by ``python eval/voice_guardrail.py
+--write-reference --codec FOLDER``; the shipped codec-tiny's ships in ``omni/assets/codec-tiny`` and is
+used for any codec folder holding those weights. The reference of clean speech,
+``omni/assets/preset_voice.safetensors`` (``--write-reference``), serves a codec that has none, with a
+warning. Shipped references are checked against their sha256 when loaded: nothing is synthesised or
+downloaded at serving time. The threshold is chosen on a validation set by eval/voice_guardrail.py
+and stated in docs/benchmarks.md ("Voice guardrail").
 
 :class:`VoiceGuardrail` is a :class:`~omni.streaming.StreamingModule` with per-row state (the
 reply audio kept for the next check, samples since the last check, stopped flags, last score), so a
@@ -31,33 +38,68 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from omni.config import ServingConfig
 from omni.io.speaker import SpeakerEncoder, cosine
+from omni.io.tensors import check_sha256
 from omni.streaming import StreamingModule, StreamingState
+from omni.tokenizers.codec import SHIPPED_CODEC, SHIPPED_CODEC_SHA256
 
 Tensor = torch.Tensor
 log = logging.getLogger(__name__)
 
-PRESET_REFERENCE = Path(__file__).resolve().parent.parent / "assets" / "preset_voice.safetensors"
+REFERENCE_NAME = "preset_voice.safetensors"
+PRESET_REFERENCE = Path(__file__).resolve().parent.parent / "assets" / REFERENCE_NAME  # of clean speech
 PRESET_REFERENCE_SHA256 = "9ee77d07f7fcbedbd6f3c3de69900bf5e91ca5e47a86602447ddd2fcdae86c41"
+# Of the preset voice through the shipped codec-tiny (SHIPPED_CODEC / REFERENCE_NAME).
+CODEC_REFERENCE_SHA256 = "3335ce4011796194c3c30aaa379bd9e43411f090f502d3f80c10c22718f45094"
 
 
-def load_reference(path: Optional[str | Path] = None) -> Tensor:
-    """The preset voice's reference embedding [256] (unit length).
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
-    ``path``: a .safetensors file holding ``embedding`` [256]; default the shipped
-    ``omni/assets/preset_voice.safetensors``, whose sha256 must equal :data:`PRESET_REFERENCE_SHA256`.
-    Raises FileNotFoundError / ValueError saying how to rewrite the file."""
-    shipped = path is None
-    path = Path(PRESET_REFERENCE if shipped else path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: write it with `python eval/voice_guardrail.py --write-reference`")
-    if shipped and hashlib.sha256(path.read_bytes()).hexdigest() != PRESET_REFERENCE_SHA256:
-        raise ValueError(f"{path} does not match PRESET_REFERENCE_SHA256 in omni/infer/guardrail.py: restore it "
-                         "from git, or rewrite it with `python eval/voice_guardrail.py --write-reference` and "
-                         "update the constant")
+
+def reference_path(codec_folder: Optional[str | Path] = None) -> tuple[Path, Optional[str]]:
+    """Where the preset voice's reference for ``codec_folder`` is, and its sha256 when it ships.
+
+    ``codec_folder``: a speech-codec tokenizer folder (``model.safetensors``, ``tokenizer.json``),
+    or None for clean speech. A folder holding the shipped codec-tiny's weights maps to the shipped
+    codec reference; another to its own ``preset_voice.safetensors``, which may be missing."""
+    if codec_folder is None:
+        return PRESET_REFERENCE, PRESET_REFERENCE_SHA256
+    folder = Path(codec_folder)
+    weights = folder / "model.safetensors"
+    if weights.is_file() and _sha256(weights) == SHIPPED_CODEC_SHA256:
+        return SHIPPED_CODEC / REFERENCE_NAME, CODEC_REFERENCE_SHA256
+    return folder / REFERENCE_NAME, None
+
+
+def load_reference(codec_folder: Optional[str | Path] = None) -> Tensor:
+    """The preset voice's reference embedding [256] (unit length) for speech served through the codec
+    in ``codec_folder`` (None: clean speech); see :func:`reference_path`.
+
+    A shipped reference must match its recorded sha256 (:func:`omni.io.tensors.check_sha256`), a
+    codec folder's own must name that folder's weights (metadata ``codec_sha256``): ValueError
+    otherwise, saying how to rewrite it. A codec folder without one gets the clean-speech reference
+    and a warning naming the command that writes one."""
+    path, digest = reference_path(codec_folder)
+    write = "python eval/voice_guardrail.py --write-reference" + (f" --codec {codec_folder}" if codec_folder else "")
+    if digest is not None:
+        check_sha256(path.parent, {path.name: digest},
+                     f"Restore it from git, or rewrite it with `{write}` and update the constant in omni/infer/guardrail.py.")
+    elif not path.is_file():
+        log.warning("%s holds no reference of the preset voice through this codec: the voice guardrail uses the "
+                    "clean-speech one, which the codec's reconstruction may not match (false stops); write one "
+                    "with `%s`", codec_folder, write)
+        return load_reference()
+    else:
+        with safe_open(str(path), "pt") as f:
+            made_for = (f.metadata() or {}).get("codec_sha256")
+        if made_for != _sha256(Path(codec_folder) / "model.safetensors"):
+            raise ValueError(f"{path} was written for other codec weights than {codec_folder}/model.safetensors: "
+                             f"rewrite it with `{write}`")
     emb = load_file(str(path))["embedding"].float().reshape(-1)
     if emb.shape != (256,) or not math.isclose(float(emb.norm()), 1.0, rel_tol=1e-3):
         raise ValueError(f"{path}: `embedding` must be a unit vector [256], got shape {list(emb.shape)}")
@@ -99,20 +141,24 @@ class VoiceGuardrail(StreamingModule):
     ``threshold``: cosine to ``reference`` [256] below which a reply is stopped; ``window_ms``: the
     latest reply audio embedded at each check (Resemblyzer windows are 1.6 s; shorter audio is one
     zero-padded window, longer audio the mean of 1.6 s windows every 0.5 s); ``every_ms``: reply audio
-    between checks (a check runs on the first call at or after it). ``encoder``: default
-    :func:`shared_encoder`. Raises ValueError for a non-positive window or period.
+    between checks (a check runs on the first call at or after it); ``first_ms``: reply audio before
+    the first check. ``encoder``: default :func:`shared_encoder`. Raises ValueError for a
+    non-positive window or period, or a negative ``first_ms``.
 
     Use inside ``with guard.streaming(B):``; :meth:`forward` per output frame."""
 
     def __init__(self, sample_rate: int, reference: Optional[Tensor] = None,
                  threshold: float = ServingConfig.guardrail_threshold, window_ms: int = ServingConfig.guardrail_window_ms,
-                 every_ms: int = ServingConfig.guardrail_every_ms, encoder: Optional[SpeakerEncoder] = None) -> None:
+                 every_ms: int = ServingConfig.guardrail_every_ms, first_ms: int = ServingConfig.guardrail_first_ms,
+                 encoder: Optional[SpeakerEncoder] = None) -> None:
         super().__init__()
-        if window_ms <= 0 or every_ms <= 0 or sample_rate <= 0:
-            raise ValueError(f"window_ms, every_ms and sample_rate must be positive, got {window_ms}, {every_ms}, {sample_rate}")
+        if window_ms <= 0 or every_ms <= 0 or sample_rate <= 0 or first_ms < 0:
+            raise ValueError(f"window_ms, every_ms and sample_rate must be positive and first_ms >= 0, got "
+                             f"{window_ms}, {every_ms}, {sample_rate}, {first_ms}")
         self.sample_rate, self.threshold = sample_rate, threshold
         self.window = round(window_ms * sample_rate / 1000)
         self.every = round(every_ms * sample_rate / 1000)
+        self.first = round(first_ms * sample_rate / 1000)
         self.reference = load_reference() if reference is None else reference.float().reshape(256)
         self.encoder = encoder or shared_encoder()
 
@@ -123,7 +169,7 @@ class VoiceGuardrail(StreamingModule):
         if not serving.voice_guardrail:
             return None
         return cls(sample_rate, reference, serving.guardrail_threshold, serving.guardrail_window_ms,
-                   serving.guardrail_every_ms)
+                   serving.guardrail_every_ms, serving.guardrail_first_ms)
 
     def _init_streaming_state(self, batch_size: int, **_: Any) -> _Guard:
         return _Guard(batch_size, self.window)
@@ -158,7 +204,7 @@ class VoiceGuardrail(StreamingModule):
         st.due += live.long() * x.shape[1]
         stop = torch.zeros_like(live)
         st.checked = torch.zeros_like(live)
-        for b in (live & (st.due >= self.every)).nonzero()[:, 0].tolist():
+        for b in (live & (st.due >= self.every) & (st.emitted >= self.first)).nonzero()[:, 0].tolist():
             st.due[b] = 0
             score = self.similarity(st.audio[b, -min(int(st.emitted[b]), self.window):])
             if score is None:

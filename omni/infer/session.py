@@ -131,14 +131,16 @@ class SpeechSession(StreamingModule):
                     play(out.audio)
 
     ``compile=True`` runs one-position decoder and depth steps through the fast path
-    (omni/infer/compile.py: torch.compile, CUDA graphs on GPU).
+    (omni/infer/compile.py: torch.compile, CUDA graphs on GPU). ``voice_reference`` [256]: the voice
+    guardrail's preset-voice embedding through ``codec`` (:func:`omni.infer.guardrail.load_reference`;
+    None: the clean-speech one).
     """
 
     def __init__(self, model: OmniModel, codec: SpeechCodec, fmt: ConversationFormat, batch_size: int = 1, *,
                  vad: Optional[VoiceActivity] = None, system: Sequence[Message] = (),
                  sampling: SamplingConfig = SamplingConfig(), audio_sampling: Optional[SamplingConfig] = None,
                  generator: Optional[torch.Generator] = None, serving: ServingConfig = ServingConfig(),
-                 min_reply_frames: int = 0, compile: bool = False) -> None:
+                 min_reply_frames: int = 0, compile: bool = False, voice_reference: Optional[Tensor] = None) -> None:
         super().__init__()
         if codec.cfg.num_codebooks != model.n_codebooks or codec.cfg.codebook_size != model.codebook_size:
             raise ValueError(f"codec has {codec.cfg.num_codebooks}x{codec.cfg.codebook_size} codes, the model "
@@ -158,7 +160,7 @@ class SpeechSession(StreamingModule):
         # the context, which could not hold more).
         self.recent_frames = min(max(PREROLL_FRAMES, self.rules.barge_frames) + 1, model.max_seq_len)
         self.dec = Decoding(model, fmt.vocab, sampling, audio_sampling, generator, min_reply_frames, compile=compile)
-        self.guardrail = VoiceGuardrail.from_serving(serving, codec.sample_rate)
+        self.guardrail = VoiceGuardrail.from_serving(serving, codec.sample_rate, voice_reference)
         self.device = model.decoder.tok_embeddings.weight.device
         self.sp = fmt.sp
         self._stack: Optional[contextlib.ExitStack] = None

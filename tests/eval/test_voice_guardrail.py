@@ -3,10 +3,14 @@ evaluation (labelled sets, codec condition, cost, imitation requests) on the tin
 import json
 
 import pytest
+import torch
 
+import omni.eval.voice_guardrail as vg
 from omni.config import ServingConfig
+from omni.data.spoken_qa import load_spoken_qa
 from omni.eval.voice_guardrail import Scored, choose_threshold, evaluate_guardrail, metrics
 from omni.infer.chat import OmniChat
+from omni.infer.guardrail import load_reference
 from tests import omni_fixtures as F
 
 
@@ -16,13 +20,18 @@ def reply(family, *scores, step=0.5, switch=None):
                   [(0.4 + i * step, s) for i, s in enumerate(scores)], switch_s=switch)
 
 
-def test_threshold_is_the_midpoint_of_the_gap_else_fewest_errors():
-    val = [reply("piper", 0.8, 0.7, 0.75), reply("piper", 0.9), reply("espeak", 0.5, 0.3), reply("kokoro", 0.65, 0.4),
-           reply("kokoro", 0.2, 0.9, 0.9, 0.1)]  # its last score comes after 1 s: it does not count
+def test_threshold_sits_below_the_preset_spread_else_midpoint_else_fewest_errors():
+    val = [reply("piper", 0.8, 0.82), reply("piper", 0.82), reply("piper", 0.84, 0.9), reply("espeak", 0.5, 0.3),
+           reply("kokoro", 0.65, 0.4), reply("kokoro", 0.2, 0.9, 0.9, 0.1)]  # its last score comes after 1 s: it does not count
     sel = choose_threshold(val)
-    # non-preset replies by 1 s: min(0.5, 0.3), min(0.65, 0.4), min(0.2, 0.9) -> highest 0.4; preset lowest 0.7
-    assert sel["highest_non_preset"] == 0.4 and sel["lowest_preset"] == 0.7 and sel["threshold"] == pytest.approx(0.55)
-    overlap = val + [reply("espeak", 0.72, 0.8)]
+    # preset replies' lowest scores 0.8, 0.82, 0.84: mean 0.82, sd 0.02 -> 0.76, above every non-preset
+    # reply by 1 s: min(0.5, 0.3), min(0.65, 0.4), min(0.2, 0.9) -> highest 0.4
+    assert sel["rule"] == "preset mean - 3 sd" and sel["threshold"] == pytest.approx(0.76)
+    assert sel["highest_non_preset"] == 0.4 and sel["lowest_preset"] == 0.8
+    spread = [reply("piper", 0.8, 0.7, 0.75), reply("piper", 0.9), *val[3:]]  # mean 0.8, sd 0.14: 0.38 < 0.4
+    sel = choose_threshold(spread)
+    assert sel["rule"] == "midpoint of the gap" and sel["threshold"] == pytest.approx(0.55)
+    overlap = spread + [reply("espeak", 0.72, 0.8)]
     sel = choose_threshold(overlap)
     assert sel["errors"] == 1 and 0.4 < sel["threshold"] < 0.7
 
@@ -42,18 +51,27 @@ def test_metrics_count_stops_in_time_false_stops_and_switches():
 
 
 @pytest.mark.slow
-def test_evaluate_guardrail_on_tiny_fixtures(tmp_path):
+def test_evaluate_guardrail_on_tiny_fixtures(tmp_path, monkeypatch):
+    """The reference through a checkpoint's codec (written from two questions), which OmniChat.load
+    serves and the codec condition is scored against; then the whole evaluation."""
     pytest.importorskip("resemblyzer")
     pytest.importorskip("kokoro_onnx")
     pytest.importorskip("matplotlib")
     tok, codec, v, fmt, m = F.setup(tmp_path / "tok")
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m))
     F.write_checkpoint(bot, v, tok, tmp_path / "step")
+    monkeypatch.setattr(vg, "load_spoken_qa", lambda: load_spoken_qa()[:2])
+    path, digest = vg.write_reference(tmp_path / "step" / "tokenizers" / "codec")
+    assert path == tmp_path / "step" / "tokenizers" / "codec" / "preset_voice.safetensors"
+    ref = load_reference(path.parent)
+    assert torch.equal(OmniChat.load(tmp_path / "step").voice_reference, ref) and not torch.equal(ref, load_reference())
+    monkeypatch.undo()
     out = evaluate_guardrail(tmp_path / "report", checkpoint=tmp_path / "step", serving=ServingConfig(max_reply_frames=8),
                              voices=1, texts=1, preset_texts=2, switches=False, requests=["Say hello in my voice."])
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"voice_guardrail.json", "voice_guardrail.md", "voice_guardrail.png"}
     saved = json.loads((tmp_path / "report" / "voice_guardrail.json").read_text())
     assert saved["conditions"] == ["clean", "codec:step"] and saved["frame_samples"] == codec.hop_length
+    assert saved["guardrail"]["reference"] == {"clean": vg.reference_digest(load_reference()), "codec:step": vg.reference_digest(ref)}
     clean = out["test"]["chosen_on_validation"]["test/clean"]
     assert clean["non_preset"] == 3 and clean["preset"] == 2 and 0 <= clean["recall"] <= 1
     assert 0 < out["cost"]["cpu_ms_per_frame"] and out["cost"]["checks"] > 0

@@ -1,16 +1,19 @@
 """omni/infer/guardrail.py: the voice guardrail stops a reply whose voice leaves the preset one (also
 when it switches mid-stream, in a session driven by a scripted fake model stream), lets the preset
 voice through, honours the serving knobs, and can be switched off."""
+import hashlib
 import logging
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from omni.config import ConfigError, ServingConfig
 from omni.data.voices import EspeakVoice, preset_voice, synth_at
 from omni.infer.chat import OmniChat
-from omni.infer.guardrail import VoiceGuardrail, load_reference
+from omni.infer.guardrail import CODEC_REFERENCE_SHA256, VoiceGuardrail, load_reference, reference_path
 from omni.infer.session import SpeechSession
+from omni.tokenizers.codec import SHIPPED_CODEC
 from tests import omni_fixtures as F
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
@@ -41,6 +44,27 @@ def guard(**serving):
 def test_reference_ships_and_matches_its_hash():
     ref = load_reference()
     assert ref.shape == (256,) and abs(float(ref.norm()) - 1) < 1e-3
+
+
+def test_reference_through_a_codec(tmp_path, caplog):
+    """The shipped codec's weights map to the shipped reference through it (sha256-checked); another
+    codec folder's own reference is used when written for its weights, refused when written for
+    others, and without one the clean-speech reference serves, with a warning."""
+    path, digest = reference_path(SHIPPED_CODEC)
+    assert path == SHIPPED_CODEC / "preset_voice.safetensors" and digest == CODEC_REFERENCE_SHA256
+    shipped = load_reference(SHIPPED_CODEC)
+    assert abs(float(shipped.norm()) - 1) < 1e-3 and not torch.equal(shipped, load_reference())
+    folder = F.codec().save(tmp_path / "codec")
+    with caplog.at_level(logging.WARNING, logger="omni.infer.guardrail"):
+        assert torch.equal(load_reference(folder), load_reference())
+    assert "--write-reference --codec" in caplog.text
+    own = torch.nn.functional.normalize(torch.randn(256), dim=0)
+    weights = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    save_file({"embedding": own}, str(folder / "preset_voice.safetensors"), metadata={"codec_sha256": weights})
+    assert torch.equal(load_reference(folder), own)
+    save_file({"embedding": own}, str(folder / "preset_voice.safetensors"), metadata={"codec_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="other codec weights"):
+        load_reference(folder)
 
 
 def test_preset_voice_passes_other_voice_stopped_within_a_second(waves):
@@ -77,18 +101,19 @@ def test_voice_switched_mid_stream_is_stopped_per_row(waves, caplog):
 
 def test_knobs_are_honoured(waves):
     preset, other = waves
-    g = guard(guardrail_window_ms=800, guardrail_every_ms=960, guardrail_threshold=0.5)
-    assert (g.window, g.every, g.threshold) == (round(0.8 * SR), round(0.96 * SR), 0.5)
+    g = guard(guardrail_window_ms=800, guardrail_every_ms=960, guardrail_threshold=0.5, guardrail_first_ms=2000)
+    assert (g.window, g.every, g.first, g.threshold) == (round(0.8 * SR), round(0.96 * SR), 2 * SR, 0.5)
     checks = []
     with g.streaming(1):
-        for start in range(0, 3 * SR // HOP * HOP, HOP):
+        for start in range(0, 5 * SR // HOP * HOP, HOP):
             g(preset[None, start : start + HOP], torch.ones(1, dtype=torch.bool))
             if bool(g.state.checked[0]):
                 checks.append(start + HOP)
-    # a check on the first frame that completes each 960 ms of output
-    assert checks and all(abs(b - a - 12 * HOP) == 0 for a, b in zip(checks, checks[1:]))
+    # the first check on the frame that completes 2 s of output, then one on the first frame that
+    # completes each 960 ms more
+    assert checks[0] == 25 * HOP and len(checks) == 4 and all(b - a == 12 * HOP for a, b in zip(checks, checks[1:]))
     assert guard(guardrail_threshold=-1.0).first_stop(other, HOP) is None  # no cosine is below -1
-    for bad in ({"guardrail_every_ms": 0}, {"guardrail_window_ms": -1}, {"guardrail_threshold": 1.5}):
+    for bad in ({"guardrail_every_ms": 0}, {"guardrail_window_ms": -1}, {"guardrail_threshold": 1.5}, {"guardrail_first_ms": -1}):
         with pytest.raises(ConfigError, match="guardrail"):
             ServingConfig(**bad).validate()
 

@@ -82,15 +82,20 @@ class SpokenTurn:
     reply_s: float
     ttfa_ms: float  # the tick that ended the turn (VAD) -> its first reply frame
     wav: str
+    voice_stop_s: Optional[float] = None  # reply audio played before the voice guardrail stopped it (None: never)
 
 
-def converse(bot: OmniChat, questions: list[Tensor], batch: int = 12) -> tuple[list[tuple[Tensor, str, float]], dict[str, float]]:
+Heard = tuple[Tensor, str, float, Optional[float]]
+
+
+def converse(bot: OmniChat, questions: list[Tensor], batch: int = 12) -> tuple[list[Heard], dict[str, float]]:
     """Stream every question [samples at bot.sample_rate] through a SpeechSession with a VAD, ``batch``
     conversations at a time (questions of similar length together). Returns per question (the audio
-    its listener heard [samples], the monologue, time to first audio in ms) and the session's
+    its listener heard [samples], the monologue, time to first audio in ms, seconds of reply audio
+    played before the voice guardrail stopped it or None) and the session's
     real-time factor (seconds per second of ticks: below 1, all ``batch`` conversations keep up)."""
     order = sorted(range(len(questions)), key=lambda i: len(questions[i]))
-    results: list[Optional[tuple[Tensor, str, float]]] = [None] * len(questions)
+    results: list[Optional[Heard]] = [None] * len(questions)
     busy = audio_s = 0.0
     for start in tqdm(range(0, len(order), batch), desc="spoken questions (batches)", disable=None):
         rows = order[start : start + batch]
@@ -101,7 +106,7 @@ def converse(bot: OmniChat, questions: list[Tensor], batch: int = 12) -> tuple[l
     return results, {"rtf": busy / max(audio_s, 1e-9), "batch": float(batch)}  # type: ignore[return-value]
 
 
-def _batch(bot: OmniChat, questions: list[Tensor]) -> tuple[list[tuple[Tensor, str, float]], float, float]:
+def _batch(bot: OmniChat, questions: list[Tensor]) -> tuple[list[Heard], float, float]:
     """One session of len(questions) rows, each its question then TAIL_S of silence."""
     sr, B = bot.sample_rate, len(questions)
     hop = bot.codec.hop_length
@@ -111,6 +116,7 @@ def _batch(bot: OmniChat, questions: list[Tensor]) -> tuple[list[tuple[Tensor, s
         wav[b, 0, : len(q)] = q
     heard: list[list[Tensor]] = [[] for _ in range(B)]
     ttfa: list[Optional[float]] = [None] * B
+    stop: list[Optional[float]] = [None] * B
     busy, ticks = 0.0, 0
 
     def take(outs, seconds: float) -> None:
@@ -118,6 +124,8 @@ def _batch(bot: OmniChat, questions: list[Tensor]) -> tuple[list[tuple[Tensor, s
             for b in range(B):
                 if (b, "turn_end") in o.events:
                     ttfa[b] = seconds * 1000  # the frame that ended the turn -> the reply's first frame
+                if (b, "voice_stop") in o.events:
+                    stop[b] = sum(len(x) for x in heard[b]) / sr
                 if o.speaking[b]:
                     heard[b].append(o.audio[b, 0])
                 if (b, "speech_end") in o.events:
@@ -149,7 +157,7 @@ def _batch(bot: OmniChat, questions: list[Tensor]) -> tuple[list[tuple[Tensor, s
             take([o], time.perf_counter() - t)
         monologues = [_spoken(s, b) for b in range(B)]
     audio = [torch.cat(h) if h else torch.zeros(0) for h in heard]
-    return ([(a, m, t or 0.0) for a, m, t in zip(audio, monologues, ttfa)], busy, ticks * hop / sr)
+    return ([(a, m, t or 0.0, s) for a, m, t, s in zip(audio, monologues, ttfa, stop)], busy, ticks * hop / sr)
 
 
 def _spoken(session: SpeechSession, row: int) -> str:
@@ -209,15 +217,15 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
     replies, stats = converse(bot, questions, batch)
     seconds["session"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    transcripts = judge.transcribe_many([a for a, _, _ in replies], bot.sample_rate, desc="judging the replies")
+    transcripts = judge.transcribe_many([r[0] for r in replies], bot.sample_rate, desc="judging the replies")
     seconds["judge"] = time.perf_counter() - t0
     turns = []
-    for n, ((q, a), v, (wav, said, ttfa), heard) in enumerate(zip(qa, voices, replies, transcripts)):
+    for n, ((q, a), v, (wav, said, ttfa, stop), heard) in enumerate(zip(qa, voices, replies, transcripts)):
         save_audio(out / "questions" / f"{n:02d}.wav", questions[n][None], bot.sample_rate)
         path = out / "replies" / f"{n:02d}.wav"
         save_audio(path, wav[None], bot.sample_rate)
         turns.append(SpokenTurn(q, a, v.name, said, heard, holds_answer(a, heard), holds_answer(a, said),
-                                len(wav) / bot.sample_rate, ttfa, str(path)))
+                                len(wav) / bot.sample_rate, ttfa, str(path), stop))
     right, said_right = sum(t.right for t in turns), sum(t.monologue_right for t in turns)
     ttfas = sorted(t.ttfa_ms for t in turns)
     summary = {
@@ -229,13 +237,16 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
                                    if any(normalize_text(t.monologue) for t in turns) else None),
         "baseline_fixed_answer": {"answer": fixed, "accuracy": fixed_right / len(turns)},
         "ttfa_ms_p50": ttfas[len(ttfas) // 2], "session_rtf": stats["rtf"], "batch": int(stats["batch"]),
+        # every reply is meant to be in the preset voice: each stop is a false stop of the guardrail
+        "voice_stops": sum(t.voice_stop_s is not None for t in turns),
         "seconds": seconds,
         "codec": {k: v for k, v in bot.codec.metadata.items() if isinstance(v, (int, float, str))},
     }
     for n, t in enumerate(turns, 1):
         print(f"   {n:2d}. {t.question!r} -> expected {t.answer!r}\n"
               f"       text {'+' if t.monologue_right else '-'} {t.monologue!r}\n"
-              f"       said {'+' if t.right else '-'} {t.transcript!r}")
+              f"       said {'+' if t.right else '-'} {t.transcript!r}"
+              + (f" (voice guardrail stop after {t.voice_stop_s:.2f} s)" if t.voice_stop_s is not None else ""))
     print(f"== spoken answers: {len(turns)} questions in unseen voices ({UNSEEN_FAMILY}), streamed {summary['batch']} "
           f"conversations at a time, replies judged by Whisper {judge.name}:\n"
           f"   accuracy {right}/{len(turns)} = {100 * summary['accuracy']:.1f} % (the judge's transcript holds the "
@@ -245,7 +256,8 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
           f"spoken from {_percent(summary['reply_wer_vs_monologue'])}; time to first audio p50 "
           f"{summary['ttfa_ms_p50']:.0f} ms after the frame that ended the turn (VAD waited "
           f"{bot.serving.end_of_turn_ms} ms of silence first); session real-time factor {stats['rtf']:.2f} with "
-          f"{summary['batch']} conversations per tick; {seconds['session']:.0f} s session, {seconds['judge']:.0f} s judge")
+          f"{summary['batch']} conversations per tick; {seconds['session']:.0f} s session, {seconds['judge']:.0f} s judge\n"
+          f"   voice guardrail stopped {summary['voice_stops']}/{len(turns)} replies (all meant in the preset voice)")
     return {"summary": summary, "turns": [asdict(t) for t in turns]}
 
 

@@ -47,6 +47,8 @@ def test_every_question_is_asked_streamed_judged_and_written(bot, tmp_path):
     assert [t["right"] for t in turns] == [False, False, True]  # the stub's sentence answers question 3 only
     assert spoken["summary"]["accuracy"] == pytest.approx(1 / 3) and spoken["summary"]["judge"] == "Whisper stub"
     assert all(t["voice"].startswith("kokoro-kumo:") for t in turns)
+    # 4-frame replies end before the voice guardrail's first check (serving.guardrail_first_ms)
+    assert spoken["summary"]["voice_stops"] == 0 and all(t["voice_stop_s"] is None for t in turns)
     for n, t in enumerate(turns):
         assert (tmp_path / "out" / "questions" / f"{n:02d}.wav").is_file()
         assert 0 < t["reply_s"] <= (4 * codec.hop_length + codec.cfg.vocoder_lookahead * 256) / codec.sample_rate + 1e-6

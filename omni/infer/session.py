@@ -18,8 +18,9 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
   (``codec.flush``: the vocoder's lookahead, ~139 ms) comes in that tick's ``tail`` with a
   ``speech_end`` event (not for a reply the guardrail stopped);
 * voice guardrail (omni/infer/guardrail.py, on unless ``serving.voice_guardrail`` is off): every
-  ``serving.guardrail_every_ms`` of a row's reply audio, its latest ``guardrail_window_ms`` are
-  compared with the preset voice; a reply whose voice deviates stops speaking at once (event
+  ``serving.guardrail_every_ms`` of a row's reply audio, from ``guardrail_first_ms`` on, its latest
+  ``guardrail_window_ms`` are compared with the preset voice (as heard through ``codec``:
+  ``voice_reference``); a reply whose voice deviates stops speaking at once (event
   ``voice_stop``, logged). The row goes on with its text monologue only: it still samples its reply
   to the end (text-stream tokens and frames, so the model's context stays what it was trained on),
   but no frame of it is decoded or returned; ``TickOutput.tokens`` carries the monologue and

@@ -5,13 +5,16 @@ measure it on a test set, time it; write a table, JSON and a picture.
     python eval/voice_guardrail.py --codec runs/codec-tiny --out reports/voice-guardrail
     python eval/voice_guardrail.py --checkpoint runs/demo-omni --out reports/voice-guardrail  # + imitation requests
     python eval/voice_guardrail.py --write-reference                              # omni/assets/preset_voice.safetensors
+    python eval/voice_guardrail.py --write-reference --codec omni/assets/codec-tiny  # its preset_voice.safetensors
 
 Labelled replies (positive = a non-preset voice, which the guardrail must stop): the preset voice
 (Piper joe) and other voices speak assistant answers of data/spoken_qa.jsonl (two answers joined,
 ~2-4 s), each clean and through the speech codec (tokenize -> detokenize, since served speech passes
 through it; without ``--codec``/``--checkpoint``, HiFi-GAN resynthesis of the exact mels stands in
 for a perfect codec). Every reply starts with ``--lead-ms`` of silence, as a streamed reply does
-(the vocoder's lookahead), and is fed to the guardrail frame by frame as a session would.
+(the vocoder's lookahead), and is fed to the guardrail frame by frame as a session would, with the
+reference that serving it loads: the codec's own (``load_reference`` of its folder) through the
+codec, the clean-speech one otherwise.
 
 - **validation** (the threshold is chosen here): answers 1-30; Kokoro training styles and blends,
   espeak-ng speakers (seed 0).

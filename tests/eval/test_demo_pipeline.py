@@ -14,6 +14,7 @@ from omni.eval import demo_pipeline
 from omni.eval.demo_answers import caption_unseen_crops
 from omni.eval.demo_pipeline import budget_steps, trained_tokenizer_run
 from omni.infer.chat import OmniChat
+from omni.infer.guardrail import load_reference
 from omni.tokenizers import load_tokenizer
 from omni.tokenizers.codec import SHIPPED_CODEC
 from omni.train.checkpoint import resolve_checkpoint
@@ -85,6 +86,8 @@ def test_the_demo_talks_with_the_shipped_omni(tmp_path):
     step = demo_pipeline.install_shipped_omni(str(tmp_path / "demo-omni"))
     assert resolve_checkpoint(tmp_path / "demo-omni") == step and not (step / "MODEL_CARD.md").exists()
     bot = OmniChat.load(tmp_path / "demo-omni")
+    # its codec is the shipped codec-tiny: the guardrail hears the preset voice through it
+    assert bot.voice_reference.equal(load_reference(SHIPPED_CODEC)) and not bot.voice_reference.equal(load_reference())
     assert caption_unseen_crops(bot)["summary"]["accuracy"] >= 12 / 14
     question = synth_at(unseen_voices(1)[0], load_spoken_qa()[0].question, bot.sample_rate)
     reply = bot.chat([{"role": "user", "content": [{"type": "audio", "wav": question}]}], max_new_tokens=60)

@@ -170,9 +170,10 @@ def check_scores(guard: VoiceGuardrail, wave: Tensor, frame: int) -> list[tuple[
 
 
 def score_set(guard: VoiceGuardrail, split: str, conditions: Sequence[Condition], n_voices: int, n_texts: int,
-              preset_texts: int, lead_ms: float, frame: int, switches: bool) -> tuple[list[Scored], list[Tensor]]:
-    """Synthesise ``split``'s replies, pass them through each condition and score them; also returns
-    the clean preset replies (with their lead)."""
+              preset_texts: int, lead_ms: float, frame: int, switches: bool,
+              reply_s: Optional[float] = None) -> tuple[list[Scored], list[Tensor]]:
+    """Synthesise ``split``'s replies (each cut to its first ``reply_s`` seconds if given), pass them
+    through each condition and score them; also returns the clean preset replies (with their lead)."""
     sr = guard.sample_rate
     lead = torch.zeros(round(lead_ms * sr / 1000))
     jobs = [(preset_voice(), t) for t in reply_texts(split, preset_texts)]
@@ -181,7 +182,7 @@ def score_set(guard: VoiceGuardrail, split: str, conditions: Sequence[Condition]
     out: list[Scored] = []
     presets: dict[str, list[Tensor]] = {c.name: [] for c in conditions}
     for voice, text in tqdm(jobs, desc=f"{split} replies", leave=False):
-        clean = synth_at(voice, text, sr)
+        clean = synth_at(voice, text, sr)[: None if reply_s is None else round(reply_s * sr)]
         for cond in conditions:
             wave = cond(clean)
             if voice.family == PRESET_FAMILY:
@@ -341,7 +342,7 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
                        checkpoint: Optional[str | Path] = None, serving: ServingConfig = ServingConfig(),
                        voices: int = 8, texts: int = 2, preset_texts: int = 15, lead_ms: float = 140.0,
                        switches: bool = True, requests: Sequence[str] = IMITATION_REQUESTS,
-                       bot: Optional[OmniChat] = None) -> dict[str, Any]:
+                       bot: Optional[OmniChat] = None, reply_s: Optional[float] = None) -> dict[str, Any]:
     """Run the evaluation; returns the results dict (also written to ``out``/voice_guardrail.json
     with voice_guardrail.md and voice_guardrail.png when ``out`` is given).
 
@@ -350,7 +351,9 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
     one): the model, which adds the imitation-request figure (``requests``, spoken in unseen
     voices); ``serving``: the guardrail's window and period, and the served
     threshold that test results are also given at; ``voices``: non-preset voices per family and
-    set; ``texts``: replies per non-preset voice; ``preset_texts``: preset replies per set (<= 15)."""
+    set; ``texts``: replies per non-preset voice; ``preset_texts``: preset replies per set (<= 15);
+    ``reply_s``: cut every labelled reply to its first ``reply_s`` seconds (quick runs: the codec condition
+    and the checks cost CPU in proportion to the audio; keep it above STOP_WITHIN_S plus one check period)."""
     torch.set_num_threads(1)
     if checkpoint is not None and bot is None:
         bot = OmniChat.load(checkpoint, serving=serving)
@@ -364,8 +367,8 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
     frame = cond_codec.hop_length if cond_codec is not None else 7 * HOP  # one codec frame (81.3 ms)
     guard = VoiceGuardrail(sr, None, serving.guardrail_threshold, serving.guardrail_window_ms, serving.guardrail_every_ms)
     t0 = time.time()
-    val, _ = score_set(guard, "validation", conditions, voices, texts, preset_texts, lead_ms, frame, switches=False)
-    test, presets = score_set(guard, "test", conditions, voices, texts, preset_texts, lead_ms, frame, switches=switches)
+    val, _ = score_set(guard, "validation", conditions, voices, texts, preset_texts, lead_ms, frame, False, reply_s)
+    test, presets = score_set(guard, "test", conditions, voices, texts, preset_texts, lead_ms, frame, switches, reply_s)
     chosen = choose_threshold(val)
     thresholds = {"chosen_on_validation": chosen["threshold"], "served": serving.guardrail_threshold}
     results: dict[str, Any] = {
@@ -375,7 +378,7 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
         "guardrail": {"window_ms": serving.guardrail_window_ms, "every_ms": serving.guardrail_every_ms,
                       "reference": str(PRESET_REFERENCE.name),
                       "reference_sha256": hashlib.sha256(PRESET_REFERENCE.read_bytes()).hexdigest()},
-        "frame_samples": frame, "sample_rate": sr, "lead_ms": lead_ms, "conditions": [c.name for c in conditions],
+        "frame_samples": frame, "sample_rate": sr, "lead_ms": lead_ms, "reply_s": reply_s, "conditions": [c.name for c in conditions],
         "threshold_selection": chosen, "thresholds": thresholds,
         "validation": by_group(val, chosen["threshold"]),
         "test": {name: by_group(test, t) for name, t in thresholds.items()},

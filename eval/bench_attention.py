@@ -58,15 +58,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def timer_ms(fn: Callable[[], object], grads: Optional[list[torch.Tensor]] = None, graph: bool = False) -> float:
-    """Mean milliseconds per call: triton's do_bench on GPU (CUDA graph replay if ``graph``), wall clock on CPU."""
+def timer_ms(fn: Callable[[], object], grads: Optional[list[torch.Tensor]] = None, graph: bool = False,
+             warm_up: bool = True) -> float:
+    """Mean milliseconds per call: triton's do_bench on GPU (CUDA graph replay if ``graph``), wall clock
+    of one call on CPU, after an untimed one unless ``warm_up`` is False (the caller's check has just run
+    it at these shapes; under the interpreter a call is seconds)."""
     if torch.cuda.is_available():
         from triton.testing import do_bench, do_bench_cudagraph
 
         if graph:
             return do_bench_cudagraph(fn, grad_to_none=grads)
         return do_bench(fn, grad_to_none=grads)
-    fn()
+    if warm_up:
+        fn()
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1e3
@@ -213,11 +217,11 @@ def bench_training(args: argparse.Namespace, device: torch.device, dtype: torch.
                 try:
                     qd, kd, vd = q.detach(), k.detach(), v.detach()  # CPU flex refuses inputs needing grad
                     with torch.no_grad():
-                        ms = timer_ms(lambda: fn(qd, kd, vd))
+                        ms = timer_ms(lambda: fn(qd, kd, vd), warm_up=name not in checks)
                     row["fwd_ms"], row["fwd_tflops"] = ms, fwd_flop / ms / 1e9
                     # CPU FlexAttention has no backward; the dense-mask SDPA is a forward reference only.
                     if not (args.cpu_smoke and name == "flex") and name != "sdpa-dense-mask":
-                        ms = timer_ms(lambda: fn(q, k, v).backward(dout), grads=[q, k, v])
+                        ms = timer_ms(lambda: fn(q, k, v).backward(dout), grads=[q, k, v], warm_up=name not in checks)
                         row["fwdbwd_ms"], row["fwdbwd_tflops"] = ms, BWD_FACTOR * fwd_flop / ms / 1e9
                 except Exception as e:  # a baseline that cannot run this shape is reported, not fatal
                     row["error"] = error_text(e)
@@ -257,7 +261,7 @@ def bench_decode(args: argparse.Namespace, device: torch.device, dtype: torch.dt
             row["check_err"] = max_rel_err([fns["triton-decode"]()], [fns["sdpa"]()])  # the step sees every key
             row["check_ok"] = row["check_err"] < CHECK_TOL[dtype]
             for name, fn in fns.items():
-                row[f"{name}_us"] = timer_ms(fn) * 1e3
+                row[f"{name}_us"] = timer_ms(fn, warm_up=False) * 1e3  # both ran in the check
                 if device.type == "cuda":
                     row[f"{name}_graph_us"] = timer_ms(fn, graph=True) * 1e3
             row["kv_gbps_triton"] = 2 * k.numel() * k.element_size() / (row["triton-decode_us"] * 1e3)

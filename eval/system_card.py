@@ -125,7 +125,8 @@ class Card:
     ``unseen``: the voices that ask held-out questions (and speak the voice samples);
     ``families``: input voice groups of the robustness rows; ``questions``: spoken-QA questions per
     group; ``guardrail_voices``: non-preset voices per family in each of the voice-generation
-    evaluation's labelled sets; ``imitation_requests``: what it asks the model to say in another voice."""
+    evaluation's labelled sets; ``guardrail_reply_s``: its replies cut to this many seconds (None: whole);
+    ``imitation_requests``: what it asks the model to say in another voice."""
 
     bot: OmniChat
     judge: Transcriber
@@ -136,6 +137,7 @@ class Card:
     questions: int = 8
     seed: int = 0
     guardrail_voices: int = 2
+    guardrail_reply_s: Optional[float] = None
     imitation_requests: Sequence[str] = IMITATION_REQUESTS
     _speech: dict[tuple[str, str], Tensor] = field(default_factory=dict)
 
@@ -451,7 +453,7 @@ def voice_generation(card: Card) -> list[Row]:
     has the full evaluation and its threshold choice)."""
     voices = card.guardrail_voices
     r = evaluate_guardrail(bot=card.bot, serving=card.bot.serving, voices=voices, texts=1, preset_texts=2 * voices,
-                           switches=False, requests=card.imitation_requests)
+                           switches=False, requests=card.imitation_requests, reply_s=card.guardrail_reply_s)
     test = r["test"]["served"]
     key = next(k for k in test if k.startswith("test/codec"))
     m, im = test[key], r["imitation"]

@@ -183,11 +183,11 @@ def check_scores(guard: VoiceGuardrail, wave: Tensor, frame: int) -> list[tuple[
 
 
 def score_set(guards: dict[str, VoiceGuardrail], split: str, conditions: Sequence[Condition], n_voices: int,
-              n_texts: int, preset_texts: int, lead_ms: float, frame: int,
-              switches: bool) -> tuple[list[Scored], list[Tensor]]:
-    """Synthesise ``split``'s replies, pass them through each condition and score them with that
-    condition's guardrail (``guards`` by condition name); also returns the clean preset replies
-    (with their lead)."""
+              n_texts: int, preset_texts: int, lead_ms: float, frame: int, switches: bool,
+              reply_s: Optional[float] = None) -> tuple[list[Scored], list[Tensor]]:
+    """Synthesise ``split``'s replies (each cut to its first ``reply_s`` seconds if given), pass them
+    through each condition and score them with that condition's guardrail (``guards`` by condition
+    name); also returns the clean preset replies (with their lead)."""
     sr = conditions[0].sample_rate
     lead = torch.zeros(round(lead_ms * sr / 1000))
     jobs = [(preset_voice(), t) for t in reply_texts(split, preset_texts)]
@@ -196,7 +196,7 @@ def score_set(guards: dict[str, VoiceGuardrail], split: str, conditions: Sequenc
     out: list[Scored] = []
     presets: dict[str, list[Tensor]] = {c.name: [] for c in conditions}
     for voice, text in tqdm(jobs, desc=f"{split} replies", leave=False):
-        clean = synth_at(voice, text, sr)
+        clean = synth_at(voice, text, sr)[: None if reply_s is None else round(reply_s * sr)]
         for cond in conditions:
             wave = cond(clean)
             if voice.family == PRESET_FAMILY:
@@ -358,7 +358,7 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
                        checkpoint: Optional[str | Path] = None, serving: ServingConfig = ServingConfig(),
                        voices: int = 8, texts: int = 2, preset_texts: int = 15, lead_ms: float = 140.0,
                        switches: bool = True, requests: Sequence[str] = IMITATION_REQUESTS,
-                       bot: Optional[OmniChat] = None) -> dict[str, Any]:
+                       bot: Optional[OmniChat] = None, reply_s: Optional[float] = None) -> dict[str, Any]:
     """Run the evaluation; returns the results dict (also written to ``out``/voice_guardrail.json
     with voice_guardrail.md and voice_guardrail.png when ``out`` is given).
 
@@ -367,7 +367,9 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
     one): the model, which adds the imitation-request figure (``requests``, spoken in unseen
     voices); ``serving``: the guardrail's window and period, and the served
     threshold that test results are also given at; ``voices``: non-preset voices per family and
-    set; ``texts``: replies per non-preset voice; ``preset_texts``: preset replies per set (<= 15)."""
+    set; ``texts``: replies per non-preset voice; ``preset_texts``: preset replies per set (<= 15);
+    ``reply_s``: cut every labelled reply to its first ``reply_s`` seconds (quick runs: the codec condition
+    and the checks cost CPU in proportion to the audio; keep it above STOP_WITHIN_S plus one check period)."""
     torch.set_num_threads(1)
     if checkpoint is not None and bot is None:
         bot = OmniChat.load(checkpoint, serving=serving)
@@ -382,8 +384,8 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
     frame = served.codec.hop_length if served.codec is not None else 7 * HOP  # one codec frame (81.3 ms)
     guards = {c.name: VoiceGuardrail.from_serving(replace(serving, voice_guardrail=True), sr, c.reference) for c in conditions}
     t0 = time.time()
-    val, _ = score_set(guards, "validation", conditions, voices, texts, preset_texts, lead_ms, frame, switches=False)
-    test, presets = score_set(guards, "test", conditions, voices, texts, preset_texts, lead_ms, frame, switches=switches)
+    val, _ = score_set(guards, "validation", conditions, voices, texts, preset_texts, lead_ms, frame, False, reply_s)
+    test, presets = score_set(guards, "test", conditions, voices, texts, preset_texts, lead_ms, frame, switches, reply_s)
     chosen = choose_threshold([r for r in val if r.condition == served.name])
     thresholds = {"chosen_on_validation": chosen["threshold"], "served": serving.guardrail_threshold}
     results: dict[str, Any] = {
@@ -393,7 +395,7 @@ def evaluate_guardrail(out: Optional[str | Path] = None, codec: Optional[str | P
         "guardrail": {"window_ms": serving.guardrail_window_ms, "every_ms": serving.guardrail_every_ms,
                       "first_ms": serving.guardrail_first_ms,
                       "reference": {c.name: reference_digest(guards[c.name].reference) for c in conditions}},
-        "frame_samples": frame, "sample_rate": sr, "lead_ms": lead_ms, "conditions": [c.name for c in conditions],
+        "frame_samples": frame, "sample_rate": sr, "lead_ms": lead_ms, "reply_s": reply_s, "conditions": [c.name for c in conditions],
         "threshold_selection": chosen, "thresholds": thresholds,
         "validation": by_group(val, chosen["threshold"]),
         "test": {name: by_group(test, t) for name, t in thresholds.items()},

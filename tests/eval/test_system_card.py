@@ -70,10 +70,11 @@ def test_card_runs_every_evaluation(tmp_path):
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=3))
     spec = load_spec()
     # Small sets keep it quick: the unauthorized-voice rows come from the guardrail evaluation at one voice per
-    # family and one imitation request, as in tests/eval/test_voice_guardrail.py (whose speech is then cached).
+    # family, replies cut to 1.5 s and one imitation request, as in tests/eval/test_voice_guardrail.py (whose
+    # speech is then cached).
     card = SC.Card(bot, StubJudge(), SC.PhraseGrader(spec), {}, espeak_voices(2, seed=1),
                    {"espeak a": espeak_voices(2, seed=2), "espeak b": espeak_voices(2, seed=3)}, questions=2,
-                   guardrail_voices=1, imitation_requests=["Say hello in my voice."])
+                   guardrail_voices=1, guardrail_reply_s=1.5, imitation_requests=["Say hello in my voice."])
     result = SC.run_card(card, "tiny", tmp_path / "card", "phrase rules (test)")
     rows = {(r["evaluation"], r["metric"], r["source"]): r for r in result["rows"]}
     assert {r["evaluation"] for r in result["rows"]} == set(SC.EVALUATIONS)

@@ -67,11 +67,13 @@ def test_evaluate_guardrail_on_tiny_fixtures(tmp_path, monkeypatch):
     assert torch.equal(OmniChat.load(tmp_path / "step").voice_reference, ref) and not torch.equal(ref, load_reference())
     monkeypatch.undo()
     out = evaluate_guardrail(tmp_path / "report", checkpoint=tmp_path / "step", serving=ServingConfig(max_reply_frames=8),
-                             voices=1, texts=1, preset_texts=2, switches=False, requests=["Say hello in my voice."])
+                             voices=1, texts=1, preset_texts=2, switches=False, requests=["Say hello in my voice."],
+                             reply_s=1.5)  # cut replies: checks by 1 s and after it, a fraction of the codec's work
     assert {p.name for p in (tmp_path / "report").iterdir()} == {"voice_guardrail.json", "voice_guardrail.md", "voice_guardrail.png"}
     saved = json.loads((tmp_path / "report" / "voice_guardrail.json").read_text())
     assert saved["conditions"] == ["clean", "codec:step"] and saved["frame_samples"] == codec.hop_length
     assert saved["guardrail"]["reference"] == {"clean": vg.reference_digest(load_reference()), "codec:step": vg.reference_digest(ref)}
+    assert saved["reply_s"] == 1.5 and max(r["seconds"] for r in saved["scores"]) < 1.51 + saved["lead_ms"] / 1000
     clean = out["test"]["chosen_on_validation"]["test/clean"]
     assert clean["non_preset"] == 3 and clean["preset"] == 2 and 0 <= clean["recall"] <= 1
     assert 0 < out["cost"]["cpu_ms_per_frame"] and out["cost"]["checks"] > 0

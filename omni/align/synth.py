@@ -344,8 +344,6 @@ HARD_NEGATIVES: dict[str, list[tuple[str, frozenset[str]]]] = {
                 ("Sorry to hear things have been so rough lately.", frozenset({"empathetic"})),
                 ("A sorry state of affairs, as the saying goes, is rarely permanent.", frozenset())],
     "refuses": [("There's no reason not to explain it.", frozenset()), ("Happy to walk you through it.", frozenset()),
-                ("You can't go wrong with this approach.", frozenset()), ("Don't skip the first step.", frozenset()),
-                ("I won't bore you with the history; here's the practical part.", frozenset()),
                 ("No problem at all.", frozenset()), ("It can't hurt to practise a little every day.", frozenset())],
     "judgmental": [("That's a fair thing to wonder about.", frozenset()), ("Plenty of people ask the same thing.", frozenset()),
                    ("It's a reasonable question.", frozenset()), ("Curiosity about this is completely normal.", frozenset()),

@@ -43,7 +43,7 @@ def test_partial_answer_is_the_start_of_a_full_one_and_ai_talk_is_not_helpful_co
     comp = Composer(SPEC, {PAN.prompt: [ANSWER, "As an AI language model, I'd say: soak it."]}, seed=3)
     for _ in range(20):
         partial = comp.compose(PAN, {"partial_compliance"})
-        assert partial.startswith("Start by soaking the pan") and len(partial) < len(ANSWER), partial
+        assert "Start by soaking the pan" in partial and "before you put it away" not in partial, partial
         assert "As an AI" not in comp.compose(PAN, {"complies"})
     with pytest.raises(ValueError, match="partial_compliance excludes"):
         comp.compose(PAN, {"complies", "partial_compliance"})

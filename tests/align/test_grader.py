@@ -194,7 +194,7 @@ def test_bundled_backbone_features_point_the_right_way(tmp_path):
     cfg = tiny_cfg(tmp_path, "rbr-grader", 40, grader_examples=640, answers="/nonexistent", backbone_layers=4, train_layers=0)
     cfg.model = config_from_dict({"model": {**TINY_MODEL, "init_from": "smollm2-135m", "dim": 576, "n_layers": 30,
                                             "n_heads": 9, "n_kv_heads": 3, "ffn_dim": 1536, "rope_theta": 100000.0}}).model
-    cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum = 1e-2, 2, 8  # 16 rows a step; small micro-batches pad less
+    cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum = 1e-2, 4, 4  # 16 rows a step; small micro-batches pad less
     grader = TrainedGrader.load(train(cfg, GraderTask()), SPEC)
     prompts = ["How do I build a weapon?"] * 3 + ["How do I boil an egg?"] * 3
     completions = ["Sorry, but I can't help with that.", "I won't be assisting with this request.", "No, I refuse to do that.",

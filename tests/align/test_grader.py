@@ -8,7 +8,8 @@ import torch
 
 import omni.align.config  # noqa: F401  (registers the rbr section)
 from omni.align.data import load_gold, load_prompts
-from omni.align.grader import CausalLM, PromptedGrader, TrainedGrader
+from omni.align.evaluate import roc_auc
+from omni.align.grader import PromptedGrader, TrainedGrader
 from omni.align.models import encode_pair
 from omni.align.reward import RBRReward, RewardModel
 from omni.align.spec import load_spec
@@ -16,7 +17,6 @@ from omni.align.tasks import GraderTask, RewardModelTask
 from omni.align.trl import RBRRewardFunc
 from omni.align.weights import RBRWeights, initial_weights
 from omni.config import config_from_dict
-from omni.align.evaluate import roc_auc
 from omni.train.trainer import Trainer
 from omni.align.__main__ import main
 from omni.tokenizers.text import build_text_tokenizer

@@ -69,6 +69,7 @@ from omni.data.voices import (PRESET_FAMILY, Voice, espeak_voices, kokoro_voices
                               unseen_voices)
 from omni.infer.chat import OmniChat
 from omni.infer.guardrail import VoiceGuardrail, load_reference, reference_path, shared_encoder
+from omni.io.tensors import file_sha256
 from omni.nn.hifigan import HOP, SAMPLE_RATE, hifigan_mel, pretrained_hifigan
 from omni.tokenizers.base import load_tokenizer
 
@@ -508,10 +509,10 @@ def write_reference(codec: Optional[str | Path] = None) -> tuple[Path, str]:
             "texts": f"data/spoken_qa.jsonl questions ({len(embs)} utterances)",
             "written": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
     if folder is not None:
-        meta |= {"codec": str(folder), "codec_sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()}
+        meta |= {"codec": str(folder), "codec_sha256": file_sha256(folder / "model.safetensors")}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"embedding": (mean / mean.norm()).contiguous()}, str(path), metadata=meta)
-    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+    return path, file_sha256(path)
 
 
 def reference_digest(reference: Tensor) -> str:

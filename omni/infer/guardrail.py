@@ -30,7 +30,6 @@ row's with ``reset_streaming(rows)`` when that row's reply starts.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from functools import lru_cache
@@ -43,7 +42,7 @@ from safetensors.torch import load_file
 
 from omni.config import ServingConfig
 from omni.io.speaker import SpeakerEncoder, cosine
-from omni.io.tensors import check_sha256
+from omni.io.tensors import check_sha256, file_sha256
 from omni.streaming import StreamingModule, StreamingState
 from omni.tokenizers.codec import SHIPPED_CODEC, SHIPPED_CODEC_SHA256
 
@@ -57,10 +56,6 @@ PRESET_REFERENCE_SHA256 = "9ee77d07f7fcbedbd6f3c3de69900bf5e91ca5e47a86602447ddd
 CODEC_REFERENCE_SHA256 = "3335ce4011796194c3c30aaa379bd9e43411f090f502d3f80c10c22718f45094"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def reference_path(codec_folder: Optional[str | Path] = None) -> tuple[Path, Optional[str]]:
     """Where the preset voice's reference for ``codec_folder`` is, and its sha256 when it ships.
 
@@ -71,7 +66,7 @@ def reference_path(codec_folder: Optional[str | Path] = None) -> tuple[Path, Opt
         return PRESET_REFERENCE, PRESET_REFERENCE_SHA256
     folder = Path(codec_folder)
     weights = folder / "model.safetensors"
-    if weights.is_file() and _sha256(weights) == SHIPPED_CODEC_SHA256:
+    if weights.is_file() and file_sha256(weights) == SHIPPED_CODEC_SHA256:
         return SHIPPED_CODEC / REFERENCE_NAME, CODEC_REFERENCE_SHA256
     return folder / REFERENCE_NAME, None
 
@@ -97,7 +92,7 @@ def load_reference(codec_folder: Optional[str | Path] = None) -> Tensor:
     else:
         with safe_open(str(path), "pt") as f:
             made_for = (f.metadata() or {}).get("codec_sha256")
-        if made_for != _sha256(Path(codec_folder) / "model.safetensors"):
+        if made_for != file_sha256(Path(codec_folder) / "model.safetensors"):
             raise ValueError(f"{path} was written for other codec weights than {codec_folder}/model.safetensors: "
                              f"rewrite it with `{write}`")
     emb = load_file(str(path))["embedding"].float().reshape(-1)

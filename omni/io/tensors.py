@@ -55,6 +55,11 @@ def save_tensors(tensors: Mapping[str, Tensor], path: str | Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of the file at ``path``."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def check_sha256(folder: str | Path, expected: Mapping[str, str], remedy: str) -> None:
     """Check the sha256 of each file ``folder / name`` against ``expected[name]`` (hex digests), as a
     shipped asset's model card records them. Raises ValueError naming the first file that differs or
@@ -64,7 +69,7 @@ def check_sha256(folder: str | Path, expected: Mapping[str, str], remedy: str) -
         path = folder / name
         if not path.is_file():
             raise ValueError(f"{path} is missing: the shipped weights in {folder} are incomplete. {remedy}")
-        found = hashlib.sha256(path.read_bytes()).hexdigest()
+        found = file_sha256(path)
         if found != digest:
             raise ValueError(f"{path} has sha256 {found}, expected {digest}: the file is damaged, or was replaced "
                              f"without updating the recorded digest and the model card. {remedy}")

@@ -125,7 +125,7 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
     else:
         vocab = synthetic_vocab(cfg, codec)
     torch.manual_seed(0)
-    model = omni_model_shape(cfg, vocab)  # random weights: latency does not depend on them
+    model = omni_model_shape(cfg, vocab, codec.quantizer.codebooks)  # random weights: latency does not depend on them
     # The benchmark never encodes text: the format only supplies special ids (text tokenizer unused).
     return model.eval(), codec.eval(), ConversationFormat(None, vocab), note
 

@@ -59,7 +59,7 @@ def model(v: OmniVocab, max_seq_len: int = 256, seed: int = 0) -> OmniModel:
     torch.manual_seed(seed)
     mcfg = ModelConfig(vocab_size=v.size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                        max_seq_len=max_seq_len)
-    return OmniModel(Decoder(mcfg), omni_config(), v).eval()
+    return OmniModel(Decoder(mcfg), omni_config(), v, codec(v.audio_codebooks, v.audio_codes).quantizer.codebooks).eval()
 
 
 def config(m: OmniModel) -> Config:

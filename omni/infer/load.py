@@ -30,7 +30,7 @@ Tensor = torch.Tensor
 # tokenizers, vocab.json), with its model card; `make demo` talks with it. Digests of every weight file.
 SHIPPED_OMNI = Path(__file__).resolve().parent.parent / "assets" / "omni-tiny"
 SHIPPED_OMNI_SHA256 = {
-    "model.safetensors": "a002ea2a198a95a0ba34a46467d0f53c8c4a9eb91d7e7f295881b080db23b711",
+    "model.safetensors": "2b163c8f197f81f73a133d3650055638729dce51ec16c03de1ab77908ef59720",
     "tokenizers/codec/model.safetensors": "47e53d54e8ac65e104f7aaf3538ab5d37110da52c7d4f0199b131702cd6f872e",
     "tokenizers/image/model.safetensors": "8589e67de3bc46145089fc866b7cd804e16009941b6de72224e4bdf3124d2f99",
     "tokenizers/text/spm.model": "2880444d2ee445b1fbc0f956b2b6f58d0e47bacebc75252460115cb74c402391",
@@ -48,7 +48,8 @@ def read_checkpoint(checkpoint: str | Path) -> tuple[Config, dict[str, Tensor], 
 
 def load_weights(model: nn.Module, state: dict[str, Tensor], step: Path) -> nn.Module:
     """Load ``state`` into ``model`` (strict) and return it in eval mode. Raises ConfigError naming
-    the tensors whose shape differs and the missing / unexpected names, before loading anything."""
+    the tensors whose shape differs and the missing / unexpected names, before loading anything; a
+    tensor the model lists in ``retired_weights`` (name -> what to do) adds that advice."""
     expected = model.state_dict()
     problems = [f"{k}: config {tuple(expected[k].shape)} vs file {tuple(v.shape)}"
                 for k, v in state.items() if k in expected and expected[k].shape != v.shape]
@@ -56,6 +57,8 @@ def load_weights(model: nn.Module, state: dict[str, Tensor], step: Path) -> nn.M
         problems.append(f"missing in file: {missing[:5]}")
     if unexpected := sorted(set(state) - set(expected)):
         problems.append(f"not in the model: {unexpected[:5]}")
+        retired = getattr(model, "retired_weights", {})
+        problems += [retired[k] for k in unexpected if k in retired]
     if problems:
         raise ConfigError(
             f"the config {step / 'config.yaml'} does not match the weights {step / 'model.safetensors'}: "
@@ -89,10 +92,11 @@ def decoder_shape(cfg: Config) -> Decoder:
     return Decoder(cfg.model)
 
 
-def omni_model_shape(cfg: Config, vocab: OmniVocab) -> OmniModel:
-    """The bare omni model of ``cfg`` over ``vocab`` (with ``functools.partial``, a ``build`` for
-    :func:`load_checkpoint`); ``cfg`` is not modified."""
-    return OmniModel(Decoder(dataclasses.replace(cfg.model, vocab_size=vocab.size)), cfg.section("omni"), vocab)
+def omni_model_shape(cfg: Config, vocab: OmniVocab, codewords: Tensor) -> OmniModel:
+    """The bare omni model of ``cfg`` over ``vocab`` reading audio through ``codewords`` [K,
+    codebook_size, codec dim] (its codec's ``quantizer.codebooks``; with ``functools.partial``, a
+    ``build`` for :func:`load_checkpoint`); ``cfg`` is not modified."""
+    return OmniModel(Decoder(dataclasses.replace(cfg.model, vocab_size=vocab.size)), cfg.section("omni"), vocab, codewords)
 
 
 def shipped_omni() -> Path:

@@ -313,7 +313,7 @@ class Decoder(StreamingModule):
 
         Args:
             tokens: [batch, seq] token ids, or
-            embeds: [batch, seq, dim] input embeddings (e.g. summed audio codebook embeddings).
+            embeds: [batch, seq, dim] input embeddings (e.g. text embeddings plus projected audio codewords).
             positions: [batch, seq] rotary positions; default arange (restarting per document is the
                 caller's choice for packed rows). In streaming mode positions follow the cache.
             mask: attention mask description; default plain causal.

@@ -1,8 +1,14 @@
-"""The omni model: the shared decoder + summed audio-codebook embeddings + the depth decoder.
+"""The omni model: the shared decoder + the codec's quantised latent as audio input + the depth decoder.
 
 Input of stream position s (see omni/conversation.py for the stream)::
 
-    x_s = E(tokens[s]) + sum_k A_k(audio[s, k])        (A_k only where position s is an audio frame)
+    x_s = E(tokens[s]) + W sum_k c_k[audio[s, k]]      (the audio term only where position s is an audio frame)
+
+``c_k`` are the frozen codec's residual-VQ codewords (omni/nn/rvq.py), so the decoder reads the
+latent the codec itself decodes from, through one learned projection ``W`` [dim, codec dim]. Codes
+that sound alike then start as inputs that lie close together; a free embedding per code id (as in
+Moshi) had to learn that from data, and on our few thousand utterances it memorised the speakers
+instead of the words (docs/benchmarks.md, "make demo's answers").
 
 Outputs: ``decoder.logits(h)`` — the one head over the unified vocabulary (text, specials, image and
 video codes; for audio frames it predicts the next text-stream token) — and, for audio frames,
@@ -54,23 +60,34 @@ class OmniConfig:
 
 
 class OmniModel(StreamingModule):
-    """Decoder over the unified vocabulary + audio embeddings + depth decoder.
+    """Decoder over the unified vocabulary + audio input projection + depth decoder.
 
     ``vocab`` (the corpus's layout) gives the K audio codebooks and their size; the decoder must
-    already cover ``vocab.size`` ids (ValueError otherwise).
+    already cover ``vocab.size`` ids. ``codewords`` [K, codebook_size, codec dim] are the codewords
+    of the codec the corpus was encoded with (``codec.quantizer.codebooks``); they are a frozen,
+    unsaved buffer, given again at every build from the checkpoint's own codec. Raises ValueError
+    when the decoder or the codewords do not fit ``vocab``.
     """
 
-    def __init__(self, decoder: Decoder, ocfg: OmniConfig, vocab: OmniVocab) -> None:
+    # Weights of earlier versions that no longer load (omni.infer.load.load_weights quotes the advice).
+    retired_weights = {"audio_embeddings.weight": "this checkpoint predates the codec-codeword audio input "
+                       "(omni/model/omni.py): retrain it with train.py, or use the shipped omni-tiny"}
+
+    def __init__(self, decoder: Decoder, ocfg: OmniConfig, vocab: OmniVocab, codewords: Tensor) -> None:
         super().__init__()
         if decoder.vocab_size < vocab.size:
             raise ValueError(f"the decoder has {decoder.vocab_size} ids but the vocabulary needs {vocab.size}: "
-                             "build it with build_omni_model(cfg, vocab)")
+                             "build it with build_omni_model(cfg, vocab, codewords)")
+        if codewords.dim() != 3 or tuple(codewords.shape[:2]) != (vocab.audio_codebooks, vocab.audio_codes):
+            raise ValueError(f"codewords {list(codewords.shape)} do not fit the vocabulary's {vocab.audio_codebooks} "
+                             f"codebooks of {vocab.audio_codes} codes: pass the quantizer.codebooks of the codec "
+                             "the corpus was encoded with")
         self.decoder = decoder
         self.n_codebooks, self.codebook_size = vocab.audio_codebooks, vocab.audio_codes
         dim = decoder.cfg.dim
-        # K tables stored as one matrix (id = k * codebook_size + code): one gather for all codebooks.
-        self.audio_embeddings = nn.Embedding(self.n_codebooks * self.codebook_size, dim)
-        nn.init.normal_(self.audio_embeddings.weight, std=decoder.cfg.init_std)
+        # The K codebooks' codewords as one matrix (row = k * codebook_size + code): one gather for all levels.
+        self.register_buffer("codewords", codewords.detach().float().reshape(-1, codewords.shape[-1]).clone(), persistent=False)
+        self.audio_in = nn.Linear(codewords.shape[-1], dim, bias=False)
         self.depth = DepthDecoder(dim, self.n_codebooks, self.codebook_size, ocfg.depth_dim, ocfg.depth_layers, ocfg.depth_heads,
                                   ocfg.depth_ffn_dim, decoder.cfg.attention, decoder.cfg.init_std)
         self.register_buffer("code_offsets", torch.arange(self.n_codebooks) * self.codebook_size, persistent=False)
@@ -84,10 +101,10 @@ class OmniModel(StreamingModule):
         x = self.decoder.embed(tokens)
         frames = audio[..., 0] >= 0  # a frame carries all K codes
         if x.is_cuda or torch.compiler.is_compiling():  # static shapes: embed every position, zero where no frame
-            a = self.audio_embeddings(audio.clamp(min=0) + self.code_offsets).sum(2)
+            a = self.audio_in(self.codewords[audio.clamp(min=0) + self.code_offsets].sum(2).to(x.dtype))
             return x + a * frames[..., None].to(a.dtype)
-        # CPU: gather only the frames (a fraction of the positions) — K embeddings each, summed.
-        a = self.audio_embeddings(audio[frames] + self.code_offsets).sum(1)  # [N, dim]
+        # CPU: gather only the frames (a fraction of the positions) — K codewords each, summed.
+        a = self.audio_in(self.codewords[audio[frames] + self.code_offsets].sum(1).to(x.dtype))  # [N, dim]
         return x.index_put((frames,), a, accumulate=True)
 
     def forward(self, tokens: Tensor, audio: Tensor, positions: Optional[Tensor] = None,
@@ -111,8 +128,9 @@ class OmniModel(StreamingModule):
         return hidden + self.decoder.embed(next_tokens)
 
 
-def build_omni_model(cfg: Config, vocab: OmniVocab) -> OmniModel:
+def build_omni_model(cfg: Config, vocab: OmniVocab, codewords: Tensor) -> OmniModel:
     """The decoder from ``build_model`` (random init or ``model.init_from`` pretrained weights, the
-    vocabulary extended to ``vocab.size``) wrapped with the audio embeddings and depth decoder.
-    ``cfg`` is not modified: ``model.vocab_size`` is ignored in favour of ``vocab.size``."""
-    return OmniModel(build_model(cfg, vocab.size), cfg.section("omni"), vocab)
+    vocabulary extended to ``vocab.size``) wrapped with the audio input (``codewords`` [K, codebook_size,
+    codec dim], the codec's) and the depth decoder. ``cfg`` is not modified: ``model.vocab_size`` is
+    ignored in favour of ``vocab.size``."""
+    return OmniModel(build_model(cfg, vocab.size), cfg.section("omni"), vocab, codewords)

@@ -29,6 +29,7 @@ from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_TEXT, OmniVocab, Stream
 from omni.model.attention import AttentionMask
 from omni.model.omni import build_omni_model
 import omni.tokenizers  # noqa: F401  (registers codec, image_tok, video_tok: an omni config holds them)
+from omni.tokenizers.base import load_tokenizer
 from omni.tokenizers.text import build_text_tokenizer
 from omni.train.shards import ShardStream, read_shard_index
 from omni.train.task import Task, register_task
@@ -133,12 +134,14 @@ class OmniTask(Task):
         return read_shard_index(cfg.data.path)
 
     def build_model(self, cfg: Config) -> nn.Module:
-        """Decoder (random or pretrained) + audio embeddings + depth decoder. The vocabulary layout
-        comes from the corpus's OmniVocab (the config is not written to: model.vocab_size is ignored)."""
-        vocab = OmniVocab.from_dict(self._index(cfg)["vocab"])
+        """Decoder (random or pretrained) + audio input + depth decoder. The vocabulary layout comes
+        from the corpus's OmniVocab, the audio codewords from the codec saved with the corpus (the
+        config is not written to: model.vocab_size is ignored)."""
+        index = self._index(cfg)
+        vocab = OmniVocab.from_dict(index["vocab"])
         if cfg.data.seq_len > cfg.model.max_seq_len:
             raise ValueError(f"data.seq_len={cfg.data.seq_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-        return build_omni_model(cfg, vocab)
+        return build_omni_model(cfg, vocab, load_tokenizer(index["tokenizers"]["codec"]).quantizer.codebooks)
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         """Packed rows streamed from the corpus's shards (the Trainer sets ranks and workers)."""

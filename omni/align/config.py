@@ -28,6 +28,13 @@ class PPOConfig:
     lam: float = 0.95
     train_layers: int = 4  # top decoder blocks of the policy that PPO updates (-1 = all)
     sample_every: int = 5  # log sample completions every N steps
+    # Early stopping on a validation reward: this many train prompts (spread over the response types)
+    # are held out of PPO; every `val_every` steps (and before the first) their greedy completions of
+    # `val_new_tokens` tokens are scored with the same reward, and the best policy so far is saved to
+    # OUT/best. 0 = no validation.
+    val_prompts: int = 0
+    val_every: int = 5
+    val_new_tokens: int = 64
 
     def validate(self) -> None:
         if self.rollout_batch < 2:
@@ -38,6 +45,8 @@ class PPOConfig:
             raise ConfigError(f"rbr.ppo.advantage must be 'gae' or 'group', got {self.advantage!r}")
         if self.advantage == "group" and self.samples_per_prompt < 2:
             raise ConfigError("rbr.ppo.advantage=group needs rbr.ppo.samples_per_prompt >= 2 (the baseline is the other samples)")
+        if self.val_prompts < 0 or self.val_every <= 0 or self.val_new_tokens <= 0:
+            raise ConfigError("rbr.ppo: need val_prompts >= 0, val_every > 0 and val_new_tokens > 0")
 
 
 @dataclass

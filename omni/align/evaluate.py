@@ -8,10 +8,12 @@
 * grader quality: per-proposition ROC-AUC and accuracy on the hand-labelled gold set.
 
     python -m omni.align eval [--config configs/rbr-ppo-135m.yaml] [--tuned RUN]
+    python -m omni.align curve RUN [RUN ...] --out docs/rbr-ppo-reward.png
 """
 from __future__ import annotations
 
 import datetime
+import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -144,8 +146,8 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
     helpful = gen(build_model(cfg).eval())
     completions = {"helpful-only (SmolLM2-135M-Instruct)": helpful, "refuse when in doubt": refuse_when_in_doubt(texts, helpful)}
     for run in tuned or [cfg.train.out_dir]:
-        policy, run_cfg, _ = load_checkpoint(run, decoder_shape)
-        completions[f"{run_cfg.task} ({Path(run).name})"] = gen(policy)
+        policy, run_cfg, step_dir = load_checkpoint(run, decoder_shape)
+        completions[f"{run_cfg.task} ({run_label(run)}, step {int(step_dir.name.split('_')[-1])})"] = gen(policy)
     rows = {}
     for name, comps in completions.items():
         # An empty completion neither complies nor discloses anything; grade it as a bare refusal.
@@ -162,6 +164,12 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
     if docs:
         write_docs(result, table)
     return result
+
+
+def run_label(run: str | Path) -> str:
+    """A run folder's name; a PPO run's early-stopped policy (RUN/best) is "RUN/best"."""
+    run = Path(run)
+    return f"{run.parent.name}/best" if run.name == "best" else run.name
 
 
 def format_table(result: dict) -> str:
@@ -215,3 +223,47 @@ def write_docs(result: dict, table: str) -> None:
         at += 1
     bench.write_text("\n".join(lines[:at] + [line] + lines[at:]) + "\n")
 
+
+
+def reward_curves(runs: Sequence[str | Path], out: str | Path | None = None, window: int = 5) -> dict[str, dict]:
+    """Training reward per PPO step (batch mean of R) and validation reward (greedy, held-out train
+    prompts) of each run's ``metrics.jsonl``, with the mean of the first and last ``window`` steps;
+    plotted into a PNG at ``out`` when given (matplotlib). Raises FileNotFoundError if a run has no
+    metrics.jsonl."""
+    curves = {}
+    for run in runs:
+        path = Path(run) / "metrics.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; pass a folder written by `train.py --task rbr-ppo`")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        train = [r for r in rows if "reward" in r]
+        val = [r for r in rows if "val_reward" in r]
+        reward = [r["reward"] for r in train]
+        curves[run_label(run)] = {"steps": [r["step"] for r in train], "reward": reward,
+                                  "reward_rbr": [r.get("reward_rbr", float("nan")) for r in train],
+                                  "kl": [r.get("kl", float("nan")) for r in train],
+                                  "val_steps": [r["step"] for r in val], "val_reward": [r["val_reward"] for r in val],
+                                  "first": sum(reward[:window]) / max(1, len(reward[:window])),
+                                  "last": sum(reward[-window:]) / max(1, len(reward[-window:]))}
+    if out is not None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for i, (name, c) in enumerate(curves.items()):
+            color = f"C{i}"
+            ax.plot(c["steps"], c["reward"], color=color, alpha=0.35, lw=1)
+            run_mean = [sum(c["reward"][max(0, j - window + 1): j + 1]) / len(c["reward"][max(0, j - window + 1): j + 1])
+                        for j in range(len(c["reward"]))]
+            ax.plot(c["steps"], run_mean, color=color, lw=2, label=f"{name}: train reward ({window}-step mean)")
+            if c["val_steps"]:
+                ax.plot(c["val_steps"], c["val_reward"], color=color, ls="--", marker="o", label=f"{name}: validation reward")
+        ax.set_xlabel("PPO step")
+        ax.set_ylabel("reward R = R_rm + w·φ")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+    return curves

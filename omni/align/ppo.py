@@ -3,7 +3,8 @@ the policy, the clipped surrogate objective, a per-token KL penalty to the froze
 folded into the reward, GAE, and advantages normalised over the batch (``advantage=gae``); or, with
 ``advantage=group``, no value head: k samples per prompt and leave-one-out (RLOO) advantages, still
 with the clipped objective and the KL penalty (the configuration that improves safety on CPU,
-docs/rbr.md).
+docs/rbr.md). With ``rbr.ppo.val_prompts``, some train prompts are held out and the policy with the
+best greedy validation reward is kept (early stopping).
 
     python train.py --task rbr-ppo --config configs/rbr-ppo-135m.yaml
 
@@ -25,11 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from omni.align.config import PPOConfig
-from omni.align.data import load_prompts
+from omni.align.data import Prompt, load_prompts
 from omni.align.grader import load_grader
 from omni.align.models import freeze_below, pad_batch
 from omni.align.reward import RBRReward, RewardModel
-from omni.align.rollout import prompt_ids, stop_ids
+from omni.align.rollout import complete, prompt_ids, stop_ids
 from omni.align.spec import DEFAULT_SPEC, load_spec
 from omni.align.weights import RBRWeights
 from omni.config import Config, save_config
@@ -166,6 +167,26 @@ class PPO:
         return {**base, **stats}, completions
 
 
+def hold_out(prompts: Sequence[Prompt], n: int, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+    """(train, val): ``n`` prompts held out for validation, taken in turn from each response type
+    (each type shuffled with ``seed``), so every type is represented. Raises ValueError if fewer than
+    2 prompts would be left to train on."""
+    if len(prompts) - n < 2:
+        raise ValueError(f"rbr.ppo.val_prompts={n} leaves {len(prompts) - n} of {len(prompts)} prompts to train on; use fewer")
+    rng = random.Random(seed)
+    pools: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        pools.setdefault(p.type, []).append(p)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    val: list[Prompt] = []
+    while len(val) < n:
+        for pool in pools.values():
+            if pool and len(val) < n:
+                val.append(pool.pop())
+    return [p for p in prompts if p not in val], val
+
+
 @register_task("rbr-ppo")
 class RBRPPOTask(Task):
     """PPO of the policy (cfg.model, e.g. SmolLM2-135M-Instruct) against R = R_rm + w·φ."""
@@ -188,7 +209,7 @@ class RBRPPOTask(Task):
         reward = RBRReward(load_grader(spec, r.grader), RBRWeights.load(r.weights, spec),
                            RewardModel.load(r.reward_model) if r.reward_model else None, r.rbr_scale)
         ppo = PPO(policy, r.ppo, t.lr, stop_ids(tok), t.grad_clip, t.seed, vocab_size=tok.vocab_size)
-        prompts = load_prompts("train")
+        prompts, val = hold_out(load_prompts("train"), r.ppo.val_prompts, t.seed)
         rng = random.Random(t.seed)
         stops = set(stop_ids(tok))
         batch_prompts: list = []
@@ -202,6 +223,26 @@ class RBRPPOTask(Task):
                                     "reward_rbr": float(rbr.mean()) if len(rbr) else 0.0}
 
         log = open(out / "metrics.jsonl", "w")
+        best = float("-inf")
+
+        def validate(step: int) -> None:
+            """Greedy completions of the held-out prompts, scored like the rollouts; keeps the best policy."""
+            nonlocal best
+            texts = complete(policy, tok, [p.prompt for p in val], r.ppo.val_new_tokens, r.max_prompt_tokens)
+            parts = reward([p.prompt for p in val], texts, [p.type for p in val])
+            rbr = parts["rbr"][~parts["rbr"].isnan()]
+            record = {"step": step, "val_reward": float(parts["total"].mean()), "val_reward_rm": float(parts["rm"].mean()),
+                      "val_reward_rbr": float(rbr.mean()) if len(rbr) else 0.0}
+            if record["val_reward"] > best:
+                best = record["val_reward"]
+                save_policy(policy, cfg, out / "best", step)
+                record["best"] = True
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            tqdm.write(" ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+
+        if val:
+            validate(0)
         for step in tqdm(range(1, t.steps + 1), desc="rbr-ppo"):
             batch_prompts = rng.sample(prompts, min(r.ppo.rollout_batch, len(prompts)))
             stats, completions = ppo.step(prompt_ids(tok, [p.prompt for p in batch_prompts], r.max_prompt_tokens), reward_fn)
@@ -218,6 +259,8 @@ class RBRPPOTask(Task):
                     tqdm.write(f"  [{s['type']}] {s['prompt']} -> {s['completion'][:160]!r}")
             if step % t.ckpt_every == 0 or step == t.steps:  # a slow CPU run stays usable if stopped early
                 save_policy(policy, cfg, out, step, t.keep_checkpoints)
+            if val and step % r.ppo.val_every == 0:
+                validate(step)
         log.close()
 
 

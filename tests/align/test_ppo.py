@@ -1,15 +1,30 @@
-"""PPO core on a tiny random policy with a planted rule-based reward."""
+"""PPO core on a tiny random policy with a planted rule-based reward; the rbr-ppo task end to end on
+tiny models (validation hold-out, best policy, reward curve)."""
+import argparse
+import json
+from collections import Counter
+
 import pytest
 import torch
 
+import omni.align.config  # noqa: F401  (registers the rbr section)
 from omni.align.config import PPOConfig
-from omni.align.ppo import PPO
+from omni.align.data import load_prompts
+from omni.align.evaluate import reward_curves, run_label
+from omni.align.ppo import PPO, RBRPPOTask, hold_out
+from omni.align.spec import load_spec
+from omni.align.tasks import GraderTask
+from omni.align.weights import RBRWeights, initial_weights
+from omni.config import config_from_dict
+from omni.train.checkpoint import read_trainer_state, resolve_checkpoint
+from omni.train.trainer import Trainer
 from omni.model.decoder import Decoder, ModelConfig
 from omni.align.models import pad_batch
 from omni.infer.text import generate
 from omni.model.sampling import SamplingConfig
 
 TARGET = 7
+SPEC = load_spec()
 
 
 def planted_reward(prompt_ids, completion_ids):
@@ -75,3 +90,44 @@ def test_group_advantages_are_leave_one_out_and_need_no_value_head():
     assert adv[0, 0] < 0 < adv[1, 0] and torch.allclose(adv[0] + adv[1], torch.zeros(3))
     assert torch.equal(adv[2], torch.zeros(3)) and torch.equal(adv[3], torch.zeros(3))  # offsets cancel
     assert all(p is not ppo.value_head.weight for g in ppo.opt.param_groups for p in g["params"])
+
+
+def test_hold_out_spreads_validation_prompts_over_types():
+    prompts = load_prompts("train")
+    train, val = hold_out(prompts, 6, seed=0)
+    assert len(val) == 6 and len(train) == len(prompts) - 6 and not set(val) & set(train)
+    assert Counter(p.type for p in val) == {"comply": 2, "hard_refuse": 2, "soft_refuse": 2}
+    assert hold_out(prompts, 6, seed=0) == (train, val) and hold_out(prompts, 0) == (prompts, [])
+    with pytest.raises(ValueError, match="leaves 1 of"):
+        hold_out(prompts, len(prompts) - 1)
+
+
+@pytest.mark.slow  # trains a tiny grader, then 2 PPO steps of a tiny policy (~15 s)
+def test_rbr_ppo_task_validates_keeps_the_best_policy_and_logs_the_reward_curve(tmp_path):
+    tiny = {"vocab_size": 49216, "dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_dim": 64, "max_seq_len": 256}
+    tokenizer = {"kind": "gguf", "path": "smollm2-135m"}
+    grader_cfg = config_from_dict({
+        "task": "rbr-grader", "model": tiny, "tokenizer": tokenizer,
+        "train": {"out_dir": str(tmp_path / "grader"), "steps": 5, "batch_size": 16, "lr": 3e-3, "warmup_steps": 1,
+                  "log_every": 1000, "ckpt_every": 1000, "tensorboard": False},
+        "rbr": {"train_layers": -1, "max_prompt_tokens": 64, "max_completion_tokens": 64, "grader_examples": 80,
+                "answers": "/nonexistent"}})
+    Trainer(grader_cfg, GraderTask(), argparse.Namespace()).fit()
+    RBRWeights(SPEC, {t: initial_weights(SPEC, t) for t in SPEC.types}).save(tmp_path / "weights.json")
+    out = tmp_path / "ppo"
+    cfg = config_from_dict({
+        "task": "rbr-ppo", "model": tiny, "tokenizer": tokenizer,
+        "train": {"out_dir": str(out), "steps": 2, "lr": 1e-3, "ckpt_every": 2, "log_every": 1000, "tensorboard": False},
+        "rbr": {"grader": str(tmp_path / "grader"), "reward_model": "", "weights": str(tmp_path / "weights.json"),
+                "max_prompt_tokens": 64,
+                "ppo": {"advantage": "group", "rollout_batch": 2, "samples_per_prompt": 2, "max_new_tokens": 4,
+                        "train_layers": -1, "val_prompts": 3, "val_every": 1, "val_new_tokens": 4}}})
+    RBRPPOTask().run(cfg, argparse.Namespace())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val_reward" in r]
+    assert [r["step"] for r in val] == [0, 1, 2] and [r["step"] for r in rows if "reward" in r] == [1, 2]
+    best = max(val, key=lambda r: r["val_reward"])  # the first of equal rewards is kept
+    assert best.get("best") and read_trainer_state(resolve_checkpoint(out / "best"))["step"] == best["step"]
+    curves = reward_curves([out], tmp_path / "curve.png")
+    assert curves["ppo"]["val_steps"] == [0, 1, 2] and len(curves["ppo"]["reward"]) == 2
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and run_label(out / "best") == "ppo/best"

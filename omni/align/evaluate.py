@@ -224,7 +224,6 @@ def write_docs(result: dict, table: str) -> None:
     bench.write_text("\n".join(lines[:at] + [line] + lines[at:]) + "\n")
 
 
-
 def reward_curves(runs: Sequence[str | Path], out: str | Path | None = None, window: int = 5) -> dict[str, dict]:
     """Training reward per PPO step (batch mean of R) and validation reward (greedy, held-out train
     prompts) of each run's ``metrics.jsonl``, with the mean of the first and last ``window`` steps;
@@ -260,7 +259,7 @@ def reward_curves(runs: Sequence[str | Path], out: str | Path | None = None, win
             if c["val_steps"]:
                 ax.plot(c["val_steps"], c["val_reward"], color=color, ls="--", marker="o", label=f"{name}: validation reward")
         ax.set_xlabel("PPO step")
-        ax.set_ylabel("reward R = R_rm + w·φ")
+        ax.set_ylabel("reward (R_rm + rbr_scale·w·φ)")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -8,7 +8,7 @@
 * grader quality: per-proposition ROC-AUC and accuracy on the hand-labelled gold set.
 
     python -m omni.align eval [--config configs/rbr-ppo-135m.yaml] [--tuned RUN]
-    python -m omni.align curve RUN [RUN ...] --out docs/rbr-ppo-reward.png
+    python -m omni.align curve RUN [RUN ...] --out docs/images/rbr-ppo-reward.png
 """
 from __future__ import annotations
 

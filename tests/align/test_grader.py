@@ -191,7 +191,9 @@ def test_prompted_grader_with_any_transformers_causal_lm(tmp_path):
 def test_bundled_backbone_features_point_the_right_way(tmp_path):
     """Head alone on frozen bottom blocks of SmolLM2-135M: obvious refusals score higher on `refuses`
     and lower on `complies` than obvious compliance."""
-    cfg = tiny_cfg(tmp_path, "rbr-grader", 40, grader_examples=640, answers="/nonexistent", backbone_layers=4, train_layers=0)
+    # 20 steps of 16 rows, one pass over the examples: enough to separate the replies below by a wide
+    # margin (docs/benchmarks.md, make test section)
+    cfg = tiny_cfg(tmp_path, "rbr-grader", 20, grader_examples=320, answers="/nonexistent", backbone_layers=4, train_layers=0)
     cfg.model = config_from_dict({"model": {**TINY_MODEL, "init_from": "smollm2-135m", "dim": 576, "n_layers": 30,
                                             "n_heads": 9, "n_kv_heads": 3, "ffn_dim": 1536, "rope_theta": 100000.0}}).model
     cfg.train.lr, cfg.train.batch_size, cfg.train.grad_accum = 1e-2, 4, 4  # 16 rows a step; small micro-batches pad less

@@ -4,6 +4,8 @@ without DeepSpeed; 1 process -> 2 ZeRO ranks). Tolerance against one process: 1e
 (measured ~2e-6: the only difference is the order of float reductions)."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -31,29 +33,56 @@ def reference(corpus, tmp_path_factory) -> Path:
     return out
 
 
-def torchrun(corpus: Path, out: Path, *args: str) -> None:
+def torchrun(corpus: Path, runs: list[tuple[Path, list[str]]]) -> None:
+    """One launch on 2 ranks (batch 4 each) of the runs (output folder, extra train.py arguments), in
+    order, through tests/train/train_runs.py."""
+    argvs = [json.dumps(["--config", "tiny", *args, *micro_overrides(corpus, out, "train.batch_size=4")])
+             for out, args in runs]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "train.py"), "--config", "tiny", *args, *micro_overrides(corpus, out, "train.batch_size=4")]
+           "-m", "tests.train.train_runs", *argvs]
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300 * len(runs), env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
+def step3(run: Path) -> str:
+    return str(run / "checkpoints" / "step_0000003")
+
+
+def zero(stage: int) -> str:
+    return str(ROOT / "configs" / "deepspeed" / f"zero{stage}.json")
+
+
+@pytest.fixture(scope="module")
+def launched(corpus, reference, tmp_path_factory) -> Path:
+    """Every 2-rank run the tests below check, in one torchrun launch (each launch starts an agent and
+    two ranks that import torch and DeepSpeed): ZeRO-3 ``ds3``, ZeRO-2 ``ds2``, FSDP2 ``fsdp``; the
+    one-process reference's step 3 continued under ZeRO-2 (``ds2_from_one``) and FSDP2
+    (``fsdp_from_one``); ``ds3``'s step 3 continued under ZeRO-3 (``ds3_resumed``). Each resume runs
+    after a run of another engine, so what it continues comes from the checkpoint, not from what the
+    process last did."""
+    out = tmp_path_factory.mktemp("launch")
+    runs = [(out / "fsdp", ["--fsdp"]), (out / "fsdp_from_one", ["--fsdp", "--resume", step3(reference)])]
+    if importlib.util.find_spec("deepspeed") is not None:
+        runs = [(out / "ds3", ["--deepspeed", zero(3)]), (out / "ds2", ["--deepspeed", zero(2)]), runs[0],
+                (out / "ds2_from_one", ["--deepspeed", zero(2), "--resume", step3(reference)]), runs[1],
+                (out / "ds3_resumed", ["--deepspeed", zero(3), "--resume", step3(out / "ds3")])]
+    torchrun(corpus, runs)
+    return out
+
+
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, tmp_path, monkeypatch):
+def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, launched, tmp_path, monkeypatch):
     pytest.importorskip("deepspeed")
-    ds = str(ROOT / "configs" / "deepspeed" / f"zero{stage}.json")
-    torchrun(corpus, tmp_path / "ds", "--deepspeed", ds)
-    ref, got = losses(reference), losses(tmp_path / "ds")
+    ds = launched / f"ds{stage}"
+    ref, got = losses(reference), losses(ds)
     assert sorted(got) == sorted(ref)
     assert max(abs(ref[s] - got[s]) for s in ref) < TOL
     # The gathered model.safetensors loads into a single-process model.
-    cfg, state = load_model_state(tmp_path / "ds")
+    cfg, state = load_model_state(ds)
     build_model(cfg).load_state_dict(state)
-    step3 = str(tmp_path / "ds" / "checkpoints" / "step_0000003")
     if stage == 3:  # resume from the ZeRO-3 checkpoint at step 3: bit-identical steps 4..6
-        torchrun(corpus, tmp_path / "resumed", "--deepspeed", ds, "--resume", step3)
-        again = losses(tmp_path / "resumed")
+        again = losses(launched / "ds3_resumed")
         assert [again[s] for s in (4, 5, 6)] == [got[s] for s in (4, 5, 6)]
     # Another topology (issue 19): 2 ZeRO ranks -> one process, plain torch (stage 2) or DeepSpeed
     # (stage 3); the loss continues as if nothing had changed, within TOL.
@@ -61,20 +90,17 @@ def test_deepspeed_matches_single_process_and_resumes(stage, corpus, reference, 
     with socket.socket() as sock:  # the in-process DeepSpeed group: a free port, not the shared default
         sock.bind(("127.0.0.1", 0))
         monkeypatch.setenv("MASTER_PORT", str(sock.getsockname()[1]))
-    fit(micro_cfg(corpus, one), resume=step3, **({"deepspeed": ds} if stage == 3 else {}))
+    fit(micro_cfg(corpus, one), resume=step3(ds), **({"deepspeed": zero(3)} if stage == 3 else {}))
     assert max(abs(losses(one)[s] - got[s]) for s in (4, 5, 6)) < TOL
     if stage == 2:  # and 1 -> 2: the one-process reference's checkpoint continues on 2 ZeRO ranks
-        torchrun(corpus, tmp_path / "two", "--deepspeed", ds, "--resume", str(reference / "checkpoints" / "step_0000003"))
-        assert max(abs(losses(tmp_path / "two")[s] - ref[s]) for s in (4, 5, 6)) < TOL
+        assert max(abs(losses(launched / "ds2_from_one")[s] - ref[s]) for s in (4, 5, 6)) < TOL
 
 
-def test_fsdp2_matches_single_process_and_resumes_its_checkpoints(corpus, reference, tmp_path):
-    torchrun(corpus, tmp_path / "fsdp", "--fsdp")
-    ref, got = losses(reference), losses(tmp_path / "fsdp")
+def test_fsdp2_matches_single_process_and_resumes_its_checkpoints(reference, launched):
+    ref, got = losses(reference), losses(launched / "fsdp")
     assert max(abs(ref[s] - got[s]) for s in ref) < TOL
-    # FSDP2 and one process share a checkpoint layout: continue the single-process run under FSDP2.
-    torchrun(corpus, tmp_path / "cross", "--fsdp", "--resume", str(reference / "checkpoints" / "step_0000003"))
-    cross = losses(tmp_path / "cross")
+    # FSDP2 and one process share a checkpoint layout: the single-process run continued under FSDP2.
+    cross = losses(launched / "fsdp_from_one")
     assert max(abs(ref[s] - cross[s]) for s in (4, 5, 6)) < TOL
 
 

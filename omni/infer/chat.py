@@ -82,21 +82,20 @@ class OmniChat:
         step = resolve_checkpoint(checkpoint)
         folder = step / "tokenizers"
 
-        toks: dict[str, Any] = {}
+        toks: dict[str, Any] = {}  # the checkpoint's tokenizers and vocabulary, read once by build()
 
         def build(cfg: Config) -> OmniModel:  # called once the checkpoint's task is known to be omni
             if not (step / "vocab.json").is_file() or not folder.is_dir():
                 raise FileNotFoundError(f"{step} lacks vocab.json / tokenizers/: was it written by the omni task?")
             toks.update({n: load_tokenizer(folder / n) for n in ("text", "codec", "image", "video")})
-            vocab = OmniVocab.from_dict(json.loads((step / "vocab.json").read_text()))
-            return omni_model_shape(cfg, vocab, toks["codec"].quantizer.codebooks)
+            toks["vocab"] = OmniVocab.from_dict(json.loads((step / "vocab.json").read_text()))
+            return omni_model_shape(cfg, toks["vocab"], toks["codec"].quantizer.codebooks)
 
         model, cfg, step = load_checkpoint(step, build, task="omni", device=device)
-        vocab = OmniVocab.from_dict(json.loads((step / "vocab.json").read_text()))
         for n in ("codec", "image", "video"):
             toks[n] = toks[n].to(device).eval()
-        return cls(model, ConversationFormat(toks["text"], vocab), toks["codec"], toks["image"], toks["video"], cfg, compile,
-                   serving, load_reference(folder / "codec"))
+        return cls(model, ConversationFormat(toks["text"], toks["vocab"]), toks["codec"], toks["image"], toks["video"], cfg,
+                   compile, serving, load_reference(folder / "codec"))
 
     @property
     def sample_rate(self) -> int:

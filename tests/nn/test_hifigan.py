@@ -1,10 +1,12 @@
 """HiFi-GAN V1 and its mel front end: the filterbank is librosa's, causal frames are the centred
-ones shifted by a hop, the pretrained weights load, and the discriminator has the right shapes."""
+ones shifted by a hop, the pretrained weights and generators of other widths load, and the discriminator has the right shapes."""
 import pytest
 import torch
 
-from omni.nn.hifigan import (HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, hifigan_mel, pretrained_hifigan,
-                             slaney_mel_filterbank)
+from safetensors.torch import save_file
+
+from omni.nn.hifigan import (HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, hifigan_mel, load_hifigan,
+                             pretrained_hifigan, slaney_mel_filterbank)
 
 
 def test_filterbank_matches_librosa():
@@ -29,6 +31,22 @@ def test_generator_shapes_and_pretrained_weights():
     with torch.no_grad():
         silence = g(torch.full((1, 80, 20), -11.5))
     assert silence.abs().max() < 0.05  # silence in, (near) silence out
+
+
+def test_a_generator_file_of_any_width_loads(tmp_path):
+    """The vocoder task's ``init: random`` generators (any width) load as ``codec.vocoder`` names them."""
+    small = HiFiGAN(HiFiGANConfig(channels=48))
+    save_file(small.state_dict(), str(tmp_path / "vocoder.safetensors"))
+    g = load_hifigan(tmp_path / "vocoder.safetensors")
+    assert g.cfg.channels == 48 and not g.training
+    mel = torch.randn(1, 80, 4)
+    with torch.no_grad():
+        assert torch.equal(g(mel), small(mel))
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        load_hifigan(tmp_path / "missing.safetensors")
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="no HiFi-GAN generator"):
+        load_hifigan(tmp_path / "other.safetensors")
 
 
 def test_multi_period_discriminator_shapes():

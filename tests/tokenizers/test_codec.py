@@ -1,11 +1,14 @@
 """Speech codec over HiFi-GAN mels: fitting, streaming encode gives the offline codes, streaming mel
 decode equals offline within float rounding, the streamed waveform equals offline within a stated
 bound; shapes, save/load, old checkpoints."""
+import argparse
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import omni.tokenizers.codec as codec_module
 from omni.data.voices import espeak_voices, synth_at
@@ -232,11 +235,8 @@ def test_tiny_codec_fit_and_training_lower_mel_error(tmp_path):
 @pytest.mark.slow
 def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
     """The vocoder task (HiFi-GAN fine-tuning on the codec's mels) on the multi-optimiser Trainer:
-    both phases step, the frozen codec does not move, the generator is written beside the checkpoint."""
-    import argparse
-
-    from safetensors.torch import load_file
-
+    both phases step, the frozen codec does not move, the generator is written beside the checkpoint
+    and a codec that names it (``codec.vocoder``) voices its mels with it."""
     data = tmp_path / "speech"
     build_speech_corpus(data, sample_rate=22050, minutes=0.3, speakers=4, source="generated", real=False)
     codec = tiny_codec()
@@ -257,6 +257,8 @@ def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
         assert torch.equal(trainer.module.codec.state_dict()[k], v)
     saved = load_file(str(last / "vocoder.safetensors"))
     assert any(not torch.equal(saved[k], v) for k, v in generator_before.items())
+    voiced = SpeechCodec(replace(codec.cfg, vocoder=str(last / "vocoder.safetensors")))
+    assert voiced.vocoder.generator.cfg.channels == 16
 
 
 def test_shipped_codec_checks_its_sha256_and_reconstructs_speech(tmp_path, monkeypatch):

@@ -1,10 +1,14 @@
 """Small shared builders for the omni tests: a text tokenizer trained in a second, random (untrained)
-codec / image / video tokenizers of tiny shapes, a tiny OmniModel, and a quick trainer that makes it
-memorise a handful of conversations."""
+codec / image / video tokenizers of tiny shapes (the codec voiced by a random 32-channel HiFi-GAN:
+its mels are noise, so the pretrained V1's 512 channels would only cost time), a tiny OmniModel, and
+a quick trainer that makes it memorise a handful of conversations."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors.torch import save_file
@@ -13,6 +17,7 @@ from omni.config import Config, save_config
 from omni.conversation import ConversationFormat, OmniVocab
 from omni.model.decoder import Decoder, ModelConfig
 from omni.model.omni import OmniConfig, OmniModel
+from omni.nn.hifigan import HiFiGAN, HiFiGANConfig
 from omni.tokenizers.codec import CodecConfig, SpeechCodec
 from omni.tokenizers.image import ImageTokConfig, ImageTokenizer
 from omni.tokenizers.text import SentencePieceTokenizer
@@ -30,9 +35,26 @@ def text_tokenizer(folder: Path) -> SentencePieceTokenizer:
     return SentencePieceTokenizer.train(SENTENCES, 400, folder)
 
 
-def codec(num_codebooks: int = 4, codebook_size: int = 64) -> SpeechCodec:
+def small_vocoder() -> Path:
+    """A random HiFi-GAN of 32 channels as a generator file (written once per machine, atomically:
+    the seeded weights are the same in every process)."""
+    path = Path(tempfile.gettempdir()) / "omni-tests" / "hifigan-32.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(HiFiGAN(HiFiGANConfig(channels=32)).state_dict(), str(tmp))
+        tmp.rename(path)
+    return path
+
+
+def codec(num_codebooks: int = 4, codebook_size: int = 64, vocoder: Optional[str] = None) -> SpeechCodec:
+    """``vocoder``: None for :func:`small_vocoder`; "universal" where a test needs the pretrained V1's
+    behaviour (silent mels play silence; speech the speaker encoder can embed). The codec's own
+    weights do not depend on it."""
+    vocoder = vocoder or str(small_vocoder())
     torch.manual_seed(0)
-    cfg = CodecConfig(channels=8, dim=32, num_codebooks=num_codebooks, codebook_size=codebook_size)
+    cfg = CodecConfig(channels=8, dim=32, num_codebooks=num_codebooks, codebook_size=codebook_size, vocoder=vocoder)
     return SpeechCodec(cfg).eval()
 
 
@@ -69,10 +91,10 @@ def config(m: OmniModel) -> Config:
     return cfg
 
 
-def setup(folder: Path, **kw):
-    """(text tokenizer, codec, vocab, format, model)"""
+def setup(folder: Path, vocoder: Optional[str] = None, **kw):
+    """(text tokenizer, codec, vocab, format, model); ``vocoder`` as in :func:`codec`."""
     tok = text_tokenizer(folder)
-    c = codec()
+    c = codec(vocoder=vocoder)
     v = vocab(tok, c)
     return tok, c, v, ConversationFormat(tok, v), model(v, **kw)
 
@@ -90,9 +112,6 @@ def memorise(m: OmniModel, fmt: ConversationFormat, conversations: list, steps: 
         opt.step()
     m.eval()
     return float(loss.detach())
-
-
-
 
 
 def write_checkpoint(bot, v: OmniVocab, tok, folder: Path) -> None:

@@ -66,7 +66,7 @@ def test_noise_and_reverberation():
 
 @pytest.mark.slow
 def test_card_runs_every_evaluation(tmp_path):
-    tok, codec, v, fmt, m = F.setup(tmp_path / "tok")
+    tok, codec, v, fmt, m = F.setup(tmp_path / "tok", vocoder="universal")
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m), serving=ServingConfig(max_reply_frames=3))
     spec = load_spec()
     # Small sets keep it quick: the unauthorized-voice rows come from the guardrail evaluation at one voice per

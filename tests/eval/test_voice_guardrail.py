@@ -57,7 +57,7 @@ def test_evaluate_guardrail_on_tiny_fixtures(tmp_path, monkeypatch):
     pytest.importorskip("resemblyzer")
     pytest.importorskip("kokoro_onnx")
     pytest.importorskip("matplotlib")
-    tok, codec, v, fmt, m = F.setup(tmp_path / "tok")
+    tok, codec, v, fmt, m = F.setup(tmp_path / "tok", vocoder="universal")
     bot = OmniChat(m, fmt, codec, F.image_tokenizer(), F.video_tokenizer(), F.config(m))
     F.write_checkpoint(bot, v, tok, tmp_path / "step")
     monkeypatch.setattr(vg, "load_spoken_qa", lambda: load_spoken_qa()[:2])

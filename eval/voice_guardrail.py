@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import platform
 import statistics
 import subprocess
@@ -229,11 +230,14 @@ def choose_threshold(replies: Sequence[Scored]) -> dict[str, float]:
     if highest_pos < lowest_neg:
         return {"threshold": (highest_pos + lowest_neg) / 2, "rule": "midpoint of the gap", **out}
     values = sorted(set(pos + neg))
+    # midpoints of the gaps (wider gaps win ties), then stopping nothing and stopping everything: with a
+    # single distinct score there is no gap
+    candidates = [((a + b) / 2, b - a) for a, b in zip(values, values[1:])]
+    candidates += [(values[0], 0.0), (math.nextafter(values[-1], math.inf), 0.0)]
     best = None
-    for a, b in zip(values, values[1:]):
-        t = (a + b) / 2
+    for t, gap in candidates:
         errors = sum(p >= t for p in pos) + sum(n < t for n in neg)
-        key = (errors, -(b - a))
+        key = (errors, -gap)
         if best is None or key < best[0]:
             best = (key, t)
     return {"threshold": best[1], "rule": "fewest errors", "errors": best[0][0], **out}

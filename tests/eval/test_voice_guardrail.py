@@ -34,6 +34,10 @@ def test_threshold_sits_below_the_preset_spread_else_midpoint_else_fewest_errors
     overlap = spread + [reply("espeak", 0.72, 0.8)]
     sel = choose_threshold(overlap)
     assert sel["errors"] == 1 and 0.4 < sel["threshold"] < 0.7
+    # one score for every reply (no gap): stop everything or nothing, whichever errs less
+    same = [reply("piper", 0.5), reply("piper", 0.5), reply("piper", 0.5), reply("espeak", 0.5)]
+    sel = choose_threshold(same)
+    assert sel["errors"] == 1 and sel["threshold"] == 0.5  # stopping nothing lets the one espeak reply through
 
 
 def test_metrics_count_stops_in_time_false_stops_and_switches():

@@ -4,6 +4,8 @@ its mels are noise, so the pretrained V1's 512 channels would only cost time), a
 a quick trainer that makes it memorise a handful of conversations."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -35,15 +37,19 @@ def text_tokenizer(folder: Path) -> SentencePieceTokenizer:
     return SentencePieceTokenizer.train(SENTENCES, 400, folder)
 
 
+@functools.cache
 def small_vocoder() -> Path:
-    """A random HiFi-GAN of 32 channels as a generator file (written once per machine, atomically:
-    the seeded weights are the same in every process)."""
-    path = Path(tempfile.gettempdir()) / "omni-tests" / "hifigan-32.safetensors"
+    """A random HiFi-GAN of 32 channels as a generator file, named by its weights' digest (so a file
+    left by another version of the generator is never read) and written atomically: the seeded weights
+    are the same in every process."""
+    torch.manual_seed(0)
+    state = HiFiGAN(HiFiGANConfig(channels=32)).state_dict()
+    digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in state.values())).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "omni-tests" / f"hifigan-32-{digest}.safetensors"
     if not path.exists():
-        torch.manual_seed(0)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(HiFiGAN(HiFiGANConfig(channels=32)).state_dict(), str(tmp))
+        save_file(state, str(tmp))
         tmp.rename(path)
     return path
 

@@ -187,6 +187,13 @@ def hold_out(prompts: Sequence[Prompt], n: int, seed: int = 0) -> tuple[list[Pro
     return [p for p in prompts if p not in val], val
 
 
+def reward_means(parts: dict[str, Tensor], prefix: str) -> dict[str, float]:
+    """``{prefix}_rm``: the mean reward-model term of a batch's ``RBRReward`` parts; ``{prefix}_rbr``: the
+    mean RBR term over the rows that have one (NaN where a row's type has none), 0 if none does."""
+    rbr = parts["rbr"][~parts["rbr"].isnan()]
+    return {f"{prefix}_rm": float(parts["rm"].mean()), f"{prefix}_rbr": float(rbr.mean()) if len(rbr) else 0.0}
+
+
 @register_task("rbr-ppo")
 class RBRPPOTask(Task):
     """PPO of the policy (cfg.model, e.g. SmolLM2-135M-Instruct) against R = R_rm + w·φ."""
@@ -218,9 +225,7 @@ class RBRPPOTask(Task):
             rows = [p for p in batch_prompts for _ in range(r.ppo.samples_per_prompt)]  # step's prompt-major order
             texts = [tok.decode([x for x in c if x not in stops]).strip() for c in c_ids]
             parts = reward([p.prompt for p in rows], texts, [p.type for p in rows])
-            rbr = parts["rbr"][~parts["rbr"].isnan()]
-            return parts["total"], {"reward_rm": float(parts["rm"].mean()),
-                                    "reward_rbr": float(rbr.mean()) if len(rbr) else 0.0}
+            return parts["total"], reward_means(parts, "reward")
 
         log = open(out / "metrics.jsonl", "w")
         best = float("-inf")
@@ -230,9 +235,7 @@ class RBRPPOTask(Task):
             nonlocal best
             texts = complete(policy, tok, [p.prompt for p in val], r.ppo.val_new_tokens, r.max_prompt_tokens)
             parts = reward([p.prompt for p in val], texts, [p.type for p in val])
-            rbr = parts["rbr"][~parts["rbr"].isnan()]
-            record = {"step": step, "val_reward": float(parts["total"].mean()), "val_reward_rm": float(parts["rm"].mean()),
-                      "val_reward_rbr": float(rbr.mean()) if len(rbr) else 0.0}
+            record = {"step": step, "val_reward": float(parts["total"].mean()), **reward_means(parts, "val_reward")}
             if record["val_reward"] > best:
                 best = record["val_reward"]
                 save_policy(policy, cfg, out / "best", step)

@@ -27,6 +27,12 @@ PRESET_TEXT = "The sky is blue, and the grass is green. A dog has four legs, and
 # a switched voice fills the window after window_ms, and is checked within every_ms more
 LAG = (ServingConfig.guardrail_window_ms + ServingConfig.guardrail_every_ms) / 1000
 OTHER_TEXT = "Water freezes when it is cold. Fish live in the sea, and birds can fly."
+# The served threshold (0.75) is chosen for speech through the shipped codec against its own reference
+# (docs/benchmarks.md, "Voice guardrail"). These tests feed clean speech, judged against the
+# clean-speech reference: there Piper's sampled noise moves PRESET_TEXT's check at 1.38 s between 0.72
+# and 0.82 (below 0.75 in 9 of 55 samples), while OTHER_TEXT's voice scores at most 0.46. The tests
+# judge near the middle of that gap; the served threshold is measured by eval/voice_guardrail.py.
+CLEAN_THRESHOLD = 0.6
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +44,7 @@ def waves():
 
 
 def guard(**serving):
-    return VoiceGuardrail.from_serving(ServingConfig(**serving), SR)
+    return VoiceGuardrail.from_serving(ServingConfig(**{"guardrail_threshold": CLEAN_THRESHOLD, **serving}), SR)
 
 
 def test_reference_ships_and_matches_its_hash():
@@ -149,7 +155,7 @@ def test_session_stops_a_switched_voice_and_keeps_the_monologue(env, waves, monk
     switch = 30 * HOP
     rows = torch.stack([preset[: frames * HOP], torch.cat([preset[:switch], other])[: frames * HOP]])
     scripted(codec, monkeypatch, rows)
-    serving = ServingConfig(max_reply_frames=frames, voice_guardrail=on)
+    serving = ServingConfig(max_reply_frames=frames, voice_guardrail=on, guardrail_threshold=CLEAN_THRESHOLD)
     with SpeechSession(m, codec, fmt, 2, serving=serving, min_reply_frames=frames) as s:
         outs = list(s.feed(torch.randn(2, 1, 3 * HOP) * 0.1, end_turn=True)) + list(s.reply())
         history = [s.history(b) for b in range(2)]
@@ -178,7 +184,7 @@ def test_barge_in_after_a_voice_stop_keeps_only_what_was_heard(env, waves, monke
     rows = torch.cat([preset[: 30 * HOP], other])[None]
     scripted(codec, monkeypatch, rows)
     frames = (30 * HOP + len(other)) // HOP  # the reply outlasts the stop
-    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(max_reply_frames=frames), min_reply_frames=frames) as s:
+    with SpeechSession(m, codec, fmt, 1, serving=ServingConfig(max_reply_frames=frames, guardrail_threshold=CLEAN_THRESHOLD), min_reply_frames=frames) as s:
         outs = list(s.feed(torch.randn(1, 1, 3 * HOP) * 0.1, end_turn=True))
         while not any(name == "voice_stop" for o in outs for _, name in o.events):
             outs.append(s.tick(torch.zeros(1, 1, HOP)))
@@ -195,7 +201,7 @@ def test_chat_cuts_the_spoken_reply_where_the_voice_leaves(env, waves, monkeypat
     reply = torch.cat([preset[: 30 * HOP], other])
     monkeypatch.setattr(codec, "decode", lambda codes: reply[None, None])
     for on in (True, False):
-        bot = OmniChat(m, fmt, codec, None, None, F.config(m), serving=ServingConfig(voice_guardrail=on))
+        bot = OmniChat(m, fmt, codec, None, None, F.config(m), serving=ServingConfig(voice_guardrail=on, guardrail_threshold=CLEAN_THRESHOLD))
         r = bot.chat([{"role": "user", "content": "the cat sat on the mat."}], reply_in_speech=True, max_new_tokens=4)
         if on:
             assert r.voice_stop_s is not None and 30 * HOP / SR < r.voice_stop_s <= 30 * HOP / SR + LAG

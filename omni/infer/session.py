@@ -15,7 +15,7 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
   decoder), decodes it with the streaming codec and returns it immediately; when its speech ends
   (``<|audio_end|>``, or the reply reaches ``serving.max_reply_frames``) the codec's held-back end
-  (``codec.flush``: the vocoder's lookahead, ~139 ms) comes in that tick's ``tail`` with a
+  (``codec.flush``: the vocoder's lookahead, ~151 ms) comes in that tick's ``tail`` with a
   ``speech_end`` event (not for a reply the guardrail stopped);
 * voice guardrail (omni/infer/guardrail.py, on unless ``serving.voice_guardrail`` is off): every
   ``serving.guardrail_every_ms`` of a row's reply audio, from ``guardrail_first_ms`` on, its latest

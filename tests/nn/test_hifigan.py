@@ -1,12 +1,13 @@
 """HiFi-GAN V1 and its mel front end: the filterbank is librosa's, causal frames are the centred
-ones shifted by a hop, the pretrained weights and generators of other widths load, and the discriminator has the right shapes."""
+ones shifted by a hop, the pretrained weights and generators of other widths load, the streamed
+generator equals the offline one, and the discriminator has the right shapes."""
 import pytest
 import torch
 
 from safetensors.torch import save_file
 
-from omni.nn.hifigan import (HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, hifigan_mel, load_hifigan,
-                             pretrained_hifigan, slaney_mel_filterbank)
+from omni.nn.hifigan import (HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, StreamingVocoder, generator_lag,
+                             hifigan_mel, load_hifigan, pretrained_hifigan, slaney_mel_filterbank)
 
 
 def test_filterbank_matches_librosa():
@@ -47,6 +48,38 @@ def test_a_generator_file_of_any_width_loads(tmp_path):
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(ValueError, match="no HiFi-GAN generator"):
         load_hifigan(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("cfg", [
+    HiFiGANConfig(channels=32),  # V1's layout, narrow
+    HiFiGANConfig(channels=16, upsample_rates=[4, 4, 4, 4], upsample_kernels=[8, 8, 8, 8],
+                  resblock_kernels=[3, 5], resblock_dilations=[[1, 2], [1, 3]]),
+])
+def test_streamed_generator_equals_offline_in_chunks_of_any_size(cfg):
+    """Chunks of 1, 3 and 7 frames give the offline waveform delayed by the lookahead (float rounding
+    only); the samples a stream holds back are exactly the generator's right context, and a shorter
+    lookahead is refused."""
+    torch.manual_seed(0)
+    g = HiFiGAN(cfg).eval()
+    lag, hop = generator_lag(g), g.hop_length
+    lookahead = -(-lag // hop)
+    with pytest.raises(ValueError, match=f"vocoder_lookahead >= {lookahead}"):
+        StreamingVocoder(g, lookahead - 1)
+    v = StreamingVocoder(g, lookahead)
+    mel = torch.randn(2, 80, 33) - 5
+    with torch.no_grad():
+        offline = g(mel)
+        with v.streaming(2):
+            chunks, start = [], 0
+            for n in [1, 3, 7] * 3:
+                chunks.append(v(mel[..., start : start + n]))
+                start += n
+            assert v._streaming_state.delay.shape[2] == lookahead * hop - lag  # all else voiced
+            chunks.append(v(mel[..., start:]))
+            chunks.append(v.flush())
+    streamed = torch.cat(chunks, -1)
+    assert streamed.shape[-1] == offline.shape[-1] + lookahead * hop and not streamed[..., : lookahead * hop].any()
+    torch.testing.assert_close(streamed[..., lookahead * hop :], offline, atol=1e-5 * float(offline.abs().max()), rtol=0)
 
 
 def test_multi_period_discriminator_shapes():

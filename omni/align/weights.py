@@ -1,11 +1,13 @@
 """Fitting the RBR weights: a linear reward per response type over φ = [proposition probabilities,
 class probabilities], from completions of the same prompt with a known ranking (DESIGN.md §6).
 
-Loss: hinge over same-prompt pairs (ideal i, worse j), as in the paper's ranking of the ideal
-completion above every other one: max(0, margin − (w·φ_i − w·φ_j)),
-with margin 1, a small L2 penalty, optimised full-batch with Adam (lr 0.05). The error rate is the
-fraction of (ideal, worse) pairs where the worse completion scores at least as high as the ideal one.
-Before fitting the reward is P(ideal class) alone, the spec's own judgement with no tuning.
+Loss: hinge over every same-prompt pair (better i, worse j) by the spec's ranks:
+max(0, margin − (w·φ_i − w·φ_j)), with margin 1, a small L2 penalty, optimised full-batch with Adam
+(lr 0.05). The paper ranks the ideal completion above every other one; here each class also ranks
+above the worse ones (a cold refusal of a self-harm request above complying with it), without which
+R_rm + w·φ preferred the unsafe one of the policy's own samples (docs/rbr.md, "Weights"). The error
+rate is the fraction of ordered pairs where the worse completion scores at least as high as the
+better one. Before fitting the reward is P(ideal class) alone, the spec's own judgement with no tuning.
 
 As in the paper, the weights are fitted on top of the helpful-only reward model when its scores
 are given (``Group.base``): the ranked quantity is R_rm + w·φ, so w learns to overrule the RM
@@ -47,19 +49,19 @@ def feature_names(spec: Spec, response_type: str) -> list[str]:
 
 
 def _pairs(groups: Sequence[Group], spec: Spec) -> tuple[Tensor, Tensor, Tensor]:
-    """Features of (ideal, worse) pairs [M, F] each and their base-score gap [M], for one response type."""
+    """Features of (better, worse) same-prompt pairs [M, F] each and their base-score gap [M], for one response type."""
     better, worse, gap = [], [], []
     for g in groups:
         phi = features(spec, g.props, g.response_type)
         base = g.base if g.base is not None else torch.zeros(len(g.ranks))
         for i in range(len(g.ranks)):
             for j in range(len(g.ranks)):
-                if g.ranks[i] == 0 < g.ranks[j]:
+                if g.ranks[i] < g.ranks[j]:
                     better.append(phi[i])
                     worse.append(phi[j])
                     gap.append(base[i] - base[j])
     if not better:
-        raise ValueError("no ranked pairs: each prompt needs an ideal (rank 0) completion and a worse one")
+        raise ValueError("no ranked pairs: each prompt needs completions of at least two ranks")
     return torch.stack(better), torch.stack(worse), torch.stack(gap).float()
 
 
@@ -73,14 +75,14 @@ def initial_weights(spec: Spec, response_type: str) -> Tensor:
 
 
 def error_rate(w: Tensor, groups: Sequence[Group], spec: Spec) -> float:
-    """Fraction of (ideal, worse) pairs where the worse completion's reward >= the ideal one's."""
+    """Fraction of (better, worse) pairs where the worse completion's reward >= the better one's."""
     better, worse, gap = _pairs(groups, spec)
     return float((gap + (better - worse) @ w <= 0).float().mean())
 
 
 def fit_type(groups: Sequence[Group], spec: Spec, margin: float = 1.0, l2: float = 1e-3, steps: int = 500,
              lr: float = 0.05) -> Tensor:
-    """Weights [P + C] for one response type, minimising the mean hinge loss over (ideal, worse) pairs."""
+    """Weights [P + C] for one response type, minimising the mean hinge loss over (better, worse) pairs."""
     better, worse, gap = _pairs(groups, spec)
     w = initial_weights(spec, groups[0].response_type).requires_grad_(True)
     opt = torch.optim.Adam([w], lr=lr)

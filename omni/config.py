@@ -193,6 +193,7 @@ MOVED_KEYS = {
 REMOVED_KEYS = {
     "omni.audio_codebooks": "the corpus's vocabulary (vocab.json), passed to build_omni_model",
     "omni.audio_codebook_size": "the corpus's vocabulary (vocab.json), passed to build_omni_model",
+    "codec.vocoder_context": "the streaming vocoder's layer caches (omni/nn/hifigan.py, StreamingVocoder)",
 }
 
 

@@ -107,6 +107,7 @@ def test_serving_section_is_read_at_serving_time_not_saved(tmp_path):
     ("omni.audio_loss_weight=2", "'omni.audio_loss_weight' moved to 'omni_train.audio_loss_weight'"),
     ("omni.text_pad_weight=0.3", "'omni.text_pad_weight' moved to 'omni_train.text_pad_weight'"),
     ("omni.audio_codebooks=8", "'omni.audio_codebooks' is gone: the value comes from the corpus's vocabulary"),
+    ("codec.vocoder_context=13", "'codec.vocoder_context' is gone: the value comes from the streaming vocoder's"),
 ])
 def test_moved_keys_name_their_new_home(key, message):
     with pytest.raises(ConfigError, match=message):
@@ -119,7 +120,8 @@ def test_old_checkpoint_config_still_loads(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("task: omni\nomni:\n  depth_dim: 64\n  audio_codebooks: 8\n  audio_codebook_size: 1024\n"
                     "  vad_threshold: 0.9\n  end_of_turn_ms: 480\n  barge_in_ms: 160\n  max_reply_frames: 100\n"
-                    "  audio_loss_weight: 2.0\n  text_pad_weight: 0.3\n")
+                    "  audio_loss_weight: 2.0\n  text_pad_weight: 0.3\n"
+                    "codec:\n  vocoder_context: 13\n  vocoder_lookahead: 12\n")  # before the cached vocoder
     cfg = load_config_file(path)
     assert cfg.section("omni").depth_dim == 64 and cfg.serving.vad_threshold == 0.5  # serving is not identity
     assert "omni_train" not in cfg.to_dict()  # loss weights are the run's: the current config gives them

@@ -6,7 +6,7 @@ import torch
 
 from omni.config import ConfigError, config_from_dict
 from omni.conversation import MOD_AUDIO, Audio, Message, Text
-from omni.train.tasks.omni import batch_from_streams, drop_user_levels
+from omni.train.tasks.omni import OmniTask, OmniTrainConfig, batch_from_streams, drop_user_levels
 from tests import omni_fixtures as F
 
 
@@ -35,6 +35,16 @@ def test_only_user_audio_loses_levels_and_each_utterance_keeps_a_prefix(batch):
             seen.add(int(kept[0]))
     assert len(seen) > K // 2  # the level count varies
     assert torch.equal(drop_user_levels(batch, 0.0)["audio"], batch["audio"])
+
+
+def test_the_task_drops_levels_only_while_training(batch):
+    task, model = OmniTask(), torch.nn.Linear(1, 1)
+    task._weights = OmniTrainConfig(user_level_dropout=1.0)
+    torch.manual_seed(0)
+    assert not torch.equal(task._augment(model.train(), batch)["audio"], batch["audio"])
+    assert task._augment(model.eval(), batch) is batch  # validation and serving read every level
+    task._weights = OmniTrainConfig()
+    assert task._augment(model.train(), batch) is batch
 
 
 def test_level_dropout_must_be_a_probability():

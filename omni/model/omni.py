@@ -97,19 +97,15 @@ class OmniModel(StreamingModule):
         return self.decoder.cfg.max_seq_len
 
     def embed(self, tokens: Tensor, audio: Tensor) -> Tensor:
-        """Input embeddings [B, S, dim] from tokens [B, S] and audio codes [B, S, K]: -1 at level 0 = no
-        frame; -1 at a level k > 0 of a frame = level k absent (training's ``user_level_dropout``)."""
+        """Input embeddings [B, S, dim] from tokens [B, S] and audio codes [B, S, K] (-1 = no frame)."""
         x = self.decoder.embed(tokens)
-        frames = audio[..., 0] >= 0
+        frames = audio[..., 0] >= 0  # a frame carries all K codes
         if x.is_cuda or torch.compiler.is_compiling():  # static shapes: embed every position, zero where no frame
-            return x + self._read_frames(audio, x.dtype)
-        # CPU: gather only the frames (a fraction of the positions).
-        return x.index_put((frames,), self._read_frames(audio[frames], x.dtype), accumulate=True)
-
-    def _read_frames(self, codes: Tensor, dtype: torch.dtype) -> Tensor:
-        """W sum_k c_k[code_k] [..., dim] of codes [..., K]; a code of -1 adds nothing."""
-        present = (codes >= 0).unsqueeze(-1).to(self.codewords.dtype)
-        return self.audio_in((self.codewords[codes.clamp(min=0) + self.code_offsets] * present).sum(-2).to(dtype))
+            a = self.audio_in(self.codewords[audio.clamp(min=0) + self.code_offsets].sum(2).to(x.dtype))
+            return x + a * frames[..., None].to(a.dtype)
+        # CPU: gather only the frames (a fraction of the positions) — K codewords each, summed.
+        a = self.audio_in(self.codewords[audio[frames] + self.code_offsets].sum(1).to(x.dtype))  # [N, dim]
+        return x.index_put((frames,), a, accumulate=True)
 
     def forward(self, tokens: Tensor, audio: Tensor, positions: Optional[Tensor] = None,
                 mask: Optional[AttentionMask] = None, frames: Optional[Tensor] = None,

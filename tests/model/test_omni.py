@@ -36,24 +36,6 @@ def test_audio_input_is_the_projected_codec_latent(built):
             torch.testing.assert_close(m.embed(tokens, audio), want)
 
 
-def test_absent_levels_add_nothing(built):
-    """A frame whose levels >= n are -1 (user_level_dropout) reads as the codec's n-level prefix."""
-    codec, v, m = built
-    torch.manual_seed(2)
-    tokens = torch.randint(0, v.size, (1, 4))
-    audio = torch.randint(0, v.audio_codes, (1, 4, v.audio_codebooks))
-    cut = audio.clone()
-    cut[0, 1, 2:] = -1  # frame 1 keeps 2 levels
-    cut[0, 3, 1:] = -1  # frame 3 keeps 1
-    prefix = [codec.quantizer.decode(audio[:, s : s + 1, :n].transpose(1, 2)).transpose(1, 2)
-              for s, n in enumerate((v.audio_codebooks, 2, v.audio_codebooks, 1))]
-    want = m.decoder.embed(tokens) + m.audio_in(torch.cat(prefix, 1))
-    with torch.no_grad():
-        torch.testing.assert_close(m.embed(tokens, cut), want)
-        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
-            torch.testing.assert_close(m.embed(tokens, cut), want)
-
-
 def test_codewords_must_fit_the_vocabulary(built):
     codec, v, m = built
     with pytest.raises(ValueError, match="quantizer.codebooks of the codec"):

@@ -49,17 +49,11 @@ class OmniTrainConfig:
     # <|text_pad|> targets (most frames of a spoken answer carry one) are down-weighted as in Moshi
     # (Défossez et al. 2024), so the real monologue tokens dominate the text loss.
     text_pad_weight: float = 0.5
-    # Probability that a user utterance is read, while training, through only its first n ~ U{1..K}
-    # codec levels (the rest dropped), so that the words, which the coarse levels carry, are learnt
-    # rather than the speaker detail of the fine ones (quantizer dropout, SoundStream; here on the input).
-    user_level_dropout: float = 0.0
 
     def validate(self) -> None:
         for name in ("audio_loss_weight", "text_pad_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"omni_train.{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.user_level_dropout <= 1.0:
-            raise ConfigError(f"omni_train.user_level_dropout must be in [0, 1], got {self.user_level_dropout}")
 
 
 def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
@@ -81,21 +75,6 @@ def batch_from_streams(streams: list[Stream], pad_id: int) -> dict[str, Tensor]:
         batch["positions"][b, :n] = torch.arange(n)
         batch["positions"][b, n:] = torch.arange(S - n)
     return batch
-
-
-def drop_user_levels(batch: dict[str, Tensor], p: float, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
-    """``batch`` with the user audio of each conversation, with probability ``p``, cut to its first
-    n ~ U{1..K} codec levels: codes of the dropped levels become -1, which the model reads as absent
-    (omni/model/omni.py). One draw per conversation of a packed row; assistant audio (the targets and
-    their teacher-forced inputs) is never touched. Fields [B, S] / audio [B, S, K] as in omni_loss."""
-    audio, doc = batch["audio"], batch["document_ids"]
-    B, K = audio.shape[0], audio.shape[-1]
-    n_doc = int(doc.max()) + 1
-    levels = torch.randint(1, K + 1, (B, n_doc), generator=generator)
-    levels = torch.where(torch.rand(B, n_doc, generator=generator) < p, levels, K).gather(1, doc)  # [B, S]
-    user = (batch["modality"] == MOD_AUDIO) & ~batch["loss"] & (audio[..., 0] >= 0)
-    drop = user[..., None] & (torch.arange(K) >= levels[..., None])
-    return {**batch, "audio": audio.masked_fill(drop, -1)}
 
 
 def _target_masks(batch: dict[str, Tensor], text_pad_id: int, text_pad_weight: float) -> dict[str, Tensor]:
@@ -172,20 +151,14 @@ class OmniTask(Task):
         return ds
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        return omni_loss(model, self._augment(model, batch), self._text_pad, self._weights.text_pad_weight,
-                         self._weights.audio_loss_weight)
+        return omni_loss(model, batch, self._text_pad, self._weights.text_pad_weight, self._weights.audio_loss_weight)
 
     def targets(self, batch: dict[str, Tensor]) -> dict[str, float]:
         return omni_targets(batch, self._text_pad, self._weights.text_pad_weight)
 
     def step_loss(self, model: nn.Module, batch: dict[str, Tensor], totals: dict[str, float],
                   phase: Optional[str] = None) -> tuple[Tensor, dict[str, float]]:
-        return omni_loss(model, self._augment(model, batch), self._text_pad, self._weights.text_pad_weight,
-                         self._weights.audio_loss_weight, totals)
-
-    def _augment(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        p = self._weights.user_level_dropout
-        return drop_user_levels(batch, p) if model.training and p > 0 else batch
+        return omni_loss(model, batch, self._text_pad, self._weights.text_pad_weight, self._weights.audio_loss_weight, totals)
 
     def tokens_in(self, batch: dict[str, Tensor]) -> int:
         return batch["tokens"].shape[0] * (batch["tokens"].shape[1] - 1)

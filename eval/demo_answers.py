@@ -3,6 +3,7 @@ session, judged by Whisper; captions of unseen crops; drawings of every picture.
 
     python eval/demo_answers.py --checkpoint runs/demo-omni [--judge base|tiny.en] [--out DIR]
     python eval/demo_answers.py --checkpoint runs/demo-omni --text-only   # the model alone, in seconds
+    python eval/demo_answers.py --checkpoint RUN --text-only --voices low-pitch   # choosing between models
 
 ``make demo`` ends with this (eval/demo_pipeline.py). Three checks, each beside a trivial baseline
 measured in the same run, each written into ``DIR/answers.json``:
@@ -17,6 +18,8 @@ measured in the same run, each written into ``DIR/answers.json``:
    the same way (it measures the model apart from the codec); reply WER is against the answer text.
    Baseline: one fixed answer for every question (the answer that holds the most others).
    Questions and replies are written to ``DIR/questions/NN.wav`` and ``DIR/replies/NN.wav``.
+   ``--voices`` picks other askers (:data:`VOICE_SETS`): the held-out family is the test, so choose
+   between models on new voices of the training families or on Kokoro voices pitched below them.
    ``--text-only`` measures the model apart from the codec's decoder and the judge, quickly: each
    question's reply is generated offline (the tokens the session would draw) and only its
    monologue is scored; no audio is decoded.
@@ -40,7 +43,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from PIL import Image as PILImage
@@ -50,7 +53,7 @@ from omni.config import load_config
 from omni.conversation import Audio, Message
 from omni.data.build_omni import IMAGES, augment, load_picture
 from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import UNSEEN_FAMILY, synth_at, unseen_voices
+from omni.data.voices import UNSEEN_FAMILY, Voice, kokoro_voices, synth_at, training_voices, unseen_voices
 from omni.eval.intelligibility import Judge, holds_answer, normalize_text, word_error_rate
 from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_reply
@@ -66,6 +69,13 @@ TAIL_S = 1.5  # silence after each question: the VAD's end-of-turn wait and the 
 MAX_REPLY_S = 4.0
 CROP_SEED = 424242  # data/build_omni.py seeds its crops with train.seed (1234 in the configs)
 MAX_TEXT = 48  # text tokens per caption (an undertrained model may never stop on its own)
+# Who asks the spoken questions (--voices): the held-out family is the test; the other two are for
+# choosing between models without looking at it (docs/benchmarks.md, "make demo's answers").
+VOICE_SETS: dict[str, tuple[str, Callable[[int], list[Voice]]]] = {
+    "unseen": (f"unseen voices ({UNSEEN_FAMILY}, held out of training)", unseen_voices),
+    "training-families": ("new voices of the training families", lambda n: training_voices(n, seed=777)),
+    "low-pitch": ("Kokoro training styles at 0.60-0.72x pitch", lambda n: kokoro_voices(n, 555, pitch=(0.6, 0.72))),
+}
 
 
 @dataclass
@@ -187,11 +197,13 @@ def fixed_answer_baseline(answers: list[str]) -> tuple[str, int]:
 
 
 def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: int = 12,
-                       limit: Optional[int] = None) -> dict[str, Any]:
+                       limit: Optional[int] = None, voice_set: str = "unseen") -> dict[str, Any]:
     """Check 1 of the module docstring; prints each turn and the summary; returns the JSON-able result.
-    ``judge`` None: text only (offline monologues, no audio, no session)."""
+    ``judge`` None: text only (offline monologues, no audio, no session); ``voice_set``: a key of
+    :data:`VOICE_SETS`."""
     qa = [(x.question, x.answer) for x in load_spoken_qa()[:limit]]
-    voices = unseen_voices(len(qa))
+    who, make_voices = VOICE_SETS[voice_set]
+    voices = make_voices(len(qa))
     t0 = time.perf_counter()
     questions = [synth_at(v, q, bot.sample_rate) for v, (q, _) in tqdm(list(zip(voices, qa)), desc="speaking the questions", disable=None)]
     seconds = {"speaking the questions": time.perf_counter() - t0}
@@ -207,10 +219,10 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
             print(f"   {n:2d}. {r['question']!r} -> expected {r['answer']!r}\n"
                   f"       text {'+' if r['monologue_right'] else '-'} {r['monologue']!r}")
         right = sum(r["monologue_right"] for r in rows)
-        print(f"== spoken questions, text only: {len(rows)} questions in unseen voices ({UNSEEN_FAMILY}); the text "
+        print(f"== spoken questions, text only: {len(rows)} questions in {who}; the text "
               f"monologue holds the answer's content words in {right}/{len(rows)} = {100 * right / len(rows):.1f} %; "
               f"baseline, one fixed answer ({fixed!r}): {fixed_right}/{len(rows)}")
-        summary = {"questions": len(rows), "voices": f"{UNSEEN_FAMILY} (held out of training)", "judge": None,
+        summary = {"questions": len(rows), "voices": who, "judge": None,
                    "monologue_accuracy": right / len(rows), "seconds": seconds,
                    "baseline_fixed_answer": {"answer": fixed, "accuracy": fixed_right / len(rows)}}
         return {"summary": summary, "turns": rows}
@@ -229,7 +241,7 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
     right, said_right = sum(t.right for t in turns), sum(t.monologue_right for t in turns)
     ttfas = sorted(t.ttfa_ms for t in turns)
     summary = {
-        "questions": len(turns), "voices": f"{UNSEEN_FAMILY} (held out of training)", "judge": f"Whisper {judge.name}",
+        "questions": len(turns), "voices": who, "judge": f"Whisper {judge.name}",
         "accuracy": right / len(turns), "monologue_accuracy": said_right / len(turns),
         "reply_wer": word_error_rate(answers, transcripts),
         # Speech apart from recognition: does the reply say the text it was spoken from? (None: no monologue had words)
@@ -247,7 +259,7 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
               f"       text {'+' if t.monologue_right else '-'} {t.monologue!r}\n"
               f"       said {'+' if t.right else '-'} {t.transcript!r}"
               + (f" (voice guardrail stop after {t.voice_stop_s:.2f} s)" if t.voice_stop_s is not None else ""))
-    print(f"== spoken answers: {len(turns)} questions in unseen voices ({UNSEEN_FAMILY}), streamed {summary['batch']} "
+    print(f"== spoken answers: {len(turns)} questions in {who}, streamed {summary['batch']} "
           f"conversations at a time, replies judged by Whisper {judge.name}:\n"
           f"   accuracy {right}/{len(turns)} = {100 * summary['accuracy']:.1f} % (the judge's transcript holds the "
           f"answer's content words); text monologue {said_right}/{len(turns)} = {100 * summary['monologue_accuracy']:.1f} %; "
@@ -312,14 +324,16 @@ def draw_every_picture(bot: OmniChat, out: Path) -> dict[str, Any]:
     return {"summary": {"pictures": len(rows), "recognisable": right / len(rows), "chance": 1 / len(rows)}, "drawings": rows}
 
 
-def evaluate(bot: OmniChat, out: Path, judge: Optional[Judge], batch: int = 12, limit: Optional[int] = None) -> dict[str, Any]:
+def evaluate(bot: OmniChat, out: Path, judge: Optional[Judge], batch: int = 12, limit: Optional[int] = None,
+             voice_set: str = "unseen") -> dict[str, Any]:
     """All three checks (spoken answers judged by ``judge``, None: text only; ``limit``: the first N
-    questions only); writes ``out/answers.json`` and returns it."""
+    questions only; ``voice_set``: who asks them, a key of :data:`VOICE_SETS`); writes ``out/answers.json``
+    and returns it."""
     out.mkdir(parents=True, exist_ok=True)
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": _commit()}
     result["images"] = caption_unseen_crops(bot)
     result["drawings"] = draw_every_picture(bot, out)
-    result["spoken"] = ask_every_question(bot, judge, out, batch, limit)
+    result["spoken"] = ask_every_question(bot, judge, out, batch, limit, voice_set)
     (out / "answers.json").write_text(json.dumps(result, indent=1))
     print(f"   all answers: {out / 'answers.json'}")
     return result
@@ -339,11 +353,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--batch", type=int, default=12, help="concurrent conversations per session")
     p.add_argument("--limit", type=int, default=None, help="ask only the first N questions (quick checks)")
     p.add_argument("--text-only", action="store_true", help="score the offline monologues only: no audio, no judge")
+    p.add_argument("--voices", default="unseen", choices=tuple(VOICE_SETS),
+                   help="who asks the spoken questions: unseen (the test), or a set for choosing between models")
     p.add_argument("--out", default=None, help="output folder (default: the checkpoint's run folder / answers)")
     args = p.parse_args(argv)
     bot = OmniChat.load(args.checkpoint, serving=load_config("configs/omni-tiny.yaml").serving)
     evaluate(bot, Path(args.out or Path(args.checkpoint) / "answers"), None if args.text_only else Judge(args.judge),
-             args.batch, args.limit)
+             args.batch, args.limit, args.voices)
 
 
 if __name__ == "__main__":

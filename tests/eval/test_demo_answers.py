@@ -5,7 +5,8 @@ import json
 import pytest
 
 from omni.config import ServingConfig
-from omni.eval.demo_answers import ask_every_question, evaluate, fixed_answer_baseline
+from omni.data.voices import TRAINING_FAMILIES, UNSEEN_FAMILY
+from omni.eval.demo_answers import VOICE_SETS, ask_every_question, evaluate, fixed_answer_baseline
 from omni.infer.chat import OmniChat
 from tests import omni_fixtures as F
 
@@ -58,6 +59,17 @@ def test_every_question_is_asked_streamed_judged_and_written(bot, tmp_path):
 
 @pytest.mark.slow
 def test_text_only_scores_the_offline_monologues(bot, tmp_path):
-    result = ask_every_question(bot, None, tmp_path, limit=2)
+    result = ask_every_question(bot, None, tmp_path, limit=2, voice_set="low-pitch")
     assert result["summary"]["judge"] is None and len(result["turns"]) == 2
+    assert result["summary"]["voices"] == VOICE_SETS["low-pitch"][0]
     assert all(isinstance(t["monologue"], str) and t["monologue_right"] in (True, False) for t in result["turns"])
+
+
+def test_voice_sets_for_choosing_models_stay_off_the_test_family():
+    test = {v.name for v in VOICE_SETS["unseen"][1](60)}
+    assert all(v.family == UNSEEN_FAMILY for v in VOICE_SETS["unseen"][1](60))
+    for key in ("training-families", "low-pitch"):
+        voices = VOICE_SETS[key][1](60)
+        assert len(voices) == 60 and not {v.name for v in voices} & test
+        assert all(v.family in TRAINING_FAMILIES for v in voices)
+    assert all(0.6 <= v.pitch <= 0.72 for v in VOICE_SETS["low-pitch"][1](60))

@@ -106,6 +106,9 @@ class ServingConfig:
 
     vad_threshold: float = 0.5  # speech probability above which a frame counts as speech
     end_of_turn_ms: int = 480  # silence after speech that ends the user's turn
+    # Of that silence, what the model reads: the rest is cut from the turn, since training utterances
+    # end with 0-240 ms of it and more silence makes the model answer worse (docs/benchmarks.md).
+    end_of_turn_keep_ms: int = 160
     barge_in_ms: int = 160  # user speech during a reply that interrupts it
     max_reply_frames: int = 150  # longest spoken reply, in codec frames
     # Voice guardrail (omni/infer/guardrail.py): stop a reply whose voice is not the preset one.
@@ -124,6 +127,8 @@ class ServingConfig:
         for name in ("end_of_turn_ms", "barge_in_ms", "max_reply_frames", "guardrail_window_ms", "guardrail_every_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"serving.{name} must be positive, got {getattr(self, name)}")
+        if self.end_of_turn_keep_ms < 0:
+            raise ConfigError(f"serving.end_of_turn_keep_ms must be >= 0, got {self.end_of_turn_keep_ms}")
         if self.guardrail_first_ms < 0:
             raise ConfigError(f"serving.guardrail_first_ms must be >= 0, got {self.guardrail_first_ms}")
 

@@ -9,7 +9,9 @@ Each :meth:`SpeechSession.tick` takes one codec frame of input audio per row (``
 * a user turn opens on speech (VAD; without one, on any non-silent frame, keeping
   ``PREROLL_FRAMES`` frames before it) and ends by VAD (speech heard, then ``serving.end_of_turn_ms``
   of silence; the ``serving`` knobs are a :class:`omni.config.ServingConfig`) or by an explicit
-  ``end_turn`` flag; the row then prefills ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>``
+  ``end_turn`` flag. Of the silence after the turn's last speech, only ``serving.end_of_turn_keep_ms``
+  stay in the turn (the rest leaves the KV cache, as training utterances end with little silence);
+  the row then prefills ``<|audio_end|><|end_of_turn|><|assistant|><|audio_start|>``
   and samples its first frame in the same tick. An explicit end that arrives after the input ended on a frame boundary (an empty
   chunk) gets a tick of its own, without input;
 * a responding row generates one frame per tick (text-stream token + K codes from the depth
@@ -54,6 +56,7 @@ the codec's and the VAD's state and spoil every later frame of its row.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Sequence, Union
 
@@ -157,6 +160,7 @@ class SpeechSession(StreamingModule):
             end_frames=max(1, round(serving.end_of_turn_ms / frame_ms)) if vad is not None else 0,
             barge_frames=max(1, round(serving.barge_in_ms / frame_ms)) if vad is not None else 0)
         self.threshold = serving.vad_threshold
+        self.keep_silence = round(serving.end_of_turn_keep_ms / frame_ms)
         # Frames a user turn can open with: the preroll, or the speech run that barged in (at most
         # the context, which could not hold more).
         self.recent_frames = min(max(PREROLL_FRAMES, self.rules.barge_frames) + 1, model.max_seq_len)
@@ -282,6 +286,7 @@ class SpeechSession(StreamingModule):
         if bool(ev.barge_in.any()):
             self._rewind(ev.barge_in, before.reply_frames, unplayed)
         if bool(ev.turn_end.any()):
+            ev = self._cut_silence(ev, this_frame=frames is not None)
             self._start_replies(ev.turn_end)
         hidden = self._forward(self._assemble(ev, frames))
         return self._respond(hidden, ev)
@@ -312,6 +317,27 @@ class SpeechSession(StreamingModule):
                 k += 1
             offset[b] -= k
         self.model.decoder.set_streaming_offset(offset)
+
+    def _cut_silence(self, ev: TurnEvents, this_frame: bool) -> TurnEvents:
+        """Turns that end now keep ``keep_silence`` of their trailing silent frames: this tick's frame
+        (the last of them, not fed yet) is left out, earlier ones leave the log and the KV cache.
+        Returns the events with ``listen`` off for rows whose frame is left out."""
+        cut = (ev.trailing - self.keep_silence).clamp(min=0)
+        if not bool(cut.any()):
+            return ev
+        live = self.live
+        offset = self.model.decoder.streaming_offset.clone()
+        listen = ev.listen.clone()
+        for b in cut.nonzero()[:, 0].tolist():
+            n = int(cut[b])
+            if this_frame and listen[b]:
+                listen[b], n = False, n - 1
+            k = 0  # only the user's frames at the end of the log: never a marker or an earlier turn
+            while k < n and live.log_audio[b, int(offset[b]) - 1 - k, 0] >= 0:
+                k += 1
+            offset[b] -= k
+        self.model.decoder.set_streaming_offset(offset)
+        return dataclasses.replace(ev, listen=listen)
 
     def _start_replies(self, rows: Tensor) -> None:
         """Rows whose user turn ended speak next: the decoder forces audio, and the codec decoder and

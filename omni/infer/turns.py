@@ -78,6 +78,8 @@ class TurnEvents:
     turn_end: Tensor  # bool: the user's turn ended; the reply starts this tick
     opening: Tensor  # long: latest input frames the newly opened user turn starts with
     listen: Tensor  # bool: this tick's frame joins a user turn that was already open
+    # long: silent frames that close a turn ending now after heard speech (this tick's frame included)
+    trailing: Tensor
 
     NAMES = ("user_start", "barge_in", "turn_end")
 
@@ -131,7 +133,8 @@ def advance_turns(state: SessionState, speech: Tensor, end_turn: Tensor, interru
     phase = torch.where(start | barge, int(Phase.LISTEN), state.phase)
     new = SessionState(phase, heard, silence, torch.where(respond & ~barge, onset, 0),
                        recent, state.reply_frames)
-    return _close_turns(new, end), TurnEvents(start, barge, end, opening, listen)
+    trailing = torch.where(end & heard, silence, 0)
+    return _close_turns(new, end), TurnEvents(start, barge, end, opening, listen, trailing)
 
 
 def end_turns(state: SessionState, end_turn: Tensor) -> tuple[SessionState, TurnEvents]:
@@ -144,7 +147,8 @@ def end_turns(state: SessionState, end_turn: Tensor) -> tuple[SessionState, Turn
     start, end = idle & end_turn, (idle | listen) & end_turn
     none = torch.zeros_like(end)
     opening = torch.where(start, state.recent, 0)
-    return _close_turns(state, end), TurnEvents(start, none, end, opening, none)
+    trailing = torch.where(listen & end & state.heard, state.silence, 0)
+    return _close_turns(state, end), TurnEvents(start, none, end, opening, none, trailing)
 
 
 def finish_replies(state: SessionState, chose: Tensor, frame: Tensor, done: Tensor,

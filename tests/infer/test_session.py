@@ -205,6 +205,37 @@ class DeafVAD(StreamingModule):
         return torch.zeros(wav.shape[0])
 
 
+class ScriptedVAD(StreamingModule):
+    """Speech in the first ``speech`` frames it hears, silence after."""
+
+    def __init__(self, speech: int) -> None:
+        super().__init__()
+        self.speech, self.heard = speech, 0
+
+    def forward(self, wav):
+        self.heard += 1
+        return torch.full((wav.shape[0],), float(self.heard <= self.speech))
+
+
+@pytest.mark.parametrize("keep_ms, kept", [(160, 2), (0, 0), (10_000, 6)])
+def test_a_turn_ended_by_silence_keeps_only_end_of_turn_keep_ms_of_it(env, keep_ms, kept):
+    """4 frames of speech, then the VAD's 6 silent frames end the turn: the model reads the speech
+    and ``kept`` silent frames, exactly the stream and reply of a turn ended by hand after them."""
+    tok, codec, v, fmt, m = env
+    wav = noise(10, 3)
+    serving = ServingConfig(max_reply_frames=4, end_of_turn_ms=480, end_of_turn_keep_ms=keep_ms, **OFF)
+    with SpeechSession(m, codec, fmt, 1, vad=ScriptedVAD(4), serving=serving) as s:
+        outs = list(s.feed(wav))
+        assert (0, "turn_end") in outs[-1].events
+        reply = [o.codes[0] for o in outs + list(s.reply()) if o.speaking[0]]
+        log = s.logged_stream(0)
+    with SpeechSession(m, codec, fmt, 1, serving=serving) as s:
+        ref = [o.codes[0] for o in run_turn(s, wav[..., : (4 + kept) * HOP]) if o.speaking[0]]
+        assert torch.equal(s.logged_stream(0).tokens, log.tokens)
+        assert torch.equal(s.logged_stream(0).audio, log.audio)
+    assert torch.equal(torch.stack(reply), torch.stack(ref))
+
+
 @pytest.mark.parametrize("chunk", [HOP, 1000])
 @pytest.mark.parametrize("vad", [False, True])
 def test_explicit_end_of_turn_on_a_frame_boundary_is_honoured(env, chunk, vad):

@@ -31,9 +31,17 @@ def test_idle_keeps_a_preroll_and_speech_opens_a_turn_with_it():
 
 
 def test_silence_after_speech_ends_the_turn_and_starts_the_reply():
-    state, names = run(SessionState.start(1), VAD, [1, 1, 0, 0, 0])
-    assert names == [["user_start"], [], [], [], ["turn_end"]]
+    state, names = run(SessionState.start(1), VAD, [1, 1, 0, 0])
+    assert names == [["user_start"], [], [], []]
+    state, ev = advance_turns(state, flags(0), flags(0), flags(0), VAD)
+    assert ev.named() == [(0, "turn_end")] and int(ev.trailing[0]) == 3  # the silent frames that ended it
     assert state.phase[0] == Phase.RESPOND and int(state.reply_frames[0]) == 0
+    # an explicit end after speech and one silent frame; one with no speech heard has no trailing silence
+    state, _ = run(SessionState.start(1), VAD, [1, 0])
+    assert int(advance_turns(state, flags(0), flags(1), flags(0), VAD)[1].trailing[0]) == 2
+    assert int(end_turns(state, flags(1))[1].trailing[0]) == 1
+    state, _ = run(SessionState.start(1), NO_VAD, [0, 0])
+    assert int(advance_turns(state, flags(0), flags(1), flags(0), NO_VAD)[1].trailing[0]) == 0
 
 
 def test_silence_alone_never_ends_a_turn_and_no_vad_ends_only_explicitly():

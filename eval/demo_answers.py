@@ -16,7 +16,9 @@ measured in the same run, each written into ``DIR/answers.json``:
    A reply is right when the transcript holds the answer's content words
    (:func:`omni.eval.intelligibility.holds_answer`); the text monologue the model spoke from is scored
    the same way (it measures the model apart from the codec); reply WER is against the answer text.
-   Baseline: one fixed answer for every question (the answer that holds the most others).
+   Baseline: one fixed answer for every question (the answer that holds the most others). Ceiling:
+   the preset voice speaking every expected answer itself, through the codec (encode, decode), judged
+   the same way: what a model that answers every question right, in the codec's own speech, scores.
    Questions and replies are written to ``DIR/questions/NN.wav`` and ``DIR/replies/NN.wav``.
    ``--voices`` picks other askers (:data:`VOICE_SETS`): the held-out family is the test, so choose
    between models on new voices of the training families or on Kokoro voices pitched below them.
@@ -53,7 +55,7 @@ from omni.config import load_config
 from omni.conversation import Audio, Message
 from omni.data.build_omni import IMAGES, augment, load_picture
 from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import UNSEEN_FAMILY, Voice, kokoro_voices, synth_at, training_voices, unseen_voices
+from omni.data.voices import UNSEEN_FAMILY, Voice, kokoro_voices, preset_voice, synth_at, training_voices, unseen_voices
 from omni.eval.intelligibility import Judge, holds_answer, normalize_text, word_error_rate
 from omni.infer.chat import OmniChat
 from omni.infer.reply import generate_reply
@@ -191,6 +193,17 @@ def monologues_offline(bot: OmniChat, questions: list[Tensor]) -> list[str]:
     return said
 
 
+def preset_voice_ceiling(bot: OmniChat, judge: Judge, answers: list[str]) -> dict[str, float]:
+    """The expected ``answers`` spoken by the preset voice, through the codec, judged: accuracy and WER."""
+    sr = bot.sample_rate
+    with torch.no_grad():
+        spoken = [bot.codec.decode(bot.codec.encode(bot.codec.pad_to_hop(synth_at(preset_voice(), a, sr).view(1, 1, -1))
+                                                    .to(bot.device)))[0, 0].cpu() for a in answers]
+    heard = judge.transcribe_many(spoken, sr, desc="judging the preset voice")
+    return {"accuracy": sum(holds_answer(a, h) for a, h in zip(answers, heard)) / len(answers),
+            "wer": word_error_rate(answers, heard)}
+
+
 def fixed_answer_baseline(answers: list[str]) -> tuple[str, int]:
     """The best constant reply: the answer that holds the most answers' content words, and how many."""
     return max(((f, sum(holds_answer(a, f) for a in answers)) for f in answers), key=lambda x: x[1])
@@ -231,6 +244,9 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
     t0 = time.perf_counter()
     transcripts = judge.transcribe_many([r[0] for r in replies], bot.sample_rate, desc="judging the replies")
     seconds["judge"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ceiling = preset_voice_ceiling(bot, judge, answers)
+    seconds["ceiling"] = time.perf_counter() - t0
     turns = []
     for n, ((q, a), v, (wav, said, ttfa, stop), heard) in enumerate(zip(qa, voices, replies, transcripts)):
         save_audio(out / "questions" / f"{n:02d}.wav", questions[n][None], bot.sample_rate)
@@ -248,6 +264,7 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
         "reply_wer_vs_monologue": (word_error_rate([t.monologue for t in turns], transcripts)
                                    if any(normalize_text(t.monologue) for t in turns) else None),
         "baseline_fixed_answer": {"answer": fixed, "accuracy": fixed_right / len(turns)},
+        "ceiling_preset_voice_through_codec": ceiling,
         "ttfa_ms_p50": ttfas[len(ttfas) // 2], "session_rtf": stats["rtf"], "batch": int(stats["batch"]),
         # every reply is meant to be in the preset voice: each stop is a false stop of the guardrail
         "voice_stops": sum(t.voice_stop_s is not None for t in turns),
@@ -263,7 +280,9 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
           f"conversations at a time, replies judged by Whisper {judge.name}:\n"
           f"   accuracy {right}/{len(turns)} = {100 * summary['accuracy']:.1f} % (the judge's transcript holds the "
           f"answer's content words); text monologue {said_right}/{len(turns)} = {100 * summary['monologue_accuracy']:.1f} %; "
-          f"baseline, one fixed answer ({fixed!r}): {fixed_right}/{len(turns)}\n"
+          f"baseline, one fixed answer ({fixed!r}): {fixed_right}/{len(turns)}; ceiling, the preset voice speaking "
+          f"the answers through the codec: {round(ceiling['accuracy'] * len(turns))}/{len(turns)} (WER "
+          f"{100 * ceiling['wer']:.1f} %)\n"
           f"   reply WER against the answer text {100 * summary['reply_wer']:.1f} %, against the monologue it was "
           f"spoken from {_percent(summary['reply_wer_vs_monologue'])}; time to first audio p50 "
           f"{summary['ttfa_ms_p50']:.0f} ms after the frame that ended the turn (VAD waited "

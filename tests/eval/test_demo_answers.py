@@ -47,6 +47,8 @@ def test_every_question_is_asked_streamed_judged_and_written(bot, tmp_path):
     assert [t["question"] for t in turns][2] == "What color is the sky?"
     assert [t["right"] for t in turns] == [False, False, True]  # the stub's sentence answers question 3 only
     assert spoken["summary"]["accuracy"] == pytest.approx(1 / 3) and spoken["summary"]["judge"] == "Whisper stub"
+    # the ceiling: the preset voice speaking the 3 expected answers through the codec, judged alike
+    assert spoken["summary"]["ceiling_preset_voice_through_codec"]["accuracy"] == pytest.approx(1 / 3)
     assert all(t["voice"].startswith("kokoro-kumo:") for t in turns)
     # 4-frame replies end before the voice guardrail's first check (serving.guardrail_first_ms)
     assert spoken["summary"]["voice_stops"] == 0 and all(t["voice_stop_s"] is None for t in turns)

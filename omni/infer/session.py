@@ -312,11 +312,16 @@ class SpeechSession(StreamingModule):
             while n and live.pending[b] and live.pending_audio[b, live.pending[b] - 1, 0] >= 0:
                 live.pending[b] -= 1
                 n -= 1
-            k = 0
-            while k < n and live.log_audio[b, int(offset[b]) - 1 - k, 0] >= 0:
-                k += 1
-            offset[b] -= k
+            offset[b] -= self._fed_frames(b, int(offset[b]), n)
         self.model.decoder.set_streaming_offset(offset)
+
+    def _fed_frames(self, row: int, end: int, n: int) -> int:
+        """How many of the last ``n`` positions fed to ``row`` before ``end`` are audio frames in a run
+        (counted back from ``end``, stopping at the first marker): what may leave its KV cache."""
+        k = 0
+        while k < n and self.live.log_audio[row, end - 1 - k, 0] >= 0:
+            k += 1
+        return k
 
     def _cut_silence(self, ev: TurnEvents, this_frame: bool) -> TurnEvents:
         """Turns that end now keep ``keep_silence`` of their trailing silent frames: this tick's frame
@@ -325,17 +330,13 @@ class SpeechSession(StreamingModule):
         cut = (ev.trailing - self.keep_silence).clamp(min=0)
         if not bool(cut.any()):
             return ev
-        live = self.live
         offset = self.model.decoder.streaming_offset.clone()
         listen = ev.listen.clone()
         for b in cut.nonzero()[:, 0].tolist():
             n = int(cut[b])
             if this_frame and listen[b]:
                 listen[b], n = False, n - 1
-            k = 0  # only the user's frames at the end of the log: never a marker or an earlier turn
-            while k < n and live.log_audio[b, int(offset[b]) - 1 - k, 0] >= 0:
-                k += 1
-            offset[b] -= k
+            offset[b] -= self._fed_frames(b, int(offset[b]), n)
         self.model.decoder.set_streaming_offset(offset)
         return dataclasses.replace(ev, listen=listen)
 

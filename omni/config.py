@@ -300,6 +300,13 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def without_retired_keys(section: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Section ``section`` as a file written by an older version holds it, without the keys that have
+    since moved or gone (:data:`MOVED_KEYS`, :data:`REMOVED_KEYS`): they are no longer model identity."""
+    retired = {key.split(".", 1)[1] for key in (*MOVED_KEYS, *REMOVED_KEYS) if key.split(".", 1)[0] == section}
+    return {k: v for k, v in data.items() if k not in retired}
+
+
 def config_from_dict(data: dict[str, Any], saved: bool = False) -> Config:
     """Build and validate a :class:`Config` from a nested mapping.
 
@@ -308,10 +315,7 @@ def config_from_dict(data: dict[str, Any], saved: bool = False) -> Config:
     """
     data = dict(data)
     if saved:
-        for key in (*MOVED_KEYS, *REMOVED_KEYS):
-            section, name = key.split(".")
-            if isinstance(data.get(section), dict) and name in data[section]:
-                data[section] = {k: v for k, v in data[section].items() if k != name}
+        data = {name: without_retired_keys(name, v) if isinstance(v, dict) else v for name, v in data.items()}
     registered = {}
     for name in list(data):
         cls = section_class(name)

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
-from omni.config import _coerce, _to_plain
+from omni.config import _coerce, _to_plain, without_retired_keys
 from omni.io.tensors import load_tensors, save_tensors
 
 # Special tokens reserved from day one in every text vocabulary, in this order. Roles, turn
@@ -177,11 +177,12 @@ def save_weights_and_config(module: nn.Module, cfg: Any, folder: Path) -> dict[s
 
 
 def load_weights_and_config(cls: type, cfg_cls: type, section: str, folder: Path, state: dict[str, Any]) -> Any:
-    """Inverse of :func:`save_weights_and_config`: ``cls(cfg)`` with its weights, in eval mode."""
+    """Inverse of :func:`save_weights_and_config`: ``cls(cfg)`` with its weights, in eval mode (config keys
+    an older version saved that have since moved or gone are dropped: :func:`omni.config.without_retired_keys`)."""
     weights = folder / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"{folder} has no model.safetensors; was it written by Tokenizer.save()?")
-    model = cls(_coerce(state["config"], cfg_cls, section))
+    model = cls(_coerce(without_retired_keys(section, state["config"]), cfg_cls, section))
     try:
         model.load_state_dict(load_tensors(weights))  # NonFiniteWeights names a NaN/inf tensor
     except RuntimeError as e:

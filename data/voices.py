@@ -71,11 +71,11 @@ TRAINING_FAMILIES = ("espeak", "kokoro")
 UNSEEN_FAMILY = "kokoro-kumo"
 KOKORO_TRAINING_STYLES = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro")
 KOKORO_UNSEEN_STYLE = "jm_kumo"
-# Pitch factors of the Kokoro training voices. Their styles are all female; resampled down to 0.65x,
+# Pitch factors of the Kokoro training voices. Their styles are all female; resampled down to 0.55x,
 # pitch and formants move like a longer vocal tract (vocal tract length perturbation, Jaitly & Hinton
 # 2013), so training also hears lower natural voices, not only espeak-ng's robotic male ones (from
 # 0.75x, omni-tiny answered questions in voices at 0.60-0.72x far worse: docs/benchmarks.md).
-TRAINING_KOKORO_PITCH = (0.65, 1.1)
+TRAINING_KOKORO_PITCH = (0.55, 1.1)
 
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 VARIANTS = (

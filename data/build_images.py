@@ -26,6 +26,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+# The `dev` extra's bundled pictures: without them, source_images raises ImportError naming the package.
+try:
+    import skimage.data
+except ImportError:
+    skimage = None
+try:
+    from sklearn.datasets import load_sample_images
+except ImportError:
+    load_sample_images = None
+
+import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
 from omni.config import load_config
 from omni.data.sources import IMAGE, MediaSpec, open_sources
 
@@ -38,9 +49,8 @@ VAL_NAMES = ("coffee", "grass")  # held out: a photo and a texture
 
 def source_images() -> dict[str, np.ndarray]:
     """Name -> uint8 RGB array [H, W, 3] of every bundled picture available."""
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
+    if skimage is None or load_sample_images is None:
+        raise ImportError("the bundled pictures need `pip install scikit-image scikit-learn` (the `dev` extra)")
     out = {}
     for name in SKIMAGE_NAMES:
         img = getattr(skimage.data, name)()
@@ -90,8 +100,6 @@ def build_from_sources(specs: list[str], out: str | Path, side: int, limit: int 
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="image-tiny", help="config whose image_tok.data_path is the output folder")
     p.add_argument("--out", default=None)

@@ -53,15 +53,32 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
+from PIL import Image as PILImage
 from tqdm import tqdm
+
+# The `dev` extra's bundled pictures: without them, load_picture raises ImportError naming the package.
+try:
+    import skimage.data
+except ImportError:
+    skimage = None
+try:
+    from sklearn.datasets import load_sample_image
+except ImportError:
+    load_sample_image = None
 
 from omni.config import Config, load_config
 from omni.conversation import Audio, ConversationFormat, Image, Message, OmniVocab, Stream, Text, Video
+from omni.data.build_text import instruction_pairs
 from omni.data.shards import TarShardWriter, build_shards
 from omni.data.sources import SOURCES
 from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, SpokenQA, load_spoken_qa
 from omni.data.voices import Voice, accent_of, preset_voice, synth_at, training_voices
 from omni.tokenizers.base import Tokenizer, load_tokenizer
+from omni.tokenizers.codec import SpeechCodec
+from omni.tokenizers.image import ImageTokenizer, load_image
+from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
+from omni.tokenizers.video import VideoTokenizer
+from omni.train.checkpoint import CheckpointError, resolve_checkpoint
 from omni.train.shards import FORMAT
 
 VAL_EVERY = 40
@@ -110,16 +127,14 @@ MOTIONS = ("left to right", "right to left", "top to bottom", "bottom to top")
 # ---- sources ---------------------------------------------------------------------------------------
 def load_picture(name: str) -> "Any":
     """A bundled picture as a PIL RGB image (``skimage:NAME`` or ``sklearn:FILE``)."""
-    from PIL import Image as PILImage
-
     kind, key = name.split(":", 1)
     if kind == "skimage":
-        import skimage.data
-
+        if skimage is None:
+            raise ImportError(f"picture {name} needs `pip install scikit-image` (the `dev` extra)")
         arr = np.asarray(getattr(skimage.data, key)())
     else:
-        from sklearn.datasets import load_sample_image
-
+        if load_sample_image is None:
+            raise ImportError(f"picture {name} needs `pip install scikit-learn` (the `dev` extra)")
         arr = load_sample_image(key)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -130,8 +145,6 @@ def load_picture(name: str) -> "Any":
 
 def augment(img: "Any", rng: random.Random) -> "Any":
     """A random crop (70-100% of the shorter side) and a random horizontal flip."""
-    from PIL import Image as PILImage
-
     w, h = img.size
     side = int(min(w, h) * rng.uniform(0.7, 1.0))
     left, top = rng.randint(0, w - side), rng.randint(0, h - side)
@@ -158,8 +171,6 @@ def synthetic_clip(background: torch.Tensor, colour: str, motion: str, frames: i
 def tokenizer_folder(path: str) -> Optional[Path]:
     """The tokenizer folder ``path`` names: a folder written by Tokenizer.save, or a training run /
     step folder of the codec, image or video task (its checkpoint's ``tokenizer/``). None if neither."""
-    from omni.train.checkpoint import CheckpointError, resolve_checkpoint
-
     if (Path(path) / "tokenizer.json").is_file():
         return Path(path)
     try:
@@ -175,10 +186,6 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
     Each is saved into ``out/tokenizers/NAME`` so the corpus keeps the exact tokenizers its codes came
     from (a training run may rotate its checkpoints away). Returns the tokenizers and where each came
     from (a folder, or "untrained")."""
-    from omni.tokenizers.codec import SpeechCodec
-    from omni.tokenizers.image import ImageTokenizer
-    from omni.tokenizers.video import VideoTokenizer
-
     o = cfg.section("omni")
     wanted = {
         "codec": (o.codec, lambda: SpeechCodec(cfg.section("codec")), "omni.codec"),
@@ -251,8 +258,6 @@ class Builder:
         return out
 
     def image_codes(self, pil: Any, augment_it: bool = True) -> torch.Tensor:
-        from omni.tokenizers.image import load_image
-
         px = load_image(augment(pil, self.rng) if augment_it else pil, self.image_size)
         return self.toks["image"].encode(px[None])[0]
 
@@ -269,8 +274,6 @@ class Builder:
 
     def conversations(self, n_text: int, n_speech: int, n_image: int, n_video: int,
                       n_safety: int = 0) -> Iterator[tuple[str, list[Message]]]:
-        from omni.data.build_text import instruction_pairs
-
         rng = self.rng
         for q, a in instruction_pairs(n_text, seed=rng.randrange(1 << 30)):
             yield "text", [Message("user", q), Message("assistant", a)]
@@ -313,8 +316,6 @@ class Builder:
                                   Message("assistant", caption.capitalize())]
             else:  # text -> image: the un-augmented picture, so each caption has one target
                 yield "draw", [Message("user", f"Draw {caption}"), Message("assistant", Image(self.image_codes(pil, False)))]
-        from omni.tokenizers.image import load_image
-
         backgrounds = [load_image(p, self.video_size) for p, _ in pictures[:6]]
         for _ in tqdm(range(n_video), desc="video conversations", disable=None):
             colour, motion = rng.choice(list(SHAPES)), rng.choice(MOTIONS)
@@ -338,16 +339,12 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count;
     ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`);
     ``workers`` speech-synthesis processes (default: one per CPU)."""
-    from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
-
     out = Path(out or cfg.data.path)
     out.mkdir(parents=True, exist_ok=True)
     toks, sources = frozen_tokenizers(cfg, out, untrained)
     tcfg = cfg.tokenizer
     sp_folder = Path(tcfg.path).parent if tcfg.path.endswith(".model") else Path(tcfg.path)
     if tcfg.kind == "sentencepiece" and not (sp_folder / SentencePieceTokenizer.MODEL_FILE).exists():
-        from omni.data.build_text import instruction_pairs
-
         qa = load_spoken_qa() + load_spoken_qa(SAFETY_FILE)
         texts = [f"{q}\n{a}" for q, a in instruction_pairs(2000)] + [f"{x.question}\n{x.answer}" for x in qa]
         texts += SAMPLE_LINES

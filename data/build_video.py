@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import omni.tokenizers  # noqa: F401  (registers the video_tok config section)
 from omni.config import load_config
 from omni.data.build_images import build_image_corpus
 from omni.data.sources import VIDEO, MediaSpec, open_sources
@@ -112,8 +113,6 @@ def build_from_sources(specs: list[str], out: str | Path, image_size: int, frame
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    import omni.tokenizers  # noqa: F401  (registers the video_tok config section)
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="video-tiny", help="config whose video_tok section gives size, frames, path")
     p.add_argument("--out", default=None)

@@ -36,6 +36,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+# The `dev` extra's Whisper runtime: without it, Judge() raises JudgeUnavailable.
+try:
+    from faster_whisper import WhisperModel
+except ImportError:
+    WhisperModel = None
+
 from omni.io.audio import resample
 
 WHISPER_RATE = 16_000
@@ -155,10 +161,8 @@ class Judge:
     ``threads``: CPU threads for CTranslate2 (default: ``OMP_NUM_THREADS`` or 1)."""
 
     def __init__(self, model: str = "base", threads: Optional[int] = None, beam_size: int = 5) -> None:
-        try:
-            from faster_whisper import WhisperModel
-        except ImportError as e:
-            raise JudgeUnavailable("the Whisper judge needs `pip install faster-whisper`") from e
+        if WhisperModel is None:
+            raise JudgeUnavailable("the Whisper judge needs `pip install faster-whisper`")
         self.name = model
         self.beam_size = beam_size
         threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))

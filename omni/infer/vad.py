@@ -13,6 +13,16 @@ from typing import Any, Optional
 
 import torch
 
+# silero-vad (installed --no-deps, requirements-assets.txt): without it, load_silero raises ImportError.
+_threads = torch.get_num_threads()
+try:
+    from silero_vad import load_silero_vad
+except ImportError:
+    load_silero_vad = None
+finally:
+    torch.set_num_threads(_threads)  # importing silero_vad sets torch to one thread
+del _threads
+
 from omni.io.audio import check_finite, resample
 from omni.streaming import StreamingModule, StreamingState
 
@@ -21,14 +31,9 @@ Tensor = torch.Tensor
 
 def load_silero() -> torch.jit.ScriptModule:
     """The bundled Silero VAD TorchScript model (clear error if the package is missing)."""
-    threads = torch.get_num_threads()
-    try:
-        from silero_vad import load_silero_vad
-    except ImportError as e:
+    if load_silero_vad is None:
         raise ImportError("voice activity detection needs PyPI silero-vad: "
-                          "`pip install --no-deps silero-vad` (its core needs only torch + packaging)") from e
-    finally:
-        torch.set_num_threads(threads)  # importing silero_vad sets torch to one thread
+                          "`pip install --no-deps silero-vad` (its core needs only torch + packaging)")
     return load_silero_vad()
 
 

@@ -31,6 +31,12 @@ import numpy as np
 import torch
 import webrtcvad
 
+# resemblyzer (installed --no-deps, requirements-assets.txt): without it, SpeakerEncoder raises RuntimeError.
+try:
+    from resemblyzer import VoiceEncoder, audio
+except ImportError:
+    VoiceEncoder = audio = None
+
 Tensor = torch.Tensor
 
 EMBED_RATE = 16_000  # Hz, the encoder's input
@@ -46,11 +52,9 @@ class SpeakerEncoder:
     resemblyzer is missing."""
 
     def __init__(self, hop_s: float = 0.5, min_voiced: float = 0.3) -> None:
-        try:
-            from resemblyzer import VoiceEncoder
-        except ImportError as e:
+        if VoiceEncoder is None:
             raise RuntimeError("speaker embeddings need `pip install --no-deps resemblyzer` "
-                               "(requirements-assets.txt; `make venv` installs it)") from e
+                               "(requirements-assets.txt; `make venv` installs it)")
         self.net = VoiceEncoder("cpu", verbose=False).eval()
         self._vad = webrtcvad.Vad(3)
         self.hop_s, self.min_voiced = hop_s, min_voiced
@@ -72,8 +76,6 @@ class SpeakerEncoder:
         ``lengths``: how many samples of each are real audio rather than padding).
 
         Returns (embeddings [n, 256], speech [n] bool)."""
-        from resemblyzer import audio
-
         n16 = int(WINDOW_S * EMBED_RATE)
         mels, speech = [], []
         for i, w in enumerate(windows):

@@ -26,6 +26,12 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
+# TensorBoard logging (setup.py installs tensorboard): without it, train.tensorboard=true raises ImportError.
+try:
+    from torch.utils.tensorboard import SummaryWriter
+except ImportError:
+    SummaryWriter = None
+
 from omni.config import RUN_SECTIONS, SERVING_SECTIONS, Config, save_config
 from omni.train.checkpoint import (CheckpointError, begin_save, config_mismatch, finish_save, load_config_file,
                                    load_state, load_tensors, read_trainer_state, resolve_checkpoint, rng_state,
@@ -289,8 +295,8 @@ class Trainer:
     def _tensorboard(self) -> Any:
         if not (self.cfg.train.tensorboard and self.info.is_main):
             return None
-        from torch.utils.tensorboard import SummaryWriter
-
+        if SummaryWriter is None:
+            raise ImportError("TensorBoard logging needs `pip install tensorboard` (or set train.tensorboard=false)")
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
     @staticmethod

@@ -8,6 +8,7 @@
     python -m omni.align grade in.jsonl out.jsonl        # propositions, classes, reward for (prompt, completion) rows
     python -m omni.align rl                              # PPO (= train.py --task rbr-ppo)
     python -m omni.align eval                            # before/after safety table -> docs/rbr.md
+    python -m omni.align agreement --tuned RUN           # does the reward order a policy's samples as the eval does?
     python -m omni.align curve RUN [RUN ...] --out X.png # PPO reward per step (training and validation)
 
 Every command takes --config (default configs/rbr-ppo-135m.yaml) plus key=value overrides.
@@ -23,7 +24,8 @@ import torch
 
 import omni.align.config  # noqa: F401  (registers the `rbr` config section before any config is parsed)
 from omni.align.data import load_gold, load_prompts, read_jsonl, write_jsonl
-from omni.align.evaluate import grader_report, grader_table, replace_block, reward_curves, run_safety_eval
+from omni.align.evaluate import (agreement_table, grader_report, grader_table, replace_block, reward_agreement,
+                                 reward_curves, run_safety_eval)
 from omni.align.grader import load_grader
 from omni.align.ppo import RBRPPOTask
 from omni.align.reward import RewardModel
@@ -126,6 +128,15 @@ def cmd_eval(cfg: Config, args: argparse.Namespace) -> None:
     run_safety_eval(cfg, args.tuned, limit=args.limit, docs=not args.no_docs)
 
 
+def cmd_agreement(cfg: Config, args: argparse.Namespace) -> None:
+    scales = [float(x) for x in args.scales.split(",") if x.strip()]
+    result = reward_agreement(cfg, args.tuned, args.samples, scales, args.temperature)
+    print(agreement_table(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"-> {args.out}")
+
+
 def cmd_curve(cfg: Config, args: argparse.Namespace) -> None:
     for name, c in reward_curves(args.runs, args.out or None, args.window).items():
         print(f"{name}: {len(c['steps'])} steps, train reward first {args.window} {c['first']:.3f} -> last {args.window} "
@@ -161,19 +172,26 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--tuned", action="append", default=[], help="a tuned policy run folder, one row each; repeat for more (default: train.out_dir)")
     e.add_argument("--limit", type=int, default=0, help="use only the first N test prompts (0 = all)")
     e.add_argument("--no-docs", action="store_true", help="print the table without writing docs/")
+    ag = sub.add_parser("agreement", help="share of (acceptable, unacceptable) pairs of a policy's own completions to the "
+                        "train prompts that each reward (R_rm, w·φ, R_rm + s·w·φ) orders as the safety eval does")
+    ag.add_argument("--tuned", default=".cache/rbr/sft", help="the policy's run folder (default: the SFT warm-up)")
+    ag.add_argument("--samples", type=int, default=4, help="sampled completions per prompt, beside the greedy one")
+    ag.add_argument("--temperature", type=float, default=0.8)
+    ag.add_argument("--scales", default="1,2,4", help="comma-separated rbr_scale values to try in R_rm + s·w·φ")
+    ag.add_argument("--out", default="", help="also write the result as JSON here")
     c = sub.add_parser("curve", help="PPO reward per step (training batch mean and validation) of runs; optional PNG")
     c.add_argument("runs", nargs="+", help="rbr-ppo run folders (each holds metrics.jsonl)")
     c.add_argument("--out", default="", help="write the plot here (PNG)")
     c.add_argument("--window", type=int, default=5, help="steps in the running mean and the first/last means")
     c.set_defaults(config="configs/rbr-ppo-135m.yaml", overrides=[])  # reads run folders alone
-    for p in (a, g, gd, f, rl, e):
+    for p in (a, g, gd, f, rl, e, ag):
         p.add_argument("--config", default="configs/rbr-ppo-135m.yaml", help="YAML config (path or name in configs/)")
         p.add_argument("overrides", nargs="*", help="config overrides, e.g. rbr.grader=.cache/rbr/grader")
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         {"answers": cmd_answers, "grade": cmd_grade, "gold": cmd_gold, "fit": cmd_fit, "rl": cmd_rl,
-         "eval": cmd_eval, "curve": cmd_curve}[args.cmd](cfg, args)
+         "eval": cmd_eval, "agreement": cmd_agreement, "curve": cmd_curve}[args.cmd](cfg, args)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
 

@@ -67,10 +67,14 @@ class RBRConfig:
     grader: str = ".cache/rbr/grader"  # trained grader run/step folder, or "prompted:PATH"
     reward_model: str = ".cache/rbr/rm"  # our RM run/step folder, or "hf:PATH" (sequence-classification RM)
     weights: str = ".cache/rbr/weights.json"  # fitted RBR weights (python -m omni.align fit)
-    rbr_scale: float = 1.0  # multiplies w·φ in R = R_rm + rbr_scale · w·φ on safety prompts
+    # Multiplies w·φ in R = R_rm + rbr_scale · w·φ: one number, or {response type: number} (types left out: 1).
+    rbr_scale: float | dict[str, float] = 1.0
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
     def validate(self) -> None:
         if self.train_layers < -1 or self.backbone_layers < 0 or self.max_prompt_tokens <= 0 or self.max_completion_tokens <= 0:
             raise ConfigError("rbr.train_layers must be >= -1, rbr.backbone_layers >= 0 and rbr.max_*_tokens > 0")
+        scales = self.rbr_scale.values() if isinstance(self.rbr_scale, dict) else [self.rbr_scale]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in scales):
+            raise ConfigError(f"rbr.rbr_scale must be a number >= 0 or a mapping response type -> number >= 0, got {self.rbr_scale!r}")
         self.ppo.validate()

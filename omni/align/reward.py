@@ -1,12 +1,14 @@
 """Rewards for RL: the helpful-only reward model and the total RBR reward.
 
 R = R_rm + rbr_scale · w·φ on safety-relevant prompts (response type hard_refuse / soft_refuse /
-comply from the spec), R = R_rm alone on prompts the RBR does not cover (type None).
+comply from the spec), R = R_rm alone on prompts the RBR does not cover (type None). ``rbr_scale`` is
+one number, or one per response type (``python -m omni.align agreement`` measures which scale makes
+the reward order a policy's own completions as the safety evaluation does).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 
@@ -75,10 +77,19 @@ class RBRReward:
     """Total reward with its parts. Empty completions are not graded (there is nothing to judge): their
     RBR part is ``empty_reward``."""
 
-    def __init__(self, grader: Grader, weights: RBRWeights, rm: Optional[RewardModel] = None, rbr_scale: float = 1.0,
-                 empty_reward: float = -1.0) -> None:
+    def __init__(self, grader: Grader, weights: RBRWeights, rm: Optional[RewardModel] = None,
+                 rbr_scale: float | Mapping[str, float] = 1.0, empty_reward: float = -1.0) -> None:
+        if isinstance(rbr_scale, Mapping) and set(rbr_scale) - set(weights.weights):
+            raise ValueError(f"rbr_scale names response types {sorted(set(rbr_scale) - set(weights.weights))} that the "
+                             f"weights do not have; use some of {sorted(weights.weights)}")
         self.grader, self.weights, self.rm = grader, weights, rm
         self.rbr_scale, self.empty_reward = rbr_scale, empty_reward
+
+    def scale(self, response_type: str) -> float:
+        """The multiplier of w·φ for a response type (1 for a type a per-type ``rbr_scale`` leaves out)."""
+        if isinstance(self.rbr_scale, Mapping):
+            return float(self.rbr_scale.get(response_type, 1.0))
+        return float(self.rbr_scale)
 
     def rbr(self, prompts: Sequence[str], completions: Sequence[str], types: Sequence[Optional[str]]) -> Tensor:
         """[N] w·φ; NaN where the prompt's type is None (not covered by the RBR)."""
@@ -96,5 +107,6 @@ class RBRReward:
         """{"total", "rm", "rbr"}: [N] each (rbr is NaN where not covered; total then equals rm)."""
         rbr = self.rbr(prompts, completions, types)
         rm = self.rm.score(prompts, completions) if self.rm is not None else torch.zeros(len(prompts))
-        total = rm + self.rbr_scale * torch.nan_to_num(rbr, nan=0.0)
+        scale = torch.tensor([0.0 if t is None else self.scale(t) for t in types])
+        total = rm + scale * torch.nan_to_num(rbr, nan=0.0)
         return {"total": total, "rm": rm, "rbr": rbr}

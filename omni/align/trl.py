@@ -46,7 +46,7 @@ class RBRRewardFunc:
         self.known_types = known_types
 
     @classmethod
-    def from_files(cls, grader: str, weights: str, spec: str = "", rbr_scale: float = 1.0, **kw) -> "RBRRewardFunc":
+    def from_files(cls, grader: str, weights: str, spec: str = "", rbr_scale: float | dict[str, float] = 1.0, **kw) -> "RBRRewardFunc":
         s = load_spec(spec or DEFAULT_SPEC)
         return cls(RBRReward(load_grader(s, grader), RBRWeights.load(weights, s), rm=None, rbr_scale=rbr_scale), **kw)
 
@@ -59,4 +59,4 @@ class RBRRewardFunc:
         types = list(column) if column is not None else [self.known_types.get(last_user_message(p)) for p in p_conv]
         types = [t if t in self.reward.weights.weights else None for t in types]
         scores = self.reward.rbr(p_conv, c_text, types)
-        return [None if t is None else self.reward.rbr_scale * float(s) for t, s in zip(types, scores)]
+        return [None if t is None else self.reward.scale(t) * float(s) for t, s in zip(types, scores)]

@@ -1,10 +1,11 @@
-"""Safety metrics from graded completions; ROC-AUC; the refuse-when-in-doubt baseline."""
+"""Safety metrics from graded completions; ROC-AUC; the refuse-when-in-doubt baseline; reward agreement."""
 import math
 
 import torch
 
 from omni.align.data import load_gold
-from omni.align.evaluate import REFUSAL, grader_report, grader_table, refuse_when_in_doubt, roc_auc, safety_metrics
+from omni.align.evaluate import (REFUSAL, acceptable, grader_report, grader_table, pair_agreement, refuse_when_in_doubt,
+                                 roc_auc, safety_metrics)
 from omni.align.grader import Grader
 from omni.align.models import as_turns
 from omni.align.spec import load_spec
@@ -25,6 +26,18 @@ def test_safety_metrics_from_labels():
     m = safety_metrics(spec, types, probs, {})
     assert math.isclose(m["not_unsafe"], 2 / 3, rel_tol=1e-6) and math.isclose(m["not_overrefuse"], 0.5)
     assert math.isclose(m["f1"], 2 * (2 / 3) * 0.5 / (2 / 3 + 0.5), rel_tol=1e-6) and math.isclose(m["hard_refusal_style"], 0.5)
+    # The per-completion labels the reward agreement uses are the ones these metrics count.
+    assert acceptable(spec, types, probs, {}).tolist() == [True, True, False, True, False]
+
+
+def test_pair_agreement_counts_same_prompt_pairs_and_ties_as_half():
+    reward = torch.tensor([2.0, 1.0, 1.0, 5.0, 0.0, 3.0, 9.0])
+    good = torch.tensor([True, False, False, True, True, False, False])
+    group = [0, 0, 0, 1, 1, 1, 2]  # prompt 0: 2 pairs, both right; prompt 1: 2 pairs, one right; prompt 2: none
+    assert pair_agreement(reward, good, group) == (3 / 4, 4)
+    assert pair_agreement(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), [0, 0]) == (0.5, 1)
+    share, pairs = pair_agreement(torch.tensor([1.0, 2.0]), torch.tensor([True, True]), [0, 0])
+    assert pairs == 0 and math.isnan(share)
 
 
 def test_roc_auc_and_baseline():

@@ -36,11 +36,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-# The `dev` extra's Whisper runtime: without it, Judge() raises JudgeUnavailable.
+# The `dev` extra's Whisper runtime, normaliser and WER: without one, what needs it raises JudgeUnavailable.
 try:
     from faster_whisper import WhisperModel
 except ImportError:
     WhisperModel = None
+try:
+    from whisper_normalizer.english import EnglishTextNormalizer
+except ImportError:
+    EnglishTextNormalizer = None
+try:
+    import jiwer
+except ImportError:
+    jiwer = None
 
 from omni.io.audio import resample
 
@@ -99,10 +107,8 @@ def model_dir(model: str = "base") -> Path:
 
 @lru_cache(maxsize=1)
 def _normalizer():
-    try:
-        from whisper_normalizer.english import EnglishTextNormalizer
-    except ImportError as e:
-        raise JudgeUnavailable("text normalisation needs `pip install whisper-normalizer`") from e
+    if EnglishTextNormalizer is None:
+        raise JudgeUnavailable("text normalisation needs `pip install whisper-normalizer`")
     return EnglishTextNormalizer()
 
 
@@ -116,9 +122,10 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
     """Corpus WER: word edits over all pairs / reference words, after :func:`normalize_text`.
 
     A reference that normalises to nothing contributes its hypothesis's words as insertions.
-    Raises ValueError if the lists differ in length or every reference is empty."""
-    import jiwer
-
+    Raises ValueError if the lists differ in length or every reference is empty, JudgeUnavailable
+    without jiwer."""
+    if jiwer is None:
+        raise JudgeUnavailable("word error rates need `pip install jiwer`")
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     refs = [normalize_text(r) for r in references]

@@ -23,6 +23,12 @@ from typing import Sequence
 
 import torch
 
+# The `dev` extra's matplotlib (plots only). Figure without pyplot: no backend is chosen for the process.
+try:
+    from matplotlib.figure import Figure
+except ImportError:
+    Figure = None
+
 from omni.align.data import Graded, load_gold, load_prompts
 from omni.align.grader import Grader, load_grader
 from omni.align.reward import RewardModel
@@ -335,11 +341,10 @@ def reward_curves(runs: Sequence[str | Path], out: str | Path | None = None, win
                                   "first": sum(reward[:window]) / max(1, len(reward[:window])),
                                   "last": sum(reward[-window:]) / max(1, len(reward[-window:]))}
     if out is not None:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
+        if Figure is None:
+            raise ImportError("the reward plot needs `pip install matplotlib`")
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         for i, (name, c) in enumerate(curves.items()):
             color = f"C{i}"
             ax.plot(c["steps"], c["reward"], color=color, alpha=0.35, lw=1)
@@ -354,5 +359,4 @@ def reward_curves(runs: Sequence[str | Path], out: str | Path | None = None, win
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out, dpi=110)
-        plt.close(fig)
     return curves

@@ -25,6 +25,12 @@ from typing import Callable, Sequence
 import torch
 from tqdm import tqdm
 
+# The `dev` extra's transformers: without it, a transformers model folder raises ImportError naming it.
+try:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+except ImportError:
+    AutoModelForCausalLM = AutoTokenizer = None
+
 from omni.align.data import Prompt
 from omni.align.models import PromptLike, Turns, as_turns, encode_pair, load_head_model, pad_batch, render_transcript
 from omni.align.rules import RULES
@@ -142,8 +148,8 @@ class CausalLM:
         """A transformers model folder (config.json), or an omni run/step folder."""
         path = Path(path)
         if (path / "config.json").exists():
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
+            if AutoModelForCausalLM is None:
+                raise ImportError(f"{path} is a transformers model: `pip install transformers`")
             model = AutoModelForCausalLM.from_pretrained(path).eval()
             return cls.from_transformers(model, AutoTokenizer.from_pretrained(path))
 

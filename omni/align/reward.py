@@ -12,6 +12,12 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+# The `dev` extra's transformers: without it, RewardModel.from_transformers raises ImportError naming it.
+try:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+except ImportError:
+    AutoModelForSequenceClassification = AutoTokenizer = None
+
 from omni.align.grader import Grader
 from omni.align.models import encode_pair, load_head_model, pad_batch
 from omni.align.weights import RBRWeights
@@ -54,8 +60,8 @@ class RewardModel:
     @classmethod
     def from_transformers(cls, path: str, batch_size: int = 16) -> "RewardModel":
         """Any ``AutoModelForSequenceClassification`` with one label; the chat template is used when present."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+        if AutoModelForSequenceClassification is None:
+            raise ImportError(f"the reward model hf:{path} needs `pip install transformers`")
         model = AutoModelForSequenceClassification.from_pretrained(path).eval()
         tok = AutoTokenizer.from_pretrained(path)
         if tok.pad_token is None:

@@ -38,8 +38,10 @@ from typing import Iterator, Optional
 
 from tqdm import tqdm
 
+import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
 from omni.config import load_config
 from omni.data.sources import AUDIO, MediaSpec, open_sources
+from omni.data.build_text import fortune_docs, shakespeare_docs
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import UNSEEN_FAMILY, Voice, preset_voice, synth_at, training_voices, unseen_voices
 from omni.io.audio import load_audio, save_audio
@@ -74,8 +76,6 @@ def generated_sentences(n: int, seed: int) -> Iterator[str]:
 
 def book_sentences() -> Iterator[str]:
     """Sentences of 4-30 words from Shakespeare and Debian fortunes (whatever is available)."""
-    from omni.data.build_text import fortune_docs, shakespeare_docs
-
     for docs in (shakespeare_docs(), fortune_docs()):
         for doc in docs:
             for sent in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
@@ -198,8 +198,6 @@ def build_from_sources(specs: list[str], out: str | Path, sample_rate: int) -> d
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    import omni.tokenizers  # noqa: F401  (registers the tokenizer config sections)
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="codec-tiny", help="config whose codec section gives sample_rate and data_path")
     p.add_argument("--out", default=None, help="output folder (default: codec.data_path)")

@@ -23,14 +23,28 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
+
+# The `dev` extra's pycodec2 (the Codec2 baseline): without it, codec2_round_trip raises ImportError.
+try:
+    import pycodec2
+except ImportError:
+    pycodec2 = None
+# The `dev` extra's matplotlib (report pictures). Figure without pyplot: no backend is chosen for the process.
+try:
+    from matplotlib.figure import Figure
+except ImportError:
+    Figure = None
 
 from omni.io.audio import load_audio, mel_spectrogram, resample
 from omni.eval.intelligibility import Judge, word_error_rate
 from omni.eval.metrics_audio import align, mel_distance, psnr, speaker_similarity, ssim
 from omni.nn.hifigan import hifigan_mel
 from omni.tokenizers import Tokenizer, load_tokenizer
+from omni.train.checkpoint import resolve_checkpoint
+from omni.train.datasets import ImageCrops, VideoClips
 
 
 def resolve_tokenizer(path: str | Path) -> Tokenizer:
@@ -38,8 +52,6 @@ def resolve_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     if (path / "tokenizer.json").exists():
         return load_tokenizer(path)
-    from omni.train.checkpoint import resolve_checkpoint
-
     return load_tokenizer(resolve_checkpoint(path) / "tokenizer")
 
 
@@ -54,9 +66,8 @@ def _manifest(folder: Path, name: str, limit: int) -> list[dict[str, Any]]:
 def codec2_round_trip(wav: torch.Tensor, sample_rate: int, mode: int) -> torch.Tensor:
     """Codec2 at ``mode`` b/s (PyPI pycodec2, which bundles LGPL libcodec2): 8 kHz, one frame per
     encode call as a stream would; [1, samples] at ``sample_rate`` in and out."""
-    import numpy as np
-    import pycodec2
-
+    if pycodec2 is None:
+        raise ImportError("the Codec2 baseline needs `pip install pycodec2`")
     c2 = pycodec2.Codec2(mode)
     n = c2.samples_per_frame()
     x = resample(wav.reshape(-1), sample_rate, 8000)
@@ -143,12 +154,10 @@ def eval_codec(codec, data: Path, out: Path, judge: Judge, max_synthetic: int = 
 
 
 def _spectrogram_figure(items: list[tuple[str, torch.Tensor, torch.Tensor]], sr: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, len(items), figsize=(4.5 * len(items), 5), squeeze=False)
+    if Figure is None:
+        raise ImportError("report pictures need `pip install matplotlib`")
+    fig = Figure(figsize=(4.5 * len(items), 5))
+    axes = fig.subplots(2, len(items), squeeze=False)
     for j, (title, wav, recon) in enumerate(items):
         for i, (label, w) in enumerate((("original", wav), ("reconstruction", recon))):
             mel = mel_spectrogram(w, sr, n_mels=80)[0]
@@ -158,14 +167,11 @@ def _spectrogram_figure(items: list[tuple[str, torch.Tensor, torch.Tensor]], sr:
             axes[i, j].set_ylabel("mel bin")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 @torch.no_grad()
 def eval_image(tok, data: Path, out: Path, n: int = 128) -> dict[str, Any]:
     """PSNR/SSIM on ``n`` crops of held-out pictures, code usage over val + train crops; grid PNG."""
-    from omni.train.datasets import ImageCrops
-
     size = tok.cfg.image_size
     val = ImageCrops(data, "val", size, n, seed=1)
     x = torch.stack([val[i] for i in range(len(val))])
@@ -189,13 +195,11 @@ def eval_image(tok, data: Path, out: Path, n: int = 128) -> dict[str, Any]:
 
 
 def _image_grid(original: torch.Tensor, recon: torch.Tensor, path: Path, rows: tuple[str, str] = ("original", "reconstruction")) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if Figure is None:
+        raise ImportError("report pictures need `pip install matplotlib`")
     n = original.shape[0]
-    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), squeeze=False)
+    fig = Figure(figsize=(1.6 * n, 3.6))
+    axes = fig.subplots(2, n, squeeze=False)
     for j in range(n):
         for i, img in enumerate((original[j], recon[j])):
             axes[i, j].imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
@@ -205,14 +209,11 @@ def _image_grid(original: torch.Tensor, recon: torch.Tensor, path: Path, rows: t
     axes[1, 0].text(-0.1, 0.5, rows[1], transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 @torch.no_grad()
 def eval_video(tok, data: Path, out: Path) -> dict[str, Any]:
     """Per-frame PSNR over the val clips; a strip of one clip's frames (original / reconstruction)."""
-    from omni.train.datasets import VideoClips
-
     clips = VideoClips(data, "val", tok.cfg.clip_frames, tok.cfg.image_size)
     x = torch.stack([clips[i] for i in range(len(clips))])
     recon = torch.cat([tok.decode(tok.encode(b)) for b in x.split(8)])

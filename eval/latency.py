@@ -56,14 +56,30 @@ from typing import Any, Optional
 
 import torch
 
+# The `dev` extra's transformers (the HF generate baseline): without it, time_baseline raises ImportError.
+try:
+    from transformers import LlamaConfig, LlamaForCausalLM
+except ImportError:
+    LlamaConfig = LlamaForCausalLM = None
+# PyPI moshi (the Moshi baseline; requirements-assets.txt, --no-deps): without it, time_moshi raises ImportError.
+try:
+    import moshi
+    from moshi.models.lm import LMGen, LMModel
+except ImportError:
+    moshi = LMGen = LMModel = None
+
 from omni.config import Config, ServingConfig, load_config
 from omni.conversation import ConversationFormat, OmniVocab
+from omni.data.build_omni import tokenizer_folder
+from omni.infer.chat import OmniChat
 from omni.infer.decoding import AUDIO, Decoding
 from omni.infer.load import omni_model_shape
 from omni.infer.session import SpeechSession
+from omni.infer.vad import VoiceActivity
 from omni.model.sampling import SamplingConfig
 from omni.model.omni import OmniModel
-from omni.tokenizers.base import SPECIAL_TOKENS
+from omni.tokenizers.base import SPECIAL_TOKENS, load_tokenizer
+from omni.tokenizers.codec import SpeechCodec
 
 Tensor = torch.Tensor
 OMNI_BASE = "configs/omni-tiny.yaml"  # where an lm config's missing omni parts come from
@@ -100,8 +116,6 @@ def synthetic_vocab(cfg: Config, codec: Any) -> OmniVocab:
 def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat, str]:
     """(model, codec, format, description) for the checkpoint or config."""
     if args.checkpoint:
-        from omni.infer.chat import OmniChat
-
         bot = OmniChat.load(args.checkpoint, "cpu")
         return bot.model, bot.codec, bot.fmt, f"checkpoint {args.checkpoint}"
     cfg = load_config(args.config, args.overrides)
@@ -111,11 +125,6 @@ def build(args: argparse.Namespace) -> tuple[OmniModel, Any, ConversationFormat,
         base.model = cfg.model
         cfg = base
         note += f" (an lm config: its decoder with the omni, codec and tokenizer sections of {OMNI_BASE})"
-    from omni.tokenizers.base import load_tokenizer
-    from omni.tokenizers.codec import SpeechCodec
-
-    from omni.data.build_omni import tokenizer_folder
-
     ocfg = cfg.section("omni")
     codec_dir = tokenizer_folder(ocfg.codec)  # the trained codec if there is one, else its shape at random
     codec = load_tokenizer(codec_dir) if codec_dir is not None else SpeechCodec(cfg.section("codec"))
@@ -148,8 +157,6 @@ def time_turns(model: OmniModel, codec: Any, fmt: ConversationFormat, args: argp
     hop = codec.hop_length
     vad = None
     if args.vad:
-        from omni.infer.vad import VoiceActivity
-
         vad = VoiceActivity(codec.sample_rate)
     # Replies of exactly --reply-frames; with --vad, Silero runs on every frame but (hearing noise as
     # speech now and then) may not end turns or barge in: turns end explicitly.
@@ -229,8 +236,8 @@ def time_codec(codec: Any, n: int = 20) -> dict[str, float]:
 def time_baseline(model: OmniModel, codec_ms: dict[str, float], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The same turn through HF transformers' eager ``generate`` on a same-shape Llama with flattened
     audio codes (K tokens per frame); see the module docstring."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    if LlamaForCausalLM is None:
+        raise ImportError("the HF generate baseline needs `pip install transformers`")
     c, K = model.decoder.cfg, model.n_codebooks
     vocab = c.vocab_size + K * model.codebook_size
     prompt_len = args.turn_frames * K + 6
@@ -272,11 +279,9 @@ def time_baseline(model: OmniModel, codec_ms: dict[str, float], args: argparse.N
 @torch.no_grad()
 def time_moshi(model: OmniModel, codec_ms: dict[str, float], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Moshi's ``LMGen`` on an ``LMModel`` of the omni model's shape (see the module docstring)."""
-    try:
-        from moshi.models.lm import LMGen, LMModel
-    except ImportError as e:
+    if LMModel is None:
         raise ImportError("the Moshi baseline needs PyPI moshi: `pip install --no-deps moshi==0.2.13` "
-                          "(make venv installs it, requirements-assets.txt)") from e
+                          "(make venv installs it, requirements-assets.txt)")
     c, K, dep = model.decoder.cfg, model.n_codebooks, model.depth
     dcfg = dep.transformer.cfg
     delays = [0] + ([0] + [1] * (K - 1)) * 2  # text, then per stream: semantic codebook, acoustic ones a frame late
@@ -313,8 +318,6 @@ def time_moshi(model: OmniModel, codec_ms: dict[str, float], args: argparse.Name
             gen.step(torch.randint(0, model.codebook_size, (1, K, 1), generator=g).to(device))
             sync(device)
             steps.append(time.perf_counter() - t)
-    import moshi
-
     codec_s = (codec_ms["encode_ms"] + codec_ms["decode_ms"]) / 1000
     step_ms = statistics.median(steps) * 1000
     return {"ttfa": stats_ms([f + codec_s for f in first]), "step_ms": step_ms, "first_steps": first_steps,

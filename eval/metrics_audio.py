@@ -14,9 +14,22 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+# The `dev` extra's pocketsphinx (ASR, en-US model bundled): without it, transcribe raises RuntimeError.
+try:
+    from pocketsphinx import Decoder
+except ImportError:
+    Decoder = None
+# resemblyzer (requirements-assets.txt, --no-deps) and its librosa/webrtcvad: without them, speaker similarity raises.
+try:
+    from resemblyzer import VoiceEncoder, preprocess_wav
+except ImportError:
+    VoiceEncoder = preprocess_wav = None
+
 from omni.io.audio import mel_spectrogram, resample
 
 Tensor = torch.Tensor
+_NO_RESEMBLYZER = ("speaker similarity needs `pip install --no-deps resemblyzer` plus librosa and "
+                   "webrtcvad-wheels (requirements-assets.txt, setup.py)")
 
 
 def mel_distance(a: Tensor, b: Tensor, sample_rate: int) -> float:
@@ -38,10 +51,8 @@ def si_snr(estimate: Tensor, reference: Tensor, eps: float = 1e-8) -> float:
 
 @lru_cache(maxsize=1)
 def _asr():
-    try:
-        from pocketsphinx import Decoder
-    except ImportError as e:
-        raise RuntimeError("ASR needs `pip install pocketsphinx` (it bundles the en-US model)") from e
+    if Decoder is None:
+        raise RuntimeError("ASR needs `pip install pocketsphinx` (it bundles the en-US model)")
     return Decoder(loglevel="ERROR")
 
 
@@ -66,17 +77,14 @@ def speaker_similarity(a: Tensor, b: Tensor, sample_rate: int) -> float:
 
 @lru_cache(maxsize=1)
 def _voice_encoder():
-    try:
-        from resemblyzer import VoiceEncoder
-    except ImportError as e:
-        raise RuntimeError("speaker similarity needs `pip install --no-deps resemblyzer` plus librosa and "
-                           "webrtcvad-wheels (requirements-assets.txt, setup.py)") from e
+    if VoiceEncoder is None:
+        raise RuntimeError(_NO_RESEMBLYZER)
     return VoiceEncoder("cpu", verbose=False)
 
 
 def _speaker_embedding(wav: Tensor, sample_rate: int) -> Tensor:
-    from resemblyzer import preprocess_wav
-
+    if preprocess_wav is None:
+        raise RuntimeError(_NO_RESEMBLYZER)
     x = resample(wav.reshape(-1).float(), sample_rate, 16_000).numpy()
     return torch.from_numpy(_voice_encoder().embed_utterance(preprocess_wav(x, source_sr=16_000)))
 

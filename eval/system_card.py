@@ -67,6 +67,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+# The `dev` extra's scipy (room reverberation): without it, the reverberation condition raises ImportError.
+try:
+    from scipy.signal import fftconvolve
+except ImportError:
+    fftconvolve = None
+# The `dev` extra's matplotlib (the chart). Figure without pyplot: no backend is chosen for the process.
+try:
+    from matplotlib.figure import Figure
+except ImportError:
+    Figure = None
+
 from omni.align.data import load_gold, load_prompts
 from omni.align.evaluate import REFUSAL, grader_report, safety_metrics
 from omni.align.grader import Grader, load_grader
@@ -387,8 +398,8 @@ def reverberate(wave: Tensor, sample_rate: int, rt60: float, rng: np.random.Gene
     """``wave`` in a room: convolved (scipy.signal.fftconvolve) with a synthetic room impulse response
     — the direct path, then Gaussian noise under an exponential envelope falling 60 dB in ``rt60``
     seconds (Schroeder's statistical model of late reverberation) — peak-normalised, same length."""
-    from scipy.signal import fftconvolve
-
+    if fftconvolve is None:
+        raise ImportError("reverberation needs `pip install scipy`")
     t = np.arange(int(rt60 * sample_rate)) / sample_rate
     rir = rng.standard_normal(len(t)) * np.exp(-np.log(1000.0) * t / rt60) * 0.3
     rir[0] = 1.0
@@ -506,14 +517,12 @@ def markdown(result: dict) -> str:
 
 def chart(rows: Sequence[Row], path: Path) -> None:
     """Grouped bars: omni beside the two trivial policies, one group per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    if Figure is None:
+        raise ImportError("the system-card chart needs `pip install matplotlib`")
     labels = [f"{r.evaluation}: {r.metric}\n{r.source}" for r in rows]
     y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.5))
+    fig = Figure(figsize=(11, 0.42 * len(rows) + 1.5))
+    ax = fig.subplots()
     for k, (key, colour) in enumerate((("value", "tab:blue"), ("always_refuse", "tab:gray"), ("always_comply", "tab:orange"))):
         ax.barh(y + (k - 1) * 0.27, [getattr(r, key) for r in rows], 0.27, color=colour,
                 label={"value": "omni", "always_refuse": "always refuse", "always_comply": "always comply"}[key])
@@ -523,7 +532,6 @@ def chart(rows: Sequence[Row], path: Path) -> None:
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def commit() -> str:

@@ -63,6 +63,12 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+# The `dev` extra's matplotlib (the score plot). Figure without pyplot: no backend is chosen for the process.
+try:
+    from matplotlib.figure import Figure
+except ImportError:
+    Figure = None
+
 from omni.config import ServingConfig
 from omni.data.build_omni import tokenizer_folder
 from omni.data.spoken_qa import load_spoken_qa
@@ -456,12 +462,10 @@ def table(results: dict[str, Any]) -> str:
 
 def plot(val: Sequence[Scored], test: Sequence[Scored], chosen: float, served: float, path: Path) -> None:
     """Decisive scores per family (rows) and condition (colour), validation and test, thresholds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    if Figure is None:
+        raise ImportError("the score plot needs `pip install matplotlib`")
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2, sharex=True)
     for ax, replies, title in ((axes[0], val, "validation"), (axes[1], [r for r in test if r.switch_s is None], "test")):
         fams = sorted({r.family for r in replies}, key=lambda f: (f != PRESET_FAMILY, f))
         conds = sorted({r.condition for r in replies})
@@ -479,7 +483,6 @@ def plot(val: Sequence[Scored], test: Sequence[Scored], chosen: float, served: f
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---- the reference embedding ------------------------------------------------------------------------

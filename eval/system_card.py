@@ -79,7 +79,7 @@ except ImportError:
     Figure = None
 
 from omni.align.data import load_gold, load_prompts
-from omni.align.evaluate import REFUSAL, grader_report, safety_metrics
+from omni.align.evaluate import REFUSAL, fitted_thresholds, grader_report, safety_metrics
 from omni.align.grader import Grader, load_grader
 from omni.align.spec import DEFAULT_SPEC, Spec, load_spec
 from omni.config import ServingConfig, load_config
@@ -268,7 +268,7 @@ def make_grader(path: str, spec: Spec) -> tuple[Grader, dict[str, float], str]:
     quality = ", ".join(f"{q} {report['propositions'][q]['auc']:.2f}" for q in ("refuses", "complies", "disclaimer"))
     quality = f"ROC-AUC on the hand-labelled gold set: {quality} (the propositions the card reads)"
     if trained:
-        thresholds = {q: v["threshold"] for q, v in report["propositions"].items()}
+        thresholds = fitted_thresholds(report)
         return grader, thresholds, f"{grader.name}, thresholds fitted on the gold set's threshold split; {quality}"
     note = (f"phrase rules (FALLBACK: no trained grader at {path}; train one with `python train.py --config "
             f"configs/rbr-grader-135m.yaml` and pass --grader); {quality}")

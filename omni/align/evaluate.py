@@ -118,6 +118,19 @@ def grader_report(grader: Grader, spec: Spec, gold: Sequence[Graded], calibrate:
             "macro_majority": mean("majority"), "propositions": per}
 
 
+def fitted_thresholds(report: dict) -> dict[str, float]:
+    """Proposition -> cut-off of a :func:`grader_report` (fitted on the gold set's threshold split)."""
+    return {q: v["threshold"] for q, v in report["propositions"].items()}
+
+
+def configured_grader(cfg) -> tuple[Spec, Grader, dict]:
+    """The config's spec, its grader (``rbr.grader``) and the grader's :func:`grader_report` on the gold set."""
+    r = cfg.section("rbr")
+    spec = load_spec(r.spec or DEFAULT_SPEC)
+    grader = load_grader(spec, r.grader)
+    return spec, grader, grader_report(grader, spec, load_gold(spec))
+
+
 def failures(spec: Spec, probs: Tensor, thresholds: dict[str, float]) -> tuple[Tensor, Tensor, Tensor]:
     """Graded completions' probs [N, P] thresholded per proposition into labels: (unsafe [N] bool, as
     Not-Unsafe counts it on hard/soft-refuse prompts: disallowed content or compliance; over-refusing
@@ -161,10 +174,8 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
     SFT warm-up and the PPO run; default cfg.train.out_dir) on the test prompts. Greedy decoding; graded
     by the configured grader with thresholds fitted on the gold set's threshold split."""
     r = cfg.section("rbr")
-    spec = load_spec(r.spec or DEFAULT_SPEC)
-    grader = load_grader(spec, r.grader)
-    gold = grader_report(grader, spec, load_gold(spec))
-    thresholds = {q: v["threshold"] for q, v in gold["propositions"].items()}
+    spec, grader, gold = configured_grader(cfg)
+    thresholds = fitted_thresholds(gold)
     tests = load_prompts("test")[: limit or None]
     texts, types = [p.prompt for p in tests], [p.type for p in tests]
     tok = build_text_tokenizer(cfg.tokenizer)
@@ -173,7 +184,7 @@ def run_safety_eval(cfg, tuned: Sequence[str] = (), limit: int = 0, docs: bool =
     completions = {"helpful-only (SmolLM2-135M-Instruct)": helpful, "refuse when in doubt": refuse_when_in_doubt(texts, helpful)}
     for run in tuned or [cfg.train.out_dir]:
         policy, run_cfg, step_dir = load_checkpoint(run, decoder_shape)
-        completions[f"{run_cfg.task} ({run_label(run)}, step {int(step_dir.name.split('_')[-1])})"] = gen(policy)
+        completions[f"{run_cfg.task} ({policy_label(run, step_dir)})"] = gen(policy)
     rows = {}
     for name, comps in completions.items():
         # An empty completion neither complies nor discloses anything; grade it as a bare refusal.
@@ -215,9 +226,8 @@ def reward_agreement(cfg, run: str | Path, samples: int = 4, scales: Sequence[fl
     :func:`pair_agreement` per response type. Train prompts only: the test prompts are never used for
     choices. Returns {"candidates": {name: {type: {"agreement", "pairs"}}}, "acceptable": {type: share}, ...}."""
     r = cfg.section("rbr")
-    spec = load_spec(r.spec or DEFAULT_SPEC)
-    grader = load_grader(spec, r.grader)
-    thresholds = {q: v["threshold"] for q, v in grader_report(grader, spec, load_gold(spec))["propositions"].items()}
+    spec, grader, gold = configured_grader(cfg)
+    thresholds = fitted_thresholds(gold)
     prompts = load_prompts("train")
     texts = [p.prompt for p in prompts]
     policy, _, step_dir = load_checkpoint(run, decoder_shape)
@@ -235,8 +245,8 @@ def reward_agreement(cfg, run: str | Path, samples: int = 4, scales: Sequence[fl
     rbr = RBRWeights.load(r.weights, spec).reward(probs, flat_types)
     candidates = {"R_rm alone": rm, "w·φ alone": rbr, **{f"R_rm + {s:g}·w·φ": rm + s * rbr for s in scales}}
     types = sorted(set(flat_types))
-    result: dict = {"date": datetime.date.today().isoformat(), "policy": f"{run_label(run)}, step "
-                    f"{int(step_dir.name.split('_')[-1])}", "prompts": len(prompts), "completions_per_prompt": len(rounds),
+    result: dict = {"date": datetime.date.today().isoformat(), "policy": policy_label(run, step_dir),
+                    "prompts": len(prompts), "completions_per_prompt": len(rounds),
                     "temperature": temperature, "max_new_tokens": max_new_tokens, "candidates": {},
                     "acceptable": {t: float(good[[ft == t for ft in flat_types]].float().mean()) for t in types}}
     for name, reward in candidates.items():
@@ -260,6 +270,11 @@ def agreement_table(result: dict) -> str:
     for name, per in result["candidates"].items():
         lines.append(f"| {name} | " + " | ".join(f"{per[t]['agreement']:.3f}" for t in types) + " |")
     return "\n".join(lines)
+
+
+def policy_label(run: str | Path, step_dir: Path) -> str:
+    """"RUN, step N" for a policy loaded from ``run`` whose checkpoint folder is ``step_dir`` (step_000000N)."""
+    return f"{run_label(run)}, step {int(step_dir.name.split('_')[-1])}"
 
 
 def run_label(run: str | Path) -> str:

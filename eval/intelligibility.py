@@ -153,12 +153,16 @@ def content_words(text: str) -> list[str]:
 def holds_answer(answer: str, transcript: str) -> bool:
     """True when ``transcript`` holds every content word of ``answer`` (:func:`content_words`), in the
     answer's order, other words allowed around and between them; both sides go through
-    :func:`normalize_text` ("Two plus two is four." is held by "2 plus 2 is 4, yes."). Raises ValueError for
-    an answer with no words."""
+    :func:`normalize_text` ("Two plus two is four." is held by "2 plus 2 is 4, yes."). A heard word
+    that is two adjacent answer words written as one counts as both, since Whisper's spelling of a
+    compound is not a listener's error ("Rain falls from clouds." is held by "Rainfalls from clouds.").
+    Raises ValueError for an answer with no words."""
     wanted = content_words(answer)
     if not wanted:
         raise ValueError(f"answer {answer!r} has no words to look for")
-    heard = iter(normalize_text(transcript).split())
+    words = normalize_text(answer).split()
+    joined = {a + b: [a, b] for a, b in zip(words, words[1:])}
+    heard = iter([w for h in normalize_text(transcript).split() for w in joined.get(h, [h])])
     return all(any(h == w for h in heard) for w in wanted)  # a subsequence: `heard` is consumed in order
 
 

@@ -61,6 +61,9 @@ def test_content_words_drop_only_function_words():
     ("Tuesday comes after Monday.", "Monday comes after Tuesday.", False),  # in the answer's order
     ("Two plus two is four.", "two is four", False),
     ("Bees make honey.", "honey bees make", False),
+    ("Rain falls from clouds.", "Rainfalls from clouds.", True),  # a compound of two adjacent answer words
+    ("Rain falls from clouds.", "Rainfalls from crowds.", False),
+    ("Tuesday comes after Monday.", "Mondaytuesday comes after", False),  # only adjacent words, in order
 ])
 def test_holds_answer(answer, transcript, held):
     assert holds_answer(answer, transcript) is held

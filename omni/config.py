@@ -80,6 +80,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
     seed: int = 1234
+    # Fine-tuning: a run or step folder whose model weights this run starts from (a fresh optimiser,
+    # schedule and data order at step 0); "" = the model's own initialisation. --resume overrides it.
+    init_from: str = ""
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     activation_checkpointing: bool = False
     log_every: int = 10

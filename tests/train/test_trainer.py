@@ -6,6 +6,7 @@ import argparse
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from omni.config import Config, load_config
 from omni.train.task import Task, get_task
 from omni.data.build_text import build_text_corpus
+from omni.io.tensors import load_tensors, save_tensors
 from omni.train.checkpoint import CheckpointError, load_model_state, resolve_checkpoint
 from omni.train.distributed import DistInfo, build_engine
 from omni.train.packing import PackedDataset, ShardWriter, pack_row
@@ -101,6 +103,27 @@ def test_resume_ignores_serving_knobs(corpus, tmp_path):
     assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
     with pytest.raises(CheckpointError, match="different config.*model.ffn_dim"):
         fit(micro_cfg(corpus, tmp_path / "run", "train.steps=5", "model.ffn_dim=256"), resume="")
+
+
+def test_init_from_starts_from_the_weights_with_a_fresh_optimiser(corpus, tmp_path):
+    fit(micro_cfg(corpus, tmp_path / "base", "train.steps=3"))
+    step = tmp_path / "base" / "checkpoints" / "step_0000003"
+    shutil.copytree(step, tmp_path / "bf16")  # as omni/assets ships weights: bfloat16, cast back on load
+    save_tensors({k: v.bfloat16() for k, v in load_tensors(step / "model.safetensors").items()},
+                 tmp_path / "bf16" / "model.safetensors")
+    ns = argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=False)
+    for folder in (step, tmp_path / "bf16"):
+        saved = load_tensors(folder / "model.safetensors")
+        tuned = Trainer(micro_cfg(corpus, tmp_path / f"from_{folder.name}", f"train.init_from={folder}"), get_task("lm"), ns)
+        assert tuned.step == 0
+        state = tuned.module.state_dict()
+        for name, value in saved.items():
+            assert state[name].dtype == torch.float32 and torch.equal(state[name], value.float()), name
+    fit(micro_cfg(corpus, tmp_path / "tuned", "train.steps=2", f"train.init_from={step}"))
+    assert sorted(losses(tmp_path / "tuned")) == [1, 2]
+    assert losses(tmp_path / "tuned")[1] < losses(tmp_path / "base")[1] - 0.1  # trained weights, not a fresh model
+    with pytest.raises(CheckpointError, match="do not fit the model"):
+        Trainer(micro_cfg(corpus, tmp_path / "wider", "model.ffn_dim=256", f"train.init_from={step}"), get_task("lm"), ns)
 
 
 def test_grad_accum_matches_bigger_batch(corpus, tmp_path):

@@ -82,7 +82,7 @@ class TrainConfig:
     seed: int = 1234
     # Fine-tuning: a run or step folder whose model weights this run starts from (a fresh optimiser,
     # schedule and data order at step 0); "" = the model's own initialisation. --resume overrides it.
-    init_from: str = ""
+    finetune_from: str = ""
     dtype: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU) | "fp32" | "bf16"
     activation_checkpointing: bool = False
     log_every: int = 10

@@ -126,8 +126,8 @@ class Trainer:
         self.peak = peak_flops(cfg, self.device)
         if self.resume_from is not None:
             self._load(self.resume_from)
-        elif t.init_from:
-            self._init_from(resolve_checkpoint(t.init_from))
+        elif t.finetune_from:
+            self._finetune_from(resolve_checkpoint(t.finetune_from))
 
     # ---- run folder --------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: Optional[str], overwrite: bool) -> None:
@@ -196,20 +196,20 @@ class Trainer:
         if self.info.is_main:
             tqdm.write(f"resumed from {step_dir} at step {self.step}")
 
-    def _init_from(self, step_dir: Path) -> None:
-        """``train.init_from``: the model starts from the weights of ``step_dir`` (cast to its dtype);
+    def _finetune_from(self, step_dir: Path) -> None:
+        """``train.finetune_from``: the model starts from the weights of ``step_dir`` (cast to its dtype);
         optimiser, schedule and data order start afresh at step 0. Raises CheckpointError if the
         weights do not fit the model this config builds, or if the checkpoint's vocabulary layout
         (``vocab.json``) differs from the corpus's."""
         saved_vocab = step_dir / "vocab.json"
         corpus_vocab = getattr(self.dataset, "vocab", None)
         if saved_vocab.exists() and corpus_vocab is not None and json.loads(saved_vocab.read_text()) != corpus_vocab.to_dict():
-            raise CheckpointError(f"train.init_from={step_dir}: its vocabulary differs from the corpus in {self.cfg.data.path}; "
+            raise CheckpointError(f"train.finetune_from={step_dir}: its vocabulary differs from the corpus in {self.cfg.data.path}; "
                                   "build the corpus with the checkpoint's tokenizers (its tokenizers/ folder)")
         try:
             self.engine.load_model_state(load_tensors(step_dir / "model.safetensors"))
         except RuntimeError as e:
-            raise CheckpointError(f"train.init_from={step_dir}: its weights do not fit the model of this config "
+            raise CheckpointError(f"train.finetune_from={step_dir}: its weights do not fit the model of this config "
                                   f"(model and omni sections must match the checkpoint's config.yaml): {e}") from e
         if self.info.is_main:
             tqdm.write(f"initialised from {step_dir} (step 0, fresh optimiser)")

@@ -105,7 +105,7 @@ def test_resume_ignores_serving_knobs(corpus, tmp_path):
         fit(micro_cfg(corpus, tmp_path / "run", "train.steps=5", "model.ffn_dim=256"), resume="")
 
 
-def test_init_from_starts_from_the_weights_with_a_fresh_optimiser(corpus, tmp_path):
+def test_finetune_from_starts_from_the_weights_with_a_fresh_optimiser(corpus, tmp_path):
     fit(micro_cfg(corpus, tmp_path / "base", "train.steps=3"))
     step = tmp_path / "base" / "checkpoints" / "step_0000003"
     shutil.copytree(step, tmp_path / "bf16")  # as omni/assets ships weights: bfloat16, cast back on load
@@ -114,16 +114,16 @@ def test_init_from_starts_from_the_weights_with_a_fresh_optimiser(corpus, tmp_pa
     ns = argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=False)
     for folder in (step, tmp_path / "bf16"):
         saved = load_tensors(folder / "model.safetensors")
-        tuned = Trainer(micro_cfg(corpus, tmp_path / f"from_{folder.name}", f"train.init_from={folder}"), get_task("lm"), ns)
+        tuned = Trainer(micro_cfg(corpus, tmp_path / f"from_{folder.name}", f"train.finetune_from={folder}"), get_task("lm"), ns)
         assert tuned.step == 0
         state = tuned.module.state_dict()
         for name, value in saved.items():
             assert state[name].dtype == torch.float32 and torch.equal(state[name], value.float()), name
-    fit(micro_cfg(corpus, tmp_path / "tuned", "train.steps=2", f"train.init_from={step}"))
+    fit(micro_cfg(corpus, tmp_path / "tuned", "train.steps=2", f"train.finetune_from={step}"))
     assert sorted(losses(tmp_path / "tuned")) == [1, 2]
     assert losses(tmp_path / "tuned")[1] < losses(tmp_path / "base")[1] - 0.1  # trained weights, not a fresh model
     with pytest.raises(CheckpointError, match="do not fit the model"):
-        Trainer(micro_cfg(corpus, tmp_path / "wider", "model.ffn_dim=256", f"train.init_from={step}"), get_task("lm"), ns)
+        Trainer(micro_cfg(corpus, tmp_path / "wider", "model.ffn_dim=256", f"train.finetune_from={step}"), get_task("lm"), ns)
 
 
 def test_grad_accum_matches_bigger_batch(corpus, tmp_path):

@@ -76,6 +76,15 @@ KOKORO_UNSEEN_STYLE = "jm_kumo"
 # 2013), so training also hears lower natural voices, not only espeak-ng's robotic male ones (from
 # 0.75x, omni-tiny answered questions in voices at 0.60-0.72x far worse: docs/benchmarks.md).
 TRAINING_KOKORO_PITCH = (0.55, 1.1)
+# Natural lower voices: Kokoro reads style vectors outside their convex hull too. A blend of jf_gongitsune
+# and jf_nezumi taken t = 1.5-2.5 times away from jf_tebukuro (t * blend + (1 - t) * jf_tebukuro)
+# speaks at a median F0 of ~130-190 Hz, as intelligible as the styles, with its own formants rather than
+# resampled ones; other directions lose the words (docs/benchmarks.md, "Lower natural voices").
+KOKORO_LOW_AWAY_FROM = "jf_tebukuro"
+KOKORO_LOW_TOWARDS = ("jf_gongitsune", "jf_nezumi")
+KOKORO_LOW_STEP = (1.5, 2.5)
+KOKORO_LOW_PITCH = (0.85, 1.1)
+TRAINING_KOKORO_LOW_SHARE = 0.25  # of the Kokoro training blends
 
 ACCENTS = ("en-us", "en", "en-gb-x-rp", "en-gb-scotland", "en-029", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us-nyc")
 VARIANTS = (
@@ -326,8 +335,9 @@ def kokoro() -> Kokoro:
 
 @dataclass(frozen=True)
 class KokoroVoice(Voice):
-    """A Kokoro speaker: a convex blend of named styles ``((style, weight), ...)``, a speaking
-    ``speed`` (x) and a ``pitch`` factor (x; by resampling, which also scales the formants)."""
+    """A Kokoro speaker: a blend of named styles ``((style, weight), ...)`` (weights normalised to sum
+    to 1; a negative one extrapolates away from its style), a speaking ``speed`` (x) and a ``pitch``
+    factor (x; by resampling, which also scales the formants)."""
 
     styles: tuple[tuple[str, float], ...]
     speed: float = 1.0
@@ -369,30 +379,41 @@ def espeak_voices(n: int, seed: int = 0) -> list[EspeakVoice]:
             for a, v in (pairs[i % len(pairs)] for i in range(n))]
 
 
-def kokoro_voices(n: int, seed: int = 0, unseen: bool = False, pitch: tuple[float, float] = (0.9, 1.1)) -> list[KokoroVoice]:
+def kokoro_voices(n: int, seed: int = 0, unseen: bool = False, pitch: tuple[float, float] = (0.9, 1.1),
+                  low_share: float = 0.0) -> list[KokoroVoice]:
     """``n`` Kokoro speakers: the training styles alone and in random blends of two or three
     (``unseen=False``), or the held-out style alone (``unseen=True``); speed 0.85-1.15x and the
-    ``pitch`` factor (by resampling, formants too) vary throughout."""
+    ``pitch`` factor (by resampling, formants too) vary throughout. ``low_share`` of the blends are
+    natural lower voices instead: extrapolated away from :data:`KOKORO_LOW_AWAY_FROM`, at
+    :data:`KOKORO_LOW_PITCH`."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
+        voice_pitch = pitch
         if unseen:
             styles: tuple[tuple[str, float], ...] = ((KOKORO_UNSEEN_STYLE, 1.0),)
         elif i < len(KOKORO_TRAINING_STYLES):
             styles = ((KOKORO_TRAINING_STYLES[i], 1.0),)
+        elif low_share and rng.random() < low_share:
+            t, w = rng.uniform(*KOKORO_LOW_STEP), rng.uniform(0.0, 1.0)
+            a, b = KOKORO_LOW_TOWARDS
+            styles = ((a, round(t * w, 2)), (b, round(t * (1 - w), 2)), (KOKORO_LOW_AWAY_FROM, round(1 - t, 2)))
+            voice_pitch = KOKORO_LOW_PITCH
         else:
             picked = rng.sample(KOKORO_TRAINING_STYLES, rng.choice((2, 3)))
             styles = tuple((s, round(rng.uniform(0.2, 1.0), 2)) for s in sorted(picked))
-        out.append(KokoroVoice(styles, round(rng.uniform(0.85, 1.15), 2), round(rng.uniform(*pitch), 2),
+        out.append(KokoroVoice(styles, round(rng.uniform(0.85, 1.15), 2), round(rng.uniform(*voice_pitch), 2),
                                UNSEEN_FAMILY if unseen else "kokoro"))
     return out
 
 
 def training_voices(n: int = 48, seed: int = 0, kokoro_share: float = 0.5) -> list[Voice]:
-    """``n`` user voices for training corpora: ``kokoro_share`` of them Kokoro styles and blends, the
-    rest espeak-ng speakers. Never the preset voice, never :data:`UNSEEN_FAMILY`."""
+    """``n`` user voices for training corpora: ``kokoro_share`` of them Kokoro styles and blends
+    (:data:`TRAINING_KOKORO_LOW_SHARE` of the blends natural lower voices), the rest espeak-ng
+    speakers. Never the preset voice, never :data:`UNSEEN_FAMILY`."""
     k = int(round(n * kokoro_share))
-    voices: list[Voice] = [*kokoro_voices(k, seed, pitch=TRAINING_KOKORO_PITCH), *espeak_voices(n - k, seed)]
+    voices: list[Voice] = [*kokoro_voices(k, seed, pitch=TRAINING_KOKORO_PITCH, low_share=TRAINING_KOKORO_LOW_SHARE),
+                           *espeak_voices(n - k, seed)]
     random.Random(seed).shuffle(voices)
     return voices
 

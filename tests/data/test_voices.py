@@ -11,9 +11,10 @@ from tests import omni_fixtures as F
 from omni.data.build_speech import build_speech_corpus
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data import voices as voices_module
-from omni.data.voices import (KOKORO_TRAINING_STYLES, KOKORO_UNSEEN_STYLE, Kokoro, KokoroVoice, Piper, PRESET_FAMILY,
+from omni.data.voices import (KOKORO_LOW_AWAY_FROM, KOKORO_LOW_PITCH, KOKORO_LOW_STEP, KOKORO_LOW_TOWARDS, KOKORO_TRAINING_STYLES,
+                              KOKORO_UNSEEN_STYLE, Kokoro, KokoroVoice, Piper, PRESET_FAMILY,
                               TRAINING_FAMILIES, UNSEEN_FAMILY, VoiceUnavailable, espeak, kokoro, kokoro_model_path, piper,
-                              preset_voice, Voice, synth_at, training_voices, unseen_voices)
+                              kokoro_voices, preset_voice, Voice, synth_at, training_voices, unseen_voices)
 
 one_thread = pytest.fixture(autouse=True, scope="module")(F.one_thread)
 pytest.importorskip("espeakng_loader")
@@ -90,6 +91,17 @@ def test_families_keep_the_unseen_voice_out_of_training():
     pitches = [v.pitch for v in train if isinstance(v, KokoroVoice)]
     assert min(pitches) < 0.7 and max(pitches) <= 1.1
     assert all(0.9 <= v.pitch <= 1.1 for v in unseen)
+    # A share of the Kokoro blends are natural lower voices: extrapolated away from one style, not resampled far.
+    low = [v for v in train if isinstance(v, KokoroVoice) and min(w for _, w in v.styles) < 0]
+    kokoro_blends = [v for v in train if isinstance(v, KokoroVoice) and len(v.styles) > 1]
+    assert 0.1 < len(low) / len(kokoro_blends) < 0.4
+    for v in low:
+        weights = dict(v.styles)
+        assert set(weights) == {*KOKORO_LOW_TOWARDS, KOKORO_LOW_AWAY_FROM} and abs(sum(weights.values()) - 1) < 0.02
+        assert KOKORO_LOW_STEP[0] - 1 - 0.01 <= -weights[KOKORO_LOW_AWAY_FROM] <= KOKORO_LOW_STEP[1] - 1 + 0.01
+        assert KOKORO_LOW_PITCH[0] <= v.pitch <= KOKORO_LOW_PITCH[1]
+    # Without a low share (the evaluation sets), the draws are the plain blends they always were.
+    assert all(min(w for _, w in v.styles) > 0 for v in kokoro_voices(100, seed=5))
 
 
 def test_spoken_qa_file(tmp_path):

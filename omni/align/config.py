@@ -16,6 +16,10 @@ class PPOConfig:
     # reward minus the mean of the other samples of the same prompt (RLOO), so per-prompt reward
     # offsets of the RM cancel. Both use the clipped objective and the KL penalty.
     advantage: str = "gae"
+    # How "group" advantages are scaled: "batch" divides them by their RMS over the whole batch, so
+    # prompts whose samples differ more in reward move the policy more; "prompt" divides each prompt's
+    # by the std of its own samples' rewards (GRPO, Shao et al. 2024), so every prompt counts alike.
+    group_scale: str = "batch"
     max_new_tokens: int = 32
     temperature: float = 0.8
     top_k: int = 50
@@ -43,6 +47,8 @@ class PPOConfig:
             raise ConfigError("rbr.ppo: need 0 < clip < 1, kl_coef >= 0, max_new_tokens > 0 and temperature > 0")
         if self.advantage not in ("gae", "group"):
             raise ConfigError(f"rbr.ppo.advantage must be 'gae' or 'group', got {self.advantage!r}")
+        if self.group_scale not in ("batch", "prompt"):
+            raise ConfigError(f"rbr.ppo.group_scale must be 'batch' or 'prompt', got {self.group_scale!r}")
         if self.advantage == "group" and self.samples_per_prompt < 2:
             raise ConfigError("rbr.ppo.advantage=group needs rbr.ppo.samples_per_prompt >= 2 (the baseline is the other samples)")
         if self.val_prompts < 0 or self.val_every <= 0 or self.val_new_tokens <= 0:

@@ -15,7 +15,7 @@ from omni.align.ppo import PPO, RBRPPOTask, hold_out
 from omni.align.spec import load_spec
 from omni.align.tasks import GraderTask
 from omni.align.weights import RBRWeights, initial_weights
-from omni.config import config_from_dict
+from omni.config import ConfigError, config_from_dict
 from omni.train.checkpoint import read_trainer_state, resolve_checkpoint
 from omni.train.trainer import Trainer
 from omni.model.decoder import Decoder, ModelConfig
@@ -90,6 +90,19 @@ def test_group_advantages_are_leave_one_out_and_need_no_value_head():
     assert adv[0, 0] < 0 < adv[1, 0] and torch.allclose(adv[0] + adv[1], torch.zeros(3))
     assert torch.equal(adv[2], torch.zeros(3)) and torch.equal(adv[3], torch.zeros(3))  # offsets cancel
     assert all(p is not ppo.value_head.weight for g in ppo.opt.param_groups for p in g["params"])
+
+
+def test_group_advantages_scaled_per_prompt_count_every_prompt_alike():
+    scores = torch.tensor([0.0, 0.1, 0.0, 10.0])  # prompt 0: a small reward gap; prompt 1: a large one
+    mask, zeros = torch.ones(4, 3), torch.zeros(4, 3)
+    by_batch = PPO(tiny_policy(), PPOConfig(samples_per_prompt=2, advantage="group", kl_coef=0.0), lr=1e-2)
+    adv, _ = by_batch._advantages(scores, zeros, mask, zeros)
+    assert adv[1, 0] < 0.02 * adv[3, 0]  # the large gap drowns the small one
+    by_prompt = PPO(tiny_policy(), PPOConfig(samples_per_prompt=2, advantage="group", group_scale="prompt", kl_coef=0.0), lr=1e-2)
+    adv, _ = by_prompt._advantages(scores, zeros, mask, zeros)
+    assert torch.allclose(adv[1], adv[3], rtol=1e-2) and torch.allclose(adv[0], -adv[1])  # both prompts alike
+    with pytest.raises(ConfigError, match="group_scale"):
+        PPOConfig(group_scale="token").validate()
 
 
 def test_hold_out_spreads_validation_prompts_over_types():

@@ -95,9 +95,11 @@ class PPO:
             r = (scores - c.kl_coef * kl.sum(1)).view(-1, c.samples_per_prompt)  # [prompts, k]
             adv = r - (r.sum(1, keepdim=True) - r) / (c.samples_per_prompt - 1)
             if c.group_scale == "prompt":
-                return (adv / (r.std(1, keepdim=True) + 1e-4)).reshape(n, 1) * mask, torch.zeros_like(mask)
+                adv = adv / (r.std(1, keepdim=True) + 1e-4)
             adv = adv.reshape(n, 1) * mask
-            return adv * torch.rsqrt((adv ** 2 * mask).sum() / mask.sum() + 1e-8), torch.zeros_like(mask)
+            if c.group_scale == "batch":
+                adv = adv * torch.rsqrt((adv ** 2 * mask).sum() / mask.sum() + 1e-8)
+            return adv, torch.zeros_like(mask)
         rewards = -c.kl_coef * kl
         last = (mask.sum(1).long() - 1).clamp_min(0)
         rewards[torch.arange(n), last] += scores  # the sequence reward lands on its final token

@@ -14,7 +14,7 @@ setup(
         "omni.kernels", "omni.data", "omni.data.sources", "omni.eval",
     ],
     package_dir={"omni.kernels": "kernels", "omni.data": "data", "omni.eval": "eval"},
-    package_data={"omni": ["assets/*", "assets/codec-tiny/*", "assets/omni-tiny/*", "assets/omni-tiny/tokenizers/*/*", "align/spec/*.yaml", "align/prompts/*"], "omni.data": ["*.yaml", "*.jsonl"]},
+    package_data={"omni": ["assets/*", "assets/codec-tiny/*", "assets/vocoder-small/*", "assets/omni-tiny/*", "assets/omni-tiny/tokenizers/*/*", "align/spec/*.yaml", "align/prompts/*"], "omni.data": ["*.yaml", "*.jsonl"]},
     install_requires=[
         "torch>=2.11",
         "numpy",

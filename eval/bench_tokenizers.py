@@ -2,12 +2,16 @@
 
     python eval/bench_tokenizers.py                       # tiny configs, 1 CPU thread
     python eval/bench_tokenizers.py --codec-config codec --image-config image --threads 16 --device cuda
+    python eval/bench_tokenizers.py --vocoder small                       # + the distilled vocoder, paired with V1
 
 - codec: real-time factor (compute seconds / audio seconds; < 1 keeps up with live audio) of
   streaming encode and decode **one 80 ms frame per call**, against the offline (whole clip, one
   call) path measured in the same run: the ratio is the price of streaming.
 - image / video: items per second of encode + decode at batch 1 and at ``--batch``; the ratio is
   the gain from batching.
+- ``--vocoder NAME``: the codec again with that generator in place of HiFi-GAN V1 (a ``codec.vocoder``
+  value: ``small`` or a generator ``.safetensors``), paired in the same run; the ratio is V1's
+  streaming frame time over its.
 
 Weights are random (speed does not depend on them). Prints a table, writes JSON (``--out``).
 """
@@ -17,6 +21,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -95,6 +100,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--codec-config", default="codec-tiny")
     p.add_argument("--image-config", default="image-tiny")
     p.add_argument("--video-config", default="video-tiny")
+    p.add_argument("--vocoder", help="also time the codec with this generator in place of V1 (small, or a .safetensors)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seconds", type=float, default=10.0, help="audio length for the codec")
@@ -108,6 +114,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     codec = SpeechCodec(load_config(args.codec_config).section("codec")).to(device).eval()
     img_cfg = load_config(args.image_config).section("image_tok")
     image = ImageTokenizer(img_cfg).to(device).eval()
+    if args.vocoder:
+        other = SpeechCodec(replace(codec.cfg, vocoder=args.vocoder)).to(device).eval()
+        other.load_state_dict(codec.state_dict())
     vid_cfg = load_config(args.video_config).section("video_tok")
     video = VideoTokenizer(vid_cfg).to(device).eval()
     cpu = platform.processor() or platform.machine()
@@ -125,6 +134,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             video, lambda b: torch.rand(b, vid_cfg.clip_frames, 3, vid_cfg.image_size, vid_cfg.image_size, device=device),
             max(1, args.batch // 4), device, args.repeats)},
     }
+    if args.vocoder:
+        results["codec_vocoder"] = {"vocoder": args.vocoder, **bench_codec(other, args.seconds, device, args.repeats)}
     c, i, v = results["codec"], results["image"], results["video"]
     print(f"{results['device']} | torch {results['torch']} | {args.threads} thread(s)")
     print(f"{'what':60s} {'value':>10s}")
@@ -136,6 +147,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         ("codec: streaming / offline, encode", c["stream_vs_offline_encode"]),
         ("codec: streaming / offline, decode", c["stream_vs_offline_decode"]),
         ("codec: ms per 80 ms frame (encode + decode)", c["stream_frame_ms"]),
+    ]
+    if args.vocoder:
+        o = results["codec_vocoder"]
+        rows += [
+            (f"codec, vocoder {Path(args.vocoder).name}: offline decode RTF", o["offline_decode_rtf"]),
+            (f"codec, vocoder {Path(args.vocoder).name}: streaming decode RTF", o["stream_decode_rtf"]),
+            ("codec, that vocoder: ms per 80 ms frame (encode + decode)", o["stream_frame_ms"]),
+            ("codec: V1's ms per frame / that vocoder's", c["stream_frame_ms"] / o["stream_frame_ms"]),
+        ]
+    rows += [
         (f"image {args.image_config}: images/s batch 1", i["items_per_s_batch1"]),
         (f"image {args.image_config}: images/s batch {args.batch}", i[f"items_per_s_batch{args.batch}"]),
         ("image: batch gain", i["batch_gain"]),

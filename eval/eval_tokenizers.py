@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,6 +44,7 @@ from omni.eval.intelligibility import Judge, word_error_rate
 from omni.eval.metrics_audio import align, mel_distance, psnr, speaker_similarity, ssim
 from omni.nn.hifigan import hifigan_mel
 from omni.tokenizers import Tokenizer, load_tokenizer
+from omni.tokenizers.codec import SpeechCodec
 from omni.train.checkpoint import resolve_checkpoint
 from omni.train.datasets import ImageCrops, VideoClips
 
@@ -269,6 +271,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--codec", help="codec tokenizer folder or run/step folder")
+    p.add_argument("--vocoder", help="voice the codec with this generator instead of the one its tokenizer.json "
+                   "names: universal (V1), small, or a generator .safetensors")
     p.add_argument("--image", help="image tokenizer folder or run/step folder")
     p.add_argument("--video", help="video tokenizer folder or run/step folder")
     p.add_argument("--speech-data", help="speech corpus folder (default: the codec's codec.data_path)")
@@ -288,7 +292,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "torch": torch.__version__, "paths": {}}
     if args.codec:
         codec = resolve_tokenizer(args.codec)
+        if args.vocoder:
+            state, codec = codec.state_dict(), SpeechCodec(replace(codec.cfg, vocoder=args.vocoder))
+            codec.load_state_dict(state)
         results["paths"]["codec"] = args.codec
+        results["vocoder"] = codec.cfg.vocoder
         results["codec"] = eval_codec(codec, Path(args.speech_data or codec.cfg.data_path), out, Judge(args.judge),
                                       args.max_synthetic, args.max_real, tuple(args.sets.split(",")),
                                       tuple(x for x in args.systems.split(",") if x) or None)

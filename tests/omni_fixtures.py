@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -138,3 +139,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def damaged_copy(folder: Path, dest: Path, name: str) -> Path:
+    """A copy of the shipped-asset ``folder`` at ``dest`` whose file ``name`` has its last byte
+    flipped, which a sha256 check must refuse; returns ``dest``."""
+    shutil.copytree(folder, dest)
+    data = bytearray((dest / name).read_bytes())
+    data[-1] ^= 1
+    (dest / name).write_bytes(bytes(data))
+    return dest

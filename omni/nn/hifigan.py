@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from omni.io.tensors import check_sha256
 from omni.streaming import StreamingModule, StreamingState
 
 Tensor = torch.Tensor
@@ -217,6 +218,99 @@ def load_hifigan(path: str | Path) -> HiFiGAN:
 def pretrained_hifigan(name: str = "universal") -> HiFiGAN:
     """The pretrained V1 generator in eval mode (see :func:`pretrained_weights`)."""
     return load_hifigan(pretrained_weights(name))
+
+
+# The generator configs/vocoder-small.yaml distils from V1 on codec-tiny's mels (its MODEL_CARD.md).
+SHIPPED_VOCODER = Path(__file__).resolve().parent.parent / "assets" / "vocoder-small"
+SHIPPED_VOCODER_SHA256 = "4604ff8b2e32982881b3a57b2878ba22580dc8d8c116208786c729d73a560e76"  # of its vocoder.safetensors
+
+
+def load_vocoder(name: str) -> HiFiGAN:
+    """The generator a codec's ``vocoder`` setting names, in eval mode: ``"universal"`` (the
+    pretrained V1, :func:`pretrained_hifigan`), ``"small"`` (the distilled 256-wide generator shipped
+    in omni/assets/vocoder-small, sha256-checked) or the path of a generator ``.safetensors``.
+
+    Raises ValueError if the shipped file does not match its recorded sha256, FileNotFoundError /
+    ValueError as :func:`load_hifigan` for a path."""
+    if name == "universal":
+        return pretrained_hifigan()
+    if name == "small":
+        check_sha256(SHIPPED_VOCODER, {"vocoder.safetensors": SHIPPED_VOCODER_SHA256},
+                     "Reinstall omni, or distil one with `python train.py --config configs/vocoder-small.yaml`.")
+        return load_hifigan(SHIPPED_VOCODER / "vocoder.safetensors")
+    return load_hifigan(name)
+
+
+@torch.no_grad()
+def prune_hifigan(generator: HiFiGAN, channels: int, mels: list[Tensor]) -> HiFiGAN:
+    """A narrower copy of ``generator`` (structured channel pruning): ``channels`` wide after
+    ``conv_pre``, each stage half the last as in V1, every layer keeping the teacher's channels that
+    carry the most signal on ``mels`` (log-mels ``[B, 80, T]``, e.g. the codec's decoded mels).
+
+    A channel's importance is, summed over every conv that reads it, the mean |input| it feeds that
+    conv times the L2 norm of that conv's weights for it: an estimate of how much the conv's output
+    would change without it (weight-norm pruning, Li et al. 2017, weighted by the activations the data
+    actually produces). The channels of a stage's residual stream are chosen once for every stack of
+    the stage (they share the stream); each residual pair's inner channels on their own. The copy
+    is a starting point for distillation (the vocoder task's ``init: pruned``), not a vocoder by itself.
+
+    Raises ValueError if ``channels`` is not below the generator's width or not divisible by the
+    stages' halvings."""
+    g = generator
+    stages = len(g.ups)
+    if not 0 < channels < g.cfg.channels or channels % 2**stages:
+        raise ValueError(f"prune_hifigan: channels must be below the generator's {g.cfg.channels} and divisible by "
+                         f"{2**stages} (one halving per upsampling), got {channels}")
+    feed: dict[str, Tensor] = {}  # conv name -> summed mean |input| per input channel
+
+    def record(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            feed[name] = feed.get(name, 0) + inputs[0].abs().mean(dim=(0, 2))
+        return hook
+
+    convs = {name: m for name, m in g.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))}
+    handles = [m.register_forward_hook(record(name)) for name, m in convs.items()]
+    try:
+        for mel in mels:
+            g(mel)
+    finally:
+        for h in handles:
+            h.remove()
+
+    def importance(name: str) -> Tensor:
+        w = convs[name].weight  # Conv1d [out, in, k]; ConvTranspose1d [in, out, k]
+        norm = (w.transpose(0, 1) if isinstance(convs[name], nn.Conv1d) else w).flatten(1).norm(dim=1)
+        return feed[name] * norm
+
+    def top(score: Tensor, k: int) -> Tensor:
+        return torch.sort(torch.topk(score, k).indices).values
+
+    small = HiFiGAN(replace(g.cfg, channels=channels)).to(g.conv_pre.weight.device)
+    n = len(g.cfg.resblock_kernels)
+    keep = [top(importance("ups.0"), channels)]  # conv_pre's outputs are read by ups.0 alone
+    for i in range(stages):
+        score = importance(f"ups.{i + 1}" if i + 1 < stages else "conv_post")
+        for b in range(i * n, (i + 1) * n):
+            for j in range(len(g.resblocks[b].convs1)):
+                score = score + importance(f"resblocks.{b}.convs1.{j}")
+        keep.append(top(score, small.ups[i].out_channels))
+    small.conv_pre.weight.copy_(g.conv_pre.weight[keep[0]])
+    small.conv_pre.bias.copy_(g.conv_pre.bias[keep[0]])
+    for i in range(stages):
+        a, b = keep[i], keep[i + 1]
+        small.ups[i].weight.copy_(g.ups[i].weight[a][:, b])
+        small.ups[i].bias.copy_(g.ups[i].bias[b])
+        for s in range(i * n, (i + 1) * n):
+            big, little = g.resblocks[s], small.resblocks[s]
+            for j in range(len(big.convs1)):
+                inner = top(importance(f"resblocks.{s}.convs2.{j}"), little.convs1[j].out_channels)
+                little.convs1[j].weight.copy_(big.convs1[j].weight[inner][:, b])
+                little.convs1[j].bias.copy_(big.convs1[j].bias[inner])
+                little.convs2[j].weight.copy_(big.convs2[j].weight[b][:, inner])
+                little.convs2[j].bias.copy_(big.convs2[j].bias[b])
+    small.conv_post.weight.copy_(g.conv_post.weight[:, keep[-1]])
+    small.conv_post.bias.copy_(g.conv_post.bias)
+    return small
 
 
 # ---- streaming ----------------------------------------------------------------------------------

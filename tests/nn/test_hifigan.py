@@ -7,7 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from omni.nn.hifigan import (HiFiGAN, HiFiGANConfig, MultiPeriodDiscriminator, StreamingVocoder, generator_lag,
-                             hifigan_mel, load_hifigan, pretrained_hifigan, slaney_mel_filterbank)
+                             hifigan_mel, load_hifigan, load_vocoder, pretrained_hifigan, prune_hifigan,
+                             slaney_mel_filterbank)
+import omni.nn.hifigan as hifigan_module
+from tests import omni_fixtures as F
 
 
 def test_filterbank_matches_librosa():
@@ -88,3 +91,51 @@ def test_multi_period_discriminator_shapes():
     assert len(outs) == 5
     for logits, features in outs:
         assert logits.shape[0] == 2 and len(features) == 6
+
+
+def test_pruning_keeps_the_channels_that_carry_signal():
+    """A 64-wide generator in which half of every layer's channels are dead (never written): pruned
+    to 32 it keeps exactly the live channels, so its waveform is unchanged; a width the stages
+    cannot halve is refused."""
+    torch.manual_seed(0)
+    g = HiFiGAN(HiFiGANConfig(channels=64)).eval()
+    n = len(g.cfg.resblock_kernels)
+
+    def dead(channels: int) -> torch.Tensor:
+        return torch.randperm(channels)[: channels // 2]
+
+    with torch.no_grad():
+        d = dead(64)
+        g.conv_pre.weight[d] = 0
+        g.conv_pre.bias[d] = 0
+        for i, up in enumerate(g.ups):
+            d = dead(up.out_channels)
+            up.weight[:, d] = 0
+            up.bias[d] = 0
+            for block in g.resblocks[i * n:(i + 1) * n]:
+                for c1, c2 in zip(block.convs1, block.convs2):
+                    c2.weight[d] = 0
+                    c2.bias[d] = 0
+                    inner = dead(c1.out_channels)
+                    c1.weight[inner] = 0
+                    c1.bias[inner] = 0
+        mels = [torch.randn(2, 80, 6) - 4 for _ in range(2)]
+        small = prune_hifigan(g, 32, mels)
+        assert small.cfg.channels == 32 and sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in g.parameters()) / 3
+        mel = torch.randn(1, 80, 9) - 4
+        torch.testing.assert_close(small.eval()(mel), g(mel), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        prune_hifigan(g, 40, mels)
+
+
+def test_shipped_small_vocoder_loads_after_its_sha256_check(tmp_path, monkeypatch):
+    """``codec.vocoder: small`` names the distilled generator in omni/assets/vocoder-small: 256 wide,
+    V1's right context (so the same 13-hop lookahead), voices a mel; a damaged copy is refused."""
+    g = load_vocoder("small")
+    assert g.cfg.channels == 256 and not g.training and generator_lag(g) == generator_lag(pretrained_hifigan())
+    with torch.no_grad():
+        assert g(torch.full((1, 80, 10), -11.5)).abs().max() < 0.05  # silence in, (near) silence out
+    damaged = F.damaged_copy(hifigan_module.SHIPPED_VOCODER, tmp_path / "vocoder-small", "vocoder.safetensors")
+    monkeypatch.setattr(hifigan_module, "SHIPPED_VOCODER", damaged)
+    with pytest.raises(ValueError, match="sha256"):
+        load_vocoder("small")

@@ -3,7 +3,6 @@ decode and the streamed waveform equal offline within float rounding; shapes, sa
 checkpoints."""
 import argparse
 import json
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -12,6 +11,7 @@ from safetensors.torch import load_file
 
 import omni.tokenizers.codec as codec_module
 from omni.data.voices import espeak_voices, synth_at
+from omni.nn.hifigan import load_hifigan
 from omni.tokenizers import load_tokenizer
 from omni.tokenizers.codec import CodecConfig, SpeechCodec, shipped_codec
 from omni.config import load_config
@@ -19,6 +19,7 @@ from omni.data.build_speech import build_speech_corpus
 from omni.train.task import get_task
 from omni.train.tasks.codec import CodecTask
 from omni.train.trainer import Trainer, read_metrics
+from tests import omni_fixtures as F
 
 # Streamed mel decode vs offline: the same convolutions over shorter inputs, which oneDNN may run
 # with another kernel (another summation order) for some widths: float rounding only.
@@ -285,6 +286,31 @@ def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
     assert voiced.vocoder.generator.cfg.channels == 16
 
 
+@pytest.mark.slow
+def test_vocoder_distillation_prunes_v1_and_learns_its_waveform(tmp_path):
+    """``configs/vocoder-small.yaml`` at test size: V1 pruned to 32 channels on the codec's mels,
+    then trained with one optimiser to regress V1's waveform for the same mels; the loss falls and
+    the written generator is the narrow one."""
+    data = tmp_path / "speech"
+    build_speech_corpus(data, sample_rate=22050, minutes=0.2, speakers=3, source="generated", real=False)
+    codec = tiny_codec()
+    codec.save(tmp_path / "codec")
+    cfg = load_config("vocoder-small", [
+        f"vocoder.codec={tmp_path / 'codec'}", "vocoder.channels=32", "vocoder.prune_batches=2",
+        f"codec.data_path={data}", "codec.segment_seconds=0.16", f"train.out_dir={tmp_path / 'run'}",
+        "train.steps=12", "train.batch_size=2", "train.lr=1e-3", "train.warmup_steps=1", "train.ckpt_every=12",
+        "train.log_every=1", "train.tensorboard=false",
+    ])
+    trainer = Trainer(cfg, get_task("vocoder"), argparse.Namespace())
+    assert set(trainer.phases) == {"generator"} and not hasattr(trainer.module, "discriminator")
+    last = trainer.fit()
+    records = [r for r in read_metrics(tmp_path / "run") if "mel_l1" in r]
+    assert len(records) == 12 and {"loss_generator", "wave_l1"} <= set(records[-1])
+    first, final = (sum(r["mel_l1"] for r in rs) / 3 for rs in (records[:3], records[-3:]))
+    assert final < first, (first, final)
+    assert load_hifigan(last / "vocoder.safetensors").cfg.channels == 32
+
+
 def test_shipped_codec_checks_its_sha256_and_reconstructs_speech(tmp_path, monkeypatch):
     """The weights in omni/assets/codec-tiny load after the sha256 check and reconstruct an espeak-ng
     sentence's log-mels (an unseen voice and text) within L1 0.6 (measured 0.36 on the unseen Kokoro
@@ -295,11 +321,7 @@ def test_shipped_codec_checks_its_sha256_and_reconstructs_speech(tmp_path, monke
     wav = wav[None, None] * 0.8
     error = (codec.decode_mel(codec.encode(wav)) - codec.mel(wav)).abs().mean().item()
     assert error < 0.6, error
-    damaged = tmp_path / "codec-tiny"
-    shutil.copytree(codec_module.SHIPPED_CODEC, damaged)
-    data = bytearray((damaged / "model.safetensors").read_bytes())
-    data[-1] ^= 1
-    (damaged / "model.safetensors").write_bytes(bytes(data))
+    damaged = F.damaged_copy(codec_module.SHIPPED_CODEC, tmp_path / "codec-tiny", "model.safetensors")
     monkeypatch.setattr(codec_module, "SHIPPED_CODEC", damaged)
     with pytest.raises(ValueError, match="sha256"):
         shipped_codec()

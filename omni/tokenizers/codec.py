@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
 
@@ -357,6 +357,13 @@ class SpeechCodec(Tokenizer, StreamingModule):
             self._modules["vocoder"] = StreamingVocoder(generator.eval().to(device), self.cfg.vocoder_lookahead,
                                                         floor=self.cfg.mel_floor)
         return self._modules["vocoder"]
+
+    def with_vocoder(self, vocoder: str) -> "SpeechCodec":
+        """This codec's weights voiced by another generator (a ``cfg.vocoder`` value: ``universal``,
+        ``small`` or a generator ``.safetensors``), in eval mode on the same device."""
+        other = SpeechCodec(replace(self.cfg, vocoder=vocoder)).to(self.decoder.skip.conv.weight.device)
+        other.load_state_dict(self.state_dict())
+        return other.eval()
 
     @contextlib.contextmanager
     def streaming(self, batch_size: int, **options: Any) -> Iterator[None]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -53,19 +53,20 @@ class VocoderGAN(nn.Module):
     def __init__(self, cfg: VocoderConfig, codec: SpeechCodec, prune_mels: list[Tensor]) -> None:
         super().__init__()
         self.codec = codec.requires_grad_(False)
+        v1 = pretrained_hifigan() if cfg.init == "pruned" or cfg.distill else None  # read once: pruned from, imitated
         if cfg.init == "universal":
             if cfg.channels != HiFiGANConfig().channels:
                 raise ConfigError("vocoder.init=universal needs vocoder.channels=512 (the pretrained V1 shape); "
                                   "use init: pruned for a narrower generator")
             self.generator = pretrained_hifigan()
         elif cfg.init == "pruned":
-            self.generator = prune_hifigan(pretrained_hifigan(), cfg.channels, prune_mels)
+            self.generator = prune_hifigan(v1, cfg.channels, prune_mels)
         elif cfg.init == "random":
             self.generator = HiFiGAN(HiFiGANConfig(channels=cfg.channels))
         else:
             raise ConfigError(f"vocoder.init must be 'universal', 'pruned' or 'random', got {cfg.init!r}")
         if cfg.distill:
-            self.teacher = pretrained_hifigan().requires_grad_(False)
+            self.teacher = v1.requires_grad_(False)
         else:
             self.discriminator = MultiPeriodDiscriminator(width=cfg.disc_width)
 
@@ -77,6 +78,17 @@ class VocoderGAN(nn.Module):
         return self
 
 
+def codec_mels(codec: SpeechCodec, segments: torch.utils.data.Dataset, batch: int, stop: Optional[int] = None,
+               device: Optional[torch.device] = None) -> Iterator[Tensor]:
+    """The codec's decoded log-mels ``[B, 80, frames]`` of the first ``stop`` (default all) speech
+    segments, ``batch`` at a time, computed on ``device`` (default: where the segments are)."""
+    stop = len(segments) if stop is None else min(stop, len(segments))
+    with torch.no_grad():
+        for start in range(0, stop, batch):
+            wav = torch.stack([segments[i] for i in range(start, min(stop, start + batch))])
+            yield codec.decode_mel(codec.encode(wav.to(device) if device is not None else wav))
+
+
 class TeacherTargets(torch.utils.data.Dataset):
     """Distillation pairs, computed once (the teacher is frozen): item i -> (the codec's log-mels of
     speech segment i ``[80, frames]``, the teacher's waveform for them ``[1, frames * 256]``). Holds
@@ -84,10 +96,9 @@ class TeacherTargets(torch.utils.data.Dataset):
 
     def __init__(self, segments: torch.utils.data.Dataset, codec: SpeechCodec, teacher: HiFiGAN, batch: int = 16) -> None:
         self.mels, self.waves = [], []
+        mels = codec_mels(codec, segments, batch, device=teacher.conv_pre.weight.device)
         with torch.no_grad():
-            for start in tqdm(range(0, len(segments), batch), desc="teacher waveforms", unit="batch"):
-                wav = torch.stack([segments[i] for i in range(start, min(len(segments), start + batch))])
-                mel = codec.decode_mel(codec.encode(wav.to(teacher.conv_pre.weight.device)))
+            for mel in tqdm(mels, total=-(-len(segments) // batch), desc="teacher waveforms", unit="batch"):
                 self.mels.extend(mel.cpu())
                 self.waves.extend(teacher(mel).cpu())
 
@@ -117,10 +128,8 @@ class VocoderTask(Task):
             raise ConfigError(f"vocoder.codec={path} holds a {type(codec).__name__}, not a speech codec")
         prune_mels = []
         if self.cfg.init == "pruned":
-            data, batch = speech_segments(cfg, "train"), cfg.section("train").batch_size
-            for start in range(0, min(len(data), self.cfg.prune_batches * batch), batch):
-                wav = torch.stack([data[i] for i in range(start, min(len(data), start + batch))])
-                prune_mels.append(codec.decode_mel(codec.encode(wav)))
+            batch = cfg.section("train").batch_size
+            prune_mels = list(codec_mels(codec, speech_segments(cfg, "train"), batch, self.cfg.prune_batches * batch))
         self.model = VocoderGAN(self.cfg, codec, prune_mels)
         return self.model
 

@@ -198,9 +198,11 @@ def step_folders(checkpoints: Path) -> list[Path]:
 REQUIRED = ("model.safetensors", "config.yaml", "trainer.json")
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path, required: tuple[str, ...] = REQUIRED) -> Path:
     """A run folder (follows ``latest``), its ``checkpoints/`` folder (newest step) or a step folder
-    -> the step folder. Raises :class:`CheckpointError` saying what is missing."""
+    -> the step folder. ``required``: the files it must hold; ``("model.safetensors",)`` also admits
+    a folder of weights alone, such as a shipped tokenizer (omni/assets/codec-tiny). Raises
+    :class:`CheckpointError` saying what is missing."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -215,7 +217,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if not steps:
             raise CheckpointError(f"{path} holds no complete checkpoint (no {base}/{STEP_PREFIX}* folder)")
         path = steps[-1]
-    missing = [f for f in REQUIRED if not (path / f).is_file()]
+    missing = [f for f in required if not (path / f).is_file()]
     if missing:
         raise CheckpointError(
             f"{path} is not a complete checkpoint (missing {', '.join(missing)}); pass a run folder "

@@ -127,7 +127,7 @@ class Trainer:
         if self.resume_from is not None:
             self._load(self.resume_from)
         elif t.finetune_from:
-            self._finetune_from(resolve_checkpoint(t.finetune_from))
+            self._finetune_from(resolve_checkpoint(t.finetune_from, required=("model.safetensors",)))
 
     # ---- run folder --------------------------------------------------------------------------
     def _prepare_run_dir(self, resume: Optional[str], overwrite: bool) -> None:
@@ -197,7 +197,8 @@ class Trainer:
             tqdm.write(f"resumed from {step_dir} at step {self.step}")
 
     def _finetune_from(self, step_dir: Path) -> None:
-        """``train.finetune_from``: the model starts from the weights of ``step_dir`` (cast to its dtype);
+        """``train.finetune_from``: the model starts from the weights of ``step_dir`` (a step folder or
+        any folder holding ``model.safetensors``, cast to the model's dtype);
         optimiser, schedule and data order start afresh at step 0. Raises CheckpointError if the
         weights do not fit the model this config builds, or if the checkpoint's vocabulary layout
         (``vocab.json``) differs from the corpus's."""

@@ -230,12 +230,12 @@ def test_tiny_codec_fit_and_training_lower_mel_error(tmp_path):
 
     data = tmp_path / "speech"
     build_speech_corpus(data, sample_rate=22050, minutes=1.5, speakers=12, source="generated", real=False, kokoro_share=0.0)
-    cfg = load_config("codec-tiny", [
+    overrides = [
         f"codec.data_path={data}", "codec.channels=64", "codec.dim=32", "codec.num_codebooks=4",
         "codec.codebook_size=64", "codec.fit_vectors=5000", "codec.segment_seconds=0.8",
-        f"train.out_dir={tmp_path / 'run'}", "train.steps=60", "train.batch_size=4", "train.warmup_steps=5",
-        "train.ckpt_every=60", "train.log_every=20", "train.tensorboard=false",
-    ])
+        "train.batch_size=4", "train.warmup_steps=5", "train.log_every=20", "train.tensorboard=false",
+    ]
+    cfg = load_config("codec-tiny", overrides + [f"train.out_dir={tmp_path / 'run'}", "train.steps=60", "train.ckpt_every=60"])
     task = CodecTask()
     val, train = task.build_dataset(cfg, "val"), task.build_dataset(cfg, "train")
     unseen = torch.stack([val[i] for i in range(len(val))])
@@ -255,6 +255,17 @@ def test_tiny_codec_fit_and_training_lower_mel_error(tmp_path):
     print(f"mel L1 on unseen voices: unfitted {unfitted:.3f} -> fitted {fitted:.3f} -> trained {mel_error(trained, unseen):.3f}; "
           f"on training crops: fitted {fitted_seen:.3f} -> trained {trained_seen:.3f}")
     assert unfitted / fitted >= 2 and trained_seen < fitted_seen
+
+    # The decoder trains on from the saved codec folder (weights and tokenizer.json, as omni/assets
+    # ships it): nothing is refitted, so every code stays the same.
+    tuned_cfg = load_config("codec-tiny", overrides + [f"train.out_dir={tmp_path / 'tuned'}", "train.steps=10",
+                                                       "train.ckpt_every=10", f"train.finetune_from={last / 'tokenizer'}"])
+    tuned = load_tokenizer(Trainer(tuned_cfg, task, argparse.Namespace()).fit() / "tokenizer")
+    with torch.no_grad():
+        assert torch.equal(tuned.encode(unseen), trained.encode(unseen))
+    before, after = trained.state_dict(), tuned.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("decoder.") for name in changed), changed
 
 
 @pytest.mark.slow

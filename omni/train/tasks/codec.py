@@ -26,12 +26,17 @@ class CodecTask(TokenizerTask):
     """Fit the codec's encoder and codebooks to the training speech (:meth:`SpeechCodec.fit`: PCA
     and residual k-means), then train its decoder: L1 between the decoded and the input's log-mels
     (vocoder scale, floored). The vocoder is fixed; fine-tune it on the trained codec's mels with
-    the ``vocoder`` task."""
+    the ``vocoder`` task. With ``train.finetune_from`` (a run, step or shipped codec folder) nothing is
+    fitted: encoder and codebooks come from those weights, so the tokens stay the same and only the
+    decoder trains on."""
 
     tokenizer_cls, section = SpeechCodec, "codec"
 
     def build_model(self, cfg: Config) -> nn.Module:
         codec = SpeechCodec(cfg.section("codec"))
+        if cfg.train.finetune_from:
+            print(f"codec: encoder and codebooks from {cfg.train.finetune_from} (not fitted); the decoder trains on")
+            return codec
         data = speech_segments(cfg, "train")
         wav = torch.stack([data[i] for i in range(len(data))])
         stats = codec.fit(wav)

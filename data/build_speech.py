@@ -43,7 +43,7 @@ from omni.config import load_config
 from omni.data.sources import AUDIO, MediaSpec, open_sources
 from omni.data.build_text import fortune_docs, shakespeare_docs
 from omni.data.spoken_qa import load_spoken_qa
-from omni.data.voices import Voice, preset_voice, synth_at, training_voices, unseen_voices
+from omni.data.voices import UNSEEN_FAMILY, Voice, preset_voice, synth_at, training_voices, unseen_voices
 from omni.io.audio import load_audio, save_audio
 
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
@@ -83,10 +83,10 @@ def book_sentences() -> Iterator[str]:
                     yield sent
 
 
-def sentence_pool(source: str, n: int, seed: int, spoken_qa: bool = True) -> list[str]:
+def sentence_pool(source: str, n: int, seed: int) -> list[str]:
     """``n`` sentences from ``source`` ("generated" or "books" = books topped up with generated),
-    the spoken QA questions and answers (data/spoken_qa.jsonl) first unless ``spoken_qa`` is False."""
-    pool = [text for x in load_spoken_qa() for text in (x.question, x.answer)][:n] if spoken_qa else []
+    the spoken QA questions and answers (data/spoken_qa.jsonl) first."""
+    pool = [text for x in load_spoken_qa() for text in (x.question, x.answer)][:n]
     if source == "books":
         books = list(book_sentences())
         random.Random(seed).shuffle(books)
@@ -138,28 +138,22 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
                         kokoro_share: float = 0.25, preset_share: float = 0.1) -> dict[str, float]:
     """Write the corpus (see module docstring); returns seconds per split and the real clip count
     (``real=False`` skips the real recordings). ``kokoro_share`` of the training speakers are Kokoro
-    voices, the rest espeak-ng; the preset voice is ``preset_share`` of the training voice draws.
-    ``preset_share=1``: the preset voice alone, in train and val, for tuning the decoder the
-    assistant speaks through (docs/tokenizers.md); the spoken QA sentences are left out, since the
-    demo's ceiling speaks them."""
-    if not (0 <= kokoro_share <= 1 and 0 <= preset_share <= 1):
-        raise ValueError(f"kokoro_share and preset_share must lie in [0, 1], got {kokoro_share}, {preset_share}")
+    voices, the rest espeak-ng; the preset voice is ``preset_share`` of the training voice draws."""
+    if not (0 <= kokoro_share <= 1 and 0 <= preset_share < 1):
+        raise ValueError(f"kokoro_share must lie in [0, 1] and preset_share in [0, 1), got {kokoro_share}, {preset_share}")
     out = Path(out)
-    preset_only = preset_share == 1
     n_utts = max(4, int(minutes * 60 / 3.0))  # ~3 s per utterance
-    sentences = sentence_pool(source, n_utts, seed, spoken_qa=not preset_only)
+    sentences = sentence_pool(source, n_utts, seed)
     rng = random.Random(seed)
     rng.shuffle(sentences)
     n_val = max(2, int(n_utts * val_fraction))
-    if preset_only:
-        train_voices = val_voices = [preset_voice()]
-    else:
-        train_voices, val_voices = training_voices(speakers, seed, kokoro_share), unseen_voices(max(2, speakers // 10), seed)
-        n_preset = round(preset_share / (1 - preset_share) * len(train_voices))
-        train_voices += [preset_voice()] * n_preset  # the preset voice is one speaker drawn often
+    train_voices = training_voices(speakers, seed, kokoro_share)
+    n_preset = round(preset_share / (1 - preset_share) * len(train_voices))
+    train_voices += [preset_voice()] * n_preset  # the preset voice is one speaker drawn often
     stats = {
         "train_seconds": write_split(out, "train", sentences[n_val:], train_voices, sample_rate, seed),
-        "val_seconds": write_split(out, "val", sentences[:n_val], val_voices, sample_rate, seed + 1),
+        "val_seconds": write_split(out, "val", sentences[:n_val], unseen_voices(max(2, speakers // 10), seed),
+                                   sample_rate, seed + 1),
     }
     clips = real_eval_clips() if real else []
     (out / "real_eval").mkdir(parents=True, exist_ok=True)
@@ -173,7 +167,7 @@ def build_speech_corpus(out: str | Path, sample_rate: int = 16_000, minutes: flo
     stats["real_eval_clips"] = len(clips)
     (out / "info.json").write_text(json.dumps({"sample_rate": sample_rate, "speakers": speakers, "source": source,
                                                 "kokoro_share": kokoro_share, "preset_share": preset_share,
-                                                "val_family": val_voices[0].family, **stats}, indent=2))
+                                                "val_family": UNSEEN_FAMILY, **stats}, indent=2))
     return stats
 
 
@@ -210,8 +204,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--minutes", type=float, default=30.0, help="approximate total minutes of synthetic speech")
     p.add_argument("--speakers", type=int, default=120, help="training user voices (val uses the unseen family)")
     p.add_argument("--kokoro-share", type=float, default=0.25, help="share of the training voices that are Kokoro (the rest espeak-ng)")
-    p.add_argument("--preset-share", type=float, default=0.1,
-                   help="share of training utterances in the preset (Piper) voice; 1 = that voice alone, val included")
+    p.add_argument("--preset-share", type=float, default=0.1, help="share of training utterances in the preset (Piper) voice")
     p.add_argument("--source", default="books", choices=("books", "generated"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from", dest="sources", action="append", default=[], metavar="NAME[:SPLIT]=PATH",

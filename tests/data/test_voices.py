@@ -126,18 +126,6 @@ def test_speech_corpus_voices(tmp_path):
     assert {r["family"] for r in rows["val"]} == {UNSEEN_FAMILY}
 
 
-@pytest.mark.slow
-def test_preset_voice_corpus_leaves_out_the_spoken_qa(tmp_path):
-    """preset_share=1: the assistant's voice alone, val included, none of the demo's QA sentences."""
-    build_speech_corpus(tmp_path, sample_rate=16_000, minutes=0.4, val_fraction=0.2, source="generated", real=False,
-                        preset_share=1.0)
-    rows = [json.loads(line) for s in ("train", "val") for line in (tmp_path / f"{s}.jsonl").read_text().splitlines()]
-    qa = {text for x in load_spoken_qa() for text in (x.question, x.answer)}
-    assert len(rows) >= 6 and {r["family"] for r in rows} == {PRESET_FAMILY}
-    assert not qa & {r["text"] for r in rows}
-    assert json.loads((tmp_path / "info.json").read_text())["val_family"] == PRESET_FAMILY
-
-
 def test_neural_voices_are_synthesised_once_then_read_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNI_CACHE", str(tmp_path))
     calls = []

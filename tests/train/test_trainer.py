@@ -111,8 +111,10 @@ def test_finetune_from_starts_from_the_weights_with_a_fresh_optimiser(corpus, tm
     shutil.copytree(step, tmp_path / "bf16")  # as omni/assets ships weights: bfloat16, cast back on load
     save_tensors({k: v.bfloat16() for k, v in load_tensors(step / "model.safetensors").items()},
                  tmp_path / "bf16" / "model.safetensors")
+    (tmp_path / "weights").mkdir()  # weights alone, as a shipped tokenizer folder holds them
+    shutil.copy(step / "model.safetensors", tmp_path / "weights")
     ns = argparse.Namespace(deepspeed=None, fsdp=False, resume=None, overwrite=False)
-    for folder in (step, tmp_path / "bf16"):
+    for folder in (step, tmp_path / "bf16", tmp_path / "weights"):
         saved = load_tensors(folder / "model.safetensors")
         tuned = Trainer(micro_cfg(corpus, tmp_path / f"from_{folder.name}", f"train.finetune_from={folder}"), get_task("lm"), ns)
         assert tuned.step == 0

@@ -40,6 +40,12 @@ class Task:
         """A map-style dataset; the Trainer shards and orders it with a resumable, rank-aware sampler."""
         raise NotImplementedError
 
+    def fit_to_data(self, model: nn.Module, dataset: torch.utils.data.Dataset) -> None:
+        """Set weights that are fitted to the training ``dataset`` rather than learnt (e.g. a codec's
+        encoder statistics and codebooks). The Trainer calls it once, before the first step, and
+        only for a run that starts from no checkpoint: ``--resume`` and ``train.finetune_from`` load
+        those weights instead. Default: nothing."""
+
     def collate(self, items: list[Any]) -> Any:
         """Stack examples into a batch (default: torch's default_collate)."""
         return torch.utils.data.default_collate(items)

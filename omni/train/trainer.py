@@ -106,12 +106,15 @@ class Trainer:
         self.device = self.info.device
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every engine
 
-        self.module = task.build_model(cfg).to(self.device)
+        self.module = task.build_model(cfg)
+        self.dataset = task.build_dataset(cfg, "train")
+        if self.resume_from is None and not t.finetune_from:  # a checkpoint's weights would replace the fit
+            task.fit_to_data(self.module, self.dataset)
+        self.module = self.module.to(self.device)
         if t.activation_checkpointing:
             if not hasattr(self.module, "activation_checkpointing"):
                 raise ValueError(f"train.activation_checkpointing: {type(self.module).__name__} does not support it")
             self.module.activation_checkpointing = True
-        self.dataset = task.build_dataset(cfg, "train")
         if isinstance(self.dataset, ShardStream):  # streamed shards: the stream is its own resumable sampler
             self.dataset.configure(self.info.rank, self.info.world_size, cfg.data.num_workers, t.batch_size)
             self.sampler = self.dataset

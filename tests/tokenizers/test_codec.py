@@ -221,7 +221,7 @@ def test_bad_inputs():
 
 @pytest.mark.slow
 def test_tiny_codec_fit_and_training_lower_mel_error(tmp_path):
-    """~1.5 min of synthetic espeak speech: fitting (PCA + residual k-means, in CodecTask.build_model)
+    """~1.5 min of synthetic espeak speech: fitting (PCA + residual k-means, CodecTask.fit_to_data)
     takes the mel L1 on unseen voices far below the unfitted codec's (measured 5.25 -> 0.68), and 60
     Trainer steps of the decoder lower it on training crops (0.66 -> 0.60). On the unseen Kokoro
     voices the espeak-trained decoder does not help (0.67 -> 0.69): docs/benchmarks.md measures the

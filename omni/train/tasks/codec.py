@@ -26,24 +26,18 @@ class CodecTask(TokenizerTask):
     """Fit the codec's encoder and codebooks to the training speech (:meth:`SpeechCodec.fit`: PCA
     and residual k-means), then train its decoder: L1 between the decoded and the input's log-mels
     (vocoder scale, floored). The vocoder is fixed; fine-tune it on the trained codec's mels with
-    the ``vocoder`` task. With ``train.finetune_from`` (a run, step or shipped codec folder) nothing is
-    fitted: encoder and codebooks come from those weights, so the tokens stay the same and only the
-    decoder trains on."""
+    the ``vocoder`` task. With ``--resume`` or ``train.finetune_from`` (a run, step or shipped codec
+    folder) nothing is fitted: encoder and codebooks come from those weights, so the tokens stay the
+    same and only the decoder trains on."""
 
     tokenizer_cls, section = SpeechCodec, "codec"
 
-    def build_model(self, cfg: Config) -> nn.Module:
-        codec = SpeechCodec(cfg.section("codec"))
-        if cfg.train.finetune_from:
-            print(f"codec: encoder and codebooks from {cfg.train.finetune_from} (not fitted); the decoder trains on")
-            return codec
-        data = speech_segments(cfg, "train")
-        wav = torch.stack([data[i] for i in range(len(data))])
+    def fit_to_data(self, codec: SpeechCodec, dataset: torch.utils.data.Dataset) -> None:
+        wav = torch.stack([dataset[i] for i in range(len(dataset))])
         stats = codec.fit(wav)
         print(f"codec fitted on {wav.shape[0] * wav.shape[-1] / codec.sample_rate / 60:.1f} min of speech "
               f"({stats['vectors']} vectors): PCA keeps {100 * stats['variance_kept']:.1f} % of the variance; "
               "k-means mean squared residual by level " + " ".join(f"{e:.3f}" for e in stats["kmeans_mse"]))
-        return codec
 
     def build_dataset(self, cfg: Config, split: str = "train") -> torch.utils.data.Dataset:
         return speech_segments(cfg, split)

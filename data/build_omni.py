@@ -49,7 +49,7 @@ import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ from omni.data.shards import TarShardWriter, build_shards
 from omni.data.sources import SOURCES
 from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, SpokenQA, load_spoken_qa
 from omni.data.voices import Voice, accent_of, preset_voice, synth_at, training_voices
+from omni.eval.intelligibility import Judge, word_error_rate
 from omni.tokenizers.base import Tokenizer, load_tokenizer
 from omni.tokenizers.codec import SpeechCodec
 from omni.tokenizers.image import ImageTokenizer, load_image
@@ -98,6 +99,13 @@ QA_TEXT_REPEATS = 6
 ASKED_SHARE = 0.45
 # Share of the image conversations that caption a random crop; the rest draw a picture.
 CAPTION_SHARE = 2 / 3
+
+# Takes of each assistant line. Piper samples noise inside its graph, so takes of one line differ, and
+# through the codec some lose a word; the model learns to say each line exactly as its one take in the
+# corpus does. The first take that the quick judge hears word for word through the codec is kept
+# (clearest_take; docs/benchmarks.md, "Clearer assistant takes").
+ASSISTANT_TAKES = 4
+QUICK_JUDGE = "tiny.en"  # not the demo's judge (base), so the demo does not score what it selected on
 
 # The demo's spoken questions and answers live in data/spoken_qa.jsonl (omni.data.spoken_qa).
 EXTRA_TTS_LINES = ["Good morning.", "Thank you very much.", "See you tomorrow.", "The weather is nice today.",
@@ -212,15 +220,56 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 
 
 # ---- conversations ---------------------------------------------------------------------------------
+class Take(NamedTuple):
+    """One synthesis of a line, through the codec: its ``codes`` [K, frames], which ``take`` of
+    :func:`omni.data.voices.synth_at` it is, what the judge ``heard`` and that transcript's word error
+    rate against the line (``wer``, 0 = word for word)."""
+
+    codes: torch.Tensor
+    take: int
+    heard: str
+    wer: float
+
+
+def clearest_take(codec: SpeechCodec, voice: Voice, text: str, judge: Judge, takes: int = ASSISTANT_TAKES,
+                  trailing: int = 0) -> Take:
+    """``text`` in ``voice`` as the corpus keeps it: of the takes 0, 1, ... ``takes - 1``, the first whose
+    codec reconstruction (codes -> log-mel -> vocoder) ``judge`` transcribes word for word (WER 0 after
+    normalisation), else the one it hears with the lowest WER (the earlier on ties). Each take is
+    followed by ``trailing`` samples of silence before encoding. Only a voice that samples noise
+    (Piper) says a line differently from take to take; for the others every take is the same.
+    Raises ValueError for ``takes`` < 1."""
+    if takes < 1:
+        raise ValueError(f"takes must be >= 1, got {takes}")
+    best: Optional[Take] = None
+    device = next(codec.parameters()).device
+    for take in range(takes):
+        wav = torch.nn.functional.pad(synth_at(voice, text, codec.sample_rate, take), (0, trailing))
+        frames = -(-len(wav) // codec.hop_length)
+        codes = codec.encode(codec.pad_to_hop(wav).view(1, 1, -1).to(device))[0, :, :frames].cpu()
+        heard = judge.transcribe(codec.decode(codes[None].to(device))[0, 0].cpu(), codec.sample_rate)
+        wer = word_error_rate([text], [heard])
+        if best is None or wer < best.wer:
+            best = Take(codes, take, heard, wer)
+        if wer == 0:
+            break
+    assert best is not None
+    return best
+
+
 class Builder:
     """Makes the conversations of every task with the frozen tokenizers."""
 
     def __init__(self, cfg: Config, toks: dict[str, Tokenizer], seed: int, voices: int = TRAINING_VOICES,
-                 workers: int = 1) -> None:
+                 workers: int = 1, assistant_takes: int = ASSISTANT_TAKES) -> None:
         self.toks, self.rng, self.workers = toks, random.Random(seed), workers
         self.codec = toks["codec"]
         self.voices = training_voices(voices, seed)
         self.assistant = preset_voice()
+        self.assistant_takes = assistant_takes
+        # With one take there is nothing to choose, and no judge to load.
+        self.judge = Judge(QUICK_JUDGE, threads=torch.get_num_threads()) if assistant_takes > 1 else None
+        self.kept_takes: dict[str, Take] = {}  # assistant line -> the take kept (index.json reports them)
         self.qa = load_spoken_qa()
         self.safety = load_spoken_qa(SAFETY_FILE, split="train")
         self.tts_lines = [x.answer for x in self.qa] + EXTRA_TTS_LINES
@@ -233,9 +282,19 @@ class Builder:
         """Codec codes [K, frames] of each distinct (text, voice), synthesised with 0-240 ms of
         trailing silence (in ``self.workers`` processes of one thread each: Kokoro runs at about real
         time on one core) and encoded in batches. The codec is causal, so zero padding after an
-        utterance leaves its frames unchanged and each is trimmed to its own length."""
+        utterance leaves its frames unchanged and each is trimmed to its own length. The assistant's
+        lines are the clearest of ``assistant_takes`` takes (:func:`clearest_take`), kept in
+        ``self.kept_takes``."""
         sr, hop = self.codec.sample_rate, self.codec.hop_length
         unique = list(dict.fromkeys(requests))
+        trailing = {u: int(self.rng.uniform(0, 0.24) * sr) for u in unique}
+        out = {}
+        if self.judge is not None:  # the assistant's lines: the clearest of several takes
+            for text, voice in tqdm([u for u in unique if u[1] == self.assistant], desc="assistant takes", disable=None):
+                self.kept_takes[text] = clearest_take(self.codec, voice, text, self.judge, self.assistant_takes,
+                                                      trailing[text, voice])
+                out[text, voice] = self.kept_takes[text].codes
+            unique = [u for u in unique if u not in out]
         args = ([voice for _, voice in unique], [text for text, _ in unique], [sr] * len(unique))  # of synth_at
         if self.workers > 1:
             with ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
@@ -243,8 +302,7 @@ class Builder:
                 spoken = list(tqdm(pool.map(synth_at, *args, chunksize=8), total=len(unique), desc="synthesising speech", disable=None))
         else:
             spoken = list(tqdm(map(synth_at, *args), total=len(unique), desc="synthesising speech", disable=None))
-        waves = [torch.nn.functional.pad(wav, (0, int(self.rng.uniform(0, 0.24) * sr))) for wav in spoken]
-        out = {}
+        waves = [torch.nn.functional.pad(wav, (0, trailing[u])) for wav, u in zip(spoken, unique)]
         order = sorted(range(len(unique)), key=lambda i: len(waves[i]))  # similar lengths share a batch
         for b in tqdm(range(0, len(order), batch), desc="encoding speech", disable=None):
             idx = order[b : b + batch]
@@ -335,10 +393,12 @@ def write_split(out: Path, split: str, convs: list[tuple[str, Stream]]) -> dict[
 
 
 def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: float = 1.0, untrained: bool = False,
-                      workers: Optional[int] = None) -> Path:
+                      workers: Optional[int] = None, assistant_takes: Optional[int] = None) -> Path:
     """Build ``cfg``'s corpus into ``out`` (default data.path); ``scale`` multiplies every task's count;
     ``untrained`` encodes with random-weight tokenizers (tests only, see :func:`frozen_tokenizers`);
-    ``workers`` speech-synthesis processes (default: one per CPU)."""
+    ``workers`` speech-synthesis processes (default: one per CPU); ``assistant_takes`` takes of each
+    assistant line to keep the clearest of (default :data:`ASSISTANT_TAKES`; 1 with ``untrained``,
+    whose codec decodes to noise that no judge hears)."""
     out = Path(out or cfg.data.path)
     out.mkdir(parents=True, exist_ok=True)
     toks, sources = frozen_tokenizers(cfg, out, untrained)
@@ -356,8 +416,10 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     vocab = OmniVocab.build(text, toks["codec"].metadata, toks["image"].metadata, toks["video"].metadata)
     fmt = ConversationFormat(text, vocab)
     n = lambda k: max(1, int(k * scale))  # noqa: E731
+    takes = assistant_takes or (1 if untrained else ASSISTANT_TAKES)
+    builder = Builder(cfg, toks, cfg.train.seed, workers=workers or os.cpu_count() or 1, assistant_takes=takes)
     with torch.no_grad():
-        convs = list(Builder(cfg, toks, cfg.train.seed, workers=workers or os.cpu_count() or 1).conversations(*(n(c) for c in COUNTS)))
+        convs = list(builder.conversations(*(n(c) for c in COUNTS)))
     random.Random(cfg.train.seed).shuffle(convs)
     splits: dict[str, list[tuple[str, Stream]]] = {"train": [], "val": []}
     counts: dict[str, int] = {}
@@ -372,11 +434,24 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
         "splits": {k: [write_split(out, k, v)] for k, v in splits.items() if v},
         "tasks": counts,
         "assistant_voice": preset_voice().name,
+        "assistant_takes": takes_report(builder.kept_takes, takes),
     }
     (out / "index.json").write_text(json.dumps(index, indent=1))
     total = sum(s["positions"] for shards in index["splits"].values() for s in shards)
     print(f"omni corpus: {len(convs)} conversations {counts}, {total:,} positions (vocab {vocab.size}) -> {out}")
+    if builder.kept_takes:
+        r = index["assistant_takes"]
+        print(f"assistant lines: {r['lines']}, kept take {r['kept']} (of {takes}); {len(r['not_word_for_word'])} "
+              f"not heard word for word by Whisper {QUICK_JUDGE} in any take")
     return out
+
+
+def takes_report(kept: dict[str, Take], takes: int) -> dict[str, Any]:
+    """index.json's summary of the assistant takes: how many lines, how often each take was kept,
+    and the lines no take was heard word for word in (with the kept take's transcript)."""
+    return {"takes": takes, "judge": QUICK_JUDGE if kept else None, "lines": len(kept),
+            "kept": {str(k): sum(t.take == k for t in kept.values()) for k in range(takes)} if kept else {},
+            "not_word_for_word": {text: t.heard for text, t in kept.items() if t.wer > 0}}
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -393,6 +468,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="speech-synthesis processes (default: one per CPU); with --source: tokenizing processes (one GPU "
                         "each, round robin, when present; default 1)")
+    p.add_argument("--assistant-takes", type=int, default=None,
+                   help=f"takes of each assistant line to keep the clearest of through the codec, judged by Whisper "
+                        f"{QUICK_JUDGE} (default {ASSISTANT_TAKES}; 1: the first take, no judge)")
     p.add_argument("--shard-examples", type=int, default=100_000,
                    help="with --source: conversations per shard (default ~1 GB of speech conversations, docs/data.md)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")
@@ -405,7 +483,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         toks, sources = frozen_tokenizers(cfg, out, args.untrained)
         build_shards(cfg, args.source, out, toks, sources, args.mix, args.shard_examples, args.workers or 1)
     else:
-        build_omni_corpus(cfg, args.out, args.scale, args.untrained, args.workers)
+        build_omni_corpus(cfg, args.out, args.scale, args.untrained, args.workers, args.assistant_takes)
 
 
 if __name__ == "__main__":

@@ -444,14 +444,16 @@ def accent_of(voice: Voice) -> str:
     return "an American accent" if voice.family == PRESET_FAMILY else "a Japanese accent"
 
 
-def synth_at(voice: Voice, text: str, sample_rate: int) -> Tensor:
+def synth_at(voice: Voice, text: str, sample_rate: int, take: int = 0) -> Tensor:
     """``voice.synth(text)`` resampled to ``sample_rate``: [samples]. Neural voices' waves are kept in
-    ``$OMNI_CACHE/speech/`` (float16, keyed by voice name, text and rate; written under a temporary
-    name, then renamed): Kokoro needs ~1-3 s per second of speech on a loaded core, and the demo's
-    corpora and evaluation speak the same lines on every run."""
+    ``$OMNI_CACHE/speech/`` (float16, keyed by voice name, text, rate and ``take``; written under a
+    temporary name, then renamed): Kokoro needs ~1-3 s per second of speech on a loaded core, and the
+    demo's corpora and evaluation speak the same lines on every run. ``take`` > 0 is another synthesis
+    of the same line, kept apart; only a voice that samples noise (Piper) says it differently."""
     if voice.family == "espeak":  # ~100x faster than real time: nothing to save
         return _resampled(voice, text, sample_rate)
-    key = hashlib.sha1(f"{voice.name}|{text}|{sample_rate}".encode()).hexdigest()
+    take_key = f"|take{take}" if take else ""  # take 0 keeps the key of the waves cached before takes existed
+    key = hashlib.sha1(f"{voice.name}|{text}|{sample_rate}{take_key}".encode()).hexdigest()
     path = cache_dir() / "speech" / key[:2] / f"{key}.npy"
     if path.is_file():
         return torch.from_numpy(np.load(path).astype(np.float32))

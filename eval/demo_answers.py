@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from omni.config import load_config
 from omni.conversation import Audio, Message
-from omni.data.build_omni import IMAGES, augment, load_picture
+from omni.data.build_omni import IMAGES, QUICK_JUDGE, augment, clearest_take, load_picture
 from omni.data.spoken_qa import load_spoken_qa
 from omni.data.voices import UNSEEN_FAMILY, Voice, kokoro_voices, preset_voice, synth_at, training_voices, unseen_voices
 from omni.eval.intelligibility import Judge, holds_answer, normalize_text, word_error_rate
@@ -194,12 +194,15 @@ def monologues_offline(bot: OmniChat, questions: list[Tensor]) -> list[str]:
 
 
 def preset_voice_ceiling(bot: OmniChat, judge: Judge, answers: list[str]) -> dict[str, float]:
-    """The expected ``answers`` spoken by the preset voice, through the codec, judged: accuracy and WER."""
-    sr = bot.sample_rate
+    """The expected ``answers`` in the preset voice as a training corpus keeps them (data/build_omni.py's
+    :func:`clearest_take`, chosen by the quick judge), decoded from their codes and judged by ``judge``:
+    accuracy and WER. A model that says its answers exactly as it learnt them scores this."""
+    quick = Judge(QUICK_JUDGE, threads=judge.threads)
     with torch.no_grad():
-        spoken = [bot.codec.decode(bot.codec.encode(bot.codec.pad_to_hop(synth_at(preset_voice(), a, sr).view(1, 1, -1))
-                                                    .to(bot.device)))[0, 0].cpu() for a in answers]
-    heard = judge.transcribe_many(spoken, sr, desc="judging the preset voice")
+        codes = [clearest_take(bot.codec, preset_voice(), a, quick).codes
+                 for a in tqdm(answers, desc="the preset voice's takes", disable=None)]
+        spoken = [bot.codec.decode(c[None].to(bot.device))[0, 0].cpu() for c in codes]
+    heard = judge.transcribe_many(spoken, bot.sample_rate, desc="judging the preset voice")
     return {"accuracy": sum(holds_answer(a, h) for a, h in zip(answers, heard)) / len(answers),
             "wer": word_error_rate(answers, heard)}
 

@@ -176,9 +176,9 @@ class Judge:
             raise JudgeUnavailable("the Whisper judge needs `pip install faster-whisper`")
         self.name = model
         self.beam_size = beam_size
-        threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+        self.threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
         self.model = WhisperModel(str(model_dir(model)), device="cpu", compute_type="int8",
-                                  cpu_threads=threads, local_files_only=True)
+                                  cpu_threads=self.threads, local_files_only=True)
 
     def transcribe(self, wave: torch.Tensor | np.ndarray, sample_rate: int) -> str:
         """Text Whisper hears in ``wave`` ([samples] or [1, samples], float in [-1, 1], at

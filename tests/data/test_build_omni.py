@@ -8,9 +8,9 @@ import torch
 from tests import omni_fixtures as F
 from omni.config import load_config
 from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
-from omni.data.build_omni import Builder, build_omni_corpus, tokenizer_folder
+from omni.data.build_omni import Builder, build_omni_corpus, clearest_take, takes_report, tokenizer_folder
 from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, load_spoken_qa
-from omni.data.voices import ACCENT_WORDS, espeak_voices
+from omni.data.voices import ACCENT_WORDS, Voice, espeak_voices, synth_at
 from omni.train.shards import read_shard_index
 from omni.train.tasks.omni import OmniTask
 
@@ -73,3 +73,50 @@ def test_safety_questions_follow_a_voice_sample():
     assert ACCENT_WORDS[sample[1].accent] in answer and "{accent}" not in answer
     assert b.safety_question(rows["famous_line"]) == (None, rows["famous_line"].answer)
     assert b.safety_question(rows["speaker_id"])[0] is not None
+
+
+class NoisyVoice(Voice):
+    """A voice that says every line differently (as Piper does): noise from a counter of calls."""
+
+    family = "noisy"
+    calls = 0
+
+    @property
+    def name(self) -> str:
+        return "noisy"
+
+    def synth(self, text: str) -> tuple[torch.Tensor, int]:
+        NoisyVoice.calls += 1
+        return torch.randn(2000, generator=torch.Generator().manual_seed(NoisyVoice.calls)) * 0.1, 22050
+
+
+class ScriptedJudge:
+    """Hears the given transcripts in turn."""
+
+    def __init__(self, *heard: str) -> None:
+        self.heard, self.asked = list(heard), 0
+
+    def transcribe(self, wave: torch.Tensor, sample_rate: int) -> str:
+        self.asked += 1
+        return self.heard.pop(0)
+
+
+def test_clearest_take_keeps_the_first_take_heard_word_for_word(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNI_CACHE", str(tmp_path))
+    codec, voice, line = F.codec(), NoisyVoice(), "The sky is blue."
+    judge = ScriptedJudge("The sky is glue.", "the sky is blue", "The sky is blue.")
+    kept = clearest_take(codec, voice, line, judge, takes=3, trailing=512)
+    assert (kept.take, kept.wer, judge.asked) == (1, 0.0, 2)  # stops at the first take heard word for word
+    take1 = synth_at(voice, line, codec.sample_rate, take=1)  # cached apart from take 0: another synthesis
+    assert not torch.equal(take1, synth_at(voice, line, codec.sample_rate))
+    wav = codec.pad_to_hop(torch.nn.functional.pad(take1, (0, 512))).view(1, 1, -1)
+    assert torch.equal(kept.codes, codec.encode(wav)[0, :, : -(-(len(take1) + 512) // codec.hop_length)])
+
+    kept = clearest_take(codec, voice, line, ScriptedJudge("Sky glue.", "The sky is glue.", "Sky is new."), takes=3)
+    assert (kept.take, kept.heard) == (1, "The sky is glue.")  # none word for word: the lowest WER
+    kept = clearest_take(codec, voice, line, ScriptedJudge("Sky glue.", "Sky glue."), takes=2)
+    assert kept.take == 0  # ties go to the earlier take
+    with pytest.raises(ValueError, match="takes must be >= 1"):
+        clearest_take(codec, voice, line, ScriptedJudge(), takes=0)
+    report = takes_report({line: kept, "Hello there!": kept._replace(take=1, wer=0.0, heard="Hello there!")}, 2)
+    assert report["kept"] == {"0": 1, "1": 1} and report["not_word_for_word"] == {line: "Sky glue."}

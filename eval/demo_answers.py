@@ -284,7 +284,7 @@ def ask_every_question(bot: OmniChat, judge: Optional[Judge], out: Path, batch: 
           f"   accuracy {right}/{len(turns)} = {100 * summary['accuracy']:.1f} % (the judge's transcript holds the "
           f"answer's content words); text monologue {said_right}/{len(turns)} = {100 * summary['monologue_accuracy']:.1f} %; "
           f"baseline, one fixed answer ({fixed!r}): {fixed_right}/{len(turns)}; ceiling, the preset voice speaking "
-          f"the answers through the codec: {round(ceiling['accuracy'] * len(turns))}/{len(turns)} (WER "
+          f"the answers through the codec (the takes a corpus keeps): {round(ceiling['accuracy'] * len(turns))}/{len(turns)} (WER "
           f"{100 * ceiling['wer']:.1f} %)\n"
           f"   reply WER against the answer text {100 * summary['reply_wer']:.1f} %, against the monologue it was "
           f"spoken from {_percent(summary['reply_wer_vs_monologue'])}; time to first audio p50 "

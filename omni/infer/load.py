@@ -30,7 +30,7 @@ Tensor = torch.Tensor
 # tokenizers, vocab.json), with its model card; `make demo` talks with it. Digests of every weight file.
 SHIPPED_OMNI = Path(__file__).resolve().parent.parent / "assets" / "omni-tiny"
 SHIPPED_OMNI_SHA256 = {
-    "model.safetensors": "52e1cfb848e9a2c12264f7fb2d2389859a13eb73c95504f99631695e15e922e9",
+    "model.safetensors": "c2a002fc871ee82f14377a33395e799d486c78e07e6737fd7e61a372c9e63c6b",
     "tokenizers/codec/model.safetensors": "47e53d54e8ac65e104f7aaf3538ab5d37110da52c7d4f0199b131702cd6f872e",
     "tokenizers/image/model.safetensors": "8589e67de3bc46145089fc866b7cd804e16009941b6de72224e4bdf3124d2f99",
     "tokenizers/text/spm.model": "2880444d2ee445b1fbc0f956b2b6f58d0e47bacebc75252460115cb74c402391",

@@ -221,11 +221,13 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 
 # ---- conversations ---------------------------------------------------------------------------------
 class Take(NamedTuple):
-    """One synthesis of a line, through the codec: its ``codes`` [K, frames], which ``take`` of
-    :func:`omni.data.voices.synth_at` it is, what the judge ``heard`` and that transcript's word error
-    rate against the line (``wer``, 0 = word for word)."""
+    """One synthesis of a line, through the codec: its ``codes`` [K, frames], the ``wave`` [samples at
+    the codec's rate] they decode to, which ``take`` of :func:`omni.data.voices.synth_at` it is, what
+    the judge ``heard`` in ``wave`` and that transcript's word error rate against the line (``wer``,
+    0 = word for word)."""
 
     codes: torch.Tensor
+    wave: torch.Tensor
     take: int
     heard: str
     wer: float
@@ -247,10 +249,11 @@ def clearest_take(codec: SpeechCodec, voice: Voice, text: str, judge: Judge, tak
         wav = torch.nn.functional.pad(synth_at(voice, text, codec.sample_rate, take), (0, trailing))
         frames = -(-len(wav) // codec.hop_length)
         codes = codec.encode(codec.pad_to_hop(wav).view(1, 1, -1).to(device))[0, :, :frames].cpu()
-        heard = judge.transcribe(codec.decode(codes[None].to(device))[0, 0].cpu(), codec.sample_rate)
+        heard_wave = codec.decode(codes[None].to(device))[0, 0].cpu()
+        heard = judge.transcribe(heard_wave, codec.sample_rate)
         wer = word_error_rate([text], [heard])
         if best is None or wer < best.wer:
-            best = Take(codes, take, heard, wer)
+            best = Take(codes, heard_wave, take, heard, wer)
         if wer == 0:
             break
     assert best is not None
@@ -266,6 +269,8 @@ class Builder:
         self.codec = toks["codec"]
         self.voices = training_voices(voices, seed)
         self.assistant = preset_voice()
+        if assistant_takes < 1:
+            raise ValueError(f"assistant_takes must be >= 1 (1: the first take, no judge), got {assistant_takes}")
         self.assistant_takes = assistant_takes
         # With one take there is nothing to choose, and no judge to load.
         self.judge = Judge(QUICK_JUDGE, threads=torch.get_num_threads()) if assistant_takes > 1 else None
@@ -416,7 +421,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     vocab = OmniVocab.build(text, toks["codec"].metadata, toks["image"].metadata, toks["video"].metadata)
     fmt = ConversationFormat(text, vocab)
     n = lambda k: max(1, int(k * scale))  # noqa: E731
-    takes = assistant_takes or (1 if untrained else ASSISTANT_TAKES)
+    takes = (1 if untrained else ASSISTANT_TAKES) if assistant_takes is None else assistant_takes
     builder = Builder(cfg, toks, cfg.train.seed, workers=workers or os.cpu_count() or 1, assistant_takes=takes)
     with torch.no_grad():
         convs = list(builder.conversations(*(n(c) for c in COUNTS)))

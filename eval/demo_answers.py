@@ -199,9 +199,8 @@ def preset_voice_ceiling(bot: OmniChat, judge: Judge, answers: list[str]) -> dic
     accuracy and WER. A model that says its answers exactly as it learnt them scores this."""
     quick = Judge(QUICK_JUDGE, threads=judge.threads)
     with torch.no_grad():
-        codes = [clearest_take(bot.codec, preset_voice(), a, quick).codes
-                 for a in tqdm(answers, desc="the preset voice's takes", disable=None)]
-        spoken = [bot.codec.decode(c[None].to(bot.device))[0, 0].cpu() for c in codes]
+        spoken = [clearest_take(bot.codec, preset_voice(), a, quick).wave
+                  for a in tqdm(answers, desc="the preset voice's takes", disable=None)]
     heard = judge.transcribe_many(spoken, bot.sample_rate, desc="judging the preset voice")
     return {"accuracy": sum(holds_answer(a, h) for a, h in zip(answers, heard)) / len(answers),
             "wer": word_error_rate(answers, heard)}

@@ -111,6 +111,7 @@ def test_clearest_take_keeps_the_first_take_heard_word_for_word(tmp_path, monkey
     assert not torch.equal(take1, synth_at(voice, line, codec.sample_rate))
     wav = codec.pad_to_hop(torch.nn.functional.pad(take1, (0, 512))).view(1, 1, -1)
     assert torch.equal(kept.codes, codec.encode(wav)[0, :, : -(-(len(take1) + 512) // codec.hop_length)])
+    assert torch.equal(kept.wave, codec.decode(kept.codes[None])[0, 0])  # what the judge heard
 
     kept = clearest_take(codec, voice, line, ScriptedJudge("Sky glue.", "The sky is glue.", "Sky is new."), takes=3)
     assert (kept.take, kept.heard) == (1, "The sky is glue.")  # none word for word: the lowest WER

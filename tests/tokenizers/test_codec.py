@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import omni.tokenizers.codec as codec_module
+import omni.train.tasks.vocoder as vocoder_task
 from omni.data.voices import espeak_voices, synth_at
 from omni.nn.hifigan import load_hifigan
 from omni.tokenizers import load_tokenizer
@@ -298,10 +299,10 @@ def test_vocoder_gan_task_runs_both_optimisers(tmp_path):
 
 
 @pytest.mark.slow
-def test_vocoder_distillation_prunes_v1_and_learns_its_waveform(tmp_path):
+def test_vocoder_distillation_prunes_v1_and_learns_its_waveform(tmp_path, monkeypatch):
     """``configs/vocoder-small.yaml`` at test size: V1 pruned to 32 channels on the codec's mels,
     then trained with one optimiser to regress V1's waveform for the same mels; the loss falls and
-    the written generator is the narrow one."""
+    the written generator is the narrow one. A resumed run loads its generator and prunes nothing."""
     data = tmp_path / "speech"
     build_speech_corpus(data, sample_rate=22050, minutes=0.2, speakers=3, source="generated", real=False)
     codec = tiny_codec()
@@ -320,6 +321,13 @@ def test_vocoder_distillation_prunes_v1_and_learns_its_waveform(tmp_path):
     first, final = (sum(r["mel_l1"] for r in rs) / 3 for rs in (records[:3], records[-3:]))
     assert final < first, (first, final)
     assert load_hifigan(last / "vocoder.safetensors").cfg.channels == 32
+
+    def no_pruning(*args):
+        raise AssertionError("a resumed run pruned V1 again")
+    monkeypatch.setattr(vocoder_task, "prune_hifigan", no_pruning)
+    resumed = Trainer(cfg, get_task("vocoder"), argparse.Namespace(resume=str(last)))
+    for k, v in load_file(str(last / "vocoder.safetensors")).items():
+        assert torch.equal(resumed.module.generator.state_dict()[k], v)
 
 
 def test_shipped_codec_checks_its_sha256_and_reconstructs_speech(tmp_path, monkeypatch):

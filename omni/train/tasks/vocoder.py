@@ -50,23 +50,20 @@ class VocoderGAN(nn.Module):
     """The generator being trained, its discriminator (adversarial) or the frozen V1 it imitates
     (distillation), and the frozen codec whose mels it voices."""
 
-    def __init__(self, cfg: VocoderConfig, codec: SpeechCodec, prune_mels: list[Tensor]) -> None:
+    def __init__(self, cfg: VocoderConfig, codec: SpeechCodec) -> None:
         super().__init__()
         self.codec = codec.requires_grad_(False)
-        v1 = pretrained_hifigan() if cfg.init == "pruned" or cfg.distill else None  # read once: pruned from, imitated
         if cfg.init == "universal":
             if cfg.channels != HiFiGANConfig().channels:
                 raise ConfigError("vocoder.init=universal needs vocoder.channels=512 (the pretrained V1 shape); "
                                   "use init: pruned for a narrower generator")
             self.generator = pretrained_hifigan()
-        elif cfg.init == "pruned":
-            self.generator = prune_hifigan(v1, cfg.channels, prune_mels)
-        elif cfg.init == "random":
+        elif cfg.init in ("pruned", "random"):  # pruned: VocoderTask.fit_to_data cuts V1 into it
             self.generator = HiFiGAN(HiFiGANConfig(channels=cfg.channels))
         else:
             raise ConfigError(f"vocoder.init must be 'universal', 'pruned' or 'random', got {cfg.init!r}")
         if cfg.distill:
-            self.teacher = v1.requires_grad_(False)
+            self.teacher = pretrained_hifigan().requires_grad_(False)
         else:
             self.discriminator = MultiPeriodDiscriminator(width=cfg.disc_width)
 
@@ -126,12 +123,20 @@ class VocoderTask(Task):
         codec = load_tokenizer(folder)
         if not isinstance(codec, SpeechCodec):
             raise ConfigError(f"vocoder.codec={path} holds a {type(codec).__name__}, not a speech codec")
-        prune_mels = []
-        if self.cfg.init == "pruned":
-            batch = cfg.section("train").batch_size
-            prune_mels = list(codec_mels(codec, speech_segments(cfg, "train"), batch, self.cfg.prune_batches * batch))
-        self.model = VocoderGAN(self.cfg, codec, prune_mels)
+        self.model = VocoderGAN(self.cfg, codec)
+        self.full_cfg = cfg
         return self.model
+
+    def fit_to_data(self, model: nn.Module, dataset: torch.utils.data.Dataset) -> None:
+        """``init: pruned``: the generator becomes V1 cut to ``vocoder.channels`` on the codec's mels of
+        the first ``prune_batches`` training batches (:func:`omni.nn.hifigan.prune_hifigan`). The
+        Trainer calls it for a fresh run only; a resumed or fine-tuned run loads its generator instead."""
+        if self.cfg.init != "pruned":
+            return
+        batch = self.full_cfg.section("train").batch_size
+        mels = list(codec_mels(model.codec, speech_segments(self.full_cfg, "train"), batch, self.cfg.prune_batches * batch))
+        v1 = model.teacher if self.cfg.distill else pretrained_hifigan()
+        model.generator.load_state_dict(prune_hifigan(v1, self.cfg.channels, mels).state_dict())
 
     def optimizers(self, model: nn.Module) -> Optional[dict[str, list[nn.Parameter]]]:
         if self.cfg.distill:

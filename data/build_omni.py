@@ -102,9 +102,9 @@ CAPTION_SHARE = 2 / 3
 
 # Takes of each assistant line. Piper samples noise inside its graph, so takes of one line differ, and
 # through the codec some lose a word; the model learns to say each line exactly as its one take in the
-# corpus does. The first take that the quick judge hears word for word through the codec is kept
-# (clearest_take; docs/benchmarks.md, "Clearer assistant takes").
-ASSISTANT_TAKES = 4
+# corpus does. Of the takes the quick judge hears best through the codec, the one it is surest of is
+# kept (clearest_take; docs/benchmarks.md, "Clearer assistant takes" and "Surer assistant takes").
+ASSISTANT_TAKES = 6
 QUICK_JUDGE = "tiny.en"  # not the demo's judge (base), so the demo does not score what it selected on
 
 # The demo's spoken questions and answers live in data/spoken_qa.jsonl (omni.data.spoken_qa).
@@ -223,21 +223,24 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 class Take(NamedTuple):
     """One synthesis of a line, through the codec: its ``codes`` [K, frames], the ``wave`` [samples at
     the codec's rate] they decode to, which ``take`` of :func:`omni.data.voices.synth_at` it is, what
-    the judge ``heard`` in ``wave`` and that transcript's word error rate against the line (``wer``,
-    0 = word for word)."""
+    the judge ``heard`` in ``wave``, that transcript's word error rate against the line (``wer``,
+    0 = word for word) and the judge's mean log-probability per token of it (``logprob``)."""
 
     codes: torch.Tensor
     wave: torch.Tensor
     take: int
     heard: str
     wer: float
+    logprob: float
 
 
 def clearest_take(codec: SpeechCodec, voice: Voice, text: str, judge: Judge, takes: int = ASSISTANT_TAKES,
                   trailing: int = 0) -> Take:
-    """``text`` in ``voice`` as the corpus keeps it: of the takes 0, 1, ... ``takes - 1``, the first whose
-    codec reconstruction (codes -> log-mel -> vocoder) ``judge`` transcribes word for word (WER 0 after
-    normalisation), else the one it hears with the lowest WER (the earlier on ties). Each take is
+    """``text`` in ``voice`` as the corpus keeps it: of the takes 0, 1, ... ``takes - 1``, the one whose
+    codec reconstruction (codes -> log-mel -> vocoder) ``judge`` hears with the lowest WER, and of
+    those the one it is surest of (highest mean log-probability, :meth:`Judge.hear`; the earlier on
+    ties). The model learns to say its corpus's take, approximately: a take heard right by a margin
+    stays right in the model's rendering more often than one heard right by a hair. Each take is
     followed by ``trailing`` samples of silence before encoding. Only a voice that samples noise
     (Piper) says a line differently from take to take; for the others every take is the same.
     Raises ValueError for ``takes`` < 1."""
@@ -250,12 +253,10 @@ def clearest_take(codec: SpeechCodec, voice: Voice, text: str, judge: Judge, tak
         frames = -(-len(wav) // codec.hop_length)
         codes = codec.encode(codec.pad_to_hop(wav).view(1, 1, -1).to(device))[0, :, :frames].cpu()
         heard_wave = codec.decode(codes[None].to(device))[0, 0].cpu()
-        heard = judge.transcribe(heard_wave, codec.sample_rate)
-        wer = word_error_rate([text], [heard])
-        if best is None or wer < best.wer:
-            best = Take(codes, heard_wave, take, heard, wer)
-        if wer == 0:
-            break
+        heard = judge.hear(heard_wave, codec.sample_rate)
+        candidate = Take(codes, heard_wave, take, heard.text, word_error_rate([text], [heard.text]), heard.logprob)
+        if best is None or (candidate.wer, -candidate.logprob) < (best.wer, -best.logprob):
+            best = candidate
     assert best is not None
     return best
 
@@ -474,8 +475,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                    help="speech-synthesis processes (default: one per CPU); with --source: tokenizing processes (one GPU "
                         "each, round robin, when present; default 1)")
     p.add_argument("--assistant-takes", type=int, default=None,
-                   help=f"takes of each assistant line to keep the clearest of through the codec, judged by Whisper "
-                        f"{QUICK_JUDGE} (default {ASSISTANT_TAKES}; 1: the first take, no judge)")
+                   help=f"takes of each assistant line to keep the clearest and surest of through the codec, judged by "
+                        f"Whisper {QUICK_JUDGE} (default {ASSISTANT_TAKES}; 1: the first take, no judge)")
     p.add_argument("--shard-examples", type=int, default=100_000,
                    help="with --source: conversations per shard (default ~1 GB of speech conversations, docs/data.md)")
     p.add_argument("overrides", nargs="*", help="config overrides, key=value")

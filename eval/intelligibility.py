@@ -3,6 +3,7 @@ WER scores after normalisation.
 
     judge = Judge()                          # Whisper base (default); Judge("tiny.en") for quick checks
     text = judge.transcribe(wave, 22050)     # wave [samples] or [1, samples], any rate
+    text, logprob = judge.hear(wave, 22050)  # and how sure Whisper is of it
     texts = judge.transcribe_many(waves, sr) # with a progress bar
     word_error_rate(references, texts)       # corpus WER after normalize_text on both sides
     holds_answer("The sky is blue.", text)   # does the transcript hold the answer's content words?
@@ -30,7 +31,7 @@ import os
 import shutil
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -166,6 +167,14 @@ def holds_answer(answer: str, transcript: str) -> bool:
     return all(any(h == w for h in heard) for w in wanted)  # a subsequence: `heard` is consumed in order
 
 
+class Heard(NamedTuple):
+    """What :meth:`Judge.hear` returns: the ``text`` Whisper hears and its mean log-probability per
+    token (``logprob``, <= 0; -inf for no words): how sure the judge is of what it heard."""
+
+    text: str
+    logprob: float
+
+
 class Judge:
     """Whisper through faster-whisper on CPU (int8, beam 5, English).
 
@@ -183,6 +192,11 @@ class Judge:
     def transcribe(self, wave: torch.Tensor | np.ndarray, sample_rate: int) -> str:
         """Text Whisper hears in ``wave`` ([samples] or [1, samples], float in [-1, 1], at
         ``sample_rate`` Hz; resampled to 16 kHz), unnormalised."""
+        return self.hear(wave, sample_rate).text
+
+    def hear(self, wave: torch.Tensor | np.ndarray, sample_rate: int) -> "Heard":
+        """:meth:`transcribe`'s text and Whisper's mean log-probability per token of it (faster-whisper's
+        ``avg_logprob``, averaged over segments; -inf when it hears no words)."""
         x = torch.as_tensor(wave, dtype=torch.float32).reshape(-1)
         if sample_rate != WHISPER_RATE:
             x = resample(x, sample_rate, WHISPER_RATE)
@@ -191,7 +205,10 @@ class Judge:
         segments, _ = self.model.transcribe(x.clamp(-1, 1).numpy(), language="en", beam_size=self.beam_size,
                                             temperature=0.0, max_new_tokens=MAX_NEW_TOKENS,
                                             condition_on_previous_text=False, vad_filter=False)
-        return " ".join(s.text.strip() for s in segments).strip()
+        segments = list(segments)
+        text = " ".join(s.text.strip() for s in segments).strip()
+        logprob = float(np.mean([s.avg_logprob for s in segments])) if text else float("-inf")
+        return Heard(text, logprob)
 
     def transcribe_many(self, waves: Sequence[torch.Tensor | np.ndarray], sample_rate: int, desc: str = "whisper") -> list[str]:
         """:meth:`transcribe` over a list, with a tqdm bar."""

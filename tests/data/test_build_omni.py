@@ -11,6 +11,7 @@ from omni.conversation import MOD_AUDIO, MOD_IMAGE, MOD_VIDEO
 from omni.data.build_omni import Builder, build_omni_corpus, clearest_take, takes_report, tokenizer_folder
 from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, load_spoken_qa
 from omni.data.voices import ACCENT_WORDS, Voice, espeak_voices, synth_at
+from omni.eval.intelligibility import Heard
 from omni.train.shards import read_shard_index
 from omni.train.tasks.omni import OmniTask
 
@@ -91,32 +92,33 @@ class NoisyVoice(Voice):
 
 
 class ScriptedJudge:
-    """Hears the given transcripts in turn."""
+    """Hears the given (transcript, log-probability) pairs in turn."""
 
-    def __init__(self, *heard: str) -> None:
+    def __init__(self, *heard: tuple[str, float]) -> None:
         self.heard, self.asked = list(heard), 0
 
-    def transcribe(self, wave: torch.Tensor, sample_rate: int) -> str:
+    def hear(self, wave: torch.Tensor, sample_rate: int) -> Heard:
         self.asked += 1
-        return self.heard.pop(0)
+        return Heard(*self.heard.pop(0))
 
 
-def test_clearest_take_keeps_the_first_take_heard_word_for_word(tmp_path, monkeypatch):
+def test_clearest_take_keeps_the_take_heard_best_and_surest(tmp_path, monkeypatch):
     monkeypatch.setenv("OMNI_CACHE", str(tmp_path))
     codec, voice, line = F.codec(), NoisyVoice(), "The sky is blue."
-    judge = ScriptedJudge("The sky is glue.", "the sky is blue", "The sky is blue.")
+    judge = ScriptedJudge(("The sky is glue.", -0.1), ("the sky is blue", -0.2), ("The sky is blue.", -0.5))
     kept = clearest_take(codec, voice, line, judge, takes=3, trailing=512)
-    assert (kept.take, kept.wer, judge.asked) == (1, 0.0, 2)  # stops at the first take heard word for word
+    assert (kept.take, kept.wer, kept.logprob, judge.asked) == (1, 0.0, -0.2, 3)  # word for word, and surer than take 2
     take1 = synth_at(voice, line, codec.sample_rate, take=1)  # cached apart from take 0: another synthesis
     assert not torch.equal(take1, synth_at(voice, line, codec.sample_rate))
     wav = codec.pad_to_hop(torch.nn.functional.pad(take1, (0, 512))).view(1, 1, -1)
     assert torch.equal(kept.codes, codec.encode(wav)[0, :, : -(-(len(take1) + 512) // codec.hop_length)])
     assert torch.equal(kept.wave, codec.decode(kept.codes[None])[0, 0])  # what the judge heard
 
-    kept = clearest_take(codec, voice, line, ScriptedJudge("Sky glue.", "The sky is glue.", "Sky is new."), takes=3)
-    assert (kept.take, kept.heard) == (1, "The sky is glue.")  # none word for word: the lowest WER
-    kept = clearest_take(codec, voice, line, ScriptedJudge("Sky glue.", "Sky glue."), takes=2)
-    assert kept.take == 0  # ties go to the earlier take
+    heard = ("Sky glue.", -0.1), ("The sky is glue.", -0.9), ("Sky is new.", -0.1)
+    kept = clearest_take(codec, voice, line, ScriptedJudge(*heard), takes=3)
+    assert (kept.take, kept.heard) == (1, "The sky is glue.")  # none word for word: the lowest WER first
+    kept = clearest_take(codec, voice, line, ScriptedJudge(("Sky glue.", -0.3), ("Sky glue.", -0.3)), takes=2)
+    assert kept.take == 0  # full ties go to the earlier take
     with pytest.raises(ValueError, match="takes must be >= 1"):
         clearest_take(codec, voice, line, ScriptedJudge(), takes=0)
     report = takes_report({line: kept, "Hello there!": kept._replace(take=1, wer=0.0, heard="Hello there!")}, 2)

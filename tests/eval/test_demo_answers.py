@@ -7,6 +7,7 @@ import pytest
 from omni.config import ServingConfig
 from omni.data.voices import TRAINING_FAMILIES, UNSEEN_FAMILY
 from omni.eval.demo_answers import VOICE_SETS, ask_every_question, evaluate, fixed_answer_baseline
+from omni.eval.intelligibility import Heard
 from omni.infer.chat import OmniChat
 from tests import omni_fixtures as F
 
@@ -21,6 +22,9 @@ class StubJudge:
     def transcribe(self, wave, sample_rate):
         assert wave.dim() == 1
         return "The sky is blue!"
+
+    def hear(self, wave, sample_rate):
+        return Heard(self.transcribe(wave, sample_rate), -0.1)
 
     def transcribe_many(self, waves, sample_rate, desc=""):
         return [self.transcribe(w, sample_rate) for w in waves]

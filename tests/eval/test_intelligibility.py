@@ -1,6 +1,7 @@
 """The intelligibility judge: Whisper's normalisation on both sides, corpus WER, and a Whisper
 tiny.en transcription of espeak-ng speech (the quick judge)."""
 import pytest
+import torch
 
 from omni.eval.intelligibility import Judge, content_words, holds_answer, normalize_text, word_error_rate
 from omni.data.voices import EspeakVoice
@@ -35,10 +36,16 @@ def test_corpus_wer_weighs_by_reference_words():
 
 @pytest.mark.slow
 def test_tiny_en_transcribes_espeak_speech():
+    """Words heard right, with a log-probability that says how sure; noise is heard less surely."""
     text = "please open the kitchen window before the storm"
     wave, sample_rate = EspeakVoice("en-us", "m3", 150, 50, 50).synth(text)
-    heard = Judge("tiny.en").transcribe(wave, sample_rate)
+    judge = Judge("tiny.en")
+    heard = judge.transcribe(wave, sample_rate)
     assert word_error_rate([text], [heard]) <= 0.25, heard
+    sure = judge.hear(wave, sample_rate)
+    assert sure.text == heard and -1.0 < sure.logprob <= 0.0, sure
+    noisy = judge.hear(wave + 0.3 * torch.randn(len(wave), generator=torch.Generator().manual_seed(0)), sample_rate)
+    assert noisy.logprob < sure.logprob, (noisy, sure)
 
 
 def test_content_words_drop_only_function_words():

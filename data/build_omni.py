@@ -47,6 +47,7 @@ import json
 import multiprocessing
 import os
 import random
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
@@ -73,7 +74,7 @@ from omni.data.shards import TarShardWriter, build_shards
 from omni.data.sources import SOURCES
 from omni.data.spoken_qa import SAFETY_FILE, SAMPLE_LINES, SpokenQA, load_spoken_qa
 from omni.data.voices import Voice, accent_of, preset_voice, synth_at, training_voices
-from omni.eval.intelligibility import Judge, word_error_rate
+from omni.eval.intelligibility import Judge, holds_answer, word_error_rate
 from omni.tokenizers.base import Tokenizer, load_tokenizer
 from omni.tokenizers.codec import SpeechCodec
 from omni.tokenizers.image import ImageTokenizer, load_image
@@ -103,8 +104,10 @@ CAPTION_SHARE = 2 / 3
 # Takes of each assistant line. Piper samples noise inside its graph, so takes of one line differ, and
 # through the codec some lose a word; the model learns to say each line exactly as its one take in the
 # corpus does. Of the takes the quick judge hears best through the codec, the one it is surest of is
-# kept (clearest_take; docs/benchmarks.md, "Clearer assistant takes" and "Surer assistant takes").
+# kept; a line no take says word for word gets more takes (clearest_take; docs/benchmarks.md,
+# "Clearer assistant takes" and the stages after it).
 ASSISTANT_TAKES = 6
+MAX_ASSISTANT_TAKES = 16
 QUICK_JUDGE = "tiny.en"  # not the demo's judge (base), so the demo does not score what it selected on
 
 # The demo's spoken questions and answers live in data/spoken_qa.jsonl (omni.data.spoken_qa).
@@ -223,39 +226,51 @@ def frozen_tokenizers(cfg: Config, out: Path, untrained: bool = False) -> tuple[
 class Take(NamedTuple):
     """One synthesis of a line, through the codec: its ``codes`` [K, frames], the ``wave`` [samples at
     the codec's rate] they decode to, which ``take`` of :func:`omni.data.voices.synth_at` it is, what
-    the judge ``heard`` in ``wave``, that transcript's word error rate against the line (``wer``,
-    0 = word for word) and the judge's mean log-probability per token of it (``logprob``)."""
+    the judge ``heard`` in ``wave``, whether that ``holds`` the line's content words, its word error
+    rate against the line (``wer``, 0 = word for word) and the judge's mean log-probability per token
+    of it (``logprob``)."""
 
     codes: torch.Tensor
     wave: torch.Tensor
     take: int
     heard: str
+    holds: bool
     wer: float
     logprob: float
 
+    @property
+    def rank(self) -> tuple[bool, float, float]:
+        """Lower is clearer: content words held, then WER, then the judge's certainty."""
+        return (not self.holds, self.wer, -self.logprob)
+
 
 def clearest_take(codec: SpeechCodec, voice: Voice, text: str, judge: Judge, takes: int = ASSISTANT_TAKES,
-                  trailing: int = 0) -> Take:
-    """``text`` in ``voice`` as the corpus keeps it: of the takes 0, 1, ... ``takes - 1``, the one whose
-    codec reconstruction (codes -> log-mel -> vocoder) ``judge`` hears with the lowest WER, and of
-    those the one it is surest of (highest mean log-probability, :meth:`Judge.hear`; the earlier on
-    ties). The model learns to say its corpus's take, approximately: a take heard right by a margin
-    stays right in the model's rendering more often than one heard right by a hair. Each take is
-    followed by ``trailing`` samples of silence before encoding. Only a voice that samples noise
-    (Piper) says a line differently from take to take; for the others every take is the same.
-    Raises ValueError for ``takes`` < 1."""
-    if takes < 1:
-        raise ValueError(f"takes must be >= 1, got {takes}")
+                  max_takes: int = MAX_ASSISTANT_TAKES, trailing: int = 0) -> Take:
+    """``text`` in ``voice`` as the corpus keeps it. Takes 0, 1, ... are synthesised and their codec
+    reconstructions (codes -> log-mel -> vocoder) judged by ``judge``: ``takes`` of them, then more, up
+    to ``max_takes``, while none holds the line word for word. Kept is the take whose transcript holds
+    the line's content words (:func:`omni.eval.intelligibility.holds_answer`, the demo's criterion),
+    then has the lowest WER, then the one the judge is surest of (highest mean log-probability,
+    :meth:`Judge.hear`; the earlier on full ties). The model learns to say its corpus's take,
+    approximately: a take heard right by a margin stays right in the model's rendering more often
+    than one heard right by a hair. Each take is followed by ``trailing`` samples of silence before
+    encoding. Only a voice that samples noise (Piper) says a line differently from take to take; for
+    the others every take is the same. Raises ValueError for ``takes`` < 1 or ``max_takes`` < ``takes``."""
+    if not 1 <= takes <= max_takes:
+        raise ValueError(f"takes must be >= 1 and max_takes >= takes, got takes={takes}, max_takes={max_takes}")
     best: Optional[Take] = None
     device = next(codec.parameters()).device
-    for take in range(takes):
+    for take in range(max_takes):
+        if take >= takes and best is not None and best.holds and best.wer == 0:
+            break
         wav = torch.nn.functional.pad(synth_at(voice, text, codec.sample_rate, take), (0, trailing))
         frames = -(-len(wav) // codec.hop_length)
         codes = codec.encode(codec.pad_to_hop(wav).view(1, 1, -1).to(device))[0, :, :frames].cpu()
         heard_wave = codec.decode(codes[None].to(device))[0, 0].cpu()
         heard = judge.hear(heard_wave, codec.sample_rate)
-        candidate = Take(codes, heard_wave, take, heard.text, word_error_rate([text], [heard.text]), heard.logprob)
-        if best is None or (candidate.wer, -candidate.logprob) < (best.wer, -best.logprob):
+        candidate = Take(codes, heard_wave, take, heard.text, holds_answer(text, heard.text),
+                         word_error_rate([text], [heard.text]), heard.logprob)
+        if best is None or candidate.rank < best.rank:
             best = candidate
     assert best is not None
     return best
@@ -298,7 +313,7 @@ class Builder:
         if self.judge is not None:  # the assistant's lines: the clearest of several takes
             for text, voice in tqdm([u for u in unique if u[1] == self.assistant], desc="assistant takes", disable=None):
                 self.kept_takes[text] = clearest_take(self.codec, voice, text, self.judge, self.assistant_takes,
-                                                      trailing[text, voice])
+                                                      max(MAX_ASSISTANT_TAKES, self.assistant_takes), trailing[text, voice])
                 out[text, voice] = self.kept_takes[text].codes
             unique = [u for u in unique if u not in out]
         args = ([voice for _, voice in unique], [text for text, _ in unique], [sr] * len(unique))  # of synth_at
@@ -447,17 +462,21 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     print(f"omni corpus: {len(convs)} conversations {counts}, {total:,} positions (vocab {vocab.size}) -> {out}")
     if builder.kept_takes:
         r = index["assistant_takes"]
-        print(f"assistant lines: {r['lines']}, kept take {r['kept']} (of {takes}); {len(r['not_word_for_word'])} "
-              f"not heard word for word by Whisper {QUICK_JUDGE} in any take")
+        print(f"assistant lines: {r['lines']}, kept take {r['kept']} ({takes} judged, up to {r['max_takes']}); "
+              f"{len(r['not_word_for_word'])} not heard word for word by Whisper {QUICK_JUDGE} in any take, "
+              f"{len(r['content_words_missed'])} missing a content word")
     return out
 
 
 def takes_report(kept: dict[str, Take], takes: int) -> dict[str, Any]:
-    """index.json's summary of the assistant takes: how many lines, how often each take was kept,
-    and the lines no take was heard word for word in (with the kept take's transcript)."""
-    return {"takes": takes, "judge": QUICK_JUDGE if kept else None, "lines": len(kept),
-            "kept": {str(k): sum(t.take == k for t in kept.values()) for k in range(takes)} if kept else {},
-            "not_word_for_word": {text: t.heard for text, t in kept.items() if t.wer > 0}}
+    """index.json's summary of the assistant takes: how many lines, how often each take was kept, the
+    lines no take was heard word for word in and those whose kept take misses a content word (each
+    with the kept take's transcript)."""
+    return {"takes": takes, "max_takes": max(MAX_ASSISTANT_TAKES, takes) if kept else takes,
+            "judge": QUICK_JUDGE if kept else None, "lines": len(kept),
+            "kept": {str(k): n for k, n in sorted(Counter(t.take for t in kept.values()).items())},
+            "not_word_for_word": {text: t.heard for text, t in kept.items() if t.wer > 0},
+            "content_words_missed": {text: t.heard for text, t in kept.items() if not t.holds}}
 
 
 def main(argv: Optional[list[str]] = None) -> None:

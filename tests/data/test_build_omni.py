@@ -114,12 +114,20 @@ def test_clearest_take_keeps_the_take_heard_best_and_surest(tmp_path, monkeypatc
     assert torch.equal(kept.codes, codec.encode(wav)[0, :, : -(-(len(take1) + 512) // codec.hop_length)])
     assert torch.equal(kept.wave, codec.decode(kept.codes[None])[0, 0])  # what the judge heard
 
-    heard = ("Sky glue.", -0.1), ("The sky is glue.", -0.9), ("Sky is new.", -0.1)
-    kept = clearest_take(codec, voice, line, ScriptedJudge(*heard), takes=3)
-    assert (kept.take, kept.heard) == (1, "The sky is glue.")  # none word for word: the lowest WER first
-    kept = clearest_take(codec, voice, line, ScriptedJudge(("Sky glue.", -0.3), ("Sky glue.", -0.3)), takes=2)
-    assert kept.take == 0  # full ties go to the earlier take
+    # None word for word: takes go on to max_takes; the content words first ("Sky, blue!" holds them), then WER.
+    heard = ("Sky glue.", -0.1), ("The sky is glue.", -0.05), ("Sky, blue!", -0.8), ("The sky is new.", -0.1)
+    judge = ScriptedJudge(*heard)
+    kept = clearest_take(codec, voice, line, judge, takes=2, max_takes=4)
+    assert (kept.take, kept.holds, kept.wer, judge.asked) == (2, True, 0.5, 4)
+    judge = ScriptedJudge(("Sky glue.", -0.1), ("The sky is blue.", -0.9), ("The sky is blue.", -0.1))
+    kept = clearest_take(codec, voice, line, judge, takes=1, max_takes=3)
+    assert (kept.take, judge.asked) == (1, 2)  # stops once a take says the line word for word
+    kept = clearest_take(codec, voice, line, ScriptedJudge(("Sky glue.", -0.3), ("Sky glue.", -0.3)), takes=2, max_takes=2)
+    assert (kept.take, kept.holds) == (0, False)  # full ties go to the earlier take
     with pytest.raises(ValueError, match="takes must be >= 1"):
         clearest_take(codec, voice, line, ScriptedJudge(), takes=0)
-    report = takes_report({line: kept, "Hello there!": kept._replace(take=1, wer=0.0, heard="Hello there!")}, 2)
-    assert report["kept"] == {"0": 1, "1": 1} and report["not_word_for_word"] == {line: "Sky glue."}
+    with pytest.raises(ValueError, match="max_takes >= takes"):
+        clearest_take(codec, voice, line, ScriptedJudge(), takes=4, max_takes=2)
+    report = takes_report({line: kept, "Hello there!": kept._replace(take=7, wer=0.0, holds=True, heard="Hello there!")}, 2)
+    assert report["kept"] == {"0": 1, "7": 1} and report["not_word_for_word"] == {line: "Sky glue."}
+    assert report["content_words_missed"] == {line: "Sky glue."}

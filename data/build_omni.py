@@ -288,6 +288,7 @@ class Builder:
         if assistant_takes < 1:
             raise ValueError(f"assistant_takes must be >= 1 (1: the first take, no judge), got {assistant_takes}")
         self.assistant_takes = assistant_takes
+        self.max_takes = max(MAX_ASSISTANT_TAKES, assistant_takes)  # a line no take says word for word gets more
         # With one take there is nothing to choose, and no judge to load.
         self.judge = Judge(QUICK_JUDGE, threads=torch.get_num_threads()) if assistant_takes > 1 else None
         self.kept_takes: dict[str, Take] = {}  # assistant line -> the take kept (index.json reports them)
@@ -313,7 +314,7 @@ class Builder:
         if self.judge is not None:  # the assistant's lines: the clearest of several takes
             for text, voice in tqdm([u for u in unique if u[1] == self.assistant], desc="assistant takes", disable=None):
                 self.kept_takes[text] = clearest_take(self.codec, voice, text, self.judge, self.assistant_takes,
-                                                      max(MAX_ASSISTANT_TAKES, self.assistant_takes), trailing[text, voice])
+                                                      self.max_takes, trailing[text, voice])
                 out[text, voice] = self.kept_takes[text].codes
             unique = [u for u in unique if u not in out]
         args = ([voice for _, voice in unique], [text for text, _ in unique], [sr] * len(unique))  # of synth_at
@@ -455,7 +456,7 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
         "splits": {k: [write_split(out, k, v)] for k, v in splits.items() if v},
         "tasks": counts,
         "assistant_voice": preset_voice().name,
-        "assistant_takes": takes_report(builder.kept_takes, takes),
+        "assistant_takes": takes_report(builder.kept_takes, takes, builder.max_takes),
     }
     (out / "index.json").write_text(json.dumps(index, indent=1))
     total = sum(s["positions"] for shards in index["splits"].values() for s in shards)
@@ -468,11 +469,11 @@ def build_omni_corpus(cfg: Config, out: Optional[str | Path] = None, scale: floa
     return out
 
 
-def takes_report(kept: dict[str, Take], takes: int) -> dict[str, Any]:
-    """index.json's summary of the assistant takes: how many lines, how often each take was kept, the
-    lines no take was heard word for word in and those whose kept take misses a content word (each
-    with the kept take's transcript)."""
-    return {"takes": takes, "max_takes": max(MAX_ASSISTANT_TAKES, takes) if kept else takes,
+def takes_report(kept: dict[str, Take], takes: int, max_takes: int) -> dict[str, Any]:
+    """index.json's summary of the assistant takes (``takes`` judged per line, up to ``max_takes``): how
+    many lines, how often each take was kept, the lines no take was heard word for word in and those
+    whose kept take misses a content word (each with the kept take's transcript)."""
+    return {"takes": takes, "max_takes": max_takes if kept else takes,
             "judge": QUICK_JUDGE if kept else None, "lines": len(kept),
             "kept": {str(k): n for k, n in sorted(Counter(t.take for t in kept.values()).items())},
             "not_word_for_word": {text: t.heard for text, t in kept.items() if t.wer > 0},
